@@ -1,0 +1,397 @@
+//! Single-precision matrix multiply, `C (+)= A · B`, the engine's workhorse on the CPU: dense layers
+//! call it directly and every convolution pass is lowered onto it.
+//!
+//! The structure is the classic one of GotoBLAS/BLIS:
+//! - C is cut into `MC × NC` tiles, handed out to rayon tasks (tiles are disjoint, so no locks);
+//! - for each `KC`-deep slice of the inner dimension, a task copies ("packs") its slice of A into
+//!   `MR`-row strips and its slice of B into `NR`-column strips, contiguous in the order the
+//!   micro-kernel reads them, so the hot loop streams through L1/L2 with unit stride;
+//! - the micro-kernel keeps an `MR × NR` block of C in registers (6 × 16 floats = 12 AVX registers)
+//!   and performs `MR·NR` fused multiply-adds per step of k.
+//!
+//! Each element of C is always summed in the same order, whatever the thread count, so results are
+//! reproducible bit for bit. Matrices are passed as strided views: a transpose is just a view with
+//! its strides swapped, never a copy.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows of C held in registers by the micro-kernel.
+pub const MR: usize = 6;
+/// Columns of C held in registers by the micro-kernel (two 8-wide AVX vectors).
+pub const NR: usize = 16;
+/// Depth of a packed slice of A and B (a `KC × NR` strip of B stays in L1).
+const KC: usize = 256;
+/// Rows of a C tile (a packed `MC × KC` block of A stays in L2).
+const MC: usize = 96;
+/// Columns of a C tile.
+const NC: usize = 256;
+/// Below this many multiply-adds, one thread does the whole product.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// A read-only view of a `rows × cols` matrix: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose, as a view of the same data.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+/// Which micro-kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust that the compiler vectorises for the baseline target (SSE2 on x86_64).
+    Portable,
+    /// AVX2 + FMA intrinsics, chosen at run time when the processor has them.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Kernel {
+    /// The fastest kernel this processor runs.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Kernel::Avx2Fma;
+        }
+        Kernel::Portable
+    }
+}
+
+/// `C = A · B` (or `C += A · B` when `accumulate`), C row-major `M × N` with row stride `ldc`.
+pub fn gemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+    gemm_with(Kernel::detect(), a, b, c, ldc, accumulate)
+}
+
+/// [`gemm`] with an explicit micro-kernel (tests run every kernel against a naive loop).
+pub fn gemm_with(
+    kernel: Kernel,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: A is {m}x{k} but B has {} rows", b.rows);
+    assert!(
+        m == 0 || c.len() >= (m - 1) * ldc + n,
+        "gemm: C is too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tiles_n = n.div_ceil(NC);
+    let tiles = m.div_ceil(MC) * tiles_n;
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let run_tile = |t: usize| {
+        let (i0, j0) = ((t / tiles_n) * MC, (t % tiles_n) * NC);
+        let tile = Tile {
+            i0,
+            j0,
+            mc: MC.min(m - i0),
+            nc: NC.min(n - j0),
+        };
+        // SAFETY: tiles are disjoint rectangles of C, each written by exactly one task.
+        unsafe { gemm_tile(kernel, &a, &b, c_ptr, ldc, tile, accumulate) }
+    };
+    if m * n * k < PARALLEL_MIN_WORK {
+        (0..tiles).for_each(run_tile);
+    } else {
+        (0..tiles).into_par_iter().for_each(run_tile);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[derive(Clone, Copy)]
+struct Tile {
+    i0: usize,
+    j0: usize,
+    mc: usize,
+    nc: usize,
+}
+
+thread_local! {
+    /// Per-thread packing buffers, reused across calls so that a product allocates nothing.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Computes one `mc × nc` tile of C, looping over K in `KC` slices.
+unsafe fn gemm_tile(
+    kernel: Kernel,
+    a: &MatRef,
+    b: &MatRef,
+    c: SendPtr,
+    ldc: usize,
+    t: Tile,
+    accumulate: bool,
+) {
+    let k = a.cols;
+    if k == 0 {
+        if !accumulate {
+            for i in 0..t.mc {
+                let row = c.0.add((t.i0 + i) * ldc + t.j0);
+                std::ptr::write_bytes(row, 0, t.nc);
+            }
+        }
+        return;
+    }
+    PACK.with(|bufs| {
+        let (ref mut pa, ref mut pb) = *bufs.borrow_mut();
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            pack_a(a, t.i0, t.mc, p0, kc, pa);
+            pack_b(b, p0, kc, t.j0, t.nc, pb);
+            let first = p0 == 0 && !accumulate;
+            for js in 0..t.nc.div_ceil(NR) {
+                for is in 0..t.mc.div_ceil(MR) {
+                    let mut acc = [0f32; MR * NR];
+                    let pa_strip = &pa[is * MR * kc..(is + 1) * MR * kc];
+                    let pb_strip = &pb[js * NR * kc..(js + 1) * NR * kc];
+                    run_kernel(kernel, kc, pa_strip, pb_strip, &mut acc);
+                    let rows = MR.min(t.mc - is * MR);
+                    let cols = NR.min(t.nc - js * NR);
+                    let c0 = c.0.add((t.i0 + is * MR) * ldc + t.j0 + js * NR);
+                    store_block(&acc, c0, ldc, rows, cols, first);
+                }
+            }
+        }
+    })
+}
+
+/// Adds (or, on the first slice without `accumulate`, writes) a register block into C.
+unsafe fn store_block(
+    acc: &[f32; MR * NR],
+    c0: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    overwrite: bool,
+) {
+    for i in 0..rows {
+        let row = std::slice::from_raw_parts_mut(c0.add(i * ldc), cols);
+        let src = &acc[i * NR..i * NR + cols];
+        if overwrite {
+            row.copy_from_slice(src);
+        } else {
+            row.iter_mut().zip(src).for_each(|(c, s)| *c += s);
+        }
+    }
+}
+
+/// Packs `A[i0..i0+mc, p0..p0+kc]` as `MR`-row strips, each `kc × MR`, zero-padded to a full strip.
+fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
+    let strips = mc.div_ceil(MR);
+    out.clear();
+    out.resize(strips * MR * kc, 0.0);
+    for s in 0..strips {
+        let strip = &mut out[s * MR * kc..(s + 1) * MR * kc];
+        let rows = MR.min(mc - s * MR);
+        for p in 0..kc {
+            for i in 0..rows {
+                strip[p * MR + i] = a.at(i0 + s * MR + i, p0 + p);
+            }
+        }
+    }
+}
+
+/// Packs `B[p0..p0+kc, j0..j0+nc]` as `NR`-column strips, each `kc × NR`, zero-padded.
+fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
+    let strips = nc.div_ceil(NR);
+    out.clear();
+    out.resize(strips * NR * kc, 0.0);
+    for s in 0..strips {
+        let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
+        let cols = NR.min(nc - s * NR);
+        for p in 0..kc {
+            let dst = &mut strip[p * NR..p * NR + cols];
+            if b.cs == 1 {
+                let start = (p0 + p) * b.rs + j0 + s * NR;
+                dst.copy_from_slice(&b.data[start..start + cols]);
+            } else {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = b.at(p0 + p, j0 + s * NR + j);
+                }
+            }
+        }
+    }
+}
+
+fn run_kernel(kernel: Kernel, kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
+    match kernel {
+        Kernel::Portable => kernel_portable(kc, a, b, acc),
+        // SAFETY: `Kernel::Avx2Fma` is only constructed after run-time detection of AVX2 and FMA
+        // (or by a test that checks for them), and the packed strips hold `kc * MR` / `kc * NR` floats.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => unsafe { kernel_avx2_fma(kc, a, b, acc) },
+    }
+}
+
+/// acc[i][j] = sum over p of a[p][i] * b[p][j], in plain Rust.
+fn kernel_portable(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
+    let mut c = [[0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for i in 0..MR {
+            for j in 0..NR {
+                c[i][j] += ap[i] * bp[j];
+            }
+        }
+    }
+    for i in 0..MR {
+        acc[i * NR..(i + 1) * NR].copy_from_slice(&c[i]);
+    }
+}
+
+/// The same product with 12 AVX accumulators and fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2_fma(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let b0 = _mm256_loadu_ps(pb.add(p * NR));
+        let b1 = _mm256_loadu_ps(pb.add(p * NR + 8));
+        for (i, ci) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*pa.add(p * MR + i));
+            ci[0] = _mm256_fmadd_ps(av, b0, ci[0]);
+            ci[1] = _mm256_fmadd_ps(av, b1, ci[1]);
+        }
+    }
+    for (i, ci) in c.iter().enumerate() {
+        _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR), ci[0]);
+        _mm256_storeu_ps(acc.as_mut_ptr().add(i * NR + 8), ci[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    fn naive(a: &MatRef, b: &MatRef) -> Vec<f32> {
+        let mut c = vec![0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let s: f64 = (0..a.cols)
+                    .map(|p| a.at(i, p) as f64 * b.at(p, j) as f64)
+                    .sum();
+                c[i * b.cols + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    fn kernels() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Portable];
+        if Kernel::detect() != Kernel::Portable {
+            k.push(Kernel::detect());
+        }
+        k
+    }
+
+    #[test]
+    fn matches_naive_on_odd_shapes_and_transposes() {
+        // Sizes straddle MR, NR, KC, MC and NC so that every edge path runs.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 3, 17),
+            (13, 300, 5),
+            (97, 257, 258),
+            (6, 16, 16),
+        ] {
+            let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 1).data;
+            let at = Tensor::rand_uniform([k, m], -1.0, 1.0, 2).data;
+            let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 3).data;
+            let cases = [
+                (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n)),
+                (MatRef::rows(&at, k, m).t(), MatRef::rows(&b, k, n)),
+            ];
+            for kernel in kernels() {
+                for (av, bv) in &cases {
+                    let want = naive(av, bv);
+                    let mut c = vec![f32::NAN; m * n];
+                    gemm_with(kernel, *av, *bv, &mut c, n, false);
+                    let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!((x - y).abs() <= tol, "{kernel:?} {m}x{k}x{n}: {x} vs {y}");
+                    }
+                    // accumulate adds a second product on top
+                    gemm_with(kernel, *av, *bv, &mut c, n, true);
+                    for (x, y) in c.iter().zip(&want) {
+                        assert!((x - 2.0 * y).abs() <= 2.0 * tol);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn respects_leading_dimension_and_empty_k() {
+        let (m, k, n, ldc) = (5, 4, 3, 7);
+        let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 4).data;
+        let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 5).data;
+        let mut c = vec![9.0f32; m * ldc];
+        gemm(
+            MatRef::rows(&a, m, k),
+            MatRef::rows(&b, k, n),
+            &mut c,
+            ldc,
+            false,
+        );
+        let want = naive(&MatRef::rows(&a, m, k), &MatRef::rows(&b, k, n));
+        for i in 0..m {
+            for j in 0..ldc {
+                let got = c[i * ldc + j];
+                if j < n {
+                    assert!((got - want[i * n + j]).abs() < 1e-5);
+                } else {
+                    assert_eq!(got, 9.0, "wrote outside the {n} columns");
+                }
+            }
+        }
+        let mut z = vec![1.0f32; 6];
+        gemm(
+            MatRef::rows(&[], 2, 0),
+            MatRef::rows(&[], 0, 3),
+            &mut z,
+            3,
+            false,
+        );
+        assert_eq!(z, vec![0.0; 6]);
+    }
+}

@@ -1,0 +1,223 @@
+//! The CPU backend: plain Rust on rayon's thread pool. It is the reference implementation that the
+//! GPU backend is tested against, so each kernel favours clarity first and speed second, with the
+//! speed coming from the GEMM (`gemm.rs`) that convolution and dense layers are lowered onto.
+
+pub mod batchnorm;
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod pool;
+
+use self::batchnorm::Dims;
+use self::gemm::{gemm, MatRef};
+use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep};
+use crate::tensor::{Shape, Tensor};
+
+/// The CPU backend. Its tensors are host tensors; it uses rayon's global thread pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+fn t(shape: impl Into<Shape>, data: Vec<f32>) -> Tensor {
+    Tensor::new(shape, data)
+}
+
+fn bn_dims(x: &Tensor) -> Dims {
+    let (n, c, h, w) = x.shape.nchw();
+    Dims { n, c, hw: h * w }
+}
+
+/// Adds `b[j]` to every row of a row-major `rows × b.len()` matrix.
+fn add_bias_rows(y: &mut [f32], b: &[f32]) {
+    y.chunks_exact_mut(b.len())
+        .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+}
+
+impl Backend for Cpu {
+    type Tensor = Tensor;
+    type Indices = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({} threads, {:?} GEMM kernel)",
+            rayon::current_num_threads(),
+            gemm::Kernel::detect()
+        )
+    }
+
+    fn upload(&self, x: &Tensor) -> Tensor {
+        x.clone()
+    }
+    fn download(&self, x: &Tensor) -> Tensor {
+        x.clone()
+    }
+    fn download_indices(&self, idx: &Vec<u32>) -> Vec<u32> {
+        idx.clone()
+    }
+    fn shape<'a>(&self, x: &'a Tensor) -> &'a Shape {
+        &x.shape
+    }
+    fn zeros(&self, shape: &Shape) -> Tensor {
+        Tensor::zeros(shape.clone())
+    }
+    fn reshape(&self, x: Tensor, shape: Shape) -> Tensor {
+        x.reshape(shape)
+    }
+
+    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom) -> Tensor {
+        debug_assert_eq!(x.dims(), g.input_shape());
+        t(
+            g.output_shape(),
+            conv::forward(&x.data, &w.data, &b.data, g),
+        )
+    }
+    fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
+        t(g.input_shape(), conv::backward_input(&dy.data, &w.data, g))
+    }
+    fn conv2d_backward_weight(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> (Tensor, Tensor) {
+        let (dw, db) = conv::backward_weight(&x.data, &dy.data, g);
+        (t(g.weight_shape(), dw), t([g.c_out], db))
+    }
+
+    fn batchnorm_forward_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> (Tensor, BatchNormStats<Tensor>) {
+        let d = bn_dims(x);
+        let (y, mean, var, inv_std) =
+            batchnorm::forward_train(&x.data, &gamma.data, &beta.data, eps, d);
+        let stats = BatchNormStats {
+            mean: t([d.c], mean),
+            var: t([d.c], var),
+            inv_std: t([d.c], inv_std),
+        };
+        (t(x.shape.clone(), y), stats)
+    }
+    fn batchnorm_forward_infer(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Tensor {
+        let y = batchnorm::forward_infer(
+            &x.data,
+            &gamma.data,
+            &beta.data,
+            &running_mean.data,
+            &running_var.data,
+            eps,
+            bn_dims(x),
+        );
+        t(x.shape.clone(), y)
+    }
+    fn batchnorm_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        stats: &BatchNormStats<Tensor>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let d = bn_dims(x);
+        let (dx, dgamma, dbeta) = batchnorm::backward(
+            &x.data,
+            &dy.data,
+            &gamma.data,
+            &stats.mean.data,
+            &stats.inv_std.data,
+            d,
+        );
+        (t(x.shape.clone(), dx), t([d.c], dgamma), t([d.c], dbeta))
+    }
+    fn ema_update(&self, running: &mut Tensor, batch: &Tensor, momentum: f32, scale: f32) {
+        for (r, b) in running.data.iter_mut().zip(&batch.data) {
+            *r = (1.0 - momentum) * *r + momentum * scale * b;
+        }
+    }
+
+    fn maxpool_forward(&self, x: &Tensor, g: &Pool2dGeom) -> (Tensor, Vec<u32>) {
+        let (y, idx) = pool::forward(&x.data, g);
+        (t(g.output_shape(), y), idx)
+    }
+    fn maxpool_backward(&self, dy: &Tensor, argmax: &Vec<u32>, g: &Pool2dGeom) -> Tensor {
+        t(g.input_shape(), pool::backward(&dy.data, argmax, g))
+    }
+
+    fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+        let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
+        let mut y = vec![0f32; n * o];
+        gemm(
+            MatRef::rows(&x.data, n, i),
+            MatRef::rows(&w.data, o, i).t(),
+            &mut y,
+            o,
+            false,
+        );
+        add_bias_rows(&mut y, &b.data);
+        t([n, o], y)
+    }
+    fn dense_backward_input(&self, dy: &Tensor, w: &Tensor) -> Tensor {
+        let (n, o, i) = (dy.dims()[0], w.dims()[0], w.dims()[1]);
+        let mut dx = vec![0f32; n * i];
+        gemm(
+            MatRef::rows(&dy.data, n, o),
+            MatRef::rows(&w.data, o, i),
+            &mut dx,
+            i,
+            false,
+        );
+        t([n, i], dx)
+    }
+    fn dense_backward_weight(&self, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
+        let (n, i, o) = (x.dims()[0], x.dims()[1], dy.dims()[1]);
+        let mut dw = vec![0f32; o * i];
+        gemm(
+            MatRef::rows(&dy.data, n, o).t(),
+            MatRef::rows(&x.data, n, i),
+            &mut dw,
+            i,
+            false,
+        );
+        let db = (0..o)
+            .map(|j| (0..n).map(|r| dy.data[r * o + j]).sum())
+            .collect();
+        (t([o, i], dw), t([o], db))
+    }
+
+    fn relu_forward(&self, x: &Tensor) -> Tensor {
+        t(x.shape.clone(), elementwise::relu_forward(&x.data))
+    }
+    fn relu_backward(&self, x: &Tensor, dy: &Tensor) -> Tensor {
+        t(
+            x.shape.clone(),
+            elementwise::relu_backward(&x.data, &dy.data),
+        )
+    }
+    fn dropout_forward(&self, x: &Tensor, p: f32, seed: u64) -> Tensor {
+        t(x.shape.clone(), elementwise::dropout(&x.data, p, seed))
+    }
+    fn dropout_backward(&self, dy: &Tensor, p: f32, seed: u64) -> Tensor {
+        t(dy.shape.clone(), elementwise::dropout(&dy.data, p, seed))
+    }
+
+    fn bce_with_logits(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        pos_weight: f32,
+    ) -> (Tensor, Tensor) {
+        let (loss, grad) = elementwise::bce_with_logits(&logits.data, &targets.data, pos_weight);
+        (t([1], vec![loss]), t(logits.shape.clone(), grad))
+    }
+
+    fn adam_step(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: &AdamStep) {
+        elementwise::adam(&mut p.data, &g.data, &mut m.data, &mut v.data, h);
+    }
+    fn sgd_step(&self, p: &mut Tensor, g: &Tensor, velocity: &mut Tensor, h: &SgdStep) {
+        elementwise::sgd(&mut p.data, &g.data, &mut velocity.data, h);
+    }
+}

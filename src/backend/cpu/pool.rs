@@ -1,0 +1,49 @@
+//! Max pooling on the CPU, one (image, channel) plane per rayon task.
+
+use crate::backend::Pool2dGeom;
+use rayon::prelude::*;
+
+/// (y[N,C,Ho,Wo], argmax) where argmax holds, for each output, the index `iy·W + ix` of its
+/// maximum within the input plane (the first one on ties, scanning rows then columns).
+pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
+    let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
+    let mut y = vec![0f32; g.n * g.c * out_plane];
+    let mut idx = vec![0u32; y.len()];
+    y.par_chunks_mut(out_plane)
+        .zip(idx.par_chunks_mut(out_plane))
+        .zip(x.par_chunks(in_plane))
+        .for_each(|((yp, ip), xp)| {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let corner = oy * g.stride_h * g.w + ox * g.stride_w;
+                    let (mut best, mut at) = (xp[corner], corner);
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let i = corner + ky * g.w + kx;
+                            if xp[i] > best {
+                                (best, at) = (xp[i], i);
+                            }
+                        }
+                    }
+                    yp[oy * g.out_w + ox] = best;
+                    ip[oy * g.out_w + ox] = at as u32;
+                }
+            }
+        });
+    (y, idx)
+}
+
+/// dx[N,C,H,W]: each dy adds into the input position its maximum came from
+/// (windows that overlap, when stride < size, may send several into one position).
+pub fn backward(dy: &[f32], argmax: &[u32], g: &Pool2dGeom) -> Vec<f32> {
+    let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
+    let mut dx = vec![0f32; g.n * g.c * in_plane];
+    dx.par_chunks_mut(in_plane)
+        .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
+        .for_each(|(dxp, (dyp, ip))| {
+            for (&d, &i) in dyp.iter().zip(ip) {
+                dxp[i as usize] += d;
+            }
+        });
+    dx
+}

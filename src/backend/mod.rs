@@ -1,0 +1,189 @@
+//! The `Backend` trait: every primitive operation a model needs, forward and backward.
+//!
+//! Layers in `crate::nn` are written once against this trait; each backend (`cpu`, `gpu`) implements
+//! it for its own tensor type. The CPU backend is the reference: every other backend is tested
+//! against it on the same inputs, and it is itself tested against finite differences.
+//!
+//! Conventions (shared by every backend, so that results agree):
+//! - images are NCHW, dense features are `[N, F]` and are treated by batch norm as `[N, F, 1, 1]`;
+//! - conv weights are `[C_out, C_in, KH, KW]`, dense weights are `[out, in]` (as in PyTorch);
+//! - losses are means over the batch, so gradients already carry the `1/N`.
+
+pub mod cpu;
+pub mod geometry;
+pub mod hash;
+
+pub use geometry::{Conv2dGeom, Padding, Pool2dGeom};
+
+use crate::tensor::{Shape, Tensor};
+
+/// Per-channel results of a training-mode batch-norm forward pass that backward and the running
+/// statistics need.
+pub struct BatchNormStats<T> {
+    /// Batch mean per channel, `[C]`.
+    pub mean: T,
+    /// Biased batch variance per channel, `[C]`.
+    pub var: T,
+    /// `1 / sqrt(var + eps)` per channel, `[C]`.
+    pub inv_std: T,
+}
+
+/// Hyper-parameters of one Adam update (with optional decoupled weight decay, as in AdamW).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for the bias correction `1 - beta^t`.
+    pub t: u64,
+}
+
+/// Hyper-parameters of one SGD-with-momentum update (PyTorch's form: `v = mu v + g; p -= lr v`).
+#[derive(Clone, Copy, Debug)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// The primitive operations of the engine. Shapes are written next to each argument.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A tensor that lives on this backend (host memory for the CPU, a buffer for the GPU).
+    type Tensor: Send + Sync;
+    /// The argmax positions that max pooling keeps for its backward pass.
+    type Indices: Send + Sync;
+
+    /// A human-readable description, e.g. "cpu (2 threads)".
+    fn name(&self) -> String;
+
+    // ---- moving data --------------------------------------------------------------------------
+    fn upload(&self, t: &Tensor) -> Self::Tensor;
+    fn download(&self, t: &Self::Tensor) -> Tensor;
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a Shape;
+    fn download_indices(&self, idx: &Self::Indices) -> Vec<u32>;
+    fn zeros(&self, shape: &Shape) -> Self::Tensor;
+    /// The same data seen with another shape of equal size (flatten).
+    fn reshape(&self, t: Self::Tensor, shape: Shape) -> Self::Tensor;
+
+    // ---- convolution --------------------------------------------------------------------------
+    /// y[N,Co,Ho,Wo] = conv(x[N,Ci,H,W], w[Co,Ci,KH,KW]) + b[Co]
+    fn conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor;
+    /// dx[N,Ci,H,W] from dy[N,Co,Ho,Wo] and w[Co,Ci,KH,KW] (a "transposed convolution").
+    fn conv2d_backward_input(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor;
+    /// (dw[Co,Ci,KH,KW], db[Co]) from x[N,Ci,H,W] and dy[N,Co,Ho,Wo].
+    fn conv2d_backward_weight(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> (Self::Tensor, Self::Tensor);
+
+    // ---- batch normalisation (per channel over N, H, W) ----------------------------------------
+    /// y = gamma (x - mean) / sqrt(var + eps) + beta with the batch's own mean and variance.
+    fn batchnorm_forward_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> (Self::Tensor, BatchNormStats<Self::Tensor>);
+    /// y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
+    fn batchnorm_forward_infer(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        running_mean: &Self::Tensor,
+        running_var: &Self::Tensor,
+        eps: f32,
+    ) -> Self::Tensor;
+    /// (dx, dgamma[C], dbeta[C]) of the training-mode forward pass.
+    fn batchnorm_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &BatchNormStats<Self::Tensor>,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+    /// running = (1 - momentum) running + momentum * scale * batch (an exponential moving average).
+    fn ema_update(
+        &self,
+        running: &mut Self::Tensor,
+        batch: &Self::Tensor,
+        momentum: f32,
+        scale: f32,
+    );
+
+    // ---- max pooling ----------------------------------------------------------------------------
+    /// y[N,C,Ho,Wo] = max over each window of x[N,C,H,W], with the position of each maximum.
+    fn maxpool_forward(&self, x: &Self::Tensor, g: &Pool2dGeom) -> (Self::Tensor, Self::Indices);
+    /// dx[N,C,H,W]: each dy goes to the position its maximum came from.
+    fn maxpool_backward(
+        &self,
+        dy: &Self::Tensor,
+        argmax: &Self::Indices,
+        g: &Pool2dGeom,
+    ) -> Self::Tensor;
+
+    // ---- dense ------------------------------------------------------------------------------------
+    /// y[N,O] = x[N,I] w[O,I]^T + b[O]
+    fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// dx[N,I] = dy[N,O] w[O,I]
+    fn dense_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Self::Tensor;
+    /// (dw[O,I] = dy^T x, db[O] = sum over N of dy)
+    fn dense_backward_weight(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor);
+
+    // ---- element-wise -------------------------------------------------------------------------
+    /// y = max(x, 0)
+    fn relu_forward(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// dx = dy where x > 0, else 0
+    fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor) -> Self::Tensor;
+    /// Inverted dropout: y = x * keep / (1 - p), keep drawn from `hash::uniform(seed, index) >= p`.
+    fn dropout_forward(&self, x: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor;
+    /// dx = dy * keep / (1 - p), with the same mask as the forward pass of that seed.
+    fn dropout_backward(&self, dy: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor;
+
+    // ---- loss -----------------------------------------------------------------------------------
+    /// Mean binary cross-entropy of sigmoid(logits[N,1]) against targets[N] in {0,1}, fused on the
+    /// logits for stability, positive terms weighted by `pos_weight`. Returns (loss[1], dlogits[N,1]).
+    fn bce_with_logits(
+        &self,
+        logits: &Self::Tensor,
+        targets: &Self::Tensor,
+        pos_weight: f32,
+    ) -> (Self::Tensor, Self::Tensor);
+
+    // ---- optimisers (in place) ------------------------------------------------------------------
+    fn adam_step(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        h: &AdamStep,
+    );
+    fn sgd_step(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        velocity: &mut Self::Tensor,
+        h: &SgdStep,
+    );
+}

@@ -1,0 +1,165 @@
+//! Checkpoints in the safetensors format: every parameter and running statistic of a model by
+//! name, and in the metadata the model spec (as JSON) and what inference needs to repeat the
+//! training's preprocessing. Writes go to a temporary file that is renamed over the target, so a
+//! crash or a full disk never leaves a half-written checkpoint behind.
+
+use crate::backend::Backend;
+use crate::nn::{Model, ModelSpec};
+use crate::tensor::Tensor;
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// What a checkpoint says about itself beyond its tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    pub spec: ModelSpec,
+    /// Probability at or above which an image is called fractured.
+    pub threshold: f32,
+    pub epoch: usize,
+}
+
+const FORMAT: &str = "fracture-cnn/1";
+
+/// Writes `model` to `path` atomically.
+pub fn save<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    info: &CheckpointInfo,
+    path: &Path,
+) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = model
+        .named_params()
+        .into_iter()
+        .map(|p| (p.name, be.download(&p.param.value)))
+        .collect();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, bytemuck::cast_slice(&t.data).to_vec(), t.shape.0))
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match");
+            (name.clone(), view)
+        })
+        .collect();
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("spec".to_string(), serde_json::to_string(&info.spec)?),
+        ("threshold".to_string(), info.threshold.to_string()),
+        ("epoch".to_string(), info.epoch.to_string()),
+        (
+            "preprocessing".to_string(),
+            "gray [0,1], resized to input (no aspect kept)".into(),
+        ),
+    ]);
+    let data = safetensors::serialize(views, &Some(metadata))
+        .context("cannot serialise the checkpoint")?;
+    write_atomic(path, &data)
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint's metadata and tensors by name.
+pub fn read(path: &Path) -> Result<(CheckpointInfo, HashMap<String, Tensor>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bad =
+        |why: String| anyhow::anyhow!("{} is not a fracture-cnn checkpoint: {why}", path.display());
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad("its metadata has no 'format = fracture-cnn/1'".into()));
+    }
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| bad(format!("its metadata has no '{k}'")))
+    };
+    let spec: ModelSpec =
+        serde_json::from_str(get("spec")?).map_err(|e| bad(format!("bad model spec: {e}")))?;
+    spec.layers()
+        .map_err(|e| bad(format!("bad model spec: {e}")))?;
+    let info = CheckpointInfo {
+        spec,
+        threshold: get("threshold")?
+            .parse()
+            .map_err(|_| bad("bad threshold".into()))?,
+        epoch: get("epoch")?.parse().map_err(|_| bad("bad epoch".into()))?,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e}")))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor {name} is {:?}, not F32", view.dtype())));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.insert(name, Tensor::new(view.shape(), data));
+    }
+    Ok((info, tensors))
+}
+
+/// Builds the model a checkpoint describes and loads its weights.
+pub fn load<B: Backend>(be: &B, path: &Path) -> Result<(Model<B>, CheckpointInfo)> {
+    let (info, mut tensors) = read(path)?;
+    let mut model = Model::new(be, &info.spec, 0)?;
+    let names: Vec<(String, Vec<usize>)> = model
+        .named_params()
+        .iter()
+        .map(|p| (p.name.clone(), be.shape(&p.param.value).0.clone()))
+        .collect();
+    for ((name, shape), p) in names.iter().zip(model.params_mut()) {
+        let t = tensors.remove(name).with_context(|| {
+            format!(
+                "{} has no tensor {name}: it was saved from another model",
+                path.display()
+            )
+        })?;
+        if t.dims() != shape.as_slice() {
+            bail!(
+                "{}: tensor {name} has shape {} but the model needs {shape:?}",
+                path.display(),
+                t.shape
+            );
+        }
+        p.value = be.upload(&t);
+    }
+    if let Some(extra) = tensors.keys().next() {
+        bail!(
+            "{} has a tensor {extra} that the model does not have",
+            path.display()
+        );
+    }
+    Ok((model, info))
+}

@@ -1,0 +1,474 @@
+//! Gradient checks: every backward pass proven against central finite differences.
+//!
+//! For a scalar loss L(θ) and an analytic gradient g = ∂L/∂θ from a backward pass, pick entries θᵢ
+//! and compare gᵢ with the numerical slope
+//!     (L(θ + h·eᵢ) − L(θ − h·eᵢ)) / 2h,
+//! whose error is O(h²) for smooth L. Ops with a vector output y are reduced to a scalar with a
+//! fixed random projection L = Σ r ⊙ y, so that ∂L/∂y = r is the `dy` fed to backward: every
+//! output element then weighs in, and a wrong index or a wrong sign anywhere shows.
+//!
+//! Losses are summed in f64 on the host; inputs are kept away from the kinks of ReLU and max
+//! pooling (a finite difference across a kink measures neither slope). The error of one entry is
+//! |g − n| / max(|g|, |n|, floor), where the floor (1 % of the largest |g| of that tensor) stops
+//! entries whose true gradient is ~0 from dividing noise by noise.
+
+use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
+use crate::nn::{self, Layer, LayerSpec, Mode, Model, ModelSpec};
+use crate::tensor::{Shape, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+/// The outcome of checking one gradient.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What was differentiated, e.g. "conv2d 3x3 s2 valid".
+    pub case: String,
+    /// With respect to what, e.g. "x" or "03.batchnorm.gamma".
+    pub wrt: String,
+    pub checked: usize,
+    /// Entries not compared because a step of ±h crossed a kink (a ReLU or pooling switch).
+    pub skipped: usize,
+    pub max_rel_err: f64,
+    /// The relative error of every compared entry, in the order compared.
+    pub rel_errs: Vec<f64>,
+    /// The analytic and numeric values at the worst entry.
+    pub worst: (f64, f64),
+}
+
+impl Report {
+    pub fn passed(&self, tol: f64) -> bool {
+        self.max_rel_err <= tol
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<34} {:<26} {:>4} checked {:>3} at kinks  analytic {:>12.5e}  numeric {:>12.5e}  max rel err {:.2e}",
+            self.case,
+            self.wrt,
+            self.checked,
+            self.skipped,
+            self.worst.0,
+            self.worst.1,
+            self.max_rel_err
+        )
+    }
+}
+
+/// Settings of one comparison.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    /// Steps h of the central differences, tried in order until one does not cross a kink.
+    /// A large step keeps f32 rounding in the forward pass small next to the change it causes;
+    /// a small one makes it less likely to cross a kink.
+    pub steps: &'static [f32],
+    /// Entries of each tensor to check (all of them when the tensor is smaller).
+    pub samples: usize,
+    /// Rounding error of the loss itself (f32 forward passes): a slope measured with step h is
+    /// only good to about `noise / h`, so gradients below that are compared in absolute terms.
+    pub noise: f64,
+}
+
+impl Probe {
+    /// For single ops and layers, whose gradients under a random projection are O(0.1–1).
+    pub fn op(samples: usize) -> Self {
+        Probe {
+            steps: &[1e-2],
+            samples,
+            noise: 2e-5,
+        }
+    }
+    /// For whole models, where gradients of the mean loss are O(1e-3–1e-1) and moving one weight
+    /// of an early layer shifts thousands of units, some of which may cross a ReLU kink or swap a
+    /// pooling winner: a smaller step is tried before an entry is skipped.
+    pub fn model(samples: usize) -> Self {
+        Probe {
+            steps: &[2e-3, 5e-4],
+            samples,
+            noise: 2e-5,
+        }
+    }
+}
+
+/// Compares `grad` (= ∂loss/∂x) with central differences of `loss` at up to `probe.samples`
+/// entries of x, chosen at random with `seed`. `loss` returns `None` when the point it was given
+/// lies on another linear piece than x itself (a kink between them): that entry is skipped.
+pub fn compare(
+    case: &str,
+    wrt: &str,
+    x: &Tensor,
+    grad: &Tensor,
+    mut loss: impl FnMut(&Tensor) -> Option<f64>,
+    probe: Probe,
+    seed: u64,
+) -> Report {
+    assert_eq!(
+        x.shape, grad.shape,
+        "{case}: gradient wrt {wrt} has the wrong shape"
+    );
+    let mut idx: Vec<usize> = (0..x.numel()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed));
+    let largest = grad.data.iter().fold(0f64, |m, g| m.max(g.abs() as f64));
+    let mut report = Report {
+        case: case.into(),
+        wrt: wrt.into(),
+        checked: 0,
+        skipped: 0,
+        max_rel_err: 0.0,
+        rel_errs: Vec::new(),
+        worst: (0.0, 0.0),
+    };
+    let mut xp = x.clone();
+    // At most 4 tries per wanted sample, so that a tensor where most steps cross a kink ends.
+    for i in idx.into_iter().take(4 * probe.samples) {
+        if report.checked == probe.samples {
+            break;
+        }
+        let x0 = xp.data[i];
+        let mut slope = |h: f32| {
+            xp.data[i] = x0 + h;
+            let up = loss(&xp);
+            xp.data[i] = x0 - h;
+            let down = loss(&xp);
+            xp.data[i] = x0;
+            Some(((up? - down?) / (2.0 * h as f64), h))
+        };
+        let Some((numeric, h)) = probe.steps.iter().find_map(|&h| slope(h)) else {
+            report.skipped += 1;
+            continue;
+        };
+        report.checked += 1;
+        let floor = (1e-2 * largest).max(probe.noise / h as f64);
+        let analytic = grad.data[i] as f64;
+        let err = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(floor);
+        report.rel_errs.push(err);
+        if err >= report.max_rel_err {
+            report.max_rel_err = err;
+            report.worst = (analytic, numeric);
+        }
+    }
+    report
+}
+
+/// Σ r ⊙ y in f64.
+pub fn project(y: &Tensor, r: &Tensor) -> f64 {
+    assert_eq!(y.shape, r.shape);
+    y.data
+        .iter()
+        .zip(&r.data)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
+}
+
+/// Values of magnitude 0.1, 0.13, 0.16, ... in random order and with random signs: never near 0
+/// and no two closer than 3 op steps, so that no perturbation crosses a ReLU kink, changes which
+/// element of a pooling window wins, or is large next to the spread of a batch-norm channel.
+pub fn away_from_kinks(shape: impl Into<Shape>, seed: u64) -> Tensor {
+    let shape = shape.into();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut levels: Vec<usize> = (0..shape.numel()).collect();
+    levels.shuffle(&mut rng);
+    let gap = 3.0 * Probe::op(0).steps[0];
+    let data = levels
+        .iter()
+        .map(|&l| {
+            let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
+            sign * (0.1 + l as f32 * gap)
+        })
+        .collect();
+    Tensor::new(shape, data)
+}
+
+fn rand(shape: impl Into<Shape>, seed: u64) -> Tensor {
+    Tensor::rand_uniform(shape, -1.0, 1.0, seed)
+}
+
+/// Checks an op y = f(inputs) against `backward(inputs, dy)`, which returns one gradient per input.
+pub fn check_op<B: Backend>(
+    be: &B,
+    case: &str,
+    names: &[&str],
+    inputs: Vec<Tensor>,
+    forward: impl Fn(&B, &[B::Tensor]) -> B::Tensor,
+    backward: impl Fn(&B, &[B::Tensor], &B::Tensor) -> Vec<B::Tensor>,
+    probe: Probe,
+) -> Vec<Report> {
+    let up = |ts: &[Tensor]| ts.iter().map(|t| be.upload(t)).collect::<Vec<_>>();
+    let y = be.download(&forward(be, &up(&inputs)));
+    let r = rand(y.shape.clone(), 99);
+    let grads = backward(be, &up(&inputs), &be.upload(&r));
+    (0..inputs.len())
+        .map(|k| {
+            let loss = |probe: &Tensor| {
+                let mut ins = inputs.clone();
+                ins[k] = probe.clone();
+                Some(project(&be.download(&forward(be, &up(&ins))), &r))
+            };
+            let g = be.download(&grads[k]);
+            compare(case, names[k], &inputs[k], &g, loss, probe, k as u64)
+        })
+        .collect()
+}
+
+/// conv2d: gradients wrt x, w and b.
+pub fn conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
+    let case = format!(
+        "conv2d {}x{} s{}x{} pad{}/{} {}x{}",
+        g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.h, g.w
+    );
+    let inputs = vec![
+        rand(g.input_shape(), 1),
+        rand(g.weight_shape(), 2),
+        rand([g.c_out], 3),
+    ];
+    check_op(
+        be,
+        &case,
+        &["x", "w", "b"],
+        inputs,
+        |be, t| be.conv2d_forward(&t[0], &t[1], &t[2], &g),
+        |be, t, dy| {
+            let (dw, db) = be.conv2d_backward_weight(&t[0], dy, &g);
+            vec![be.conv2d_backward_input(dy, &t[1], &g), dw, db]
+        },
+        probe,
+    )
+}
+
+/// Training-mode batch norm over `shape` ([N,C,H,W] or [N,F]): gradients wrt x, gamma and beta.
+pub fn batchnorm<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
+    let c = shape[1];
+    // Spread out (|x| up to ~30) so that even a channel of two values has a variance far above
+    // the step: batch norm is very curved at the scale of the channel's standard deviation.
+    let x = away_from_kinks(shape, 4);
+    let inputs = vec![
+        Tensor::new(x.shape, x.data.iter().map(|v| 10.0 * v).collect()),
+        Tensor::rand_uniform([c], 0.5, 1.5, 5),
+        rand([c], 6),
+    ];
+    check_op(
+        be,
+        &format!("batchnorm {shape:?}"),
+        &["x", "gamma", "beta"],
+        inputs,
+        |be, t| be.batchnorm_forward_train(&t[0], &t[1], &t[2], 1e-5).0,
+        |be, t, dy| {
+            let (_, stats) = be.batchnorm_forward_train(&t[0], &t[1], &t[2], 1e-5);
+            let (dx, dg, db) = be.batchnorm_backward(&t[0], dy, &t[1], &stats);
+            vec![dx, dg, db]
+        },
+        probe,
+    )
+}
+
+/// Max pooling: gradient wrt x.
+pub fn maxpool<B: Backend>(be: &B, g: Pool2dGeom, probe: Probe) -> Vec<Report> {
+    let case = format!(
+        "maxpool {}x{} s{}x{} {}x{}",
+        g.kh, g.kw, g.stride_h, g.stride_w, g.h, g.w
+    );
+    check_op(
+        be,
+        &case,
+        &["x"],
+        vec![away_from_kinks(g.input_shape(), 7)],
+        |be, t| be.maxpool_forward(&t[0], &g).0,
+        |be, t, dy| {
+            let (_, idx) = be.maxpool_forward(&t[0], &g);
+            vec![be.maxpool_backward(dy, &idx, &g)]
+        },
+        probe,
+    )
+}
+
+/// Dense layer [n, i] → [n, o]: gradients wrt x, w and b.
+pub fn dense<B: Backend>(be: &B, n: usize, i: usize, o: usize, probe: Probe) -> Vec<Report> {
+    check_op(
+        be,
+        &format!("dense {n}x{i} -> {o}"),
+        &["x", "w", "b"],
+        vec![rand([n, i], 8), rand([o, i], 9), rand([o], 10)],
+        |be, t| be.dense_forward(&t[0], &t[1], &t[2]),
+        |be, t, dy| {
+            let (dw, db) = be.dense_backward_weight(&t[0], dy);
+            vec![be.dense_backward_input(dy, &t[1]), dw, db]
+        },
+        probe,
+    )
+}
+
+pub fn relu<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
+    check_op(
+        be,
+        &format!("relu {shape:?}"),
+        &["x"],
+        vec![away_from_kinks(shape, 11)],
+        |be, t| be.relu_forward(&t[0]),
+        |be, t, dy| vec![be.relu_backward(&t[0], dy)],
+        probe,
+    )
+}
+
+pub fn dropout<B: Backend>(be: &B, shape: &[usize], p: f32, probe: Probe) -> Vec<Report> {
+    check_op(
+        be,
+        &format!("dropout p={p} {shape:?}"),
+        &["x"],
+        vec![rand(shape, 12)],
+        |be, t| be.dropout_forward(&t[0], p, 1234),
+        |be, _, dy| vec![be.dropout_backward(dy, p, 1234)],
+        probe,
+    )
+}
+
+/// The fused sigmoid-BCE at the given logits: gradient of the mean loss wrt the logits.
+pub fn bce<B: Backend>(be: &B, logits: &[f32], targets: &[f32], pos_weight: f32) -> Report {
+    let z = Tensor::new([logits.len(), 1], logits.to_vec());
+    let y = be.upload(&Tensor::new([targets.len()], targets.to_vec()));
+    let (_, grad) = be.bce_with_logits(&be.upload(&z), &y, pos_weight);
+    let loss = |probe: &Tensor| {
+        let (l, _) = be.bce_with_logits(&be.upload(probe), &y, pos_weight);
+        Some(be.download(&l).data[0] as f64)
+    };
+    compare(
+        &format!("bce pos_weight={pos_weight} {logits:?}"),
+        "logits",
+        &z,
+        &be.download(&grad),
+        loss,
+        Probe::op(logits.len()),
+        13,
+    )
+}
+
+/// One layer of the model zoo, run through its `Layer` implementation (so the layer's wiring of
+/// ops, caches and parameter gradients is checked, not only the ops): gradients wrt the input
+/// and every trainable parameter, with L = Σ r ⊙ layer(x).
+pub fn layer<B: Backend>(
+    be: &B,
+    spec: &LayerSpec,
+    batch: usize,
+    sample: &[usize],
+    probe: Probe,
+) -> Vec<Report> {
+    let case = format!("layer {} on {sample:?} x{batch}", spec.describe());
+    let mut shape = vec![batch];
+    shape.extend_from_slice(sample);
+    let x = away_from_kinks(shape.as_slice(), 14);
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut layer: Box<dyn Layer<B>> = nn::model::build_layer(be, spec, sample, 3, &mut rng);
+    let mode = Mode::Train { seed: 77 };
+    let y = be.download(&layer.forward(be, be.upload(&x), mode));
+    let base_kinks = layer.kinks(be);
+    let r = rand(y.shape.clone(), 16);
+    let dx = layer
+        .backward(be, be.upload(&r), true)
+        .expect("dx was asked for");
+    let run = |layer: &mut Box<dyn Layer<B>>, x: &Tensor| {
+        let y = be.download(&layer.forward(be, be.upload(x), mode));
+        (layer.kinks(be) == base_kinks).then(|| project(&y, &r))
+    };
+    let mut reports = vec![compare(
+        &case,
+        "x",
+        &x,
+        &be.download(&dx),
+        |p| run(&mut layer, p),
+        probe,
+        17,
+    )];
+    let trainable: Vec<(usize, &'static str, Tensor, Tensor)> = layer
+        .params()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.trainable)
+        .map(|(i, p)| {
+            let grad = p.grad.as_ref().expect("backward sets every trainable grad");
+            (i, p.name, be.download(&p.value), be.download(grad))
+        })
+        .collect();
+    for (i, name, value, grad) in trainable {
+        let loss = |probe: &Tensor| {
+            layer.params_mut()[i].value = be.upload(probe);
+            run(&mut layer, &x)
+        };
+        reports.push(compare(
+            &case,
+            name,
+            &value,
+            &grad,
+            loss,
+            probe,
+            18 + i as u64,
+        ));
+        layer.params_mut()[i].value = be.upload(&value);
+    }
+    reports
+}
+
+/// A whole model: the BCE loss's gradient wrt the input image and a sample of every trainable
+/// parameter of every layer, in training mode (batch statistics, fixed dropout masks).
+pub fn model<B: Backend>(be: &B, spec: &ModelSpec, batch: usize, probe: Probe) -> Vec<Report> {
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, 21);
+    let targets: Vec<f32> = (0..batch).map(|i| (i % 2) as f32).collect();
+    let y = be.upload(&Tensor::new([batch], targets));
+    let mut model = Model::new(be, spec, 22).expect("a valid spec");
+    let mode = Mode::Train { seed: 23 };
+    let logits = model.forward(be, be.upload(&x), mode);
+    let base_kinks = model.kinks(be);
+    let loss_at = |model: &mut Model<B>, x: &Tensor| {
+        let logits = model.forward(be, be.upload(x), mode);
+        let loss = nn::loss::bce_with_logits(be, &logits, &y, 2.0).0 as f64;
+        (model.kinks(be) == base_kinks).then_some(loss)
+    };
+    let (_, dlogits) = nn::loss::bce_with_logits(be, &logits, &y, 2.0);
+    let dx = model.backward(be, dlogits, true).expect("dx was asked for");
+    let case = format!("model {} {h}x{w} x{batch}", spec.name);
+    let mut reports = vec![compare(
+        &case,
+        "x",
+        &x,
+        &be.download(&dx),
+        |p| loss_at(&mut model, p),
+        probe,
+        24,
+    )];
+    let params: Vec<(usize, String, Tensor, Tensor)> = model
+        .named_params()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.param.trainable)
+        .map(|(i, p)| {
+            let grad = p
+                .param
+                .grad
+                .as_ref()
+                .expect("backward sets every trainable grad");
+            (
+                i,
+                p.name.clone(),
+                be.download(&p.param.value),
+                be.download(grad),
+            )
+        })
+        .collect();
+    for (i, name, value, grad) in params {
+        let loss = |probe: &Tensor| {
+            model.params_mut()[i].value = be.upload(probe);
+            loss_at(&mut model, &x)
+        };
+        reports.push(compare(
+            &case,
+            &name,
+            &value,
+            &grad,
+            loss,
+            probe,
+            25 + i as u64,
+        ));
+        model.params_mut()[i].value = be.upload(&value);
+    }
+    reports
+}

@@ -1,0 +1,15 @@
+//! fracture-cnn: a convolutional-network engine written from scratch, with a CPU backend (rayon)
+//! and a GPU backend (WGSL compute shaders on wgpu), that trains a classifier of bone X-rays.
+//!
+//! Read it bottom-up: [`tensor`] (host tensors) → [`backend`] (the primitive ops, forward and
+//! backward) → [`nn`] (layers and models built from them) → [`optim`], [`data`], [`train`].
+
+pub mod backend;
+pub mod checkpoint;
+pub mod data;
+pub mod gradcheck;
+pub mod metrics;
+pub mod nn;
+pub mod optim;
+pub mod tensor;
+pub mod train;

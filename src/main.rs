@@ -1,0 +1,212 @@
+//! The `fracture-cnn` command line.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::nn::ModelSpec;
+use fracture_cnn::optim::OptimizerKind;
+use fracture_cnn::train::{self, TrainConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fracture-cnn",
+    version,
+    about = "Train and run a convolutional network that classifies bone X-rays as fractured or not, \
+             on an engine written from scratch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a folder of X-rays (train/ and val/, each with fractured/ and not_fractured/).
+    Train(TrainArgs),
+    /// Inspect model architectures.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Print each layer's output shape, parameter count and forward FLOPs (like Keras' summary()).
+    Summary {
+        /// A built-in model (fracturenet, xray-bone-classifier) or a spec file (.toml or .json).
+        #[arg(long, default_value = "fracturenet")]
+        model: String,
+        /// Side of the square input image (default: the model's own).
+        #[arg(long)]
+        image_size: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerName {
+    Adam,
+    Sgd,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Data folder: train/ and val/ (or valid/), each holding fractured/ and not_fractured/.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// A built-in model (fracturenet, xray-bone-classifier) or a spec file (.toml or .json).
+    #[arg(long, default_value = "fracturenet")]
+    model: String,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    lr: f32,
+    /// Side of the square input image (default: the model's own, 128 for fracturenet).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Seed of the weight initialisation, shuffling and dropout: the same seed gives the same run.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Folder in which a new run folder (<model>-NNN) is made.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// Worker threads of the CPU backend (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Weight of fractured samples in the loss: a number, or 'auto' for #not fractured / #fractured.
+    #[arg(long, default_value = "auto")]
+    pos_weight: String,
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerName,
+    /// Momentum of SGD (with --optimizer sgd).
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Decoupled weight decay (AdamW style for Adam, L2 for SGD).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    Ok(())
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let pos_weight = match a.pos_weight.as_str() {
+        "auto" => None,
+        w => Some(
+            w.parse::<f32>()
+                .map_err(|_| anyhow::anyhow!("--pos-weight takes a number or 'auto', got '{w}'"))?,
+        ),
+    };
+    let optimizer = match a.optimizer {
+        OptimizerName::Adam => OptimizerKind::adam(),
+        OptimizerName::Sgd => OptimizerKind::Sgd {
+            momentum: a.momentum,
+        },
+    };
+    let cfg = TrainConfig {
+        data: a.data,
+        model: a.model,
+        image_size: a.image_size,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        out: a.out,
+        pos_weight,
+        optimizer,
+        weight_decay: a.weight_decay,
+        quiet: a.quiet,
+    };
+    train::train(&Cpu, &cfg).map(|_| ())
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn model_summary(model: &str, image_size: Option<usize>) -> Result<()> {
+    let mut spec = ModelSpec::load(model)?;
+    if let Some(s) = image_size {
+        spec = spec.with_image_size(s)?;
+    }
+    let layers = spec.layers()?;
+    println!(
+        "Model: {}   input {:?} (channels, height, width)",
+        spec.name, spec.input
+    );
+    let rule = "─".repeat(78);
+    println!("{rule}");
+    println!(
+        "{:<4}{:<30}{:<20}{:>11}{:>13}",
+        "#", "layer", "output shape", "params", "FLOPs"
+    );
+    println!("{rule}");
+    for l in &layers {
+        let shape = format!("{:?}", l.output);
+        println!(
+            "{:<4}{:<30}{:<20}{:>11}{:>13}",
+            l.index,
+            l.spec.describe(),
+            shape,
+            thousands((l.trainable_params + l.fixed_params) as u64),
+            thousands(l.flops)
+        );
+    }
+    println!("{rule}");
+    let (trainable, fixed) = spec.param_counts()?;
+    let flops: u64 = layers.iter().map(|l| l.flops).sum();
+    println!("Total params: {}", thousands((trainable + fixed) as u64));
+    println!("Trainable params: {}", thousands(trainable as u64));
+    println!(
+        "Non-trainable params: {} (batch-norm running statistics)",
+        thousands(fixed as u64)
+    );
+    println!(
+        "Forward FLOPs per image: {} ({:.3} GFLOP)",
+        thousands(flops),
+        flops as f64 / 1e9
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => run_train(a),
+        Command::Model {
+            command: ModelCommand::Summary { model, image_size },
+        } => model_summary(&model, image_size),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Batch normalisation, per channel over N, H, W (or per feature over N for `[N, F]` inputs).
+//!
+//! Forward (training):  μ = mean(x), σ² = mean((x - μ)²), x̂ = (x - μ)/√(σ² + ε), y = γ x̂ + β,
+//!   and the running statistics move towards the batch's: r ← (1 - m) r + m · batch value
+//!   (the running variance takes the unbiased σ² · M/(M-1), as PyTorch does).
+//! Forward (inference): the same with the running mean and variance in place of μ and σ².
+//! Backward (training): with M values per channel,
+//!   dβ = Σ dy,  dγ = Σ dy · x̂,  dx = γ/(M √(σ² + ε)) · (M · dy - dβ - x̂ · dγ).
+//!   The two subtracted terms are the gradient flowing through μ and σ², which depend on every x.
+
+use super::{saved, Layer, Mode, Param};
+use crate::backend::{Backend, BatchNormStats};
+use crate::tensor::Tensor;
+
+pub struct BatchNorm<B: Backend> {
+    gamma: Param<B>,        // [C]
+    beta: Param<B>,         // [C]
+    running_mean: Param<B>, // [C]
+    running_var: Param<B>,  // [C]
+    momentum: f32,
+    eps: f32,
+    saved: Option<(B::Tensor, BatchNormStats<B::Tensor>)>,
+}
+
+impl<B: Backend> BatchNorm<B> {
+    pub fn new(be: &B, channels: usize, momentum: f32, eps: f32) -> Self {
+        let ones = || be.upload(&Tensor::full([channels], 1.0));
+        let zeros = || be.zeros(&[channels].into());
+        BatchNorm {
+            gamma: Param::trainable("gamma", ones()),
+            beta: Param::trainable("beta", zeros()),
+            running_mean: Param::statistic("running_mean", zeros()),
+            running_var: Param::statistic("running_var", ones()),
+            momentum,
+            eps,
+            saved: None,
+        }
+    }
+}
+
+impl<B: Backend> Layer<B> for BatchNorm<B> {
+    fn kind(&self) -> &'static str {
+        "batchnorm"
+    }
+    fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
+        if mode == Mode::Eval {
+            let (g, b) = (&self.gamma.value, &self.beta.value);
+            let (m, v) = (&self.running_mean.value, &self.running_var.value);
+            return be.batchnorm_forward_infer(&x, g, b, m, v, self.eps);
+        }
+        let (y, stats) =
+            be.batchnorm_forward_train(&x, &self.gamma.value, &self.beta.value, self.eps);
+        let count = be.shape(&x).numel() / be.shape(&stats.mean).numel();
+        let unbiased = if count > 1 {
+            count as f32 / (count - 1) as f32
+        } else {
+            1.0
+        };
+        be.ema_update(
+            &mut self.running_mean.value,
+            &stats.mean,
+            self.momentum,
+            1.0,
+        );
+        be.ema_update(
+            &mut self.running_var.value,
+            &stats.var,
+            self.momentum,
+            unbiased,
+        );
+        self.saved = Some((x, stats));
+        y
+    }
+    fn backward(&mut self, be: &B, dy: B::Tensor, _want_dx: bool) -> Option<B::Tensor> {
+        let (x, stats) = saved(&mut self.saved, "batchnorm");
+        let (dx, dgamma, dbeta) = be.batchnorm_backward(&x, &dy, &self.gamma.value, &stats);
+        self.gamma.grad = Some(dgamma);
+        self.beta.grad = Some(dbeta);
+        Some(dx)
+    }
+    fn params(&self) -> Vec<&Param<B>> {
+        vec![
+            &self.gamma,
+            &self.beta,
+            &self.running_mean,
+            &self.running_var,
+        ]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        vec![
+            &mut self.gamma,
+            &mut self.beta,
+            &mut self.running_mean,
+            &mut self.running_var,
+        ]
+    }
+}

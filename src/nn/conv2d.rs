@@ -1,0 +1,62 @@
+//! 2-D convolution layer.
+//!
+//! Forward:  y[n,o,i,j] = b[o] + Σ_{c,u,v} w[o,c,u,v] · x[n, c, i·s + u - pad, j·s + v - pad]
+//! Backward: each weight meets every input pixel it slid over, so
+//!   dw[o,c,u,v] = Σ_{n,i,j} dy[n,o,i,j] · x[n, c, i·s + u - pad, j·s + v - pad],   db[o] = Σ_{n,i,j} dy[n,o,i,j]
+//!   dx[n,c,p,q] = Σ over every (o,u,v,i,j) with i·s + u - pad = p and j·s + v - pad = q of w[o,c,u,v] · dy[n,o,i,j]
+//! (the last is a convolution of dy with the flipped kernel, a "transposed convolution").
+
+use super::{init, saved, Layer, Mode, Param};
+use crate::backend::{Backend, Conv2dGeom};
+use rand::rngs::StdRng;
+
+pub struct Conv2d<B: Backend> {
+    /// Geometry for a batch of one; the batch size is filled in at each call.
+    geom: Conv2dGeom,
+    weight: Param<B>, // [Co, Ci, KH, KW]
+    bias: Param<B>,   // [Co]
+    input: Option<B::Tensor>,
+}
+
+impl<B: Backend> Conv2d<B> {
+    pub fn new(be: &B, geom: Conv2dGeom, rng: &mut StdRng) -> Self {
+        let w = init::he_uniform(&geom.weight_shape(), geom.patch_len(), rng);
+        Conv2d {
+            geom,
+            weight: Param::trainable("weight", be.upload(&w)),
+            bias: Param::trainable("bias", be.zeros(&[geom.c_out].into())),
+            input: None,
+        }
+    }
+    fn geom_for(&self, be: &B, x: &B::Tensor) -> Conv2dGeom {
+        self.geom.with_batch(be.shape(x).dims()[0])
+    }
+}
+
+impl<B: Backend> Layer<B> for Conv2d<B> {
+    fn kind(&self) -> &'static str {
+        "conv2d"
+    }
+    fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
+        let g = self.geom_for(be, &x);
+        let y = be.conv2d_forward(&x, &self.weight.value, &self.bias.value, &g);
+        if matches!(mode, Mode::Train { .. }) {
+            self.input = Some(x);
+        }
+        y
+    }
+    fn backward(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
+        let x = saved(&mut self.input, "conv2d");
+        let g = self.geom_for(be, &x);
+        let (dw, db) = be.conv2d_backward_weight(&x, &dy, &g);
+        self.weight.grad = Some(dw);
+        self.bias.grad = Some(db);
+        want_dx.then(|| be.conv2d_backward_input(&dy, &self.weight.value, &g))
+    }
+    fn params(&self) -> Vec<&Param<B>> {
+        vec![&self.weight, &self.bias]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        vec![&mut self.weight, &mut self.bias]
+    }
+}

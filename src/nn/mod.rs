@@ -1,0 +1,98 @@
+//! Layers and models, written once against the [`Backend`] trait.
+//!
+//! Every layer has an explicit `forward` that keeps what its backward pass needs, and a `backward`
+//! that takes the gradient of the loss with respect to the layer's output (`dy`), stores the
+//! gradients of its parameters, and returns the gradient with respect to its input (`dx`).
+//! A model ([`Model`]) is a sequence of layers built from a text spec ([`spec::ModelSpec`]).
+
+pub mod batchnorm;
+pub mod conv2d;
+pub mod dense;
+pub mod dropout;
+pub mod flatten;
+pub mod init;
+pub mod loss;
+pub mod maxpool;
+pub mod model;
+pub mod relu;
+pub mod spec;
+
+pub use model::Model;
+pub use spec::{LayerSpec, ModelSpec};
+
+use crate::backend::Backend;
+
+/// A tensor the model owns: a learned weight (trainable) or a running statistic (not trainable,
+/// but saved in checkpoints and counted as a parameter, as Keras does).
+pub struct Param<B: Backend> {
+    pub name: &'static str,
+    pub value: B::Tensor,
+    /// Gradient of the loss from the last backward pass (trainable parameters only).
+    pub grad: Option<B::Tensor>,
+    pub trainable: bool,
+}
+
+impl<B: Backend> Param<B> {
+    pub fn trainable(name: &'static str, value: B::Tensor) -> Self {
+        Param {
+            name,
+            value,
+            grad: None,
+            trainable: true,
+        }
+    }
+    pub fn statistic(name: &'static str, value: B::Tensor) -> Self {
+        Param {
+            name,
+            value,
+            grad: None,
+            trainable: false,
+        }
+    }
+}
+
+/// What a forward pass is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Batch statistics in batch norm, dropout on; `seed` picks this step's dropout masks.
+    Train { seed: u64 },
+    /// Running statistics in batch norm, dropout off.
+    Eval,
+}
+
+/// One layer of a model.
+pub trait Layer<B: Backend>: Send {
+    /// The spec type, as written in model files: "conv2d", "batchnorm", ...
+    fn kind(&self) -> &'static str;
+    /// y = layer(x). In `Mode::Train` the layer keeps what `backward` needs.
+    fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor;
+    /// Stores the parameters' gradients and returns dx, or `None` when `want_dx` is false (the
+    /// first layer of a model need not compute the gradient with respect to the image).
+    fn backward(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Option<B::Tensor>;
+    /// A fingerprint of the linear piece the last training forward pass landed on (which inputs
+    /// of a ReLU were positive, which element won each pooling window); 0 for smooth layers.
+    /// Gradient checks use it to skip finite differences that straddle a kink.
+    fn kinks(&self, _be: &B) -> u64 {
+        0
+    }
+    fn params(&self) -> Vec<&Param<B>> {
+        Vec::new()
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        Vec::new()
+    }
+}
+
+/// The tensor a layer saved in its forward pass, or a clear panic if backward came first
+/// (a programming error, not a user error).
+pub(crate) fn saved<T>(slot: &mut Option<T>, layer: &str) -> T {
+    slot.take()
+        .unwrap_or_else(|| panic!("{layer}: backward called without a training-mode forward pass"))
+}
+
+/// FNV-1a over a sequence of words, for [`Layer::kinks`].
+pub(crate) fn fingerprint(words: impl Iterator<Item = u32>) -> u64 {
+    words.fold(0xcbf2_9ce4_8422_2325, |h, w| {
+        (h ^ w as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

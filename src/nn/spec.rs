@@ -1,0 +1,343 @@
+//! Model specs: a model written as a list of layers in TOML (or JSON), so that a new architecture
+//! needs no recompiling. The built-in models are such files (`models/*.toml`), compiled in.
+//!
+//! ```toml
+//! name = "tiny"
+//! input = [1, 32, 32]          # channels, height, width of one image
+//!
+//! [[layers]]
+//! type = "conv2d"
+//! filters = 8
+//! kernel = 3                   # or [height, width]
+//! stride = 1                   # optional, default 1 (or [sh, sw])
+//! padding = "same"             # "same" (default) or "valid"
+//!
+//! [[layers]]
+//! type = "batchnorm"           # optional: momentum = 0.1, eps = 1e-5
+//! [[layers]]
+//! type = "relu"
+//! [[layers]]
+//! type = "maxpool"
+//! size = 2                     # optional: stride (default = size)
+//! [[layers]]
+//! type = "flatten"
+//! [[layers]]
+//! type = "dropout"
+//! rate = 0.5
+//! [[layers]]
+//! type = "dense"
+//! units = 1                    # the last layer must give one value: the logit of "fractured"
+//! ```
+
+use crate::backend::{Conv2dGeom, Padding, Pool2dGeom};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// A square size (`3`) or a `[height, width]` pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    Square(usize),
+    Rect([usize; 2]),
+}
+
+impl Size2 {
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Size2::Square(s) => (s, s),
+            Size2::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
+fn one() -> Size2 {
+    Size2::Square(1)
+}
+fn same() -> Padding {
+    Padding::Same
+}
+fn bn_momentum() -> f32 {
+    0.1
+}
+fn bn_eps() -> f32 {
+    1e-5
+}
+
+/// One layer as written in a spec file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LayerSpec {
+    Conv2d {
+        filters: usize,
+        kernel: Size2,
+        #[serde(default = "one")]
+        stride: Size2,
+        #[serde(default = "same")]
+        padding: Padding,
+    },
+    /// `momentum` is the weight of the new batch in the running averages (PyTorch's convention;
+    /// Keras' `momentum = 0.99` is `momentum = 0.01` here).
+    BatchNorm {
+        #[serde(default = "bn_momentum")]
+        momentum: f32,
+        #[serde(default = "bn_eps")]
+        eps: f32,
+    },
+    MaxPool {
+        size: Size2,
+        #[serde(default)]
+        stride: Option<Size2>,
+    },
+    Dense {
+        units: usize,
+    },
+    Relu,
+    Dropout {
+        rate: f32,
+    },
+    Flatten,
+}
+
+/// A whole model: the shape of one input image and its layers in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    /// `[channels, height, width]` of one image.
+    pub input: [usize; 3],
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A spec that cannot be built, with the reason (naming the layer where there is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for SpecError {}
+
+/// What one layer does to the shape, and what it costs: a row of `model summary`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerInfo {
+    pub index: usize,
+    pub spec: LayerSpec,
+    /// Shape of one sample's input and output (no batch dimension).
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub trainable_params: usize,
+    /// Running statistics: saved and counted, not trained.
+    pub fixed_params: usize,
+    /// Forward FLOPs for one sample (a multiply-add counts 2).
+    pub flops: u64,
+}
+
+/// The built-in models: (name, spec text).
+pub const PRESETS: &[(&str, &str)] = &[
+    ("fracturenet", include_str!("../../models/fracturenet.toml")),
+    (
+        "xray-bone-classifier",
+        include_str!("../../models/xray-bone-classifier.toml"),
+    ),
+];
+
+impl LayerSpec {
+    /// Short description for tables: "conv2d 3x3/1 same, 32".
+    pub fn describe(&self) -> String {
+        match self {
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
+                let pad = if *padding == Padding::Same {
+                    "same"
+                } else {
+                    "valid"
+                };
+                format!("conv2d {kh}x{kw}/{sh}x{sw} {pad}, {filters}")
+            }
+            LayerSpec::BatchNorm { .. } => "batchnorm".into(),
+            LayerSpec::MaxPool { size, stride } => {
+                let ((kh, kw), (sh, sw)) = (size.hw(), stride.unwrap_or(*size).hw());
+                format!("maxpool {kh}x{kw}/{sh}x{sw}")
+            }
+            LayerSpec::Dense { units } => format!("dense {units}"),
+            LayerSpec::Relu => "relu".into(),
+            LayerSpec::Dropout { rate } => format!("dropout {rate}"),
+            LayerSpec::Flatten => "flatten".into(),
+        }
+    }
+
+    /// The layer's output shape, parameter counts and FLOPs for one sample of shape `input`.
+    fn infer(&self, index: usize, input: &[usize]) -> Result<LayerInfo, SpecError> {
+        let err = |msg: String| SpecError(format!("layer {index} ({}): {msg}", self.describe()));
+        let image = |what: &str| match input {
+            [c, h, w] => Ok((*c, *h, *w)),
+            _ => Err(err(format!(
+                "{what} needs an image input [channels, height, width], got {input:?}"
+            ))),
+        };
+        let (mut trainable, mut fixed, mut flops) = (0, 0, 0u64);
+        let output = match self {
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (c, h, w) = image("conv2d")?;
+                let positive = *filters > 0 && kernel.hw().0 * kernel.hw().1 > 0;
+                if !positive || stride.hw().0 == 0 || stride.hw().1 == 0 {
+                    return Err(err("filters, kernel and stride must be at least 1".into()));
+                }
+                let g = Conv2dGeom::new(1, c, h, w, *filters, kernel.hw(), stride.hw(), *padding)
+                    .ok_or_else(|| {
+                    err(format!(
+                        "the {}x{} kernel does not fit in the {h}x{w} input with valid padding",
+                        kernel.hw().0,
+                        kernel.hw().1
+                    ))
+                })?;
+                trainable = g.patch_len() * filters + filters;
+                flops = g.forward_flops();
+                vec![*filters, g.out_h, g.out_w]
+            }
+            LayerSpec::BatchNorm { momentum, eps } => {
+                if !(0.0..=1.0).contains(momentum) || eps.is_nan() || *eps <= 0.0 {
+                    return Err(err("momentum must be in [0, 1] and eps above 0".into()));
+                }
+                let c = *input.first().ok_or_else(|| err("empty input".into()))?;
+                trainable = 2 * c;
+                fixed = 2 * c;
+                flops = 2 * input.iter().product::<usize>() as u64;
+                input.to_vec()
+            }
+            LayerSpec::MaxPool { size, stride } => {
+                let (c, h, w) = image("maxpool")?;
+                let stride = stride.unwrap_or(*size);
+                if size.hw().0 * size.hw().1 == 0 || stride.hw().0 * stride.hw().1 == 0 {
+                    return Err(err("size and stride must be at least 1".into()));
+                }
+                let g = Pool2dGeom::new(1, c, h, w, size.hw(), stride.hw()).ok_or_else(|| {
+                    err(format!(
+                        "the pooling window does not fit in the {h}x{w} input"
+                    ))
+                })?;
+                vec![c, g.out_h, g.out_w]
+            }
+            LayerSpec::Dense { units } => {
+                let [features] = input else {
+                    return Err(err(format!(
+                        "dense needs a flat input, got {input:?}: add a flatten layer before it"
+                    )));
+                };
+                if *units == 0 {
+                    return Err(err("units must be at least 1".into()));
+                }
+                trainable = features * units + units;
+                flops = 2 * (features * units) as u64;
+                vec![*units]
+            }
+            LayerSpec::Dropout { rate } => {
+                if !(0.0..1.0).contains(rate) {
+                    return Err(err(format!("rate must be in [0, 1), got {rate}")));
+                }
+                input.to_vec()
+            }
+            LayerSpec::Relu => input.to_vec(),
+            LayerSpec::Flatten => vec![input.iter().product()],
+        };
+        Ok(LayerInfo {
+            index,
+            spec: self.clone(),
+            input: input.to_vec(),
+            output,
+            trainable_params: trainable,
+            fixed_params: fixed,
+            flops,
+        })
+    }
+}
+
+impl ModelSpec {
+    /// Parses a spec from TOML, or from JSON when the text starts with `{`.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let spec: ModelSpec = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| SpecError(format!("invalid JSON: {e}")))?
+        } else {
+            toml::from_str(text).map_err(|e| SpecError(format!("invalid TOML: {e}")))?
+        };
+        spec.layers()?;
+        Ok(spec)
+    }
+
+    /// A built-in model by name, or a spec file by path.
+    pub fn load(name_or_path: &str) -> Result<Self, SpecError> {
+        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(text);
+        }
+        let path = Path::new(name_or_path);
+        if !path.exists() {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            return Err(SpecError(format!(
+                "no built-in model and no file named '{name_or_path}' (built-in models: {})",
+                names.join(", ")
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| SpecError(format!("{}: {e}", path.display())))
+    }
+
+    /// The same model for square input images of side `size`.
+    pub fn with_image_size(mut self, size: usize) -> Result<Self, SpecError> {
+        self.input[1] = size;
+        self.input[2] = size;
+        self.layers()
+            .map_err(|e| SpecError(format!("image size {size} does not fit {}: {e}", self.name)))?;
+        Ok(self)
+    }
+
+    /// Every layer's shapes and costs, checking that the layers fit together and that the model
+    /// ends in the single logit that the loss expects.
+    pub fn layers(&self) -> Result<Vec<LayerInfo>, SpecError> {
+        if self.input.contains(&0) {
+            return Err(SpecError(format!(
+                "input {:?} has a zero dimension",
+                self.input
+            )));
+        }
+        if self.layers.is_empty() {
+            return Err(SpecError("the model has no layers".into()));
+        }
+        let mut shape = self.input.to_vec();
+        let mut infos = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let info = layer.infer(i, &shape)?;
+            shape = info.output.clone();
+            infos.push(info);
+        }
+        if shape != [1] {
+            return Err(SpecError(format!(
+                "the last layer outputs {shape:?}, but a binary classifier must output [1] \
+                 (one logit): end with a dense layer of 1 unit"
+            )));
+        }
+        Ok(infos)
+    }
+
+    /// Total parameters (trainable, fixed).
+    pub fn param_counts(&self) -> Result<(usize, usize), SpecError> {
+        let infos = self.layers()?;
+        Ok((
+            infos.iter().map(|l| l.trainable_params).sum(),
+            infos.iter().map(|l| l.fixed_params).sum(),
+        ))
+    }
+}

@@ -1,0 +1,322 @@
+//! The training loop: mini-batches through forward, loss, backward and the optimiser, then the
+//! validation metrics, a line of figures and checkpoints after every epoch.
+
+use crate::backend::{hash, Backend};
+use crate::checkpoint::{self, CheckpointInfo};
+use crate::data::{DataDir, Dataset};
+use crate::metrics::Metrics;
+use crate::nn::{loss, Mode, Model, ModelSpec};
+use crate::optim::{Optimizer, OptimizerKind};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that defines a training run (saved as `config.json` in the run folder).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub data: PathBuf,
+    /// A built-in model name or a spec file.
+    pub model: String,
+    /// Side of the square input; `None` keeps the spec's.
+    pub image_size: Option<usize>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub seed: u64,
+    /// Folder under which the run folder is made.
+    pub out: PathBuf,
+    /// Weight of fractured samples in the loss; `None` = #not fractured / #fractured in train.
+    pub pos_weight: Option<f32>,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f32,
+    /// No progress bars (the per-epoch lines are still printed).
+    pub quiet: bool,
+}
+
+/// The figures of one epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val: Metrics,
+    pub seconds: f64,
+    pub train_images_per_s: f64,
+}
+
+/// What a finished run leaves behind.
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub epochs: Vec<EpochReport>,
+    pub best_epoch: usize,
+}
+
+/// Mean loss and the predicted probabilities of `ds`, in eval mode (no dropout, running stats).
+pub fn predict<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    ds: &Dataset,
+    batch: usize,
+) -> (f64, Vec<f32>) {
+    let (mut probs, mut loss_sum) = (Vec::with_capacity(ds.len()), 0.0);
+    for idx in ds.batches(batch, None) {
+        let (x, y) = ds.batch(&idx);
+        let logits = model.forward(be, be.upload(&x), Mode::Eval);
+        let (l, _) = loss::bce_with_logits(be, &logits, &be.upload(&y), 1.0);
+        loss_sum += l as f64 * idx.len() as f64;
+        probs.extend(be.download(&logits).data.iter().map(|&z| loss::sigmoid(z)));
+    }
+    (loss_sum / ds.len().max(1) as f64, probs)
+}
+
+/// Checks the numeric options before any work starts.
+fn validate(cfg: &TrainConfig) -> Result<()> {
+    if cfg.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if cfg.epochs == 0 {
+        bail!("--epochs must be at least 1");
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        bail!("--lr must be a positive number, got {}", cfg.lr);
+    }
+    if let Some(w) = cfg.pos_weight {
+        if !(w.is_finite() && w > 0.0) {
+            bail!("--pos-weight must be a positive number or 'auto', got {w}");
+        }
+    }
+    Ok(())
+}
+
+/// The first free `runs/<model>-NNN` folder.
+fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
+    for n in 1..10_000 {
+        let dir = out.join(format!("{model}-{n:03}"));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "{} holds 9999 runs of {model} already: pass another --out",
+        out.display()
+    )
+}
+
+fn load_split(
+    ds_samples: &crate::data::Split,
+    size: usize,
+    what: &str,
+    quiet: bool,
+) -> Result<Dataset> {
+    for p in &ds_samples.skipped {
+        eprintln!("warning: skipping {} (not an image file)", p.display());
+    }
+    let ds = Dataset::decode(&ds_samples.samples, size, what, quiet);
+    for (p, why) in &ds.failed {
+        eprintln!("warning: skipping {}: {why}", p.display());
+    }
+    if !ds.failed.is_empty() {
+        eprintln!(
+            "warning: {} of the {what} images could not be read",
+            ds.failed.len()
+        );
+    }
+    if ds.positives() == 0 || ds.positives() == ds.len() {
+        bail!("no usable images of one class are left in the {what} split");
+    }
+    Ok(ds)
+}
+
+fn epoch_bar(images: usize, epoch: usize, epochs: usize, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(images as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{epoch}/{epochs}"));
+    bar
+}
+
+const CSV_HEADER: &str =
+    "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_balanced_accuracy,\
+val_precision,val_recall,val_specificity,val_f1,val_roc_auc,seconds,train_images_per_s";
+
+fn csv_row(r: &EpochReport) -> String {
+    let v = &r.val;
+    format!(
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.2}",
+        r.epoch,
+        r.train_loss,
+        r.train_accuracy,
+        v.loss,
+        v.accuracy,
+        v.balanced_accuracy,
+        v.precision,
+        v.recall,
+        v.specificity,
+        v.f1,
+        v.roc_auc,
+        r.seconds,
+        r.train_images_per_s
+    )
+}
+
+/// Trains `cfg.model` on `cfg.data` with backend `be`, printing one line per epoch.
+pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
+    validate(cfg)?;
+    let mut spec = ModelSpec::load(&cfg.model)?;
+    if let Some(size) = cfg.image_size {
+        spec = spec.with_image_size(size)?;
+    }
+    if spec.input[0] != 1 || spec.input[1] != spec.input[2] {
+        bail!(
+            "model {} takes {:?} inputs; X-rays are loaded as 1 channel, square",
+            spec.name,
+            spec.input
+        );
+    }
+    let size = spec.input[1];
+    let dir = DataDir::open(&cfg.data)?;
+    println!(
+        "data: {} — train {} images ({} fractured, {} not), val {} images ({} fractured, {} not)",
+        cfg.data.display(),
+        dir.train.samples.len(),
+        dir.train.count(1.0),
+        dir.train.count(0.0),
+        dir.val.samples.len(),
+        dir.val.count(1.0),
+        dir.val.count(0.0)
+    );
+    let train_ds = load_split(&dir.train, size, "train", cfg.quiet)?;
+    let val_ds = load_split(&dir.val, size, "val", cfg.quiet)?;
+    let pos_weight = cfg.pos_weight.unwrap_or_else(|| {
+        (train_ds.len() - train_ds.positives()) as f32 / train_ds.positives() as f32
+    });
+
+    let mut model = Model::new(be, &spec, cfg.seed)?;
+    let (trainable, fixed) = spec.param_counts()?;
+    let run_dir = new_run_dir(&cfg.out, &spec.name)?;
+    let config_json = serde_json::to_string_pretty(&serde_json::json!({
+        "config": cfg, "spec": spec, "pos_weight": pos_weight, "backend": be.name(),
+    }))?;
+    checkpoint::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())?;
+    println!(
+        "model: {} on {size}x{size} ({trainable} trainable + {fixed} fixed parameters), backend: {}",
+        spec.name,
+        be.name()
+    );
+    println!(
+        "training {} epochs, batch {}, lr {}, positive weight {pos_weight:.3}; run folder {}",
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        run_dir.display()
+    );
+
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay);
+    let mut reports: Vec<EpochReport> = Vec::new();
+    let mut csv = format!("{CSV_HEADER}\n");
+    let mut best: Option<(f64, usize)> = None;
+    for epoch in 1..=cfg.epochs {
+        let start = Instant::now();
+        let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for idx in train_ds.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64))) {
+            // Batch norm needs two samples to have a variance; a last batch of one is dropped.
+            if idx.len() < 2 {
+                continue;
+            }
+            let (x, y) = train_ds.batch(&idx);
+            let y_dev = be.upload(&y);
+            let step_seed = hash::key(cfg.seed ^ (opt.t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                as u64
+                | (opt.t + 1) << 32;
+            let logits = model.forward(be, be.upload(&x), Mode::Train { seed: step_seed });
+            let (l, dlogits) = loss::bce_with_logits(be, &logits, &y_dev, pos_weight);
+            if !l.is_finite() {
+                bail!(
+                    "the training loss became {l} at epoch {epoch}, step {}: lower --lr",
+                    opt.t + 1
+                );
+            }
+            let z = be.download(&logits).data;
+            correct += z
+                .iter()
+                .zip(&y.data)
+                .filter(|(z, y)| (**z >= 0.0) == (**y == 1.0))
+                .count();
+            model.backward(be, dlogits, false);
+            opt.step(be, &mut model, cfg.lr);
+            loss_sum += l as f64 * idx.len() as f64;
+            seen += idx.len();
+            bar.inc(idx.len() as u64);
+        }
+        bar.finish_and_clear();
+        let train_secs = start.elapsed().as_secs_f64();
+        let (val_loss, probs) = predict(be, &mut model, &val_ds, cfg.batch_size);
+        let report = EpochReport {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
+            seconds: start.elapsed().as_secs_f64(),
+            train_images_per_s: seen as f64 / train_secs,
+        };
+        print_epoch(&report, cfg.epochs);
+        let info = CheckpointInfo {
+            spec: spec.clone(),
+            threshold: 0.5,
+            epoch,
+        };
+        checkpoint::save(be, &model, &info, &run_dir.join("last.safetensors"))?;
+        if best.is_none_or(|(auc, _)| report.val.roc_auc > auc) {
+            best = Some((report.val.roc_auc, epoch));
+            checkpoint::save(be, &model, &info, &run_dir.join("best.safetensors"))?;
+        }
+        csv.push_str(&csv_row(&report));
+        csv.push('\n');
+        checkpoint::write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
+        reports.push(report);
+    }
+    let best_epoch = best.map_or(0, |(_, e)| e);
+    println!(
+        "best validation ROC-AUC {:.4} at epoch {best_epoch}; saved {}",
+        best.map_or(0.0, |(a, _)| a),
+        run_dir.join("best.safetensors").display()
+    );
+    Ok(RunSummary {
+        run_dir,
+        epochs: reports,
+        best_epoch,
+    })
+}
+
+fn print_epoch(r: &EpochReport, epochs: usize) {
+    let v = &r.val;
+    println!(
+        "epoch {:>3}/{epochs}  train loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} bal-acc {:.3} \
+         prec {:.3} rec {:.3} auc {:.3} | {:.1} s, {:.1} img/s",
+        r.epoch,
+        r.train_loss,
+        r.train_accuracy,
+        v.loss,
+        v.accuracy,
+        v.balanced_accuracy,
+        v.precision,
+        v.recall,
+        v.roc_auc,
+        r.seconds,
+        r.train_images_per_s
+    );
+}

@@ -1,0 +1,325 @@
+//! The gradient-check cases, instantiated once per backend by `gradcheck_suite!(Backend, samples)`.
+
+use fracture_cnn::gradcheck::Report;
+
+/// Relative error allowed for single ops and layers (f32 forward passes, h = 1e-2).
+pub const OP_TOL: f64 = 1e-2;
+/// Relative error allowed through whole models for 90 % of the compared entries, and for all of
+/// them: f32 rounding accumulates over dozens of layers (the loss itself is only good to ~5e-7)
+/// and a few entries sit near a kink that the step did not quite cross.
+pub const MODEL_TOL: (f64, f64) = (5e-2, 0.3);
+
+fn check(reports: &[Report], tol: f64) -> Vec<String> {
+    for r in reports {
+        println!("{r}");
+    }
+    reports
+        .iter()
+        .filter(|r| !r.passed(tol))
+        .map(|r| r.to_string())
+        .collect()
+}
+
+/// Every entry of every report within `tol`, and every report compared something.
+pub fn assert_all(reports: &[Report], tol: f64) {
+    let failed = check(reports, tol);
+    assert!(
+        failed.is_empty(),
+        "gradient check failed (tolerance {tol}):\n{}",
+        failed.join("\n")
+    );
+    assert!(
+        reports.iter().all(|r| r.checked > 0),
+        "a check compared nothing"
+    );
+}
+
+/// For whole models: in early layers, moving one weight shifts thousands of units and nearly
+/// every step crosses some ReLU kink or pooling switch, so a tensor may have no entry that can be
+/// compared (each layer is checked entry by entry on its own above). Nine in ten compared entries
+/// must agree within `tol90` and all within `tol_max`; the input's gradient, at least three
+/// quarters of the tensors, and the last layers (where the loss enters) must have been compared.
+pub fn assert_model(reports: &[Report], (tol90, tol_max): (f64, f64)) {
+    let failed = check(reports, tol_max);
+    assert!(
+        failed.is_empty(),
+        "gradient check failed (tolerance {tol_max}):\n{}",
+        failed.join("\n")
+    );
+    let mut errs: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.rel_errs.iter().copied())
+        .collect();
+    errs.sort_by(f64::total_cmp);
+    let p90 = errs[errs.len() * 9 / 10];
+    assert!(
+        p90 <= tol90,
+        "90th percentile of relative errors {p90:.3e} above {tol90}"
+    );
+    let compared = reports.iter().filter(|r| r.checked > 0).count();
+    assert!(
+        reports[0].wrt == "x" && reports[0].checked > 0,
+        "the input gradient was not compared"
+    );
+    assert!(
+        4 * compared >= 3 * reports.len(),
+        "only {compared} of {} tensors compared",
+        reports.len()
+    );
+    assert!(
+        reports[reports.len() - 4..].iter().all(|r| r.checked > 0),
+        "the head was not compared"
+    );
+}
+
+#[macro_export]
+macro_rules! gradcheck_suite {
+    ($backend:expr, $samples:expr) => {
+        use fracture_cnn::backend::{Conv2dGeom, Padding, Pool2dGeom};
+        use fracture_cnn::gradcheck as gc;
+        use fracture_cnn::nn::spec::Size2;
+        use fracture_cnn::nn::{LayerSpec, ModelSpec};
+        use $crate::common::gradchecks::{assert_all, assert_model, MODEL_TOL, OP_TOL};
+
+        #[allow(clippy::too_many_arguments)]
+        fn conv(
+            n: usize,
+            ci: usize,
+            h: usize,
+            w: usize,
+            co: usize,
+            k: (usize, usize),
+            s: (usize, usize),
+            p: Padding,
+        ) -> Conv2dGeom {
+            Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap()
+        }
+
+        #[test]
+        fn conv2d_3x3_same_stride1() {
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(2, 3, 6, 5, 4, (3, 3), (1, 1), Padding::Same),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn conv2d_3x3_stride2_same_and_valid() {
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(2, 2, 7, 6, 3, (3, 3), (2, 2), Padding::Same),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(1, 2, 7, 7, 3, (3, 3), (2, 2), Padding::Valid),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn conv2d_non_square_kernel_no_padding() {
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(2, 2, 5, 6, 3, (2, 3), (1, 1), Padding::Valid),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(1, 2, 5, 6, 2, (2, 4), (1, 2), Padding::Same),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn conv2d_pointwise_1x1() {
+            assert_all(
+                &gc::conv2d(
+                    &$backend,
+                    conv(2, 5, 3, 4, 3, (1, 1), (1, 1), Padding::Same),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn batchnorm_conv_features_batch_1_and_2() {
+            assert_all(
+                &gc::batchnorm(&$backend, &[1, 3, 4, 5], gc::Probe::op($samples)),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::batchnorm(&$backend, &[2, 3, 3, 3], gc::Probe::op($samples)),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn batchnorm_dense_features_batch_2_and_8() {
+            // [N, F]: statistics over the batch only (2 values per feature is the hardest case).
+            assert_all(
+                &gc::batchnorm(&$backend, &[2, 5], gc::Probe::op($samples)),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::batchnorm(&$backend, &[8, 6], gc::Probe::op($samples)),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn maxpool_2x2_on_odd_sizes_and_overlapping_3x3() {
+            assert_all(
+                &gc::maxpool(
+                    &$backend,
+                    Pool2dGeom::new(2, 2, 5, 7, (2, 2), (2, 2)).unwrap(),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::maxpool(
+                    &$backend,
+                    Pool2dGeom::new(1, 2, 7, 6, (3, 3), (2, 2)).unwrap(),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::maxpool(
+                    &$backend,
+                    Pool2dGeom::new(1, 1, 5, 5, (3, 2), (1, 1)).unwrap(),
+                    gc::Probe::op($samples),
+                ),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn dense_forward_backward() {
+            assert_all(
+                &gc::dense(&$backend, 3, 7, 5, gc::Probe::op($samples)),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::dense(&$backend, 1, 17, 1, gc::Probe::op($samples)),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn relu_and_dropout() {
+            assert_all(
+                &gc::relu(&$backend, &[2, 3, 4, 4], gc::Probe::op($samples)),
+                OP_TOL,
+            );
+            assert_all(
+                &gc::dropout(&$backend, &[4, 50], 0.5, gc::Probe::op($samples)),
+                OP_TOL,
+            );
+        }
+        #[test]
+        fn bce_with_logits_including_saturated_logits() {
+            let be = $backend;
+            let logits = [-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0, 30.0];
+            let targets = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+            for w in [1.0, 4.5] {
+                let r = gc::bce(&be, &logits, &targets, w);
+                assert_all(&[r], OP_TOL);
+            }
+        }
+        #[test]
+        fn every_layer_through_its_layer_impl() {
+            let be = $backend;
+            let image = [3usize, 6, 5];
+            let cases: Vec<(LayerSpec, Vec<usize>, usize)> = vec![
+                (
+                    LayerSpec::Conv2d {
+                        filters: 4,
+                        kernel: Size2::Square(3),
+                        stride: Size2::Square(1),
+                        padding: Padding::Same,
+                    },
+                    image.to_vec(),
+                    2,
+                ),
+                (
+                    LayerSpec::Conv2d {
+                        filters: 2,
+                        kernel: Size2::Rect([3, 2]),
+                        stride: Size2::Square(2),
+                        padding: Padding::Valid,
+                    },
+                    image.to_vec(),
+                    2,
+                ),
+                (
+                    LayerSpec::BatchNorm {
+                        momentum: 0.1,
+                        eps: 1e-5,
+                    },
+                    image.to_vec(),
+                    1,
+                ),
+                (
+                    LayerSpec::BatchNorm {
+                        momentum: 0.1,
+                        eps: 1e-5,
+                    },
+                    vec![7],
+                    2,
+                ),
+                (
+                    LayerSpec::MaxPool {
+                        size: Size2::Square(2),
+                        stride: None,
+                    },
+                    image.to_vec(),
+                    2,
+                ),
+                (LayerSpec::Dense { units: 3 }, vec![11], 2),
+                (LayerSpec::Relu, image.to_vec(), 2),
+                (LayerSpec::Dropout { rate: 0.3 }, vec![40], 2),
+                (LayerSpec::Flatten, image.to_vec(), 2),
+            ];
+            for (spec, sample, batch) in cases {
+                assert_all(
+                    &gc::layer(&be, &spec, batch, &sample, gc::Probe::op($samples)),
+                    OP_TOL,
+                );
+            }
+        }
+        #[test]
+        fn whole_fracturenet_at_32x32() {
+            let spec = ModelSpec::load("fracturenet")
+                .unwrap()
+                .with_image_size(32)
+                .unwrap();
+            assert_model(
+                &gc::model(&$backend, &spec, 3, gc::Probe::model($samples / 3)),
+                MODEL_TOL,
+            );
+        }
+        #[test]
+        fn whole_xray_bone_classifier_at_94x94() {
+            // 94 is the smallest input that survives its four valid convolutions and six poolings.
+            let spec = ModelSpec::load("xray-bone-classifier")
+                .unwrap()
+                .with_image_size(94)
+                .unwrap();
+            assert_model(
+                &gc::model(&$backend, &spec, 4, gc::Probe::model($samples / 4)),
+                MODEL_TOL,
+            );
+        }
+    };
+}
