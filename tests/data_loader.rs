@@ -1,0 +1,140 @@
+//! The image-folder loader: layouts, class-folder spellings, formats and bad files.
+
+mod common;
+
+use fracture_cnn::data::{folder, DataDir, Dataset};
+use image::{ImageBuffer, Luma, Rgb, Rgba};
+use std::path::Path;
+
+fn touch_class_dirs(root: &Path, split: &str, pos: &str, neg: &str) {
+    for c in [pos, neg] {
+        std::fs::create_dir_all(root.join(split).join(c)).unwrap();
+    }
+}
+
+#[test]
+fn accepts_common_class_and_split_spellings() {
+    for (pos, neg, val) in [
+        ("fractured", "not_fractured", "val"),
+        ("Fractured", "not fractured", "valid"),
+        ("fractured", "Non_fractured", "validation"),
+        ("FRACTURED", "normal", "val"),
+        ("fractured", "unfractured", "valid"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", val] {
+            touch_class_dirs(dir.path(), split, pos, neg);
+            for (c, fr) in [(pos, true), (neg, false)] {
+                common::images::class_image(fr, 1, 8, 8)
+                    .save(dir.path().join(split).join(c).join("a.png"))
+                    .unwrap();
+            }
+        }
+        let d = DataDir::open(dir.path()).unwrap_or_else(|e| panic!("{pos}/{neg}/{val}: {e:#}"));
+        assert_eq!((d.train.count(1.0), d.train.count(0.0)), (1, 1));
+        assert_eq!((d.val.count(1.0), d.val.count(0.0)), (1, 1));
+    }
+}
+
+#[test]
+fn decodes_gray_rgb_rgba_and_16_bit_into_one_channel_in_unit_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    ImageBuffer::from_pixel(5, 3, Luma([255u8]))
+        .save(p.join("white8.png"))
+        .unwrap();
+    ImageBuffer::from_pixel(4, 4, Luma([32768u16]))
+        .save(p.join("half16.png"))
+        .unwrap();
+    ImageBuffer::from_pixel(6, 6, Rgb([0u8, 0, 0]))
+        .save(p.join("black.jpg"))
+        .unwrap();
+    ImageBuffer::from_pixel(7, 2, Rgba([255u8, 255, 255, 255]))
+        .save(p.join("white_rgba.png"))
+        .unwrap();
+    ImageBuffer::from_pixel(1, 1, Luma([128u8]))
+        .save(p.join("tiny.bmp"))
+        .unwrap();
+    let cases = [
+        ("white8.png", 1.0),
+        ("half16.png", 0.5),
+        ("black.jpg", 0.0),
+        ("white_rgba.png", 1.0),
+        ("tiny.bmp", 128.0 / 255.0),
+    ];
+    for (name, want) in cases {
+        let px = fracture_cnn::data::image::load_gray(&p.join(name), 4).unwrap();
+        assert_eq!(px.len(), 16, "{name}");
+        for v in px {
+            assert!((v - want).abs() < 0.01, "{name}: {v} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn skips_non_images_and_reports_corrupt_files_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    common::images::write_separable_dataset(root, 2, 8);
+    let frac = root.join("train").join("fractured");
+    std::fs::write(frac.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(frac.join("broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    std::fs::write(frac.join("empty.jpg"), b"").unwrap();
+    let d = DataDir::open(root).unwrap();
+    assert_eq!(d.train.skipped, vec![frac.join("notes.txt")]);
+    let ds = Dataset::decode(&d.train.samples, 8, "train", true);
+    assert_eq!(ds.len(), 4);
+    let failed: Vec<_> = ds
+        .failed
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(failed, ["broken.png", "empty.jpg"]);
+    assert!(ds.failed[0].1.contains("broken.png"), "{}", ds.failed[0].1);
+}
+
+#[test]
+fn clear_errors_for_missing_folders_and_missing_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let e = DataDir::open(&missing).err().unwrap().to_string();
+    assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
+
+    let e = DataDir::open(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("no train/ folder"), "{e}");
+
+    std::fs::create_dir_all(dir.path().join("train").join("cats")).unwrap();
+    std::fs::create_dir_all(dir.path().join("val")).unwrap();
+    let e = format!("{:#}", DataDir::open(dir.path()).err().unwrap());
+    assert!(e.contains("no class folders"), "{e}");
+
+    touch_class_dirs(dir.path(), "train", "fractured", "normal");
+    common::images::class_image(true, 1, 8, 8)
+        .save(dir.path().join("train/fractured/a.png"))
+        .unwrap();
+    let e = format!("{:#}", DataDir::open(dir.path()).err().unwrap());
+    assert!(e.contains("no not_fractured images"), "{e}");
+    assert_eq!(folder::class_of("Not Fractured"), Some(0.0));
+}
+
+#[test]
+fn batches_cover_every_sample_once_in_a_seeded_order() {
+    let dir = tempfile::tempdir().unwrap();
+    common::images::write_separable_dataset(dir.path(), 5, 8);
+    let d = DataDir::open(dir.path()).unwrap();
+    let ds = Dataset::decode(&d.train.samples, 8, "train", true);
+    let a = ds.batches(4, Some(7));
+    assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+    let mut all: Vec<usize> = a.concat();
+    all.sort();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    assert_eq!(a, ds.batches(4, Some(7)));
+    assert_ne!(a, ds.batches(4, Some(8)));
+    let (x, y) = ds.batch(&a[0]);
+    assert_eq!(x.dims(), [4, 1, 8, 8]);
+    for (k, &i) in a[0].iter().enumerate() {
+        assert_eq!(y.data[k], ds.labels[i]);
+        // bright images are the fractured ones
+        assert_eq!(x.data[k * 64] > 0.5, ds.labels[i] == 1.0);
+    }
+}
