@@ -76,7 +76,7 @@ impl Probe {
         Probe {
             steps: &[1e-2],
             samples,
-            noise: 2e-5,
+            noise: 5e-5,
         }
     }
     /// For whole models, where gradients of the mean loss are O(1e-3–1e-1) and moving one weight
@@ -425,7 +425,32 @@ pub fn model<B: Backend>(be: &B, spec: &ModelSpec, batch: usize, probe: Probe) -
     };
     let (_, dlogits) = nn::loss::bce_with_logits(be, &logits, &y, 2.0);
     let dx = model.backward(be, dlogits, true).expect("dx was asked for");
-    let case = format!("model {} {h}x{w} x{batch}", spec.name);
+    // The rounding noise of this model's loss: how much L moves when one weight moves by a
+    // step far too small to matter (1e-6 relative). Slopes are not trusted below 4× that / h.
+    let mut noise = 0f64;
+    let base = loss_at(&mut model, &x).unwrap_or(0.0);
+    for (k, i) in [3usize, 7, 11, 17].into_iter().enumerate() {
+        let count = model.params_mut().len();
+        let p = &mut model.params_mut()[(i * 7 + k) % count];
+        let mut v = be.download(&p.value);
+        let j = (i * 31) % v.numel();
+        let old = v.data[j];
+        v.data[j] = old * (1.0 + 1e-6) + 1e-9;
+        p.value = be.upload(&v);
+        if let Some(l) = loss_at(&mut model, &x) {
+            noise = noise.max((l - base).abs());
+        }
+        v.data[j] = old;
+        model.params_mut()[(i * 7 + k) % count].value = be.upload(&v);
+    }
+    let probe = Probe {
+        noise: probe.noise.max(4.0 * noise),
+        ..probe
+    };
+    let case = format!(
+        "model {} {h}x{w} x{batch} (loss noise {noise:.1e})",
+        spec.name
+    );
     let mut reports = vec![compare(
         &case,
         "x",

@@ -6,4 +6,4 @@ mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
 
-crate::gradcheck_suite!(Cpu, 60);
+crate::gradcheck_suite!(Some(&Cpu), 60);

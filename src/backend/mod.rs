@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod geometry;
+pub mod gpu;
 pub mod hash;
 
 pub use geometry::{Conv2dGeom, Padding, Pool2dGeom};

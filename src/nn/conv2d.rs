@@ -20,7 +20,7 @@ pub struct Conv2d<B: Backend> {
 
 impl<B: Backend> Conv2d<B> {
     pub fn new(be: &B, geom: Conv2dGeom, rng: &mut StdRng) -> Self {
-        let w = init::he_uniform(&geom.weight_shape(), geom.patch_len(), rng);
+        let w = init::uniform_fan_in(&geom.weight_shape(), geom.patch_len(), rng);
         Conv2d {
             geom,
             weight: Param::trainable("weight", be.upload(&w)),

@@ -16,7 +16,7 @@ pub struct Dense<B: Backend> {
 
 impl<B: Backend> Dense<B> {
     pub fn new(be: &B, inputs: usize, units: usize, rng: &mut StdRng) -> Self {
-        let w = init::he_uniform(&[units, inputs], inputs, rng);
+        let w = init::uniform_fan_in(&[units, inputs], inputs, rng);
         Dense {
             weight: Param::trainable("weight", be.upload(&w)),
             bias: Param::trainable("bias", be.zeros(&[units].into())),

@@ -1,3 +1,4 @@
 #![allow(dead_code)]
+pub mod gpu;
 pub mod gradchecks;
 pub mod images;

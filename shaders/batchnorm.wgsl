@@ -1,0 +1,119 @@
+// batchnorm.wgsl — batch normalisation per channel of an [N, C, HW] tensor.
+// Twin of src/backend/cpu/batchnorm.rs; the formulas are derived in src/nn/batchnorm.rs.
+//
+// Bindings: 0 params (uniform), 1 x, 2 dy, 3 gamma, 4 beta, 5 mean, 6 scale (read: the variance
+// for `normalize`, 1/sqrt(var + eps) for the backward pass), 7 out, 8 sums (read_write).
+// Each entry point uses the subset it needs.
+// stats, backward_reduce: one workgroup of 256 per channel; strided per-invocation sums combined
+//   by a tree reduction in workgroup memory. The variance takes two passes (the mean first, then
+//   the squared deviations), which stays exact where E[x²] − E[x]² would cancel.
+// normalize, backward_dx: one invocation per element, 256 per workgroup, 2-D grid.
+
+struct Params {
+    n: u32, c: u32, hw: u32, pad0: u32,
+    eps: f32, pad1: u32, pad2: u32, pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read> mean: array<f32>;
+@group(0) @binding(6) var<storage, read> scale: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> sums: array<f32>;
+
+var<workgroup> part_a: array<f32, 256>;
+var<workgroup> part_b: array<f32, 256>;
+
+// Index of the t-th value of channel c.
+fn at(t: u32, c: u32) -> u32 {
+    return ((t / p.hw) * p.c + c) * p.hw + t % p.hw;
+}
+
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 256u + lid;
+}
+
+// Sums part_a and part_b over the workgroup into element 0.
+fn reduce(lid: u32) {
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half >>= 1u) {
+        if (lid < half) {
+            part_a[lid] += part_a[lid + half];
+            part_b[lid] += part_b[lid + half];
+        }
+        workgroupBarrier();
+    }
+}
+
+// out = [mean | biased var | 1/sqrt(var + eps)], each of length C
+@compute @workgroup_size(256)
+fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let count = p.n * p.hw;
+    var s = 0.0;
+    for (var t = lid; t < count; t += 256u) { s += x[at(t, c)]; }
+    part_a[lid] = s;
+    part_b[lid] = 0.0;
+    reduce(lid);
+    let m = part_a[0] / f32(count);
+    workgroupBarrier();
+    var d = 0.0;
+    for (var t = lid; t < count; t += 256u) {
+        let e = x[at(t, c)] - m;
+        d += e * e;
+    }
+    part_a[lid] = d;
+    reduce(lid);
+    if (lid == 0u) {
+        let v = part_a[0] / f32(count);
+        out[c] = m;
+        out[p.c + c] = v;
+        out[2u * p.c + c] = 1.0 / sqrt(v + p.eps);
+    }
+}
+
+// out = gamma (x − mean) / sqrt(scale + eps) + beta, scale = the variance (batch or running)
+@compute @workgroup_size(256)
+fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n * p.c * p.hw) { return; }
+    let c = (i / p.hw) % p.c;
+    out[i] = gamma[c] * (x[i] - mean[c]) / sqrt(scale[c] + p.eps) + beta[c];
+}
+
+// sums = [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale
+@compute @workgroup_size(256)
+fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let count = p.n * p.hw;
+    var sb = 0.0;
+    var sg = 0.0;
+    for (var t = lid; t < count; t += 256u) {
+        let k = at(t, c);
+        sb += dy[k];
+        sg += dy[k] * (x[k] - mean[c]) * scale[c];
+    }
+    part_a[lid] = sb;
+    part_b[lid] = sg;
+    reduce(lid);
+    if (lid == 0u) {
+        sums[c] = part_a[0];
+        sums[p.c + c] = part_b[0];
+    }
+}
+
+// out = dx = γ · scale / M · (M · dy − dβ − x̂ · dγ), with dβ, dγ from backward_reduce
+@compute @workgroup_size(256)
+fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n * p.c * p.hw) { return; }
+    let c = (i / p.hw) % p.c;
+    let m = f32(p.n * p.hw);
+    let xhat = (x[i] - mean[c]) * scale[c];
+    out[i] = gamma[c] * scale[c] / m * (m * dy[i] - sums[c] - xhat * sums[p.c + c]);
+}
