@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::gpu::Gpu;
 use fracture_cnn::nn::ModelSpec;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -30,6 +31,19 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// List the GPU adapters wgpu sees, with the limits that matter to fracture-cnn.
+    Devices,
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum BackendChoice {
+    /// The rayon CPU backend.
+    Cpu,
+    /// The WGSL backend on the first GPU adapter (fails if there is none).
+    Gpu,
+    /// A hardware GPU when there is one, otherwise the CPU.
+    Auto,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +103,9 @@ struct TrainArgs {
     /// Decoupled weight decay (AdamW style for Adam, L2 for SGD).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// Where to run: cpu, gpu, or auto (a hardware GPU if there is one, else the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -134,7 +151,73 @@ fn run_train(a: TrainArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         quiet: a.quiet,
     };
-    train::train(&Cpu, &cfg).map(|_| ())
+    match pick_backend(a.backend)? {
+        Some(gpu) => train::train(&gpu, &cfg).map(|_| ()),
+        None => train::train(&Cpu, &cfg).map(|_| ()),
+    }
+}
+
+/// The GPU backend to use, or `None` for the CPU.
+fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
+    match choice {
+        BackendChoice::Cpu => Ok(None),
+        BackendChoice::Gpu => Gpu::new()
+            .context("--backend gpu: the GPU backend cannot start (try --backend cpu)")
+            .map(Some),
+        BackendChoice::Auto => match Gpu::new() {
+            Ok(gpu) if gpu.adapter_info().device_type != wgpu::DeviceType::Cpu => {
+                println!("using GPU adapter {} ({:?})", gpu.adapter_info().name, gpu.adapter_info().backend);
+                Ok(Some(gpu))
+            }
+            Ok(gpu) => {
+                println!(
+                    "only a software GPU adapter ({}) is present; using the CPU backend, which is faster \
+                     (pass --backend gpu to use the adapter anyway)",
+                    gpu.adapter_info().name
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                println!("no GPU adapter ({e:#}); using the CPU backend");
+                Ok(None)
+            }
+        },
+    }
+}
+
+fn devices() -> Result<()> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    if adapters.is_empty() {
+        println!("no GPU adapters found; the CPU backend will be used");
+        println!("(on Linux without a GPU, Mesa's lavapipe provides a software one: apt-get install mesa-vulkan-drivers)");
+        return Ok(());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let l = a.limits();
+        let f = a.features();
+        println!("[{i}] {} — {:?}, {:?}", info.name, info.backend, info.device_type);
+        println!("    driver: {} {}", info.driver, info.driver_info);
+        println!(
+            "    largest storage binding {} MiB, largest buffer {} MiB, workgroups per dimension {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroups_per_dimension
+        );
+        println!(
+            "    invocations per workgroup {}, workgroup memory {} KiB, storage buffers per stage {}",
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_storage_buffers_per_shader_stage
+        );
+        println!(
+            "    timestamp queries: {}, f16 shaders: {}",
+            f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            f.contains(wgpu::Features::SHADER_F16)
+        );
+    }
+    Ok(())
 }
 
 fn thousands(n: u64) -> String {
@@ -201,6 +284,7 @@ fn main() -> ExitCode {
         Command::Model {
             command: ModelCommand::Summary { model, image_size },
         } => model_summary(&model, image_size),
+        Command::Devices => devices(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

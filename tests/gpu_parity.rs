@@ -1,0 +1,339 @@
+//! Every GPU op against the CPU op on the same random inputs, forward and backward, over shapes
+//! that include odd sizes, batch 1 and sizes that are not multiples of the kernels' tiles; then
+//! whole training steps of both presets, and repeatability.
+
+mod common;
+
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::gpu::Gpu;
+use fracture_cnn::backend::{AdamStep, Backend, Conv2dGeom, Padding, Pool2dGeom, SgdStep};
+use fracture_cnn::nn::{loss, Mode, Model, ModelSpec};
+use fracture_cnn::optim::{Optimizer, OptimizerKind};
+use fracture_cnn::tensor::Tensor;
+
+fn gpu() -> Option<&'static Gpu> {
+    common::gpu::backend()
+}
+
+fn rand(shape: impl Into<fracture_cnn::tensor::Shape>, seed: u64) -> Tensor {
+    Tensor::rand_uniform(shape, -1.0, 1.0, seed)
+}
+
+/// GPU and CPU results agree to `tol` relative to the largest CPU value.
+fn same(what: &str, cpu: &Tensor, gpu: &Tensor, tol: f32) {
+    assert_eq!(cpu.shape, gpu.shape, "{what}: shapes differ");
+    let scale = cpu.data.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let diff = cpu.max_abs_diff(gpu);
+    assert!(
+        diff <= tol * scale,
+        "{what}: GPU differs from CPU by {diff:e} (scale {scale})"
+    );
+}
+
+const TOL: f32 = 1e-5;
+
+fn conv_cases() -> Vec<Conv2dGeom> {
+    let g = |n, ci, h, w, co, k, s, p| Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap();
+    vec![
+        g(1, 1, 7, 5, 3, (3, 3), (1, 1), Padding::Same),
+        g(3, 4, 9, 11, 5, (3, 3), (1, 1), Padding::Same),
+        g(2, 3, 10, 9, 67, (3, 3), (2, 2), Padding::Same),
+        g(2, 2, 8, 7, 4, (2, 3), (1, 2), Padding::Valid),
+        g(5, 6, 4, 4, 9, (1, 1), (1, 1), Padding::Same),
+        g(9, 2, 13, 13, 3, (5, 5), (3, 3), Padding::Valid),
+    ]
+}
+
+#[test]
+fn conv2d_all_three_passes() {
+    let Some(gpu) = gpu() else { return };
+    for (k, g) in conv_cases().into_iter().enumerate() {
+        let s = k as u64 * 10;
+        let (x, w, b) = (
+            rand(g.input_shape(), s),
+            rand(g.weight_shape(), s + 1),
+            rand([g.c_out], s + 2),
+        );
+        let dy = rand(g.output_shape(), s + 3);
+        let (gx, gw, gb, gdy) = (
+            gpu.upload(&x),
+            gpu.upload(&w),
+            gpu.upload(&b),
+            gpu.upload(&dy),
+        );
+        let tag = format!("conv {g:?}");
+        same(
+            &tag,
+            &Cpu.conv2d_forward(&x, &w, &b, &g),
+            &gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, &g)),
+            TOL,
+        );
+        same(
+            &tag,
+            &Cpu.conv2d_backward_input(&dy, &w, &g),
+            &gpu.download(&gpu.conv2d_backward_input(&gdy, &gw, &g)),
+            TOL,
+        );
+        let (cw, cb) = Cpu.conv2d_backward_weight(&x, &dy, &g);
+        let (dw, db) = gpu.conv2d_backward_weight(&gx, &gdy, &g);
+        same(&tag, &cw, &gpu.download(&dw), TOL);
+        same(&tag, &cb, &gpu.download(&db), TOL);
+    }
+}
+
+#[test]
+fn batchnorm_train_infer_backward_and_running_stats() {
+    let Some(gpu) = gpu() else { return };
+    for (k, shape) in [
+        vec![1, 3, 5, 7],
+        vec![4, 6, 3, 3],
+        vec![2, 5],
+        vec![7, 300],
+        vec![3, 2, 40, 33],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = shape[1];
+        let s = 100 + k as u64 * 10;
+        let x = Tensor::rand_uniform(shape.as_slice(), -2.0, 3.0, s);
+        let (gamma, beta, dy) = (
+            Tensor::rand_uniform([c], 0.5, 1.5, s + 1),
+            rand([c], s + 2),
+            rand(shape.as_slice(), s + 3),
+        );
+        let up = |t: &Tensor| gpu.upload(t);
+        let (cy, cs) = Cpu.batchnorm_forward_train(&x, &gamma, &beta, 1e-5);
+        let (gy, gs) = gpu.batchnorm_forward_train(&up(&x), &up(&gamma), &up(&beta), 1e-5);
+        let tag = format!("batchnorm {shape:?}");
+        same(&tag, &cy, &gpu.download(&gy), 1e-4);
+        same(&tag, &cs.mean, &gpu.download(&gs.mean), 1e-5);
+        same(&tag, &cs.var, &gpu.download(&gs.var), 1e-4);
+        same(&tag, &cs.inv_std, &gpu.download(&gs.inv_std), 1e-4);
+        let (cdx, cdg, cdb) = Cpu.batchnorm_backward(&x, &dy, &gamma, &cs);
+        let (gdx, gdg, gdb) = gpu.batchnorm_backward(&up(&x), &up(&dy), &up(&gamma), &gs);
+        same(&tag, &cdx, &gpu.download(&gdx), 1e-3);
+        same(&tag, &cdg, &gpu.download(&gdg), 1e-4);
+        same(&tag, &cdb, &gpu.download(&gdb), 1e-5);
+        let (rm, rv) = (rand([c], s + 4), Tensor::rand_uniform([c], 0.5, 2.0, s + 5));
+        let cy = Cpu.batchnorm_forward_infer(&x, &gamma, &beta, &rm, &rv, 1e-3);
+        let gy =
+            gpu.batchnorm_forward_infer(&up(&x), &up(&gamma), &up(&beta), &up(&rm), &up(&rv), 1e-3);
+        same(&tag, &cy, &gpu.download(&gy), 1e-5);
+        let (mut crm, mut grm) = (rm.clone(), up(&rm));
+        Cpu.ema_update(&mut crm, &cs.mean, 0.1, 1.5);
+        gpu.ema_update(&mut grm, &gs.mean, 0.1, 1.5);
+        same(&tag, &crm, &gpu.download(&grm), 1e-5);
+    }
+}
+
+#[test]
+fn maxpool_forward_backward_and_argmax() {
+    let Some(gpu) = gpu() else { return };
+    let cases = [
+        Pool2dGeom::new(1, 1, 4, 4, (2, 2), (2, 2)).unwrap(),
+        Pool2dGeom::new(3, 5, 11, 9, (2, 2), (2, 2)).unwrap(),
+        Pool2dGeom::new(2, 3, 9, 10, (3, 3), (2, 2)).unwrap(),
+        Pool2dGeom::new(2, 2, 7, 7, (3, 2), (1, 1)).unwrap(),
+    ];
+    for (k, g) in cases.into_iter().enumerate() {
+        let x = rand(g.input_shape(), 200 + k as u64);
+        let dy = rand(g.output_shape(), 300 + k as u64);
+        let (cy, ci) = Cpu.maxpool_forward(&x, &g);
+        let (gy, gi) = gpu.maxpool_forward(&gpu.upload(&x), &g);
+        same("maxpool", &cy, &gpu.download(&gy), 0.0);
+        assert_eq!(ci, gpu.download_indices(&gi), "argmax {g:?}");
+        same(
+            "maxpool backward",
+            &Cpu.maxpool_backward(&dy, &ci, &g),
+            &gpu.download(&gpu.maxpool_backward(&gpu.upload(&dy), &gi, &g)),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn dense_forward_and_both_gradients() {
+    let Some(gpu) = gpu() else { return };
+    for (k, (n, i, o)) in [(1, 1, 1), (1, 13, 3), (7, 70, 5), (33, 130, 65)]
+        .into_iter()
+        .enumerate()
+    {
+        let s = 400 + 10 * k as u64;
+        let (x, w, b, dy) = (
+            rand([n, i], s),
+            rand([o, i], s + 1),
+            rand([o], s + 2),
+            rand([n, o], s + 3),
+        );
+        let up = |t: &Tensor| gpu.upload(t);
+        same(
+            "dense",
+            &Cpu.dense_forward(&x, &w, &b),
+            &gpu.download(&gpu.dense_forward(&up(&x), &up(&w), &up(&b))),
+            TOL,
+        );
+        same(
+            "dense dx",
+            &Cpu.dense_backward_input(&dy, &w),
+            &gpu.download(&gpu.dense_backward_input(&up(&dy), &up(&w))),
+            TOL,
+        );
+        let (cw, cb) = Cpu.dense_backward_weight(&x, &dy);
+        let (gw, gb) = gpu.dense_backward_weight(&up(&x), &up(&dy));
+        same("dense dw", &cw, &gpu.download(&gw), TOL);
+        same("dense db", &cb, &gpu.download(&gb), TOL);
+    }
+}
+
+#[test]
+fn relu_dropout_loss_and_optimisers() {
+    let Some(gpu) = gpu() else { return };
+    let x = rand([3, 1001], 500);
+    let dy = rand([3, 1001], 501);
+    let gx = gpu.upload(&x);
+    same(
+        "relu",
+        &Cpu.relu_forward(&x),
+        &gpu.download(&gpu.relu_forward(&gx)),
+        0.0,
+    );
+    same(
+        "relu dx",
+        &Cpu.relu_backward(&x, &dy),
+        &gpu.download(&gpu.relu_backward(&gx, &gpu.upload(&dy))),
+        0.0,
+    );
+    // the dropout mask is a hash of (seed, index): bit-identical on both backends
+    for seed in [0, 1, 1 << 40] {
+        same(
+            "dropout",
+            &Cpu.dropout_forward(&x, 0.3, seed),
+            &gpu.download(&gpu.dropout_forward(&gx, 0.3, seed)),
+            1e-7,
+        );
+    }
+    same(
+        "dropout dx",
+        &Cpu.dropout_backward(&dy, 0.5, 9),
+        &gpu.download(&gpu.dropout_backward(&gpu.upload(&dy), 0.5, 9)),
+        1e-7,
+    );
+
+    let z = Tensor::new(
+        [600, 1],
+        (0..600).map(|i| (i as f32 - 300.0) / 10.0).collect(),
+    );
+    let y = Tensor::new([600], (0..600).map(|i| (i % 3 == 0) as u8 as f32).collect());
+    for w in [1.0, 4.7] {
+        let (cl, cg) = Cpu.bce_with_logits(&z, &y, w);
+        let (gl, gg) = gpu.bce_with_logits(&gpu.upload(&z), &gpu.upload(&y), w);
+        same("bce loss", &cl, &gpu.download(&gl), 1e-5);
+        same("bce grad", &cg, &gpu.download(&gg), 1e-5);
+    }
+
+    let (p, g) = (rand([777], 502), rand([777], 503));
+    let (mut cp, mut cm, mut cv) = (p.clone(), Tensor::zeros([777]), Tensor::zeros([777]));
+    let (mut gp, mut gm, mut gv) = (
+        gpu.upload(&p),
+        gpu.zeros(&[777].into()),
+        gpu.zeros(&[777].into()),
+    );
+    for t in 1..=3 {
+        let h = AdamStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            t,
+        };
+        Cpu.adam_step(&mut cp, &g, &mut cm, &mut cv, &h);
+        gpu.adam_step(&mut gp, &gpu.upload(&g), &mut gm, &mut gv, &h);
+    }
+    same("adam", &cp, &gpu.download(&gp), 1e-5);
+    same("adam v", &cv, &gpu.download(&gv), 1e-5);
+    let h = SgdStep {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 1e-3,
+    };
+    let (mut cp, mut cvel) = (p.clone(), Tensor::zeros([777]));
+    let (mut gp, mut gvel) = (gpu.upload(&p), gpu.zeros(&[777].into()));
+    for _ in 0..2 {
+        Cpu.sgd_step(&mut cp, &g, &mut cvel, &h);
+        gpu.sgd_step(&mut gp, &gpu.upload(&g), &mut gvel, &h);
+    }
+    same("sgd", &cp, &gpu.download(&gp), 1e-5);
+}
+
+/// Losses of `steps` optimiser steps on a fixed random batch.
+fn train_losses<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    opt: OptimizerKind,
+    batch: usize,
+    steps: usize,
+) -> Vec<f32> {
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, 600);
+    let y = be.upload(&Tensor::new(
+        [batch],
+        (0..batch).map(|i| (i % 2) as f32).collect(),
+    ));
+    let mut model = Model::new(be, spec, 7).unwrap();
+    let lr = 1e-3;
+    let mut opt = Optimizer::new(opt, 0.0);
+    (0..steps)
+        .map(|step| {
+            let logits = model.forward(be, be.upload(&x), Mode::Train { seed: step as u64 });
+            let (l, dlogits) = loss::bce_with_logits(be, &logits, &y, 1.5);
+            model.backward(be, dlogits, false);
+            opt.step(be, &mut model, lr);
+            l
+        })
+        .collect()
+}
+
+/// The GPU's losses stay within 0.2 % of the CPU's over a few steps.
+fn steps_match(name: &str, size: usize, opt: OptimizerKind, batch: usize, steps: usize) {
+    let Some(gpu) = gpu() else { return };
+    let spec = ModelSpec::load(name)
+        .unwrap()
+        .with_image_size(size)
+        .unwrap();
+    let cpu = train_losses(&Cpu, &spec, opt, batch, steps);
+    let on_gpu = train_losses(gpu, &spec, opt, batch, steps);
+    println!("{name}: cpu {cpu:?}\n{name}: gpu {on_gpu:?}");
+    for (c, g) in cpu.iter().zip(&on_gpu) {
+        assert!(
+            (c - g).abs() <= 2e-3 * c.abs().max(1.0),
+            "{name}: losses diverge: cpu {cpu:?} gpu {on_gpu:?}"
+        );
+    }
+    // the same seed gives the same numbers on the GPU, to the bit
+    assert_eq!(
+        on_gpu,
+        train_losses(gpu, &spec, opt, batch, steps),
+        "{name}: GPU run not repeatable"
+    );
+}
+
+#[test]
+fn fracturenet_training_steps_match_the_cpu() {
+    steps_match("fracturenet", 32, OptimizerKind::adam(), 4, 4);
+}
+
+#[test]
+fn xray_bone_classifier_training_steps_match_the_cpu() {
+    // SGD: Adam's first steps move every weight by about ±lr whatever its gradient's size, so
+    // gradients that are zero up to f32 rounding (many, in this model's batch-normed dense layers)
+    // take steps of random sign that differ between any two implementations.
+    steps_match(
+        "xray-bone-classifier",
+        94,
+        OptimizerKind::Sgd { momentum: 0.9 },
+        4,
+        3,
+    );
+}
