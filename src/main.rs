@@ -166,7 +166,11 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
             .map(Some),
         BackendChoice::Auto => match Gpu::new() {
             Ok(gpu) if gpu.adapter_info().device_type != wgpu::DeviceType::Cpu => {
-                println!("using GPU adapter {} ({:?})", gpu.adapter_info().name, gpu.adapter_info().backend);
+                println!(
+                    "using GPU adapter {} ({:?})",
+                    gpu.adapter_info().name,
+                    gpu.adapter_info().backend
+                );
                 Ok(Some(gpu))
             }
             Ok(gpu) => {
@@ -186,7 +190,8 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
 }
 
 fn devices() -> Result<()> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     if adapters.is_empty() {
         println!("no GPU adapters found; the CPU backend will be used");
@@ -197,7 +202,10 @@ fn devices() -> Result<()> {
         let info = a.get_info();
         let l = a.limits();
         let f = a.features();
-        println!("[{i}] {} — {:?}, {:?}", info.name, info.backend, info.device_type);
+        println!(
+            "[{i}] {} — {:?}, {:?}",
+            info.name, info.backend, info.device_type
+        );
         println!("    driver: {} {}", info.driver, info.driver_info);
         println!(
             "    largest storage binding {} MiB, largest buffer {} MiB, workgroups per dimension {}",

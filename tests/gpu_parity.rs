@@ -337,3 +337,51 @@ fn xray_bone_classifier_training_steps_match_the_cpu() {
         3,
     );
 }
+
+/// Every parameter's gradient and the input's after one forward and backward pass of a whole
+/// model: the CPU's are proven by finite differences (tests/gradcheck_cpu.rs), so agreement
+/// proves the GPU's.
+fn gradients_match(name: &str, size: usize, batch: usize) {
+    let Some(gpu) = gpu() else { return };
+    let spec = ModelSpec::load(name)
+        .unwrap()
+        .with_image_size(size)
+        .unwrap();
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, 700);
+    let y = Tensor::new([batch], (0..batch).map(|i| (i % 2) as f32).collect());
+    fn grads<B: Backend>(
+        be: &B,
+        spec: &ModelSpec,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Vec<(String, Tensor)> {
+        let mut model = Model::new(be, spec, 9).unwrap();
+        let logits = model.forward(be, be.upload(x), Mode::Train { seed: 3 });
+        let (_, d) = loss::bce_with_logits(be, &logits, &be.upload(y), 2.0);
+        let dx = model.backward(be, d, true).unwrap();
+        let mut out = vec![("x".to_string(), be.download(&dx))];
+        for p in model.named_params() {
+            if let Some(g) = &p.param.grad {
+                out.push((p.name.clone(), be.download(g)));
+            }
+        }
+        out
+    }
+    let cpu = grads(&Cpu, &spec, &x, &y);
+    let on_gpu = grads(gpu, &spec, &x, &y);
+    assert_eq!(cpu.len(), on_gpu.len());
+    for ((name, c), (_, g)) in cpu.iter().zip(&on_gpu) {
+        same(&format!("{name} gradient of {}", spec.name), c, g, 1e-3);
+    }
+}
+
+#[test]
+fn fracturenet_gradients_match_the_cpu() {
+    gradients_match("fracturenet", 32, 4);
+}
+
+#[test]
+fn xray_bone_classifier_gradients_match_the_cpu() {
+    gradients_match("xray-bone-classifier", 94, 4);
+}

@@ -64,6 +64,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn download(&self, t: &Self::Tensor) -> Tensor;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a Shape;
     fn download_indices(&self, idx: &Self::Indices) -> Vec<u32>;
+    /// Waits until every op issued so far has finished (a no-op where ops run synchronously);
+    /// for timing.
+    fn synchronize(&self) {}
     fn zeros(&self, shape: &Shape) -> Self::Tensor;
     /// The same data seen with another shape of equal size (flatten).
     fn reshape(&self, t: Self::Tensor, shape: Shape) -> Self::Tensor;

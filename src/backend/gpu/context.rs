@@ -248,6 +248,14 @@ impl Context {
         }
     }
 
+    /// Submits everything recorded and waits until the device has run it.
+    pub fn wait(&self) {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("the GPU device was lost");
+    }
+
     /// Writes host data into a buffer, after everything recorded so far.
     pub fn write(&self, buf: &wgpu::Buffer, data: &[u8]) {
         // queue.write_buffer lands before the next submission: submit what is pending first, so

@@ -220,6 +220,9 @@ impl Backend for Gpu {
     fn download_indices(&self, idx: &GpuTensor) -> Vec<u32> {
         bytemuck::cast_slice(&self.ctx.read(idx.buf(), 4 * idx.len() as u64)).to_vec()
     }
+    fn synchronize(&self) {
+        self.ctx.wait();
+    }
     fn shape<'a>(&self, t: &'a GpuTensor) -> &'a Shape {
         &t.shape
     }
