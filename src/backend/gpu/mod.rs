@@ -95,8 +95,8 @@ impl Gpu {
             n <= self.ctx.max_binding_floats(),
             "a tensor of shape {shape} ({} MiB) exceeds what this GPU can bind ({} MiB): \
              lower --batch-size or --image-size",
-            n * 4 >> 20,
-            self.ctx.max_binding_floats() * 4 >> 20
+            (n * 4) >> 20,
+            (self.ctx.max_binding_floats() * 4) >> 20
         );
         GpuTensor {
             buf: Some(self.ctx.take_buffer(4 * n as u64)),
@@ -331,7 +331,7 @@ impl Backend for Gpu {
         let col = self.alloc([chunks[0].1 * k * q]);
         // Each chunk is summed in `groups` independent partial products (more parallel work for
         // the GPU than one long sum), which are then added up.
-        let max_groups = (1..=8).rev().find(|d| chunks[0].1 % d == 0).unwrap_or(1);
+        let max_groups = (1..=8).rev().find(|d| chunks[0].1.is_multiple_of(*d)).unwrap_or(1);
         let partials = self.alloc([max_groups * g.c_out * k]);
         for (i, (first, images)) in chunks.into_iter().enumerate() {
             self.im2col(x, g, first, images, &col);
