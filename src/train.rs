@@ -90,6 +90,33 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
+/// Refuses, before any work, a batch whose largest activation a backend cannot hold in one tensor.
+pub fn check_fits<B: Backend>(be: &B, spec: &ModelSpec, batch: usize) -> Result<()> {
+    let Some(max) = be.max_tensor_len() else {
+        return Ok(());
+    };
+    let mut shape = spec.input.to_vec();
+    for info in spec.layers()? {
+        for s in [&shape, &info.output] {
+            let len = batch * s.iter().product::<usize>();
+            if len > max {
+                bail!(
+                    "at batch size {batch}, layer {} ({}) handles {len} values in one tensor, more than \
+                     {} ({} MiB) that {} can bind: lower --batch-size to {} or less, or --image-size",
+                    info.index,
+                    info.spec.describe(),
+                    max,
+                    (max * 4) >> 20,
+                    be.name(),
+                    (max / (len / batch)).max(1)
+                );
+            }
+        }
+        shape = info.output.clone();
+    }
+    Ok(())
+}
+
 /// The first free `runs/<model>-NNN` folder.
 fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
     for n in 1..10_000 {
@@ -187,6 +214,7 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
         );
     }
     let size = spec.input[1];
+    check_fits(be, &spec, cfg.batch_size)?;
     let dir = DataDir::open(&cfg.data)?;
     println!(
         "data: {} — train {} images ({} fractured, {} not), val {} images ({} fractured, {} not)",

@@ -385,3 +385,21 @@ fn fracturenet_gradients_match_the_cpu() {
 fn xray_bone_classifier_gradients_match_the_cpu() {
     gradients_match("xray-bone-classifier", 94, 4);
 }
+
+#[test]
+fn a_batch_too_large_for_the_adapter_is_refused_with_advice() {
+    let Some(gpu) = gpu() else { return };
+    let spec = ModelSpec::load("xray-bone-classifier").unwrap();
+    let limit = gpu.max_tensor_len().expect("the GPU has a binding limit");
+    let e = fracture_cnn::train::check_fits(gpu, &spec, 64)
+        .map(|_| ())
+        .err();
+    if 64 * 32 * 222 * 222 > limit {
+        let e = e.expect("refused").to_string();
+        assert!(
+            e.contains("layer 0 (conv2d") && e.contains("lower --batch-size"),
+            "{e}"
+        );
+    }
+    assert!(fracture_cnn::train::check_fits(gpu, &spec, 1).is_ok());
+}

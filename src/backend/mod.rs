@@ -64,6 +64,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn download(&self, t: &Self::Tensor) -> Tensor;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a Shape;
     fn download_indices(&self, idx: &Self::Indices) -> Vec<u32>;
+    /// The most f32 values one tensor may hold on this backend (`None`: no limit but memory).
+    fn max_tensor_len(&self) -> Option<usize> {
+        None
+    }
     /// Waits until every op issued so far has finished (a no-op where ops run synchronously);
     /// for timing.
     fn synchronize(&self) {}

@@ -220,6 +220,9 @@ impl Backend for Gpu {
     fn download_indices(&self, idx: &GpuTensor) -> Vec<u32> {
         bytemuck::cast_slice(&self.ctx.read(idx.buf(), 4 * idx.len() as u64)).to_vec()
     }
+    fn max_tensor_len(&self) -> Option<usize> {
+        Some(self.ctx.max_binding_floats())
+    }
     fn synchronize(&self) {
         self.ctx.wait();
     }
@@ -331,7 +334,10 @@ impl Backend for Gpu {
         let col = self.alloc([chunks[0].1 * k * q]);
         // Each chunk is summed in `groups` independent partial products (more parallel work for
         // the GPU than one long sum), which are then added up.
-        let max_groups = (1..=8).rev().find(|d| chunks[0].1.is_multiple_of(*d)).unwrap_or(1);
+        let max_groups = (1..=8)
+            .rev()
+            .find(|d| chunks[0].1.is_multiple_of(*d))
+            .unwrap_or(1);
         let partials = self.alloc([max_groups * g.c_out * k]);
         for (i, (first, images)) in chunks.into_iter().enumerate() {
             self.im2col(x, g, first, images, &col);
