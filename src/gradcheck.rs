@@ -426,22 +426,27 @@ pub fn model<B: Backend>(be: &B, spec: &ModelSpec, batch: usize, probe: Probe) -
     let (_, dlogits) = nn::loss::bce_with_logits(be, &logits, &y, 2.0);
     let dx = model.backward(be, dlogits, true).expect("dx was asked for");
     // The rounding noise of this model's loss: how much L moves when one weight moves by a
-    // step far too small to matter (1e-6 relative). Slopes are not trusted below 4× that / h.
+    // step far too small to matter (1e-5 relative). Slopes are not trusted below 4× that / h.
     let mut noise = 0f64;
     let base = loss_at(&mut model, &x).unwrap_or(0.0);
-    for (k, i) in [3usize, 7, 11, 17].into_iter().enumerate() {
-        let count = model.params_mut().len();
-        let p = &mut model.params_mut()[(i * 7 + k) % count];
-        let mut v = be.download(&p.value);
-        let j = (i * 31) % v.numel();
-        let old = v.data[j];
-        v.data[j] = old * (1.0 + 1e-6) + 1e-9;
-        p.value = be.upload(&v);
+    let trainable: Vec<usize> = model
+        .named_params()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.param.trainable)
+        .map(|(i, _)| i)
+        .collect();
+    for k in 0..8 {
+        let i = trainable[(k * 5 + 1) % trainable.len()];
+        let original = be.download(&model.params_mut()[i].value);
+        let mut v = original.clone();
+        let j = (k * 7919) % v.numel();
+        v.data[j] = v.data[j] * (1.0 + 1e-5) + 1e-8;
+        model.params_mut()[i].value = be.upload(&v);
         if let Some(l) = loss_at(&mut model, &x) {
             noise = noise.max((l - base).abs());
         }
-        v.data[j] = old;
-        model.params_mut()[(i * 7 + k) % count].value = be.upload(&v);
+        model.params_mut()[i].value = be.upload(&original);
     }
     let probe = Probe {
         noise: probe.noise.max(4.0 * noise),

@@ -37,8 +37,8 @@ pub fn assert_all(reports: &[Report], tol: f64) {
 /// For whole models: in early layers, moving one weight shifts thousands of units and nearly
 /// every step crosses some ReLU kink or pooling switch, so a tensor may have no entry that can be
 /// compared (each layer is checked entry by entry on its own above). Nine in ten compared entries
-/// must agree within `tol90` and all within `tol_max`; the input's gradient, at least three
-/// quarters of the tensors, and the last layers (where the loss enters) must have been compared.
+/// must agree within `tol90` and all within `tol_max`; the input's gradient, at least half
+/// of the tensors, and the last layers (where the loss enters) must have been compared.
 pub fn assert_model(reports: &[Report], (tol90, tol_max): (f64, f64)) {
     let failed = check(reports, tol_max);
     assert!(
@@ -62,7 +62,7 @@ pub fn assert_model(reports: &[Report], (tol90, tol_max): (f64, f64)) {
         "the input gradient was not compared"
     );
     assert!(
-        4 * compared >= 3 * reports.len(),
+        2 * compared >= reports.len(),
         "only {compared} of {} tensors compared",
         reports.len()
     );
