@@ -199,6 +199,13 @@ fn csv_row(r: &EpochReport) -> String {
     )
 }
 
+/// The seed of step `step`'s dropout masks: a hash of the run's seed and the step in the low half
+/// (so that every run and step draws other masks), the step itself in the high half (so that no
+/// two steps of a run can share one).
+fn step_seed(run_seed: u64, step: u64) -> u64 {
+    hash::key(run_seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as u64 | step << 32
+}
+
 /// Trains `cfg.model` on `cfg.data` with backend `be`, printing one line per epoch.
 pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     validate(cfg)?;
@@ -267,10 +274,8 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
             }
             let (x, y) = train_ds.batch(&idx);
             let y_dev = be.upload(&y);
-            let step_seed = hash::key(cfg.seed ^ (opt.t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-                as u64
-                | (opt.t + 1) << 32;
-            let logits = model.forward(be, be.upload(&x), Mode::Train { seed: step_seed });
+            let seed = step_seed(cfg.seed, opt.t + 1);
+            let logits = model.forward(be, be.upload(&x), Mode::Train { seed });
             let (l, dlogits) = loss::bce_with_logits(be, &logits, &y_dev, pos_weight);
             if !l.is_finite() {
                 bail!(

@@ -2,6 +2,16 @@
 
 use fracture_cnn::nn::ModelSpec;
 
+/// The shape the flatten layer outputs.
+fn flattened(spec: &ModelSpec) -> Vec<usize> {
+    let layers = spec.layers().unwrap();
+    let flat = layers
+        .iter()
+        .find(|l| l.spec.describe() == "flatten")
+        .unwrap();
+    flat.output.clone()
+}
+
 #[test]
 fn presets_have_the_documented_sizes() {
     let x = ModelSpec::load("xray-bone-classifier").unwrap();
@@ -11,35 +21,14 @@ fn presets_have_the_documented_sizes() {
         11_180_673,
         "Keras reports 11,180,673 parameters"
     );
-    let flat = x
-        .layers()
-        .unwrap()
-        .iter()
-        .find(|l| l.spec.describe() == "flatten")
-        .unwrap()
-        .output
-        .clone();
+    let flat = flattened(&x);
     assert_eq!(flat, [4608]);
 
     let f = ModelSpec::load("fracturenet").unwrap();
-    let flat = f
-        .layers()
-        .unwrap()
-        .iter()
-        .find(|l| l.spec.describe() == "flatten")
-        .unwrap()
-        .output
-        .clone();
+    let flat = flattened(&f);
     assert_eq!(flat, [8192]);
     let f224 = f.clone().with_image_size(224).unwrap();
-    let flat = f224
-        .layers()
-        .unwrap()
-        .iter()
-        .find(|l| l.spec.describe() == "flatten")
-        .unwrap()
-        .output
-        .clone();
+    let flat = flattened(&f224);
     assert_eq!(flat, [128 * 14 * 14]);
     // forward FLOPs of fracturenet's four convolutions at 128x128, as the peers count them
     let conv: u64 = f
