@@ -8,7 +8,11 @@
 //   B(z, k, j) = b[b_off + z·b_batch + j·b_cs + k_hi·b_khi + k_lo·b_klo]
 //   C(z, i, j) = c[c_off + z·c_batch + i·c_rs + j]
 //
-// Bindings: 0 params (uniform), 1 a (read), 2 b (read), 3 c (read_write).
+// Bindings: 0 params (uniform), 1 a (read), 2 b (read), 3 c (read_write), 4 b4 (read: the
+// same B seen as vec4s).
+// The override constant VEC4_B (a second pipeline, `gemm_vec4b`) loads each row of 4 B values as
+// one vec4 through b4; the host picks it when B's rows are contiguous and everything is aligned
+// to 4 (b_cs = 1; N, b_off, b_klo, b_khi, b_batch multiples of 4), as for the convolution passes.
 // Layout: each invocation computes a 4×4 block of C in four vec4 registers (16 multiply-adds per
 // 8 loads); workgroups of 16×16 invocations cover 64×64 of C; dispatch
 // (ceil(N/64), ceil(M/64), batch). Edge rows/columns read a clamped (valid) address and are not
@@ -26,6 +30,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
+
+override VEC4_B: bool = false;
 
 @compute @workgroup_size(16, 16, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -50,7 +57,12 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var kl = 0u; kl < p.k_lo; kl++) {
             let ka = ak + kl * p.a_klo;
             let kb = bk + kl * p.b_klo;
-            let bv = vec4<f32>(b[bc[0] + kb], b[bc[1] + kb], b[bc[2] + kb], b[bc[3] + kb]);
+            var bv: vec4<f32>;
+            if (VEC4_B) {
+                bv = b4[(bc[0] + kb) / 4u];
+            } else {
+                bv = vec4<f32>(b[bc[0] + kb], b[bc[1] + kb], b[bc[2] + kb], b[bc[3] + kb]);
+            }
             acc0 += a[ar[0] + ka] * bv;
             acc1 += a[ar[1] + ka] * bv;
             acc2 += a[ar[2] + ka] * bv;

@@ -6,6 +6,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
+/// A kernel: its name, its entry point, and values of its override constants.
+type Kernel = (&'static str, &'static str, &'static [(&'static str, f64)]);
+
+/// Kernels that set override constants; every other entry point is a kernel of its own name.
+const VARIANTS: &[Kernel] = &[
+    ("gemm", "gemm", &[("VEC4_B", 0.0)]),
+    ("gemm_vec4b", "gemm", &[("VEC4_B", 1.0)]),
+];
+
 /// The shader files (one per kernel family) and their entry points.
 const SHADERS: &[(&str, &str, &[&str])] = &[
     (
@@ -106,16 +115,31 @@ impl Context {
                 label: Some(file),
                 source: wgpu::ShaderSource::Wgsl((*source).into()),
             });
-            for entry in *entries {
+            let kernels: Vec<Kernel> = entries
+                .iter()
+                .flat_map(|&e| {
+                    let variants: Vec<Kernel> =
+                        VARIANTS.iter().filter(|v| v.1 == e).copied().collect();
+                    if variants.is_empty() {
+                        vec![(e, e, &[][..])]
+                    } else {
+                        variants
+                    }
+                })
+                .collect();
+            for (name, entry, constants) in kernels {
                 let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
+                    label: Some(name),
                     layout: None,
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
                     cache: None,
                 });
-                pipelines.insert(format!("{file}::{entry}"), pipeline);
+                pipelines.insert(format!("{file}::{name}"), pipeline);
             }
             if let Some(e) = pollster::block_on(scope.pop()) {
                 bail!("shaders/{file}.wgsl does not compile on {}: {e}", info.name);
@@ -139,9 +163,10 @@ impl Context {
             / 4
     }
 
-    /// A buffer of `bytes` (at least 4) from the pool, or a new one.
+    /// A buffer of at least `bytes` from the pool, or a new one. Sizes are rounded up to 16 bytes
+    /// so that any buffer can also be bound as an array of vec4.
     pub fn take_buffer(&self, bytes: u64) -> wgpu::Buffer {
-        let bytes = bytes.max(4);
+        let bytes = bytes.max(16).next_multiple_of(16);
         if let Some(b) = self
             .pool
             .lock()

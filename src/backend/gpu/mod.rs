@@ -130,8 +130,17 @@ impl Gpu {
         ]
         .map(u);
         let groups = (u(g.n.div_ceil(64)), u(g.m.div_ceil(64)), u(g.batch));
+        let aligned = [g.n, g.b_off, g.b_klo, g.b_khi, g.b_batch]
+            .iter()
+            .all(|v| v % 4 == 0);
+        let kernel = if g.b_cs == 1 && aligned {
+            "gemm::gemm_vec4b"
+        } else {
+            "gemm::gemm"
+        };
+        // B is bound twice (as f32s and as vec4s); each variant reads through one of them.
         self.ctx
-            .launch("gemm::gemm", &params, &[(1, a), (2, b), (3, c)], groups);
+            .launch(kernel, &params, &[(1, a), (2, b), (3, c), (4, b)], groups);
     }
 
     /// An element-wise kernel of `elementwise.wgsl` over `n` values.
