@@ -3,7 +3,7 @@
 
 use crate::backend::{hash, Backend};
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::data::{DataDir, Dataset};
+use crate::data::{DataDir, Dataset, Split};
 use crate::metrics::Metrics;
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
@@ -133,16 +133,11 @@ fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
     )
 }
 
-fn load_split(
-    ds_samples: &crate::data::Split,
-    size: usize,
-    what: &str,
-    quiet: bool,
-) -> Result<Dataset> {
-    for p in &ds_samples.skipped {
+fn load_split(split: &Split, size: usize, what: &str, quiet: bool) -> Result<Dataset> {
+    for p in &split.skipped {
         eprintln!("warning: skipping {} (not an image file)", p.display());
     }
-    let ds = Dataset::decode(&ds_samples.samples, size, what, quiet);
+    let ds = Dataset::decode(&split.samples, size, what, quiet);
     for (p, why) in &ds.failed {
         eprintln!("warning: skipping {}: {why}", p.display());
     }
