@@ -14,6 +14,8 @@ use fracture_cnn::optim::{Optimizer, OptimizerKind};
 use fracture_cnn::tensor::Tensor;
 use std::time::Instant;
 
+mod common;
+
 fn median_ms<B: Backend>(be: &B, mut f: impl FnMut()) -> f64 {
     f();
     be.synchronize();
@@ -133,17 +135,7 @@ fn run<B: Backend>(be: &B, spec: &ModelSpec, batch: usize) -> Vec<(String, f64)>
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let name = args.first().map_or("fracturenet", String::as_str);
-    let size: usize = args.get(1).map_or(64, |s| s.parse().expect("image size"));
-    let batch: usize = args.get(2).map_or(8, |s| s.parse().expect("batch size"));
-    let spec = ModelSpec::load(name)
-        .unwrap()
-        .with_image_size(size)
-        .unwrap();
+    let (spec, batch) = common::model_from_args(64, 8);
     let cpu = run(&Cpu, &spec, batch);
     println!("CPU: {}", Cpu.name());
     let gpu = match Gpu::new() {

@@ -8,10 +8,12 @@
 
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::Backend;
-use fracture_cnn::nn::{loss, Mode, Model, ModelSpec};
+use fracture_cnn::nn::{loss, Mode, Model};
 use fracture_cnn::optim::{Optimizer, OptimizerKind};
 use fracture_cnn::tensor::Tensor;
 use std::time::Instant;
+
+mod common;
 
 const WARMUP: usize = 3;
 const TIMED: usize = 10;
@@ -34,17 +36,8 @@ fn time_steps(mut step: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let name = args.first().map_or("fracturenet", String::as_str);
-    let size: usize = args.get(1).map_or(128, |s| s.parse().expect("image size"));
-    let batch: usize = args.get(2).map_or(32, |s| s.parse().expect("batch size"));
-    let spec = ModelSpec::load(name)
-        .unwrap()
-        .with_image_size(size)
-        .unwrap();
+    let (spec, batch) = common::model_from_args(128, 32);
+    let size = spec.input[1];
     let be = Cpu;
     let mut model = Model::new(&be, &spec, 1).unwrap();
     let mut opt = Optimizer::new(OptimizerKind::adam(), 0.0);

@@ -92,30 +92,16 @@ fn bad_options_are_refused_before_any_work() {
     let data = dir.path().join("data");
     common::images::write_separable_dataset(&data, 2, 8);
     let out = dir.path().join("runs");
-    let mut c = config(&data, &out, 1, 1);
-    c.batch_size = 0;
-    assert!(train::train(&Cpu, &c)
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("--batch-size"));
-    let mut c = config(&data, &out, 1, 1);
-    c.lr = f32::NAN;
-    assert!(train::train(&Cpu, &c)
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("--lr"));
-    let mut c = config(&data, &out, 1, 1);
-    c.lr = -0.1;
-    assert!(train::train(&Cpu, &c)
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("--lr"));
-    let mut c = config(&data, &out, 1, 1);
-    c.image_size = Some(8);
-    let e = format!("{:#}", train::train(&Cpu, &c).err().unwrap());
+    // The error of a run whose config `change` spoils.
+    let refusal = |change: &dyn Fn(&mut TrainConfig)| {
+        let mut c = config(&data, &out, 1, 1);
+        change(&mut c);
+        format!("{:#}", train::train(&Cpu, &c).err().expect("refused"))
+    };
+    assert!(refusal(&|c| c.batch_size = 0).contains("--batch-size"));
+    assert!(refusal(&|c| c.lr = f32::NAN).contains("--lr"));
+    assert!(refusal(&|c| c.lr = -0.1).contains("--lr"));
+    let e = refusal(&|c| c.image_size = Some(8));
     assert!(e.contains("image size 8") && e.contains("maxpool"), "{e}");
     assert!(!out.exists(), "a refused run must not leave a run folder");
 }

@@ -67,6 +67,32 @@ struct Gemm {
     batch: usize,
 }
 
+impl Gemm {
+    /// A single `m × k` by `k × n` product, row-major C, with A and B given by their
+    /// (row, column) strides, as the dense layers need.
+    fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        (a_rs, a_cs): (usize, usize),
+        (b_rs, b_cs): (usize, usize),
+    ) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k_hi: 1,
+            k_lo: k,
+            a_rs,
+            a_klo: a_cs,
+            b_cs,
+            b_klo: b_rs,
+            c_rs: n,
+            batch: 1,
+            ..Default::default()
+        }
+    }
+}
+
 /// Values of one unfolded chunk of images at most (keeps `col` well under binding limits).
 const COL_BUDGET: usize = 1 << 24;
 
@@ -516,19 +542,7 @@ impl Backend for Gpu {
         let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], w.shape.dims()[0]);
         let y = self.alloc([n, o]);
         // y [N × O] = x [N × I] · wᵀ [I × O]
-        let gm = Gemm {
-            m: n,
-            n: o,
-            k_hi: 1,
-            k_lo: i,
-            a_rs: i,
-            a_klo: 1,
-            b_cs: i,
-            b_klo: 1,
-            c_rs: o,
-            batch: 1,
-            ..Default::default()
-        };
+        let gm = Gemm::matmul(n, o, i, (i, 1), (1, i));
         self.gemm(gm, x.buf(), w.buf(), y.buf());
         self.elementwise(
             "add_channel_bias",
@@ -543,19 +557,7 @@ impl Backend for Gpu {
         let (n, o, i) = (dy.shape.dims()[0], w.shape.dims()[0], w.shape.dims()[1]);
         let dx = self.alloc([n, i]);
         // dx [N × I] = dy [N × O] · w [O × I]
-        let gm = Gemm {
-            m: n,
-            n: i,
-            k_hi: 1,
-            k_lo: o,
-            a_rs: o,
-            a_klo: 1,
-            b_cs: 1,
-            b_klo: i,
-            c_rs: i,
-            batch: 1,
-            ..Default::default()
-        };
+        let gm = Gemm::matmul(n, i, o, (o, 1), (i, 1));
         self.gemm(gm, dy.buf(), w.buf(), dx.buf());
         dx
     }
@@ -563,19 +565,7 @@ impl Backend for Gpu {
         let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], dy.shape.dims()[1]);
         let dw = self.alloc([o, i]);
         // dw [O × I] = dyᵀ [O × N] · x [N × I]
-        let gm = Gemm {
-            m: o,
-            n: i,
-            k_hi: 1,
-            k_lo: n,
-            a_rs: 1,
-            a_klo: o,
-            b_cs: 1,
-            b_klo: i,
-            c_rs: i,
-            batch: 1,
-            ..Default::default()
-        };
+        let gm = Gemm::matmul(o, i, n, (1, o), (i, 1));
         self.gemm(gm, dy.buf(), x.buf(), dw.buf());
         let db = self.channel_sum(dy, n, o, 1);
         (dw, db)
