@@ -1,18 +1,31 @@
 // batchnorm.wgsl — batch normalisation per channel of an [N, C, HW] tensor.
 // Twin of src/backend/cpu/batchnorm.rs; the formulas are derived in src/nn/batchnorm.rs.
 //
+// A batch too large for one binding is processed in windows of whole images: the per-channel sums
+// then run once per window and add to what the previous windows left (flag ACCUMULATE), and
+// `count` is the batch's N·HW, not the window's.
+//
 // Bindings: 0 params (uniform), 1 x, 2 dy, 3 gamma, 4 beta, 5 mean, 6 scale (read: the variance
 // for `normalize`, 1/sqrt(var + eps) for the backward pass), 7 out, 8 sums (read_write).
 // Each entry point uses the subset it needs.
-// stats, backward_reduce: one workgroup of 256 per channel; strided per-invocation sums combined
-//   by a tree reduction in workgroup memory. The variance takes two passes (the mean first, then
-//   the squared deviations), which stays exact where E[x²] − E[x]² would cancel.
+// stats_sum, stats_var, backward_reduce: one workgroup of 256 per channel; strided per-invocation
+//   sums combined by a tree reduction in workgroup memory. The variance takes two passes (the
+//   mean first, then the squared deviations), which stays exact where E[x²] − E[x]² would cancel.
 // normalize, backward_dx: one invocation per element, 256 per workgroup, 2-D grid.
 
 struct Params {
-    n: u32, c: u32, hw: u32, pad0: u32,
-    eps: f32, pad1: u32, pad2: u32, pad3: u32,
+    n: u32,      // images in this window
+    c: u32,
+    hw: u32,
+    flags: u32,  // ACCUMULATE | FINISH
+    eps: f32,
+    count: u32,  // values per channel in the whole batch, N·HW
+    pad0: u32,
+    pad1: u32,
 }
+
+const ACCUMULATE: u32 = 1u;  // add to the sums of earlier windows
+const FINISH: u32 = 2u;      // the last window: turn the sums into the statistics
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -48,30 +61,47 @@ fn reduce(lid: u32) {
     }
 }
 
-// out = [mean | biased var | 1/sqrt(var + eps)], each of length C
-@compute @workgroup_size(256)
-fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wid.x;
-    let count = p.n * p.hw;
+// Sum over this window of channel c of x, and over all threads of the workgroup.
+fn channel_total(c: u32, lid: u32, centre: f32, squared: bool) -> f32 {
     var s = 0.0;
-    for (var t = lid; t < count; t += 256u) { s += x[at(t, c)]; }
+    for (var t = lid; t < p.n * p.hw; t += 256u) {
+        let e = x[at(t, c)] - centre;
+        s += select(e, e * e, squared);
+    }
     part_a[lid] = s;
     part_b[lid] = 0.0;
     reduce(lid);
-    let m = part_a[0] / f32(count);
-    workgroupBarrier();
-    var d = 0.0;
-    for (var t = lid; t < count; t += 256u) {
-        let e = x[at(t, c)] - m;
-        d += e * e;
-    }
-    part_a[lid] = d;
-    reduce(lid);
+    return part_a[0];
+}
+
+fn carried(i: u32) -> f32 {
+    return select(0.0, sums[i], (p.flags & ACCUMULATE) != 0u);
+}
+
+// pass 1: sums[c] (+)= Σ x
+@compute @workgroup_size(256)
+fn stats_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let s = channel_total(c, lid, 0.0, false);
+    if (lid == 0u) { sums[c] = carried(c) + s; }
+}
+
+// pass 2: sums[C + c] (+)= Σ (x − mean)², mean = sums[c] / count; on FINISH,
+// sums = [mean | biased var | 1/sqrt(var + eps)], each of length C
+@compute @workgroup_size(256)
+fn stats_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x;
+    let m = sums[c] / f32(p.count);
+    let d = channel_total(c, lid, m, true);
     if (lid == 0u) {
-        let v = part_a[0] / f32(count);
-        out[c] = m;
-        out[p.c + c] = v;
-        out[2u * p.c + c] = 1.0 / sqrt(v + p.eps);
+        let total = carried(p.c + c) + d;
+        sums[p.c + c] = total;
+        if ((p.flags & FINISH) != 0u) {
+            let v = total / f32(p.count);
+            sums[c] = m;
+            sums[p.c + c] = v;
+            sums[2u * p.c + c] = 1.0 / sqrt(v + p.eps);
+        }
     }
 }
 
@@ -85,7 +115,7 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     out[i] = gamma[c] * (x[i] - mean[c]) / sqrt(scale[c] + p.eps) + beta[c];
 }
 
-// sums = [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale
+// sums (+)= [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale
 @compute @workgroup_size(256)
 fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
@@ -101,8 +131,8 @@ fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     part_b[lid] = sg;
     reduce(lid);
     if (lid == 0u) {
-        sums[c] = part_a[0];
-        sums[p.c + c] = part_b[0];
+        sums[c] = carried(c) + part_a[0];
+        sums[p.c + c] = carried(p.c + c) + part_b[0];
     }
 }
 
@@ -113,7 +143,7 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let i = element(wid, nwg, lid);
     if (i >= p.n * p.c * p.hw) { return; }
     let c = (i / p.hw) % p.c;
-    let m = f32(p.n * p.hw);
+    let m = f32(p.count);
     let xhat = (x[i] - mean[c]) * scale[c];
     out[i] = gamma[c] * scale[c] / m * (m * dy[i] - sums[c] - xhat * sums[p.c + c]);
 }

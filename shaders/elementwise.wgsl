@@ -12,8 +12,8 @@ struct Params {
     key: u32,    // dropout: the key of backend::hash for this call's seed
     f0: f32,     // dropout: p; ema: momentum
     f1: f32,     // ema: scale of the batch value
+    offset: u32, // dropout: index of element 0 in the whole tensor (when run on a window of it)
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,13 +58,14 @@ fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     out[i] = select(0.0, b[i], a[i] > 0.0);
 }
 
-// out = a * keep / (1 - p), keep = uniform01(key, i) >= p  (forward with a = x, backward with a = dy)
+// out = a * keep / (1 - p), keep = uniform01(key, offset + i) >= p
+// (forward with a = x, backward with a = dy)
 @compute @workgroup_size(256)
 fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    let keep = uniform01(p.key, i) >= p.f0;
+    let keep = uniform01(p.key, p.offset + i) >= p.f0;
     out[i] = select(0.0, a[i] / (1.0 - p.f0), keep);
 }
 

@@ -1,5 +1,6 @@
 // reduce.wgsl — sums: per channel of an [N, C, HW] tensor (bias gradients of convolution and
-// dense layers), and over the leading index of stacked partial results.
+// dense layers), and over the leading index of stacked partial results. Both can add to what dst
+// holds (`accumulate`), so that a batch processed in windows sums over all of them.
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 dst (read_write).
 // channel_sum: one workgroup of 256 per channel; each invocation sums a strided share of the
@@ -16,7 +17,7 @@ struct Params {
 
 var<workgroup> partial: array<f32, 256>;
 
-// dst[c] = Σ over n, q of src[(n·C + c)·HW + q]
+// dst[c] (+)= Σ over n, q of src[(n·C + c)·HW + q]
 @compute @workgroup_size(256)
 fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
@@ -31,7 +32,7 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         if (lid < half) { partial[lid] += partial[lid + half]; }
         workgroupBarrier();
     }
-    if (lid == 0u) { dst[c] = partial[0]; }
+    if (lid == 0u) { dst[c] = select(0.0, dst[c], p.accumulate != 0u) + partial[0]; }
 }
 
 // dst[j] (+)= Σ over g < n of src[g·C + j], for j < C

@@ -90,29 +90,50 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Refuses, before any work, a batch whose largest activation a backend cannot hold in one tensor.
+/// Refuses, before any work, a model and batch size that a backend cannot hold: one image's slice
+/// of an activation or a weight tensor larger than one binding, or a whole activation larger than
+/// one buffer. The message names the layer and what to change.
 pub fn check_fits<B: Backend>(be: &B, spec: &ModelSpec, batch: usize) -> Result<()> {
-    let Some(max) = be.max_tensor_len() else {
+    let Some(limits) = be.tensor_limits() else {
         return Ok(());
     };
-    let mut shape = spec.input.to_vec();
+    let mib = |values: usize| (values * 4) >> 20;
     for info in spec.layers()? {
-        for s in [&shape, &info.output] {
-            let len = batch * s.iter().product::<usize>();
-            if len > max {
-                bail!(
-                    "at batch size {batch}, layer {} ({}) handles {len} values in one tensor, more than \
-                     {} ({} MiB) that {} can bind: lower --batch-size to {} or less, or --image-size",
-                    info.index,
-                    info.spec.describe(),
-                    max,
-                    (max * 4) >> 20,
-                    be.name(),
-                    (max / (len / batch)).max(1)
-                );
-            }
+        let layer = format!("layer {} ({})", info.index, info.spec.describe());
+        let per_sample = info
+            .input
+            .iter()
+            .product::<usize>()
+            .max(info.output.iter().product());
+        if per_sample.max(info.workspace) > limits.window {
+            bail!(
+                "{layer} needs {} MiB for one image, more than the {} MiB that {} can bind: \
+                 lower --image-size",
+                mib(per_sample.max(info.workspace)),
+                mib(limits.window),
+                be.name()
+            );
         }
-        shape = info.output.clone();
+        if info.largest_param > limits.window {
+            bail!(
+                "{layer} has a weight tensor of {} MiB, more than the {} MiB that {} can bind: \
+                 use a model with smaller layers (or a smaller --image-size if a dense layer \
+                 follows the convolutions)",
+                mib(info.largest_param),
+                mib(limits.window),
+                be.name()
+            );
+        }
+        if batch * per_sample > limits.batch_tensor {
+            bail!(
+                "at batch size {batch}, {layer} holds {} MiB in one tensor, more than the {} MiB \
+                 buffer limit of {}: lower --batch-size to {} or less, or --image-size",
+                mib(batch * per_sample),
+                mib(limits.batch_tensor),
+                be.name(),
+                (limits.batch_tensor / per_sample).max(1)
+            );
+        }
     }
     Ok(())
 }

@@ -18,6 +18,17 @@ pub use geometry::{Conv2dGeom, Padding, Pool2dGeom};
 
 use crate::tensor::{Shape, Tensor};
 
+/// Sizes, in f32 values, that a backend with bounded buffers can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorLimits {
+    /// One tensor of a batch (activations and their gradients): such a tensor may be split into
+    /// windows of whole samples, each processed on its own.
+    pub batch_tensor: usize,
+    /// One window: a single sample's slice of a batch tensor (or of its convolution workspace)
+    /// must fit, and so must every parameter tensor, which is never split.
+    pub window: usize,
+}
+
 /// Per-channel results of a training-mode batch-norm forward pass that backward and the running
 /// statistics need.
 pub struct BatchNormStats<T> {
@@ -64,8 +75,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn download(&self, t: &Self::Tensor) -> Tensor;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a Shape;
     fn download_indices(&self, idx: &Self::Indices) -> Vec<u32>;
-    /// The most f32 values one tensor may hold on this backend (`None`: no limit but memory).
-    fn max_tensor_len(&self) -> Option<usize> {
+    /// How large tensors may be on this backend (`None`: no limit but memory).
+    fn tensor_limits(&self) -> Option<TensorLimits> {
         None
     }
     /// Waits until every op issued so far has finished (a no-op where ops run synchronously);

@@ -133,6 +133,11 @@ pub struct LayerInfo {
     pub fixed_params: usize,
     /// Forward FLOPs for one sample (a multiply-add counts 2).
     pub flops: u64,
+    /// Values in the largest parameter tensor (0 for layers without parameters).
+    pub largest_param: usize,
+    /// Values of working memory per sample beside input and output: a convolution's unfolded
+    /// input (im2col).
+    pub workspace: usize,
 }
 
 /// The built-in models: (name, spec text).
@@ -184,6 +189,7 @@ impl LayerSpec {
             ))),
         };
         let (mut trainable, mut fixed, mut flops) = (0, 0, 0u64);
+        let (mut largest_param, mut workspace) = (0, 0);
         let output = match self {
             LayerSpec::Conv2d {
                 filters,
@@ -206,6 +212,8 @@ impl LayerSpec {
                 })?;
                 trainable = g.patch_len() * filters + filters;
                 flops = g.forward_flops();
+                largest_param = g.patch_len() * filters;
+                workspace = g.patch_len() * g.out_h * g.out_w;
                 vec![*filters, g.out_h, g.out_w]
             }
             LayerSpec::BatchNorm { momentum, eps } => {
@@ -215,6 +223,7 @@ impl LayerSpec {
                 let c = *input.first().ok_or_else(|| err("empty input".into()))?;
                 trainable = 2 * c;
                 fixed = 2 * c;
+                largest_param = c;
                 flops = 2 * input.iter().product::<usize>() as u64;
                 input.to_vec()
             }
@@ -241,6 +250,7 @@ impl LayerSpec {
                     return Err(err("units must be at least 1".into()));
                 }
                 trainable = features * units + units;
+                largest_param = features * units;
                 flops = 2 * (features * units) as u64;
                 vec![*units]
             }
@@ -261,6 +271,8 @@ impl LayerSpec {
             trainable_params: trainable,
             fixed_params: fixed,
             flops,
+            largest_param,
+            workspace,
         })
     }
 }

@@ -46,7 +46,13 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "batchnorm",
         include_str!("../../../shaders/batchnorm.wgsl"),
-        &["stats", "normalize", "backward_reduce", "backward_dx"],
+        &[
+            "stats_sum",
+            "stats_var",
+            "normalize",
+            "backward_reduce",
+            "backward_dx",
+        ],
     ),
     (
         "pool",
@@ -154,6 +160,11 @@ impl Context {
             pool: Mutex::new(HashMap::new()),
             encoder: Mutex::new((None, 0)),
         }))
+    }
+
+    /// The largest buffer, in f32 values.
+    pub fn max_buffer_floats(&self) -> usize {
+        self.limits.max_buffer_size as usize / 4
     }
 
     /// The largest tensor one binding can hold, in f32 values.

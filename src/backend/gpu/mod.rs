@@ -2,13 +2,18 @@
 //! wgpu on Vulkan, Metal, DX12 or OpenGL. Tensors are GPU buffers that stay on the device between
 //! layers and between steps; launches are recorded into one command encoder and submitted when
 //! the host needs a value (the loss, the logits for the metrics) or a batch is uploaded.
+//!
+//! A batch tensor may be larger than one binding (128 MiB on many adapters): it then lives in one
+//! large buffer, and each op runs over windows of whole images, each window copied into a scratch
+//! buffer that fits a binding (see [`Gpu::per_window`]). Reductions over the batch (batch-norm
+//! statistics, weight and bias gradients) add up across windows.
 
 mod context;
 
 pub use context::Context;
 
 use self::context::{grid_1d, Binding};
-use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep};
+use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
 use std::sync::Arc;
@@ -41,6 +46,23 @@ impl Drop for GpuTensor {
 #[derive(Clone)]
 pub struct Gpu {
     ctx: Arc<Context>,
+    /// Values one binding may hold: the adapter's limit, or less to exercise the windowed path.
+    window: usize,
+}
+
+/// Images `[first, first + count)` of a batch: the part of it that one launch sees.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    first: usize,
+    count: usize,
+    /// `count` images are the whole batch's last ones (reductions finish here).
+    last: bool,
+}
+
+impl Window {
+    fn is_first(&self) -> bool {
+        self.first == 0
+    }
 }
 
 /// Parameters of one `gemm.wgsl` launch (see the layout comment there).
@@ -103,12 +125,19 @@ fn u(v: usize) -> u32 {
 impl Gpu {
     /// Opens the default adapter and compiles every kernel.
     pub fn new() -> Result<Gpu> {
-        Ok(Gpu {
-            ctx: Context::new()?,
-        })
+        Ok(Gpu::from_context(Context::new()?))
     }
     pub fn from_context(ctx: Arc<Context>) -> Gpu {
-        Gpu { ctx }
+        let window = ctx.max_binding_floats();
+        Gpu { ctx, window }
+    }
+    /// The same device with a smaller binding limit, in f32 values, so that tests can run the
+    /// windowed path (tensors split across bindings) on small shapes.
+    pub fn with_binding_limit(&self, values: usize) -> Gpu {
+        Gpu {
+            ctx: self.ctx.clone(),
+            window: values.min(self.ctx.max_binding_floats()),
+        }
     }
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.ctx.info
@@ -118,16 +147,94 @@ impl Gpu {
         let shape = shape.into();
         let n = shape.numel();
         assert!(
-            n <= self.ctx.max_binding_floats(),
-            "a tensor of shape {shape} ({} MiB) exceeds what this GPU can bind ({} MiB): \
+            n <= self.ctx.max_buffer_floats(),
+            "a tensor of shape {shape} ({} MiB) exceeds the largest buffer of this GPU ({} MiB): \
              lower --batch-size or --image-size",
             (n * 4) >> 20,
-            (self.ctx.max_binding_floats() * 4) >> 20
+            (self.ctx.max_buffer_floats() * 4) >> 20
         );
         GpuTensor {
             buf: Some(self.ctx.take_buffer(4 * n as u64)),
             shape,
             ctx: self.ctx.clone(),
+        }
+    }
+
+    /// The buffer of a tensor that a kernel binds whole (parameters, per-channel values).
+    fn whole<'a>(&self, t: &'a GpuTensor) -> &'a wgpu::Buffer {
+        assert!(
+            t.len() <= self.window,
+            "a tensor of shape {} is larger than one binding of this GPU; train::check_fits \
+             should have refused this model",
+            t.shape
+        );
+        t.buf()
+    }
+
+    /// Runs `op` over windows of a batch of `n` images, each small enough that its slice of
+    /// every tensor in `ins` and `outs` fits one binding. `op` gets the window and the buffers
+    /// to bind, holding that window's images from offset 0: when the whole batch fits (the usual
+    /// case) these are the tensors' own buffers and `op` runs once; otherwise each input window is
+    /// copied into a scratch buffer before `op`, and each output window copied back after it.
+    fn per_window(
+        &self,
+        n: usize,
+        ins: &[&GpuTensor],
+        outs: &[&GpuTensor],
+        mut op: impl FnMut(Window, &[&wgpu::Buffer], &[&wgpu::Buffer]),
+    ) {
+        let per_image = |t: &GpuTensor| t.len() / n.max(1);
+        let largest = ins
+            .iter()
+            .chain(outs)
+            .map(|t| per_image(t))
+            .max()
+            .unwrap_or(0);
+        let step = (self.window / largest.max(1)).min(n.max(1));
+        assert!(
+            step >= 1,
+            "one image's slice of a tensor ({largest} values) is larger than one binding of this \
+             GPU; train::check_fits should have refused this image size"
+        );
+        if step == n.max(1) {
+            let window = Window {
+                first: 0,
+                count: n,
+                last: true,
+            };
+            op(window, &buffers(ins), &buffers(outs));
+            return;
+        }
+        let scratch = |ts: &[&GpuTensor]| {
+            ts.iter()
+                .map(|t| self.alloc([step * per_image(t)]))
+                .collect::<Vec<_>>()
+        };
+        let (si, so) = (scratch(ins), scratch(outs));
+        let (bi, bo) = (
+            buffers(&si.iter().collect::<Vec<_>>()),
+            buffers(&so.iter().collect::<Vec<_>>()),
+        );
+        for first in (0..n).step_by(step) {
+            let count = step.min(n - first);
+            let bytes = |t: &GpuTensor| {
+                let values = per_image(t) as u64;
+                (4 * first as u64 * values, 4 * count as u64 * values)
+            };
+            for (t, s) in ins.iter().zip(&bi) {
+                let (at, len) = bytes(t);
+                self.ctx.copy(t.buf(), at, s, 0, len);
+            }
+            let window = Window {
+                first,
+                count,
+                last: first + count == n,
+            };
+            op(window, &bi, &bo);
+            for (t, s) in outs.iter().zip(&bo) {
+                let (at, len) = bytes(t);
+                self.ctx.copy(s, 0, t.buf(), at, len);
+            }
         }
     }
 
@@ -185,17 +292,21 @@ impl Gpu {
             .launch(&format!("elementwise::{entry}"), &params, bind, grid_1d(n));
     }
 
-    /// dst[c] = Σ over n, q of src[n, c, q] for an [N, C, Q] view.
-    fn channel_sum(&self, src: &GpuTensor, n: usize, c: usize, q: usize) -> GpuTensor {
-        let dst = self.alloc([c]);
-        let params = [u(n), u(c), u(q), 0];
+    /// dst[c] (+)= Σ over n, q of src[n, c, q] for an [N, C, Q] view.
+    fn channel_sum(
+        &self,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        (n, c, q): (usize, usize, usize),
+        accumulate: bool,
+    ) {
+        let params = [u(n), u(c), u(q), accumulate as u32];
         self.ctx.launch(
             "reduce::channel_sum",
             &params,
-            &[(1, src.buf()), (2, dst.buf())],
+            &[(1, src), (2, dst)],
             (u(c), 1, 1),
         );
-        dst
     }
 
     fn conv_params(g: &Conv2dGeom, images: usize, first: usize) -> [u32; 16] {
@@ -206,14 +317,14 @@ impl Gpu {
         .map(u)
     }
 
-    /// Chunks of images (first, count) whose unfolded columns fit the budget.
+    /// Chunks of images (first, count) of `g`'s batch whose unfolded columns fit the budget.
     fn conv_chunks(&self, g: &Conv2dGeom) -> Vec<(usize, usize)> {
         let per_image = g.patch_len() * g.out_h * g.out_w;
-        let budget = COL_BUDGET.min(self.ctx.max_binding_floats());
+        let budget = COL_BUDGET.max(per_image).min(self.window);
         assert!(
             per_image <= budget,
             "one image's unfolded convolution input needs {per_image} values, more than this GPU \
-             can bind: lower --image-size"
+             can bind; train::check_fits should have refused this image size"
         );
         let step = (budget / per_image).clamp(1, g.n.max(1));
         (0..g.n)
@@ -222,15 +333,179 @@ impl Gpu {
             .collect()
     }
 
-    fn im2col(&self, x: &GpuTensor, g: &Conv2dGeom, first: usize, images: usize, col: &GpuTensor) {
+    fn im2col(
+        &self,
+        x: &wgpu::Buffer,
+        g: &Conv2dGeom,
+        (first, images): (usize, usize),
+        col: &GpuTensor,
+    ) {
         let n = images * g.patch_len() * g.out_h * g.out_w;
         let params = Self::conv_params(g, images, first);
         self.ctx.launch(
             "conv::im2col",
             &params,
-            &[(1, x.buf()), (2, col.buf())],
+            &[(1, x), (2, col.buf())],
             grid_1d(n),
         );
+    }
+
+    /// Forward convolution of one window: y = w ⊛ x + b, `g` with the window's batch.
+    fn conv_forward_window(
+        &self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        g: &Conv2dGeom,
+    ) {
+        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+        let chunks = self.conv_chunks(g);
+        let col = self.alloc([chunks[0].1 * k * q]);
+        for (first, images) in chunks {
+            self.im2col(x, g, (first, images), &col);
+            // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
+            let gm = Gemm {
+                m: g.c_out,
+                n: q,
+                k_hi: 1,
+                k_lo: k,
+                a_rs: k,
+                a_klo: 1,
+                b_cs: 1,
+                b_klo: q,
+                b_batch: k * q,
+                c_off: first * g.c_out * q,
+                c_rs: q,
+                c_batch: g.c_out * q,
+                batch: images,
+                ..Default::default()
+            };
+            self.gemm(gm, w, col.buf(), y);
+        }
+        let n = g.n * g.c_out * q;
+        self.elementwise(
+            "add_channel_bias",
+            n,
+            [u(g.c_out), u(q), 0, 0],
+            [0.0; 2],
+            &[(1, b), (3, y)],
+        );
+    }
+
+    /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy).
+    fn conv_backward_input_window(
+        &self,
+        dy: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        g: &Conv2dGeom,
+    ) {
+        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+        let chunks = self.conv_chunks(g);
+        let col = self.alloc([chunks[0].1 * k * q]);
+        for (first, images) in chunks {
+            // dcol[n] [K × Q] = wᵀ [K × Co] · dy[n] [Co × Q]
+            let gm = Gemm {
+                m: k,
+                n: q,
+                k_hi: 1,
+                k_lo: g.c_out,
+                a_rs: 1,
+                a_klo: k,
+                b_off: first * g.c_out * q,
+                b_cs: 1,
+                b_klo: q,
+                b_batch: g.c_out * q,
+                c_rs: q,
+                c_batch: k * q,
+                batch: images,
+                ..Default::default()
+            };
+            self.gemm(gm, w, dy, col.buf());
+            let n = images * g.c_in * g.h * g.w;
+            let params = Self::conv_params(g, images, first);
+            self.ctx.launch(
+                "conv::col2im",
+                &params,
+                &[(1, col.buf()), (2, dx)],
+                grid_1d(n),
+            );
+        }
+    }
+
+    /// dw (+)= dy ⊛ x over one window's images (added to dw unless `window` is the batch's first).
+    fn conv_backward_weight_window(
+        &self,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        dw: &GpuTensor,
+        g: &Conv2dGeom,
+        window: Window,
+    ) {
+        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+        let chunks = self.conv_chunks(g);
+        let col = self.alloc([chunks[0].1 * k * q]);
+        // Each chunk is summed in `groups` independent partial products (more parallel work for
+        // the GPU than one long sum), which are then added up.
+        let max_groups = (1..=8)
+            .rev()
+            .find(|d| chunks[0].1.is_multiple_of(*d))
+            .unwrap_or(1);
+        let partials = self.alloc([max_groups * g.c_out * k]);
+        for (i, (first, images)) in chunks.into_iter().enumerate() {
+            self.im2col(x, g, (first, images), &col);
+            let groups = (1..=max_groups)
+                .rev()
+                .find(|d| images % d == 0)
+                .unwrap_or(1);
+            let per_group = images / groups;
+            // partial[z] [Co × K] = Σ over its images n and pixels p of dy[n][co][p] · col[n][r][p]
+            let gm = Gemm {
+                m: g.c_out,
+                n: k,
+                k_hi: per_group,
+                k_lo: q,
+                a_off: first * g.c_out * q,
+                a_rs: q,
+                a_khi: g.c_out * q,
+                a_klo: 1,
+                a_batch: per_group * g.c_out * q,
+                b_cs: q,
+                b_khi: k * q,
+                b_klo: 1,
+                b_batch: per_group * k * q,
+                c_rs: k,
+                c_batch: g.c_out * k,
+                batch: groups,
+                ..Default::default()
+            };
+            self.gemm(gm, dy, col.buf(), partials.buf());
+            let accumulate = i > 0 || !window.is_first();
+            let params = [u(groups), u(g.c_out * k), 0, accumulate as u32];
+            let n = g.c_out * k;
+            self.ctx.launch(
+                "reduce::sum_leading",
+                &params,
+                &[(1, partials.buf()), (2, dw.buf())],
+                grid_1d(n),
+            );
+        }
+    }
+
+    fn bn_params(x: &GpuTensor, window: Window, eps: f32) -> [u32; 8] {
+        let (n, c, h, w) = x.shape.nchw();
+        let flags = u32::from(!window.is_first()) | (u32::from(window.last) << 1);
+        [
+            u(window.count),
+            u(c),
+            u(h * w),
+            flags,
+            eps.to_bits(),
+            u(n * h * w),
+            0,
+            0,
+        ]
     }
 }
 
@@ -255,8 +530,11 @@ impl Backend for Gpu {
     fn download_indices(&self, idx: &GpuTensor) -> Vec<u32> {
         bytemuck::cast_slice(&self.ctx.read(idx.buf(), 4 * idx.len() as u64)).to_vec()
     }
-    fn max_tensor_len(&self) -> Option<usize> {
-        Some(self.ctx.max_binding_floats())
+    fn tensor_limits(&self) -> Option<TensorLimits> {
+        Some(TensorLimits {
+            batch_tensor: self.ctx.max_buffer_floats(),
+            window: self.window,
+        })
     }
     fn synchronize(&self) {
         self.ctx.wait();
@@ -285,75 +563,20 @@ impl Backend for Gpu {
         b: &GpuTensor,
         g: &Conv2dGeom,
     ) -> GpuTensor {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let y = self.alloc(g.output_shape());
-        let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
-        for (first, images) in chunks {
-            self.im2col(x, g, first, images, &col);
-            // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
-            let gm = Gemm {
-                m: g.c_out,
-                n: q,
-                k_hi: 1,
-                k_lo: k,
-                a_rs: k,
-                a_klo: 1,
-                b_cs: 1,
-                b_klo: q,
-                b_batch: k * q,
-                c_off: first * g.c_out * q,
-                c_rs: q,
-                c_batch: g.c_out * q,
-                batch: images,
-                ..Default::default()
-            };
-            self.gemm(gm, w.buf(), col.buf(), y.buf());
-        }
-        let n = y.len();
-        self.elementwise(
-            "add_channel_bias",
-            n,
-            [u(g.c_out), u(q), 0, 0],
-            [0.0; 2],
-            &[(1, b.buf()), (3, y.buf())],
-        );
+        let (w, b) = (self.whole(w), self.whole(b));
+        self.per_window(g.n, &[x], &[&y], |win, i, o| {
+            self.conv_forward_window(i[0], w, b, o[0], &g.with_batch(win.count));
+        });
         y
     }
 
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, g: &Conv2dGeom) -> GpuTensor {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let dx = self.alloc(g.input_shape());
-        let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
-        for (first, images) in chunks {
-            // dcol[n] [K × Q] = wᵀ [K × Co] · dy[n] [Co × Q]
-            let gm = Gemm {
-                m: k,
-                n: q,
-                k_hi: 1,
-                k_lo: g.c_out,
-                a_rs: 1,
-                a_klo: k,
-                b_off: first * g.c_out * q,
-                b_cs: 1,
-                b_klo: q,
-                b_batch: g.c_out * q,
-                c_rs: q,
-                c_batch: k * q,
-                batch: images,
-                ..Default::default()
-            };
-            self.gemm(gm, w.buf(), dy.buf(), col.buf());
-            let n = images * g.c_in * g.h * g.w;
-            let params = Self::conv_params(g, images, first);
-            self.ctx.launch(
-                "conv::col2im",
-                &params,
-                &[(1, col.buf()), (2, dx.buf())],
-                grid_1d(n),
-            );
-        }
+        let w = self.whole(w);
+        self.per_window(g.n, &[dy], &[&dx], |win, i, o| {
+            self.conv_backward_input_window(i[0], w, o[0], &g.with_batch(win.count));
+        });
         dx
     }
 
@@ -363,55 +586,13 @@ impl Backend for Gpu {
         dy: &GpuTensor,
         g: &Conv2dGeom,
     ) -> (GpuTensor, GpuTensor) {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let dw = self.alloc(g.weight_shape());
-        let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
-        // Each chunk is summed in `groups` independent partial products (more parallel work for
-        // the GPU than one long sum), which are then added up.
-        let max_groups = (1..=8)
-            .rev()
-            .find(|d| chunks[0].1.is_multiple_of(*d))
-            .unwrap_or(1);
-        let partials = self.alloc([max_groups * g.c_out * k]);
-        for (i, (first, images)) in chunks.into_iter().enumerate() {
-            self.im2col(x, g, first, images, &col);
-            let groups = (1..=max_groups)
-                .rev()
-                .find(|d| images % d == 0)
-                .unwrap_or(1);
-            let per_group = images / groups;
-            // partial[z] [Co × K] = Σ over its images n and pixels p of dy[n][co][p] · col[n][r][p]
-            let gm = Gemm {
-                m: g.c_out,
-                n: k,
-                k_hi: per_group,
-                k_lo: q,
-                a_off: first * g.c_out * q,
-                a_rs: q,
-                a_khi: g.c_out * q,
-                a_klo: 1,
-                a_batch: per_group * g.c_out * q,
-                b_cs: q,
-                b_khi: k * q,
-                b_klo: 1,
-                b_batch: per_group * k * q,
-                c_rs: k,
-                c_batch: g.c_out * k,
-                batch: groups,
-                ..Default::default()
-            };
-            self.gemm(gm, dy.buf(), col.buf(), partials.buf());
-            let params = [u(groups), u(g.c_out * k), 0, (i > 0) as u32];
-            let n = g.c_out * k;
-            self.ctx.launch(
-                "reduce::sum_leading",
-                &params,
-                &[(1, partials.buf()), (2, dw.buf())],
-                grid_1d(n),
-            );
-        }
-        let db = self.channel_sum(dy, g.n, g.c_out, q);
+        let db = self.alloc([g.c_out]);
+        let q = g.out_h * g.out_w;
+        self.per_window(g.n, &[x, dy], &[], |win, i, _| {
+            self.conv_backward_weight_window(i[0], i[1], &dw, &g.with_batch(win.count), win);
+            self.channel_sum(i[1], db.buf(), (win.count, g.c_out, q), !win.is_first());
+        });
         (dw, db)
     }
 
@@ -422,15 +603,16 @@ impl Backend for Gpu {
         beta: &GpuTensor,
         eps: f32,
     ) -> (GpuTensor, BatchNormStats<GpuTensor>) {
-        let (n, c, h, w) = x.shape.nchw();
-        let params = [u(n), u(c), u(h * w), 0, eps.to_bits(), 0, 0, 0];
+        let (n, c, _, _) = x.shape.nchw();
+        // packed = [mean | var | inv_std], built in two passes over the batch
         let packed = self.alloc([3 * c]);
-        self.ctx.launch(
-            "batchnorm::stats",
-            &params,
-            &[(1, x.buf()), (7, packed.buf())],
-            (u(c), 1, 1),
-        );
+        for pass in ["batchnorm::stats_sum", "batchnorm::stats_var"] {
+            self.per_window(n, &[x], &[], |win, i, _| {
+                let params = Self::bn_params(x, win, eps);
+                let bind = [(1, i[0]), (8, packed.buf())];
+                self.ctx.launch(pass, &params, &bind, (u(c), 1, 1));
+            });
+        }
         let part = |i: u64| {
             let t = self.alloc([c]);
             self.ctx
@@ -457,17 +639,21 @@ impl Backend for Gpu {
     ) -> GpuTensor {
         let (n, c, h, w) = x.shape.nchw();
         let y = self.alloc(x.shape.clone());
-        let params = [u(n), u(c), u(h * w), 0, eps.to_bits(), 0, 0, 0];
-        let bind = [
-            (1, x.buf()),
-            (3, gamma.buf()),
-            (4, beta.buf()),
-            (5, mean.buf()),
-            (6, var.buf()),
-            (7, y.buf()),
-        ];
-        self.ctx
-            .launch("batchnorm::normalize", &params, &bind, grid_1d(y.len()));
+        let per_channel = [gamma, beta, mean, var].map(|t| self.whole(t));
+        self.per_window(n, &[x], &[&y], |win, i, o| {
+            let params = Self::bn_params(x, win, eps);
+            let bind = [
+                (1, i[0]),
+                (3, per_channel[0]),
+                (4, per_channel[1]),
+                (5, per_channel[2]),
+                (6, per_channel[3]),
+                (7, o[0]),
+            ];
+            let len = win.count * c * h * w;
+            self.ctx
+                .launch("batchnorm::normalize", &params, &bind, grid_1d(len));
+        });
         y
     }
 
@@ -479,30 +665,40 @@ impl Backend for Gpu {
         stats: &BatchNormStats<GpuTensor>,
     ) -> (GpuTensor, GpuTensor, GpuTensor) {
         let (n, c, h, w) = x.shape.nchw();
-        let params = [u(n), u(c), u(h * w), 0, 0, 0, 0, 0];
         let sums = self.alloc([2 * c]);
-        let (mean, inv_std) = (stats.mean.buf(), stats.inv_std.buf());
-        let bind = [
-            (1, x.buf()),
-            (2, dy.buf()),
-            (5, mean),
-            (6, inv_std),
-            (8, sums.buf()),
-        ];
-        self.ctx
-            .launch("batchnorm::backward_reduce", &params, &bind, (u(c), 1, 1));
+        let (mean, inv_std, gamma) = (
+            self.whole(&stats.mean),
+            self.whole(&stats.inv_std),
+            self.whole(gamma),
+        );
+        self.per_window(n, &[x, dy], &[], |win, i, _| {
+            let params = Self::bn_params(x, win, 0.0);
+            let bind = [
+                (1, i[0]),
+                (2, i[1]),
+                (5, mean),
+                (6, inv_std),
+                (8, sums.buf()),
+            ];
+            self.ctx
+                .launch("batchnorm::backward_reduce", &params, &bind, (u(c), 1, 1));
+        });
         let dx = self.alloc(x.shape.clone());
-        let bind = [
-            (1, x.buf()),
-            (2, dy.buf()),
-            (3, gamma.buf()),
-            (5, mean),
-            (6, inv_std),
-            (7, dx.buf()),
-            (8, sums.buf()),
-        ];
-        self.ctx
-            .launch("batchnorm::backward_dx", &params, &bind, grid_1d(dx.len()));
+        self.per_window(n, &[x, dy], &[&dx], |win, i, o| {
+            let params = Self::bn_params(x, win, 0.0);
+            let bind = [
+                (1, i[0]),
+                (2, i[1]),
+                (3, gamma),
+                (5, mean),
+                (6, inv_std),
+                (7, o[0]),
+                (8, sums.buf()),
+            ];
+            let len = win.count * c * h * w;
+            self.ctx
+                .launch("batchnorm::backward_dx", &params, &bind, grid_1d(len));
+        });
         let (dgamma, dbeta) = (self.alloc([c]), self.alloc([c]));
         self.ctx.copy(sums.buf(), 0, dbeta.buf(), 0, 4 * c as u64);
         self.ctx
@@ -517,92 +713,111 @@ impl Backend for Gpu {
             n,
             [0; 4],
             [momentum, scale],
-            &[(1, batch.buf()), (3, running.buf())],
+            &[(1, self.whole(batch)), (3, self.whole(running))],
         );
     }
 
     fn maxpool_forward(&self, x: &GpuTensor, g: &Pool2dGeom) -> (GpuTensor, GpuTensor) {
         let y = self.alloc(g.output_shape());
         let idx = self.alloc(g.output_shape());
-        let params = pool_params(g);
-        let bind = [(1, x.buf()), (2, idx.buf()), (3, y.buf())];
-        self.ctx
-            .launch("pool::forward", &params, &bind, grid_1d(y.len()));
+        self.per_window(g.n, &[x], &[&y, &idx], |win, i, o| {
+            let g = g.with_batch(win.count);
+            let bind = [(1, i[0]), (2, o[1]), (3, o[0])];
+            let len = g.n * g.c * g.out_h * g.out_w;
+            self.ctx
+                .launch("pool::forward", &pool_params(&g), &bind, grid_1d(len));
+        });
         (y, idx)
     }
     fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuTensor, g: &Pool2dGeom) -> GpuTensor {
         let dx = self.alloc(g.input_shape());
-        let bind = [(1, dy.buf()), (2, argmax.buf()), (3, dx.buf())];
-        self.ctx
-            .launch("pool::backward", &pool_params(g), &bind, grid_1d(dx.len()));
+        self.per_window(g.n, &[dy, argmax], &[&dx], |win, i, o| {
+            let g = g.with_batch(win.count);
+            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
+            let len = g.n * g.c * g.h * g.w;
+            self.ctx
+                .launch("pool::backward", &pool_params(&g), &bind, grid_1d(len));
+        });
         dx
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
         let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], w.shape.dims()[0]);
         let y = self.alloc([n, o]);
-        // y [N × O] = x [N × I] · wᵀ [I × O]
-        let gm = Gemm::matmul(n, o, i, (i, 1), (1, i));
-        self.gemm(gm, x.buf(), w.buf(), y.buf());
-        self.elementwise(
-            "add_channel_bias",
-            n * o,
-            [u(o), 1, 0, 0],
-            [0.0; 2],
-            &[(1, b.buf()), (3, y.buf())],
-        );
+        let (w, b) = (self.whole(w), self.whole(b));
+        self.per_window(n, &[x], &[&y], |win, xs, ys| {
+            // y [N × O] = x [N × I] · wᵀ [I × O]
+            let gm = Gemm::matmul(win.count, o, i, (i, 1), (1, i));
+            self.gemm(gm, xs[0], w, ys[0]);
+            self.elementwise(
+                "add_channel_bias",
+                win.count * o,
+                [u(o), 1, 0, 0],
+                [0.0; 2],
+                &[(1, b), (3, ys[0])],
+            );
+        });
         y
     }
     fn dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor) -> GpuTensor {
         let (n, o, i) = (dy.shape.dims()[0], w.shape.dims()[0], w.shape.dims()[1]);
         let dx = self.alloc([n, i]);
-        // dx [N × I] = dy [N × O] · w [O × I]
-        let gm = Gemm::matmul(n, i, o, (o, 1), (i, 1));
-        self.gemm(gm, dy.buf(), w.buf(), dx.buf());
+        let w = self.whole(w);
+        self.per_window(n, &[dy], &[&dx], |win, dys, dxs| {
+            // dx [N × I] = dy [N × O] · w [O × I]
+            let gm = Gemm::matmul(win.count, i, o, (o, 1), (i, 1));
+            self.gemm(gm, dys[0], w, dxs[0]);
+        });
         dx
     }
     fn dense_backward_weight(&self, x: &GpuTensor, dy: &GpuTensor) -> (GpuTensor, GpuTensor) {
         let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], dy.shape.dims()[1]);
-        let dw = self.alloc([o, i]);
-        // dw [O × I] = dyᵀ [O × N] · x [N × I]
-        let gm = Gemm::matmul(o, i, n, (1, o), (i, 1));
-        self.gemm(gm, dy.buf(), x.buf(), dw.buf());
-        let db = self.channel_sum(dy, n, o, 1);
+        let (dw, db) = (self.alloc([o, i]), self.alloc([o]));
+        self.per_window(n, &[x, dy], &[], |win, t, _| {
+            // dw [O × I] (+)= dyᵀ [O × N] · x [N × I]
+            let gm = Gemm {
+                accumulate: !win.is_first(),
+                ..Gemm::matmul(o, i, win.count, (1, o), (i, 1))
+            };
+            self.gemm(gm, t[1], t[0], dw.buf());
+            self.channel_sum(t[1], db.buf(), (win.count, o, 1), !win.is_first());
+        });
         (dw, db)
     }
 
     fn relu_forward(&self, x: &GpuTensor) -> GpuTensor {
         let y = self.alloc(x.shape.clone());
-        self.elementwise(
-            "relu_forward",
-            x.len(),
-            [0; 4],
-            [0.0; 2],
-            &[(1, x.buf()), (3, y.buf())],
-        );
+        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
+            let len = win.count * x.len() / x.shape.dims()[0];
+            self.elementwise(
+                "relu_forward",
+                len,
+                [0; 4],
+                [0.0; 2],
+                &[(1, i[0]), (3, o[0])],
+            );
+        });
         y
     }
     fn relu_backward(&self, x: &GpuTensor, dy: &GpuTensor) -> GpuTensor {
         let dx = self.alloc(x.shape.clone());
-        self.elementwise(
-            "relu_backward",
-            x.len(),
-            [0; 4],
-            [0.0; 2],
-            &[(1, x.buf()), (2, dy.buf()), (3, dx.buf())],
-        );
+        self.per_window(x.shape.dims()[0], &[x, dy], &[&dx], |win, i, o| {
+            let len = win.count * x.len() / x.shape.dims()[0];
+            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
+            self.elementwise("relu_backward", len, [0; 4], [0.0; 2], &bind);
+        });
         dx
     }
     fn dropout_forward(&self, x: &GpuTensor, p: f32, seed: u64) -> GpuTensor {
         let y = self.alloc(x.shape.clone());
         let key = super::hash::key(seed);
-        self.elementwise(
-            "dropout",
-            x.len(),
-            [0, 0, key, 0],
-            [p, 0.0],
-            &[(1, x.buf()), (3, y.buf())],
-        );
+        let per_image = x.len() / x.shape.dims()[0];
+        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
+            // the mask of element e of the whole tensor is uniform(key, e), whatever the window
+            let extra = [0, 0, key, u(win.first * per_image)];
+            let bind = [(1, i[0]), (3, o[0])];
+            self.elementwise("dropout", win.count * per_image, extra, [p, 0.0], &bind);
+        });
         y
     }
     fn dropout_backward(&self, dy: &GpuTensor, p: f32, seed: u64) -> GpuTensor {
@@ -619,8 +834,8 @@ impl Backend for Gpu {
         let loss = self.alloc([1]);
         let params = [u(logits.len()), pos_weight.to_bits(), 0, 0];
         let bind = [
-            (1, logits.buf()),
-            (2, targets.buf()),
+            (1, self.whole(logits)),
+            (2, self.whole(targets)),
             (3, grad.buf()),
             (4, loss.buf()),
         ];
@@ -660,13 +875,17 @@ impl Gpu {
     ) {
         let mut params = vec![u(p.len())];
         params.extend(f.iter().map(|v| v.to_bits()));
-        let mut bind = vec![(1, g.buf()), (2, p.buf()), (3, a.buf())];
+        let mut bind = vec![(1, self.whole(g)), (2, self.whole(p)), (3, self.whole(a))];
         if let Some(b) = b {
-            bind.push((4, b.buf()));
+            bind.push((4, self.whole(b)));
         }
         self.ctx
             .launch(&format!("optim::{entry}"), &params, &bind, grid_1d(p.len()));
     }
+}
+
+fn buffers<'a>(ts: &[&'a GpuTensor]) -> Vec<&'a wgpu::Buffer> {
+    ts.iter().map(|t| t.buf()).collect()
 }
 
 fn pool_params(g: &Pool2dGeom) -> [u32; 12] {
