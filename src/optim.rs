@@ -48,7 +48,9 @@ impl<B: Backend> Optimizer<B> {
         let params = model.params_mut();
         self.state.resize_with(params.len(), || None);
         for (p, state) in params.into_iter().zip(&mut self.state) {
-            let Some(grad) = p.grad.as_ref().filter(|_| p.trainable) else {
+            // The gradient is used up here: dropping it now frees its memory until the next
+            // backward pass (and gives the GPU's pool the same free buffers at every step).
+            let Some(grad) = p.grad.take().filter(|_| p.trainable) else {
                 continue;
             };
             let (a, b) = state.get_or_insert_with(|| {
@@ -65,7 +67,7 @@ impl<B: Backend> Optimizer<B> {
                         weight_decay: self.weight_decay,
                         t: self.t,
                     };
-                    be.adam_step(&mut p.value, grad, a, b, &h);
+                    be.adam_step(&mut p.value, &grad, a, b, &h);
                 }
                 OptimizerKind::Sgd { momentum } => {
                     let h = SgdStep {
@@ -73,7 +75,7 @@ impl<B: Backend> Optimizer<B> {
                         momentum,
                         weight_decay: self.weight_decay,
                     };
-                    be.sgd_step(&mut p.value, grad, a, &h);
+                    be.sgd_step(&mut p.value, &grad, a, &h);
                 }
             }
         }

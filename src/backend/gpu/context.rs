@@ -2,9 +2,9 @@
 //! command encoder into which every kernel launch is recorded until the host needs a result.
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use wgpu::util::DeviceExt;
 
 /// A kernel: its name, its entry point, and values of its override constants.
 type Kernel = (&'static str, &'static str, &'static [(&'static str, f64)]);
@@ -71,8 +71,13 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// Launches recorded before the encoder is submitted on its own (bounds the uniform buffers held).
+/// Launches recorded before the encoder is submitted on its own: the slots of the uniform ring.
 const MAX_PENDING: usize = 512;
+/// Bytes of one launch's parameter block as bound (every kernel's `Params` struct fits).
+const PARAMS_BYTES: u64 = 128;
+/// Bind groups kept before the cache is emptied (a training step needs a few hundred; other batch
+/// sizes, as in validation, add theirs).
+const MAX_BIND_GROUPS: usize = 16_384;
 /// Invocations per workgroup of the 1-D kernels.
 pub const WORKGROUP: u32 = 256;
 
@@ -83,9 +88,41 @@ pub struct Context {
     pub limits: wgpu::Limits,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
     /// Free buffers by size in bytes: a training step's tensors have the same sizes every step,
-    /// so after the first step every tensor comes from here.
-    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-    encoder: Mutex<(Option<wgpu::CommandEncoder>, usize)>,
+    /// so after the first step every tensor comes from here. The lowest-ordered free buffer is
+    /// taken first, so that a step that frees and takes the same sizes in the same order as the
+    /// previous one also gets the same buffers, and finds its bind groups in the cache.
+    pool: Mutex<HashMap<u64, BTreeSet<wgpu::Buffer>>>,
+    /// Free read-back buffers by size, likewise.
+    readback: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// One slot of `slot` bytes per launch of a submission; each launch's parameters are written
+    /// to the host copy in `Recording` and uploaded once, when the submission is made.
+    uniforms: wgpu::Buffer,
+    slot: u64,
+    recording: Mutex<Recording>,
+    /// Bind groups by (kernel, uniform slot, storage bindings): a step repeats the previous
+    /// step's launches on the same pooled buffers, so it finds every bind group here.
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    created_buffers: AtomicUsize,
+    created_bind_groups: AtomicUsize,
+}
+
+type BindKey = (wgpu::ComputePipeline, u32, Vec<(u32, wgpu::Buffer)>);
+
+/// The launches and copies recorded since the last submission.
+#[derive(Default)]
+struct Recording {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Parameter blocks of the launches, one slot each.
+    params: Vec<u8>,
+    launches: usize,
+}
+
+/// How many GPU objects the backend has created so far (for checking that a training step, once
+/// warmed up, creates none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Created {
+    pub buffers: usize,
+    pub bind_groups: usize,
 }
 
 /// One storage buffer bound to a kernel: (binding number, buffer).
@@ -151,14 +188,27 @@ impl Context {
                 bail!("shaders/{file}.wgsl does not compile on {}: {e}", info.name);
             }
         }
+        let slot = PARAMS_BYTES.next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
+        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("launch parameters"),
+            size: slot * MAX_PENDING as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Arc::new(Context {
             device,
             queue,
             info,
             limits,
             pipelines,
-            pool: Mutex::new(HashMap::new()),
-            encoder: Mutex::new((None, 0)),
+            pool: Mutex::default(),
+            readback: Mutex::default(),
+            uniforms,
+            slot,
+            recording: Mutex::default(),
+            bind_groups: Mutex::default(),
+            created_buffers: AtomicUsize::new(0),
+            created_bind_groups: AtomicUsize::new(0),
         }))
     }
 
@@ -183,10 +233,11 @@ impl Context {
             .lock()
             .expect("pool")
             .get_mut(&bytes)
-            .and_then(Vec::pop)
+            .and_then(BTreeSet::pop_first)
         {
             return b;
         }
+        self.created_buffers.fetch_add(1, Ordering::Relaxed);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
@@ -205,7 +256,15 @@ impl Context {
             .expect("pool")
             .entry(buf.size())
             .or_default()
-            .push(buf);
+            .insert(buf);
+    }
+
+    /// GPU objects created so far.
+    pub fn created(&self) -> Created {
+        Created {
+            buffers: self.created_buffers.load(Ordering::Relaxed),
+            bind_groups: self.created_bind_groups.load(Ordering::Relaxed),
+        }
     }
 
     /// Records one kernel launch: `kernel` is "file::entry", `params` the uniform block,
@@ -221,42 +280,88 @@ impl Context {
             .pipelines
             .get(kernel)
             .unwrap_or_else(|| panic!("no kernel {kernel}"));
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(bindings.iter().map(|(binding, buf)| wgpu::BindGroupEntry {
-            binding: *binding,
-            resource: buf.as_entire_binding(),
-        }));
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        let mut guard = self.encoder.lock().expect("encoder");
-        let (encoder, pending) = &mut *guard;
-        let enc =
-            encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(
+            groups.0 <= max && groups.1 <= max && groups.2 <= max,
+            "{kernel}: a grid of {groups:?} workgroups exceeds this GPU's {max} per dimension"
+        );
+        let mut rec = self.recording.lock().expect("recording");
+        let slot = rec.launches as u32;
+        let bytes: &[u8] = bytemuck::cast_slice(params);
+        assert!(
+            bytes.len() as u64 <= PARAMS_BYTES,
+            "{kernel}: parameter block too large"
+        );
+        rec.params.extend_from_slice(bytes);
+        rec.params
+            .resize(self.slot as usize * (slot as usize + 1), 0);
+        let bind_group = self.bind_group(pipeline, slot, bindings);
+        let enc = rec
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         }
-        *pending += 1;
-        if *pending >= MAX_PENDING {
-            let enc = encoder.take().expect("just used");
-            *pending = 0;
+        rec.launches += 1;
+        if rec.launches == MAX_PENDING {
+            self.submit(&mut rec);
+        }
+    }
+
+    /// The bind group of a launch: its parameter slot and storage buffers, made once.
+    fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        slot: u32,
+        bindings: &[Binding],
+    ) -> wgpu::BindGroup {
+        let key: BindKey = (
+            pipeline.clone(),
+            slot,
+            bindings.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
+        );
+        let mut cache = self.bind_groups.lock().expect("bind groups");
+        if let Some(group) = cache.get(&key) {
+            return group.clone();
+        }
+        if cache.len() >= MAX_BIND_GROUPS {
+            cache.clear();
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.uniforms,
+                offset: slot as u64 * self.slot,
+                size: wgpu::BufferSize::new(PARAMS_BYTES),
+            }),
+        }];
+        entries.extend(bindings.iter().map(|(binding, buf)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: buf.as_entire_binding(),
+        }));
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.created_bind_groups.fetch_add(1, Ordering::Relaxed);
+        cache.insert(key, group.clone());
+        group
+    }
+
+    /// Uploads the recorded launches' parameters and submits their commands.
+    fn submit(&self, rec: &mut Recording) {
+        if let Some(enc) = rec.encoder.take() {
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&self.uniforms, 0, &rec.params);
+            }
             self.queue.submit([enc.finish()]);
         }
+        rec.params.clear();
+        rec.launches = 0;
     }
 
     /// Records a copy between buffers.
@@ -268,20 +373,16 @@ impl Context {
         dst_offset: u64,
         bytes: u64,
     ) {
-        let mut guard = self.encoder.lock().expect("encoder");
-        let enc = guard
-            .0
+        let mut rec = self.recording.lock().expect("recording");
+        let enc = rec
+            .encoder
             .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
         enc.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
     /// Submits everything recorded so far.
     pub fn flush(&self) {
-        let mut guard = self.encoder.lock().expect("encoder");
-        if let Some(enc) = guard.0.take() {
-            guard.1 = 0;
-            self.queue.submit([enc.finish()]);
-        }
+        self.submit(&mut self.recording.lock().expect("recording"));
     }
 
     /// Submits everything recorded and waits until the device has run it.
@@ -302,11 +403,21 @@ impl Context {
 
     /// Copies `bytes` of a buffer back to the host, waiting for all recorded work.
     pub fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let size = bytes.max(4).next_multiple_of(4);
+        let pooled = self
+            .readback
+            .lock()
+            .expect("readback")
+            .get_mut(&size)
+            .and_then(Vec::pop);
+        let staging = pooled.unwrap_or_else(|| {
+            self.created_buffers.fetch_add(1, Ordering::Relaxed);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.copy(buf, 0, &staging, 0, bytes);
         self.flush();
@@ -323,6 +434,12 @@ impl Context {
             .expect("the GPU device failed to map a result buffer");
         let data = slice.get_mapped_range().expect("mapped").to_vec();
         staging.unmap();
+        self.readback
+            .lock()
+            .expect("readback")
+            .entry(size)
+            .or_default()
+            .push(staging);
         data
     }
 }

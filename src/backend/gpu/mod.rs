@@ -10,7 +10,7 @@
 
 mod context;
 
-pub use context::Context;
+pub use context::{Context, Created};
 
 use self::context::{grid_1d, Binding};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
@@ -138,6 +138,10 @@ impl Gpu {
             ctx: self.ctx.clone(),
             window: values.min(self.ctx.max_binding_floats()),
         }
+    }
+    /// GPU buffers and bind groups created so far: a warmed-up training step adds none.
+    pub fn created(&self) -> Created {
+        self.ctx.created()
     }
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.ctx.info
