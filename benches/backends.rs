@@ -4,10 +4,11 @@
 //!     cargo bench --bench backends                       # fracturenet, 64x64, batch 8
 //!     cargo bench --bench backends -- fracturenet 128 32
 //!
-//! Times are wall clock after a warm-up (GPU work is waited for), median of 5 runs.
+//! Times are wall clock after a warm-up (GPU work is waited for), median of 5 runs. The GPU runs
+//! once with each GEMM kernel of shaders/gemm.wgsl (register-blocked and workgroup-tiled).
 
 use fracture_cnn::backend::cpu::Cpu;
-use fracture_cnn::backend::gpu::Gpu;
+use fracture_cnn::backend::gpu::{GemmKernel, Gpu};
 use fracture_cnn::backend::{AdamStep, Backend, Conv2dGeom, Padding, Pool2dGeom};
 use fracture_cnn::nn::{loss, Mode, Model, ModelSpec};
 use fracture_cnn::optim::{Optimizer, OptimizerKind};
@@ -136,26 +137,34 @@ fn run<B: Backend>(be: &B, spec: &ModelSpec, batch: usize) -> Vec<(String, f64)>
 
 fn main() {
     let (spec, batch) = common::model_from_args(64, 8);
-    let cpu = run(&Cpu, &spec, batch);
     println!("CPU: {}", Cpu.name());
-    let gpu = match Gpu::new() {
+    let mut columns = vec![("cpu ms".to_string(), run(&Cpu, &spec, batch))];
+    match Gpu::new() {
         Ok(g) => {
             println!("GPU: {}", g.name());
-            Some(run(&g, &spec, batch))
+            // every GPU op twice, once per GEMM kernel: the ops without a GEMM show the noise
+            for (label, kernel) in [
+                ("registers", GemmKernel::Registers),
+                ("tiled", GemmKernel::Tiled),
+            ] {
+                columns.push((
+                    format!("gpu {label} ms"),
+                    run(&g.with_gemm(kernel), &spec, batch),
+                ));
+            }
         }
-        Err(e) => {
-            println!("GPU: none ({e:#}); CPU only");
-            None
+        Err(e) => println!("GPU: none ({e:#}); CPU only"),
+    }
+    print!("{:<40}", "op");
+    for (label, _) in &columns {
+        print!(" {label:>17}");
+    }
+    println!();
+    for (i, (op, _)) in columns[0].1.iter().enumerate() {
+        print!("{op:<40}");
+        for (_, times) in &columns {
+            print!(" {:>17.2}", times[i].1);
         }
-    };
-    println!(
-        "{:<40} {:>10} {:>10} {:>9}",
-        "op", "cpu ms", "gpu ms", "gpu/cpu"
-    );
-    for (i, (op, c)) in cpu.iter().enumerate() {
-        match &gpu {
-            Some(g) => println!("{op:<40} {c:>10.2} {:>10.2} {:>9.1}", g[i].1, g[i].1 / c),
-            None => println!("{op:<40} {c:>10.2}"),
-        }
+        println!();
     }
 }

@@ -13,10 +13,18 @@
 // The override constant VEC4_B (a second pipeline, `gemm_vec4b`) loads each row of 4 B values as
 // one vec4 through b4; the host picks it when B's rows are contiguous and everything is aligned
 // to 4 (b_cs = 1; N, b_off, b_klo, b_khi, b_batch multiples of 4), as for the convolution passes.
-// Layout: each invocation computes a 4×4 block of C in four vec4 registers (16 multiply-adds per
-// 8 loads); workgroups of 16×16 invocations cover 64×64 of C; dispatch
-// (ceil(N/64), ceil(M/64), batch). Edge rows/columns read a clamped (valid) address and are not
-// stored, so every access stays in bounds without branches in the inner loop.
+//
+// Two kernels, same bindings and the same layout of work: each invocation computes a 4×4 block of
+// C in four vec4 registers; workgroups of 16×16 invocations cover 64×64 of C; dispatch
+// (ceil(N/64), ceil(M/64), batch).
+// gemm: registers only; each invocation reads its own A and B values from memory (16
+//   multiply-adds per 8 loads). Edge rows/columns read a clamped (valid) address and are not
+//   stored, so every access stays in bounds without branches in the inner loop. Fastest on
+//   CPU-emulated GPUs (lavapipe), where workgroup memory is plain memory and barriers are costly.
+// gemm_tiled: the workgroup stages 64×16 of A and 16×64 of B in workgroup memory per step of 16
+//   along K (each invocation loads one vec4 of each, then all read the tiles), so each value
+//   loaded from memory serves 64 multiply-adds instead of 4: the classic tiled GEMM of real GPUs.
+//   Out-of-range rows, columns and k load zeros.
 
 struct Params {
     m: u32, n: u32, k_hi: u32, k_lo: u32,
@@ -33,6 +41,22 @@ struct Params {
 @group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
 
 override VEC4_B: bool = false;
+
+// C(z, i0 + t, j0 + u) (+)= rows[t][u] for the rows and columns inside C
+fn store_block(z: u32, i0: u32, j0: u32, rows: array<vec4<f32>, 4>) {
+    for (var t = 0u; t < 4u; t++) {
+        let i = i0 + t;
+        if (i >= p.m) { break; }
+        for (var u = 0u; u < 4u; u++) {
+            let j = j0 + u;
+            if (j >= p.n) { break; }
+            let at = p.c_off + z * p.c_batch + i * p.c_rs + j;
+            var v = rows[t][u];
+            if (p.accumulate != 0u) { v += c[at]; }
+            c[at] = v;
+        }
+    }
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -69,17 +93,56 @@ fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
             acc3 += a[ar[3] + ka] * bv;
         }
     }
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var t = 0u; t < 4u; t++) {
-        let i = i0 + t;
-        if (i >= p.m) { break; }
-        for (var u = 0u; u < 4u; u++) {
-            let j = j0 + u;
-            if (j >= p.n) { break; }
-            let at = p.c_off + z * p.c_batch + i * p.c_rs + j;
-            var v = rows[t][u];
-            if (p.accumulate != 0u) { v += c[at]; }
-            c[at] = v;
+    store_block(z, i0, j0, array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
+}
+
+// A(z, i, k) and B(z, k, j) with the two-level index flattened, k = kh·k_lo + kl; zero outside.
+fn load_a(z: u32, i: u32, k: u32) -> f32 {
+    if (i >= p.m || k >= p.k_hi * p.k_lo) { return 0.0; }
+    return a[p.a_off + z * p.a_batch + i * p.a_rs + (k / p.k_lo) * p.a_khi + (k % p.k_lo) * p.a_klo];
+}
+fn load_b(z: u32, k: u32, j: u32) -> f32 {
+    if (j >= p.n || k >= p.k_hi * p.k_lo) { return 0.0; }
+    return b[p.b_off + z * p.b_batch + j * p.b_cs + (k / p.k_lo) * p.b_khi + (k % p.k_lo) * p.b_klo];
+}
+
+const TILE_K: u32 = 16u;
+// a_tile[k][r] = A rows 4r..4r+3 of the tile at step k; b_tile[k][q] = B columns 4q..4q+3
+var<workgroup> a_tile: array<array<vec4<f32>, 16>, TILE_K>;
+var<workgroup> b_tile: array<array<vec4<f32>, 16>, TILE_K>;
+
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let z = wid.z;
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
+    let t = lid.y * 16u + lid.x;
+    // what this invocation loads: A rows 4·(t/16).. at k = t%16, B columns 4·(t%16).. at k = t/16
+    let ak = t % 16u;
+    let ar = row0 + 4u * (t / 16u);
+    let bk = t / 16u;
+    let bc = col0 + 4u * (t % 16u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < p.k_hi * p.k_lo; k0 += TILE_K) {
+        a_tile[ak][t / 16u] = vec4<f32>(load_a(z, ar, k0 + ak), load_a(z, ar + 1u, k0 + ak),
+                                        load_a(z, ar + 2u, k0 + ak), load_a(z, ar + 3u, k0 + ak));
+        b_tile[bk][t % 16u] = vec4<f32>(load_b(z, k0 + bk, bc), load_b(z, k0 + bk, bc + 1u),
+                                        load_b(z, k0 + bk, bc + 2u), load_b(z, k0 + bk, bc + 3u));
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let av = a_tile[kk][lid.y];
+            let bv = b_tile[kk][lid.x];
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
+        workgroupBarrier();
     }
+    store_block(z, row0 + 4u * lid.y, col0 + 4u * lid.x,
+                array<vec4<f32>, 4>(acc0, acc1, acc2, acc3));
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
-use fracture_cnn::backend::gpu::Gpu;
+use fracture_cnn::backend::gpu::{GemmKernel, Gpu};
 use fracture_cnn::backend::{AdamStep, Backend, Conv2dGeom, Padding, Pool2dGeom, SgdStep};
 use fracture_cnn::nn::{loss, Mode, Model, ModelSpec};
 use fracture_cnn::optim::{Optimizer, OptimizerKind};
@@ -32,11 +32,12 @@ fn same(what: &str, cpu: &Tensor, gpu: &Tensor, tol: f32) {
 
 const TOL: f32 = 1e-5;
 
-/// The GPU as it is, and the same GPU with bindings that hold only `values` f32s, so that the
+/// The GPU with each GEMM kernel, and with bindings that hold only `values` f32s, so that the
 /// batch tensors of a case run in windows of a few images, as large batches do on real adapters.
-fn as_is_and_windowed(gpu: &Gpu, values: usize) -> [(&'static str, Gpu); 2] {
+fn variants(gpu: &Gpu, values: usize) -> [(&'static str, Gpu); 3] {
     [
-        ("", gpu.clone()),
+        (" (register GEMM)", gpu.with_gemm(GemmKernel::Registers)),
+        (" (tiled GEMM)", gpu.with_gemm(GemmKernel::Tiled)),
         (" in windows", gpu.with_binding_limit(values)),
     ]
 }
@@ -67,7 +68,7 @@ fn conv2d_all_three_passes() {
         ]
     };
     let runs = cases.flat_map(|(k, g)| {
-        as_is_and_windowed(gpu, per_image(&g).into_iter().max().unwrap()).map(|r| (k, g, r))
+        variants(gpu, per_image(&g).into_iter().max().unwrap()).map(|r| (k, g, r))
     });
     for (k, g, (how, gpu)) in runs {
         let gpu = &gpu;
@@ -118,7 +119,7 @@ fn batchnorm_train_infer_backward_and_running_stats() {
     .enumerate()
     .flat_map(|(k, shape)| {
         let per_image = shape[1..].iter().product();
-        as_is_and_windowed(gpu, per_image).map(|r| (k, shape.clone(), r))
+        variants(gpu, per_image).map(|r| (k, shape.clone(), r))
     }) {
         let gpu = &gpu;
         let c = shape[1];
@@ -166,7 +167,7 @@ fn maxpool_forward_backward_and_argmax() {
     let runs = cases
         .into_iter()
         .enumerate()
-        .flat_map(|(k, g)| as_is_and_windowed(gpu, g.c * g.h * g.w).map(|r| (k, g, r)));
+        .flat_map(|(k, g)| variants(gpu, g.c * g.h * g.w).map(|r| (k, g, r)));
     for (k, g, (how, gpu)) in runs {
         let gpu = &gpu;
         let x = rand(g.input_shape(), 200 + k as u64);
@@ -190,7 +191,7 @@ fn dense_forward_and_both_gradients() {
     let runs = [(1, 1, 1), (1, 13, 3), (7, 70, 5), (33, 130, 65)]
         .into_iter()
         .enumerate()
-        .flat_map(|(k, (n, i, o))| as_is_and_windowed(gpu, i * o).map(|r| (k, (n, i, o), r)));
+        .flat_map(|(k, (n, i, o))| variants(gpu, i * o).map(|r| (k, (n, i, o), r)));
     for (k, (n, i, o), (how, gpu)) in runs {
         let gpu = &gpu;
         let s = 400 + 10 * k as u64;
@@ -223,7 +224,7 @@ fn dense_forward_and_both_gradients() {
 #[test]
 fn relu_dropout_loss_and_optimisers() {
     let Some(gpu) = gpu() else { return };
-    for (how, gpu) in &as_is_and_windowed(gpu, 1001) {
+    for (how, gpu) in &variants(gpu, 1001) {
         relu_and_dropout(how, gpu);
     }
     let z = Tensor::new(
@@ -364,7 +365,10 @@ fn preset(name: &str, size: usize) -> ModelSpec {
 #[test]
 fn fracturenet_training_steps_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    steps_match(gpu, &preset("fracturenet", 32), OptimizerKind::adam(), 4, 4);
+    for kernel in [GemmKernel::Registers, GemmKernel::Tiled] {
+        let spec = preset("fracturenet", 32);
+        steps_match(&gpu.with_gemm(kernel), &spec, OptimizerKind::adam(), 4, 4);
+    }
 }
 
 #[test]

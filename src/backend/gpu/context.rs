@@ -31,7 +31,7 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "gemm",
         include_str!("../../../shaders/gemm.wgsl"),
-        &["gemm"],
+        &["gemm", "gemm_tiled"],
     ),
     (
         "conv",

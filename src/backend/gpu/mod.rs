@@ -48,6 +48,29 @@ pub struct Gpu {
     ctx: Arc<Context>,
     /// Values one binding may hold: the adapter's limit, or less to exercise the windowed path.
     window: usize,
+    gemm: GemmKernel,
+}
+
+/// Which kernel of `gemm.wgsl` runs the matrix products (see the comment at its top).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// Register blocking only: best where workgroup memory is ordinary memory (lavapipe).
+    Registers,
+    /// Tiles of A and B shared through workgroup memory: best on real GPUs.
+    Tiled,
+}
+
+impl GemmKernel {
+    /// `FRACTURE_GEMM=tiled|registers` if set, else tiled on real GPUs and registers on a CPU
+    /// emulating one.
+    fn choose(info: &wgpu::AdapterInfo) -> GemmKernel {
+        match std::env::var("FRACTURE_GEMM").as_deref() {
+            Ok("tiled") => GemmKernel::Tiled,
+            Ok("registers") => GemmKernel::Registers,
+            _ if info.device_type == wgpu::DeviceType::Cpu => GemmKernel::Registers,
+            _ => GemmKernel::Tiled,
+        }
+    }
 }
 
 /// Images `[first, first + count)` of a batch: the part of it that one launch sees.
@@ -129,14 +152,25 @@ impl Gpu {
     }
     pub fn from_context(ctx: Arc<Context>) -> Gpu {
         let window = ctx.max_binding_floats();
-        Gpu { ctx, window }
+        let gemm = GemmKernel::choose(&ctx.info);
+        Gpu { ctx, window, gemm }
+    }
+    /// The same device with another GEMM kernel (for tests and benchmarks).
+    pub fn with_gemm(&self, gemm: GemmKernel) -> Gpu {
+        Gpu {
+            gemm,
+            ..self.clone()
+        }
+    }
+    pub fn gemm_kernel(&self) -> GemmKernel {
+        self.gemm
     }
     /// The same device with a smaller binding limit, in f32 values, so that tests can run the
     /// windowed path (tensors split across bindings) on small shapes.
     pub fn with_binding_limit(&self, values: usize) -> Gpu {
         Gpu {
-            ctx: self.ctx.clone(),
             window: values.min(self.ctx.max_binding_floats()),
+            ..self.clone()
         }
     }
     /// GPU buffers and bind groups created so far: a warmed-up training step adds none.
@@ -270,14 +304,20 @@ impl Gpu {
         let aligned = [g.n, g.b_off, g.b_klo, g.b_khi, g.b_batch]
             .iter()
             .all(|v| v % 4 == 0);
-        let kernel = if g.b_cs == 1 && aligned {
-            "gemm::gemm_vec4b"
-        } else {
-            "gemm::gemm"
+        let kernel = match self.gemm {
+            GemmKernel::Tiled => "gemm::gemm_tiled",
+            GemmKernel::Registers if g.b_cs == 1 && aligned => "gemm::gemm_vec4b",
+            GemmKernel::Registers => "gemm::gemm",
         };
-        // B is bound twice (as f32s and as vec4s); each variant reads through one of them.
-        self.ctx
-            .launch(kernel, &params, &[(1, a), (2, b), (3, c), (4, b)], groups);
+        // The register kernel binds B twice (as f32s and as vec4s), each variant reading through
+        // one of them; the tiled kernel reads f32s.
+        let bind = [(1, a), (2, b), (3, c), (4, b)];
+        let bind = if self.gemm == GemmKernel::Tiled {
+            &bind[..3]
+        } else {
+            &bind[..]
+        };
+        self.ctx.launch(kernel, &params, bind, groups);
     }
 
     /// An element-wise kernel of `elementwise.wgsl` over `n` values.
@@ -519,7 +559,16 @@ impl Backend for Gpu {
 
     fn name(&self) -> String {
         let i = &self.ctx.info;
-        format!("gpu ({}, {:?}, {})", i.name, i.backend, i.driver_info)
+        format!(
+            "gpu ({}, {:?}, {}; {} GEMM)",
+            i.name,
+            i.backend,
+            i.driver_info,
+            match self.gemm {
+                GemmKernel::Registers => "register-blocked",
+                GemmKernel::Tiled => "tiled",
+            }
+        )
     }
 
     fn upload(&self, t: &Tensor) -> GpuTensor {
