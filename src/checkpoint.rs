@@ -19,22 +19,31 @@ pub struct CheckpointInfo {
     /// Probability at or above which an image is called fractured.
     pub threshold: f32,
     pub epoch: usize,
+    /// The training loop's position and counters (JSON, see `train::Progress`) in a checkpoint
+    /// a run can be resumed from.
+    pub progress: Option<String>,
 }
+
+/// Prefix of the optimiser's state tensors, which a resumable checkpoint holds beside the model's.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 
 const FORMAT: &str = "fracture-cnn/1";
 
-/// Writes `model` to `path` atomically.
+/// Writes `model` to `path` atomically, with `extra` tensors (the optimiser's state, named with
+/// [`OPTIMIZER_PREFIX`]) when the checkpoint is to resume training from.
 pub fn save<B: Backend>(
     be: &B,
     model: &Model<B>,
     info: &CheckpointInfo,
+    extra: Vec<(String, Tensor)>,
     path: &Path,
 ) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = model
+    let mut tensors: Vec<(String, Tensor)> = model
         .named_params()
         .into_iter()
         .map(|p| (p.name, be.download(&p.param.value)))
         .collect();
+    tensors.extend(extra);
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .into_iter()
         .map(|(name, t)| (name, bytemuck::cast_slice(&t.data).to_vec(), t.shape.0))
@@ -46,7 +55,7 @@ pub fn save<B: Backend>(
             (name.clone(), view)
         })
         .collect();
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("spec".to_string(), serde_json::to_string(&info.spec)?),
         ("threshold".to_string(), info.threshold.to_string()),
@@ -56,6 +65,9 @@ pub fn save<B: Backend>(
             "gray [0,1], resized to input (no aspect kept)".into(),
         ),
     ]);
+    if let Some(p) = &info.progress {
+        metadata.insert("progress".into(), p.clone());
+    }
     let data = safetensors::serialize(views, &Some(metadata))
         .context("cannot serialise the checkpoint")?;
     write_atomic(path, &data)
@@ -113,6 +125,7 @@ pub fn read(path: &Path) -> Result<(CheckpointInfo, HashMap<String, Tensor>)> {
             .parse()
             .map_err(|_| bad("bad threshold".into()))?,
         epoch: get("epoch")?.parse().map_err(|_| bad("bad epoch".into()))?,
+        progress: meta.get("progress").cloned(),
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e}")))?;
     let mut tensors = HashMap::new();
@@ -130,8 +143,17 @@ pub fn read(path: &Path) -> Result<(CheckpointInfo, HashMap<String, Tensor>)> {
     Ok((info, tensors))
 }
 
-/// Builds the model a checkpoint describes and loads its weights.
+/// Builds the model a checkpoint describes and loads its weights (ignoring any optimiser state).
 pub fn load<B: Backend>(be: &B, path: &Path) -> Result<(Model<B>, CheckpointInfo)> {
+    let (model, info, _) = load_with_extra(be, path)?;
+    Ok((model, info))
+}
+
+/// Like [`load`], also returning the tensors beyond the model's (the optimiser's state).
+pub fn load_with_extra<B: Backend>(
+    be: &B,
+    path: &Path,
+) -> Result<(Model<B>, CheckpointInfo, HashMap<String, Tensor>)> {
     let (info, mut tensors) = read(path)?;
     let mut model = Model::new(be, &info.spec, 0)?;
     let names: Vec<(String, Vec<usize>)> = model
@@ -155,11 +177,11 @@ pub fn load<B: Backend>(be: &B, path: &Path) -> Result<(Model<B>, CheckpointInfo
         }
         p.value = be.upload(&t);
     }
-    if let Some(extra) = tensors.keys().next() {
+    if let Some(extra) = tensors.keys().find(|k| !k.starts_with(OPTIMIZER_PREFIX)) {
         bail!(
             "{} has a tensor {extra} that the model does not have",
             path.display()
         );
     }
-    Ok((model, info))
+    Ok((model, info, tensors))
 }

@@ -73,8 +73,9 @@ struct TrainArgs {
     /// A built-in model (fracturenet, xray-bone-classifier) or a spec file (.toml or .json).
     #[arg(long, default_value = "fracturenet")]
     model: String,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Epochs to train [default: 10]; with --resume, the run's new total.
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Learning rate.
@@ -106,6 +107,13 @@ struct TrainArgs {
     /// Where to run: cpu, gpu, or auto (a hardware GPU if there is one, else the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// Scale the gradients down whenever their global L2 norm exceeds this.
+    #[arg(long)]
+    clip_grad_norm: Option<f32>,
+    /// Continue the run in this folder (runs/<model>-NNN) from its last.safetensors, with the
+    /// run's own options (only --epochs, --backend, --threads and --quiet apply).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -122,8 +130,22 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn run_train(a: TrainArgs) -> Result<()> {
+/// How a training command ended, for the exit code.
+enum Outcome {
+    Done,
+    Interrupted,
+}
+
+fn run_train(a: TrainArgs) -> Result<Outcome> {
     set_threads(a.threads)?;
+    train::stop_on_signals()?;
+    if let Some(dir) = &a.resume {
+        let summary = match pick_backend(a.backend)? {
+            Some(gpu) => train::resume(&gpu, dir, a.epochs),
+            None => train::resume(&Cpu, dir, a.epochs),
+        }?;
+        return Ok(outcome(&summary));
+    }
     let pos_weight = match a.pos_weight.as_str() {
         "auto" => None,
         w => Some(
@@ -141,7 +163,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         data: a.data,
         model: a.model,
         image_size: a.image_size,
-        epochs: a.epochs,
+        epochs: a.epochs.unwrap_or(10),
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
@@ -150,10 +172,20 @@ fn run_train(a: TrainArgs) -> Result<()> {
         optimizer,
         weight_decay: a.weight_decay,
         quiet: a.quiet,
+        clip_grad_norm: a.clip_grad_norm,
     };
-    match pick_backend(a.backend)? {
-        Some(gpu) => train::train(&gpu, &cfg).map(|_| ()),
-        None => train::train(&Cpu, &cfg).map(|_| ()),
+    let summary = match pick_backend(a.backend)? {
+        Some(gpu) => train::train(&gpu, &cfg),
+        None => train::train(&Cpu, &cfg),
+    }?;
+    Ok(outcome(&summary))
+}
+
+fn outcome(summary: &train::RunSummary) -> Outcome {
+    if summary.interrupted {
+        Outcome::Interrupted
+    } else {
+        Outcome::Done
     }
 }
 
@@ -285,17 +317,49 @@ fn model_summary(model: &str, image_size: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// Restores the default action of SIGPIPE, so that `fracture-cnn ... | head` ends quietly when
+/// `head` exits instead of failing on a write to the closed pipe.
+fn quiet_broken_pipes() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default is async-signal-safe and done before
+    // any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// A bug, not a user error: one line naming it and where, without a backtrace.
+fn report_panics_briefly() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{at}: {what} (please report this as a bug)");
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_broken_pipes();
+    report_panics_briefly();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => run_train(a),
         Command::Model {
             command: ModelCommand::Summary { model, image_size },
-        } => model_summary(&model, image_size),
-        Command::Devices => devices(),
+        } => model_summary(&model, image_size).map(|_| Outcome::Done),
+        Command::Devices => devices().map(|_| Outcome::Done),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        // 128 + SIGINT, as shells report a program stopped by Ctrl-C
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

@@ -3,7 +3,10 @@
 
 use crate::backend::{AdamStep, Backend, SgdStep};
 use crate::nn::Model;
+use crate::tensor::Tensor;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Which optimiser, with its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,51 @@ impl<B: Backend> Optimizer<B> {
             t: 0,
             state: Vec::new(),
         }
+    }
+
+    /// The state tensors for a checkpoint, named `optimizer.a.<param>` and `optimizer.b.<param>`
+    /// (Adam's m and v; SGD's velocity and an unused zero tensor).
+    pub fn named_state(&self, be: &B, model: &Model<B>) -> Vec<(String, Tensor)> {
+        let names = model.named_params().into_iter().map(|p| p.name);
+        names
+            .zip(&self.state)
+            .filter_map(|(name, s)| s.as_ref().map(|s| (name, s)))
+            .flat_map(|(name, (a, b))| {
+                [
+                    (format!("optimizer.a.{name}"), be.download(a)),
+                    (format!("optimizer.b.{name}"), be.download(b)),
+                ]
+            })
+            .collect()
+    }
+
+    /// Puts back the state [`Optimizer::named_state`] saved, after `t` steps, taking its tensors
+    /// out of `tensors`.
+    pub fn restore(
+        &mut self,
+        be: &B,
+        model: &Model<B>,
+        t: u64,
+        tensors: &mut HashMap<String, Tensor>,
+    ) -> Result<()> {
+        self.t = t;
+        self.state = model
+            .named_params()
+            .into_iter()
+            .map(|p| {
+                let a = tensors.remove(&format!("optimizer.a.{}", p.name));
+                let b = tensors.remove(&format!("optimizer.b.{}", p.name));
+                let shape = be.shape(&p.param.value);
+                match (a, b) {
+                    (Some(a), Some(b)) if &a.shape == shape && &b.shape == shape => {
+                        Ok(Some((be.upload(&a), be.upload(&b))))
+                    }
+                    (None, None) => Ok(None),
+                    _ => bail!("the optimiser state of {} is missing or misshapen", p.name),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
     }
 
     /// One update of every trainable parameter that has a gradient, at learning rate `lr`.

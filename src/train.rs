@@ -9,12 +9,13 @@ use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Everything that defines a training run (saved as `config.json` in the run folder).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub data: PathBuf,
     /// A built-in model name or a spec file.
@@ -33,6 +34,43 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// No progress bars (the per-epoch lines are still printed).
     pub quiet: bool,
+    /// Largest global L2 norm of the gradients; larger ones are scaled down to it.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f32>,
+}
+
+/// Where a run stands: saved in `last.safetensors` after every epoch and on interruption, so that
+/// `--resume` continues exactly where it stopped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Batches of the next epoch already trained (when the run stopped inside an epoch).
+    pub batches_done: usize,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Sums over the trained batches of the unfinished epoch: loss × images, correct, images.
+    pub epoch_loss_sum: f64,
+    pub epoch_correct: usize,
+    pub epoch_seen: usize,
+    /// Best validation ROC-AUC so far and its epoch.
+    pub best: Option<(f64, usize)>,
+}
+
+/// Set by Ctrl-C or SIGTERM: the training loop stops after its current step, saving its state.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C (SIGINT) and SIGTERM stop training cleanly after the current step; a second
+/// Ctrl-C quits at once.
+pub fn stop_on_signals() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving the run (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// The figures of one epoch.
@@ -46,11 +84,14 @@ pub struct EpochReport {
     pub train_images_per_s: f64,
 }
 
-/// What a finished run leaves behind.
+/// What a finished (or interrupted) run leaves behind.
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// The epochs run by this call (not those before a resume).
     pub epochs: Vec<EpochReport>,
     pub best_epoch: usize,
+    /// Stopped by a signal; `last.safetensors` holds the state to resume from.
+    pub interrupted: bool,
 }
 
 /// Mean loss and the predicted probabilities of `ds`, in eval mode (no dropout, running stats).
@@ -222,9 +263,8 @@ fn step_seed(run_seed: u64, step: u64) -> u64 {
     hash::key(run_seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as u64 | step << 32
 }
 
-/// Trains `cfg.model` on `cfg.data` with backend `be`, printing one line per epoch.
-pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
-    validate(cfg)?;
+/// The model spec of a run, with its image size applied and checked against the backend.
+fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
     let mut spec = ModelSpec::load(&cfg.model)?;
     if let Some(size) = cfg.image_size {
         spec = spec.with_image_size(size)?;
@@ -236,8 +276,12 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
             spec.input
         );
     }
-    let size = spec.input[1];
     check_fits(be, &spec, cfg.batch_size)?;
+    Ok(spec)
+}
+
+/// The decoded training and validation images, and the positive-class weight of the loss.
+fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> {
     let dir = DataDir::open(&cfg.data)?;
     println!(
         "data: {} — train {} images ({} fractured, {} not), val {} images ({} fractured, {} not)",
@@ -254,14 +298,176 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     let pos_weight = cfg.pos_weight.unwrap_or_else(|| {
         (train_ds.len() - train_ds.positives()) as f32 / train_ds.positives() as f32
     });
+    Ok((train_ds, val_ds, pos_weight))
+}
 
-    let mut model = Model::new(be, &spec, cfg.seed)?;
-    let (trainable, fixed) = spec.param_counts()?;
+/// A model, its optimiser and where the run stands.
+struct RunState<B: Backend> {
+    model: Model<B>,
+    opt: Optimizer<B>,
+    progress: Progress,
+    /// metrics.csv as written so far.
+    csv: String,
+}
+
+/// Trains `cfg.model` on `cfg.data` with backend `be` in a new run folder, printing one line per
+/// epoch.
+pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
+    validate(cfg)?;
+    let spec = run_spec(be, cfg)?;
+    let (train_ds, val_ds, pos_weight) = load_data(cfg, spec.input[1])?;
     let run_dir = new_run_dir(&cfg.out, &spec.name)?;
+    write_config(&run_dir, be, cfg, &spec, pos_weight)?;
+    let state = RunState {
+        model: Model::new(be, &spec, cfg.seed)?,
+        opt: Optimizer::new(cfg.optimizer, cfg.weight_decay),
+        progress: Progress::default(),
+        csv: format!("{CSV_HEADER}\n"),
+    };
+    run(
+        be,
+        cfg,
+        &spec,
+        (&train_ds, &val_ds, pos_weight),
+        &run_dir,
+        state,
+    )
+}
+
+/// Continues the run in `run_dir` from its `last.safetensors`, with the run's own configuration
+/// (and `epochs` in all, if given), exactly as if it had not stopped.
+pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Result<RunSummary> {
+    let config_path = run_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "cannot read {}: --resume takes a run folder that `train` made",
+            config_path.display()
+        )
+    })?;
+    let saved: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    let mut cfg: TrainConfig = serde_json::from_value(saved["config"].clone())
+        .with_context(|| format!("{} holds no training configuration", config_path.display()))?;
+    if let Some(e) = epochs {
+        cfg.epochs = e;
+    }
+    validate(&cfg)?;
+    let spec = run_spec(be, &cfg)?;
+    let last = run_dir.join("last.safetensors");
+    if !last.exists() {
+        bail!(
+            "{} does not exist: the run stopped before its first checkpoint; start it again",
+            last.display()
+        );
+    }
+    let (model, info, mut extra) = checkpoint::load_with_extra(be, &last)?;
+    if info.spec != spec {
+        bail!(
+            "{} holds a model other than the run's {} ({}x{}): the run folder was changed",
+            last.display(),
+            spec.name,
+            spec.input[1],
+            spec.input[2]
+        );
+    }
+    let progress: Progress = info
+        .progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .with_context(|| format!("{} holds no training state to resume from", last.display()))?;
+    if progress.epochs_done >= cfg.epochs {
+        bail!(
+            "the run in {} has finished its {} epochs: pass --epochs with a larger total to train on",
+            run_dir.display(),
+            progress.epochs_done
+        );
+    }
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay);
+    opt.restore(be, &model, progress.steps, &mut extra)
+        .with_context(|| format!("cannot resume from {}", last.display()))?;
+    let csv_path = run_dir.join("metrics.csv");
+    let csv = std::fs::read_to_string(&csv_path).unwrap_or_else(|_| format!("{CSV_HEADER}\n"));
+    // Rows of epochs after the checkpoint's (none, unless a write was cut short) are dropped.
+    let csv: String = csv
+        .lines()
+        .take(progress.epochs_done + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (train_ds, val_ds, pos_weight) = load_data(&cfg, spec.input[1])?;
+    write_config(run_dir, be, &cfg, &spec, pos_weight)?;
+    println!(
+        "resuming {} after epoch {}{}",
+        run_dir.display(),
+        progress.epochs_done,
+        if progress.batches_done > 0 {
+            format!(" and {} batches of the next", progress.batches_done)
+        } else {
+            String::new()
+        }
+    );
+    let state = RunState {
+        model,
+        opt,
+        progress,
+        csv,
+    };
+    run(
+        be,
+        &cfg,
+        &spec,
+        (&train_ds, &val_ds, pos_weight),
+        run_dir,
+        state,
+    )
+}
+
+fn write_config<B: Backend>(
+    run_dir: &Path,
+    be: &B,
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    pos_weight: f32,
+) -> Result<()> {
     let config_json = serde_json::to_string_pretty(&serde_json::json!({
         "config": cfg, "spec": spec, "pos_weight": pos_weight, "backend": be.name(),
     }))?;
-    checkpoint::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())?;
+    checkpoint::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())
+}
+
+/// Saves the model with the optimiser's state and `progress` as `last.safetensors`.
+fn save_last<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    state: &RunState<B>,
+    run_dir: &Path,
+) -> Result<()> {
+    let info = CheckpointInfo {
+        spec: spec.clone(),
+        threshold: 0.5,
+        epoch: state.progress.epochs_done,
+        progress: Some(serde_json::to_string(&state.progress)?),
+    };
+    let extra = state.opt.named_state(be, &state.model);
+    checkpoint::save(
+        be,
+        &state.model,
+        &info,
+        extra,
+        &run_dir.join("last.safetensors"),
+    )
+}
+
+/// The epochs of a run from where `state` stands.
+fn run<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    (train_ds, val_ds, pos_weight): (&Dataset, &Dataset, f32),
+    run_dir: &Path,
+    mut state: RunState<B>,
+) -> Result<RunSummary> {
+    let (trainable, fixed) = spec.param_counts()?;
+    let size = spec.input[1];
     println!(
         "model: {} on {size}x{size} ({trainable} trainable + {fixed} fixed parameters), backend: {}",
         spec.name,
@@ -274,81 +480,125 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
         cfg.lr,
         run_dir.display()
     );
-
-    let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay);
     let mut reports: Vec<EpochReport> = Vec::new();
-    let mut csv = format!("{CSV_HEADER}\n");
-    let mut best: Option<(f64, usize)> = None;
-    for epoch in 1..=cfg.epochs {
+    let summary = |reports, best: Option<(f64, usize)>, interrupted| RunSummary {
+        run_dir: run_dir.to_path_buf(),
+        epochs: reports,
+        best_epoch: best.map_or(0, |(_, e)| e),
+        interrupted,
+    };
+    while state.progress.epochs_done < cfg.epochs {
+        let epoch = state.progress.epochs_done + 1;
         let start = Instant::now();
         let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for idx in train_ds.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64))) {
-            // Batch norm needs two samples to have a variance; a last batch of one is dropped.
-            if idx.len() < 2 {
-                continue;
-            }
-            let (x, y) = train_ds.batch(&idx);
-            let y_dev = be.upload(&y);
-            let seed = step_seed(cfg.seed, opt.t + 1);
-            let logits = model.forward(be, be.upload(&x), Mode::Train { seed });
-            let (l, dlogits) = loss::bce_with_logits(be, &logits, &y_dev, pos_weight);
-            if !l.is_finite() {
-                bail!(
-                    "the training loss became {l} at epoch {epoch}, step {}: lower --lr",
-                    opt.t + 1
+        bar.inc(state.progress.epoch_seen as u64);
+        let batches = train_ds.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64)));
+        let seen_before = state.progress.epoch_seen;
+        for (i, idx) in batches.iter().enumerate().skip(state.progress.batches_done) {
+            if STOP.load(Ordering::SeqCst) {
+                bar.finish_and_clear();
+                save_last(be, spec, &state, run_dir)?;
+                println!(
+                    "stopped during epoch {epoch} after {i} of {} batches; the run is saved in {}.\n\
+                     continue it with: fracture-cnn train --resume {}",
+                    batches.len(),
+                    run_dir.join("last.safetensors").display(),
+                    run_dir.display()
                 );
+                return Ok(summary(reports, state.progress.best, true));
             }
-            let z = be.download(&logits).data;
-            correct += z
-                .iter()
-                .zip(&y.data)
-                .filter(|(z, y)| (**z >= 0.0) == (**y == 1.0))
-                .count();
-            model.backward(be, dlogits, false);
-            opt.step(be, &mut model, cfg.lr);
-            loss_sum += l as f64 * idx.len() as f64;
-            seen += idx.len();
+            // Batch norm needs two samples to have a variance; a last batch of one is dropped.
+            if idx.len() >= 2 {
+                train_step(be, cfg, &mut state, train_ds, idx, pos_weight, epoch)?;
+            }
+            state.progress.batches_done = i + 1;
             bar.inc(idx.len() as u64);
         }
         bar.finish_and_clear();
         let train_secs = start.elapsed().as_secs_f64();
-        let (val_loss, probs) = predict(be, &mut model, &val_ds, cfg.batch_size);
+        let (val_loss, probs) = predict(be, &mut state.model, val_ds, cfg.batch_size);
+        let p = &mut state.progress;
         let report = EpochReport {
             epoch,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
+            train_loss: p.epoch_loss_sum / p.epoch_seen.max(1) as f64,
+            train_accuracy: p.epoch_correct as f64 / p.epoch_seen.max(1) as f64,
             val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
             seconds: start.elapsed().as_secs_f64(),
-            train_images_per_s: seen as f64 / train_secs,
+            train_images_per_s: (p.epoch_seen - seen_before) as f64 / train_secs,
         };
         print_epoch(&report, cfg.epochs);
-        let info = CheckpointInfo {
-            spec: spec.clone(),
-            threshold: 0.5,
-            epoch,
+        *p = Progress {
+            epochs_done: epoch,
+            steps: p.steps,
+            best: p.best,
+            ..Progress::default()
         };
-        checkpoint::save(be, &model, &info, &run_dir.join("last.safetensors"))?;
-        if best.is_none_or(|(auc, _)| report.val.roc_auc > auc) {
-            best = Some((report.val.roc_auc, epoch));
-            checkpoint::save(be, &model, &info, &run_dir.join("best.safetensors"))?;
+        if p.best.is_none_or(|(auc, _)| report.val.roc_auc > auc) {
+            p.best = Some((report.val.roc_auc, epoch));
+            let info = CheckpointInfo {
+                spec: spec.clone(),
+                threshold: 0.5,
+                epoch,
+                progress: None,
+            };
+            checkpoint::save(
+                be,
+                &state.model,
+                &info,
+                Vec::new(),
+                &run_dir.join("best.safetensors"),
+            )?;
         }
-        csv.push_str(&csv_row(&report));
-        csv.push('\n');
-        checkpoint::write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
+        state.csv.push_str(&csv_row(&report));
+        state.csv.push('\n');
+        checkpoint::write_atomic(&run_dir.join("metrics.csv"), state.csv.as_bytes())?;
+        save_last(be, spec, &state, run_dir)?;
         reports.push(report);
     }
-    let best_epoch = best.map_or(0, |(_, e)| e);
+    let best = state.progress.best;
     println!(
-        "best validation ROC-AUC {:.4} at epoch {best_epoch}; saved {}",
+        "best validation ROC-AUC {:.4} at epoch {}; saved {}",
         best.map_or(0.0, |(a, _)| a),
+        best.map_or(0, |(_, e)| e),
         run_dir.join("best.safetensors").display()
     );
-    Ok(RunSummary {
-        run_dir,
-        epochs: reports,
-        best_epoch,
-    })
+    Ok(summary(reports, best, false))
+}
+
+/// One optimiser step on the batch `idx`, adding its loss and hits to the epoch's sums.
+fn train_step<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    state: &mut RunState<B>,
+    ds: &Dataset,
+    idx: &[usize],
+    pos_weight: f32,
+    epoch: usize,
+) -> Result<()> {
+    let (x, y) = ds.batch(idx);
+    let step = state.progress.steps + 1;
+    let seed = step_seed(cfg.seed, step);
+    let logits = state.model.forward(be, be.upload(&x), Mode::Train { seed });
+    let (l, dlogits) = loss::bce_with_logits(be, &logits, &be.upload(&y), pos_weight);
+    if !l.is_finite() {
+        bail!(
+            "the training loss became {l} at epoch {epoch}, step {step}: lower --lr \
+             (the last good checkpoint is the run's last.safetensors)"
+        );
+    }
+    let z = be.download(&logits).data;
+    let p = &mut state.progress;
+    p.epoch_correct += z
+        .iter()
+        .zip(&y.data)
+        .filter(|(z, y)| (**z >= 0.0) == (**y == 1.0))
+        .count();
+    state.model.backward(be, dlogits, false);
+    state.opt.step(be, &mut state.model, cfg.lr);
+    p.steps = state.opt.t;
+    p.epoch_loss_sum += l as f64 * idx.len() as f64;
+    p.epoch_seen += idx.len();
+    Ok(())
 }
 
 fn print_epoch(r: &EpochReport, epochs: usize) {

@@ -25,6 +25,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         optimizer: OptimizerKind::adam(),
         weight_decay: 0.0,
         quiet: true,
+        clip_grad_norm: None,
     }
 }
 
@@ -84,6 +85,41 @@ fn same_seed_same_numbers_other_seed_other_numbers() {
     assert_ne!(a, losses(6));
     // three runs, three run folders
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+}
+
+#[test]
+fn a_resumed_run_ends_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 16);
+    let figures = |r: &train::RunSummary| -> Vec<(f64, f64, f64)> {
+        r.epochs
+            .iter()
+            .map(|e| (e.train_loss, e.val.loss, e.val.roc_auc))
+            .collect()
+    };
+    let whole = train::train(&Cpu, &config(&data, &dir.path().join("a"), 3, 3)).unwrap();
+    let part = train::train(&Cpu, &config(&data, &dir.path().join("b"), 3, 1)).unwrap();
+    let rest = train::resume(&Cpu, &part.run_dir, Some(3)).unwrap();
+    let mut joined = figures(&part);
+    joined.extend(figures(&rest));
+    assert_eq!(joined, figures(&whole));
+    let csv = |r: &train::RunSummary| {
+        let text = std::fs::read_to_string(r.run_dir.join("metrics.csv")).unwrap();
+        // every column but the timings
+        text.lines()
+            .map(|l| l.split(',').take(11).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(csv(&rest), csv(&whole));
+    let e = train::resume(&Cpu, &rest.run_dir, None)
+        .err()
+        .expect("a finished run is not resumed")
+        .to_string();
+    assert!(
+        e.contains("finished its 3 epochs") && e.contains("--epochs"),
+        "{e}"
+    );
 }
 
 #[test]
