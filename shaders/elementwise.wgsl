@@ -1,4 +1,5 @@
-// elementwise.wgsl — one value in, one value out: ReLU, dropout, per-channel bias, moving averages.
+// elementwise.wgsl — one value in, one value out: ReLU, dropout, per-channel bias, moving averages,
+// scaling.
 // Twin of src/backend/cpu/elementwise.rs.
 //
 // Bindings: 0 params (uniform), 1 a (read), 2 b (read), 3 out (read_write); each entry point uses
@@ -10,7 +11,7 @@ struct Params {
     c: u32,      // channels (add_channel_bias)
     hw: u32,     // elements per channel plane (add_channel_bias)
     key: u32,    // dropout: the key of backend::hash for this call's seed
-    f0: f32,     // dropout: p; ema: momentum
+    f0: f32,     // dropout: p; ema: momentum; scale: the factor
     f1: f32,     // ema: scale of the batch value
     offset: u32, // dropout: index of element 0 in the whole tensor (when run on a window of it)
     pad0: u32,
@@ -76,6 +77,15 @@ fn add_channel_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     out[i] += a[(i / p.hw) % p.c];
+}
+
+// out *= f0   (gradient clipping)
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] *= p.f0;
 }
 
 // out = (1 - m) out + m * scale * a   (running statistics of batch norm)

@@ -5,6 +5,7 @@
 // Bindings: 0 params (uniform), 1 src (read), 2 dst (read_write).
 // channel_sum: one workgroup of 256 per channel; each invocation sums a strided share of the
 //   channel's N·HW values, then a tree reduction in workgroup memory combines the 256 partials.
+// sum_squares: dst[c] = Σ src², one workgroup of 256 likewise (c = the tensor's slot in dst).
 // sum_leading: one invocation per output element, 256 per workgroup, 2-D grid.
 
 struct Params {
@@ -27,12 +28,27 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         s += src[((t / p.hw) * p.c + c) * p.hw + t % p.hw];
     }
     partial[lid] = s;
+    tree_sum(lid);
+    if (lid == 0u) { dst[c] = select(0.0, dst[c], p.accumulate != 0u) + partial[0]; }
+}
+
+// Sums `partial` over the workgroup into partial[0].
+fn tree_sum(lid: u32) {
     workgroupBarrier();
     for (var half = 128u; half > 0u; half >>= 1u) {
         if (lid < half) { partial[lid] += partial[lid + half]; }
         workgroupBarrier();
     }
-    if (lid == 0u) { dst[c] = select(0.0, dst[c], p.accumulate != 0u) + partial[0]; }
+}
+
+// dst[c] = Σ over i < n of src[i]²
+@compute @workgroup_size(256)
+fn sum_squares(@builtin(local_invocation_index) lid: u32) {
+    var s = 0.0;
+    for (var i = lid; i < p.n; i += 256u) { s += src[i] * src[i]; }
+    partial[lid] = s;
+    tree_sum(lid);
+    if (lid == 0u) { dst[p.c] = partial[0]; }
 }
 
 // dst[j] (+)= Σ over g < n of src[g·C + j], for j < C

@@ -128,6 +128,11 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
             bail!("--pos-weight must be a positive number or 'auto', got {w}");
         }
     }
+    if let Some(c) = cfg.clip_grad_norm {
+        if !(c.is_finite() && c > 0.0) {
+            bail!("--clip-grad-norm must be a positive number, got {c}");
+        }
+    }
     Ok(())
 }
 
@@ -565,6 +570,46 @@ fn run<B: Backend>(
     Ok(summary(reports, best, false))
 }
 
+/// Checks that every gradient is finite, naming the first that is not (and its layer), and when
+/// `clip` is given scales all of them down so that their global L2 norm is at most `clip`.
+/// Returns the global norm before clipping.
+pub fn check_and_clip_gradients<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    clip: Option<f32>,
+) -> Result<f32> {
+    let names: Vec<String> = model.named_params().into_iter().map(|p| p.name).collect();
+    let mut params: Vec<_> = model
+        .params_mut()
+        .into_iter()
+        .zip(names)
+        .filter(|(p, _)| p.grad.is_some())
+        .collect();
+    let grads: Vec<&B::Tensor> = params.iter().filter_map(|(p, _)| p.grad.as_ref()).collect();
+    let squares = be.squared_norms(&grads);
+    if let Some((v, (_, name))) = squares.iter().zip(&params).find(|(v, _)| !v.is_finite()) {
+        // names are "<layer index>.<kind>.<parameter>"
+        let mut parts = name.splitn(3, '.');
+        let (layer, kind, what) = (parts.next(), parts.next(), parts.next());
+        bail!(
+            "the gradient of the {} of layer {} ({}) became {}",
+            what.unwrap_or(name),
+            layer.and_then(|l| l.parse::<usize>().ok()).unwrap_or(0),
+            kind.unwrap_or("?"),
+            if v.is_nan() { "NaN" } else { "infinite" }
+        );
+    }
+    let norm = squares.iter().map(|&v| v as f64).sum::<f64>().sqrt() as f32;
+    if let Some(max) = clip.filter(|&max| norm > max) {
+        for (p, _) in &mut params {
+            if let Some(g) = p.grad.as_mut() {
+                be.scale(g, max / norm);
+            }
+        }
+    }
+    Ok(norm)
+}
+
 /// One optimiser step on the batch `idx`, adding its loss and hits to the epoch's sums.
 fn train_step<B: Backend>(
     be: &B,
@@ -594,6 +639,12 @@ fn train_step<B: Backend>(
         .filter(|(z, y)| (**z >= 0.0) == (**y == 1.0))
         .count();
     state.model.backward(be, dlogits, false);
+    check_and_clip_gradients(be, &mut state.model, cfg.clip_grad_norm).with_context(|| {
+        format!(
+            "training stopped at epoch {epoch}, step {step}: lower --lr or pass --clip-grad-norm \
+             (the last good checkpoint is the run's last.safetensors)"
+        )
+    })?;
     state.opt.step(be, &mut state.model, cfg.lr);
     p.steps = state.opt.t;
     p.epoch_loss_sum += l as f64 * idx.len() as f64;

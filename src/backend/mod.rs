@@ -205,4 +205,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
         velocity: &mut Self::Tensor,
         h: &SgdStep,
     );
+
+    // ---- gradient health ------------------------------------------------------------------------
+    /// Σ t² of each tensor, read back to the host together (NaN or ∞ if a value is).
+    fn squared_norms(&self, ts: &[&Self::Tensor]) -> Vec<f32>;
+    /// t *= s, in place (gradient clipping).
+    fn scale(&self, t: &mut Self::Tensor, s: f32);
 }

@@ -11,13 +11,26 @@ use std::path::Path;
 /// The aspect ratio is not kept (as in Keras' `flow_from_directory`): X-rays come portrait and
 /// landscape, and padding instead would mark each image's orientation with black bars.
 pub fn load_gray(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let img = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    reader.limits(decode_limits());
+    let img = reader
         .decode()
         .with_context(|| format!("{} is not a readable image", path.display()))?;
     Ok(to_gray_square(&img, size))
+}
+
+/// Large enough for any radiograph (detector panels are a few thousand pixels a side, and a
+/// 16-bit RGBA 20000 × 12000 scan still fits), small enough that a corrupt header claiming a
+/// gigapixel image is refused instead of exhausting memory.
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(20_000);
+    limits.max_image_height = Some(20_000);
+    limits.max_alloc = Some(2 << 30);
+    limits
 }
 
 /// Gray in [0, 1], resized to `size × size`. 16-bit images keep their precision.

@@ -220,4 +220,12 @@ impl Backend for Cpu {
     fn sgd_step(&self, p: &mut Tensor, g: &Tensor, velocity: &mut Tensor, h: &SgdStep) {
         elementwise::sgd(&mut p.data, &g.data, &mut velocity.data, h);
     }
+    fn squared_norms(&self, ts: &[&Tensor]) -> Vec<f32> {
+        ts.iter()
+            .map(|t| t.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
+            .collect()
+    }
+    fn scale(&self, t: &mut Tensor, s: f32) {
+        t.data.iter_mut().for_each(|v| *v *= s);
+    }
 }

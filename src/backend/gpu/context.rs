@@ -26,6 +26,7 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
             "dropout",
             "add_channel_bias",
             "ema",
+            "scale",
         ],
     ),
     (
@@ -41,7 +42,7 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "reduce",
         include_str!("../../../shaders/reduce.wgsl"),
-        &["channel_sum", "sum_leading"],
+        &["channel_sum", "sum_leading", "sum_squares"],
     ),
     (
         "batchnorm",

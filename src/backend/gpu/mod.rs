@@ -914,6 +914,23 @@ impl Backend for Gpu {
         let f = [h.lr, h.momentum, 0.0, 0.0, h.weight_decay, 1.0, 1.0];
         self.optim("sgd", p, g, velocity, None, f);
     }
+
+    fn squared_norms(&self, ts: &[&GpuTensor]) -> Vec<f32> {
+        let sums = self.alloc([ts.len().max(1)]);
+        for (i, t) in ts.iter().enumerate() {
+            let params = [u(t.len()), u(i), 0, 0];
+            let bind = [(1, self.whole(t)), (2, sums.buf())];
+            self.ctx
+                .launch("reduce::sum_squares", &params, &bind, (1, 1, 1));
+        }
+        let mut out = self.download(&sums).data;
+        out.truncate(ts.len());
+        out
+    }
+    fn scale(&self, t: &mut GpuTensor, s: f32) {
+        let bind = [(3, self.whole(t))];
+        self.elementwise("scale", t.len(), [0; 4], [s, 0.0], &bind);
+    }
 }
 
 impl Gpu {

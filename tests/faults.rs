@@ -1,0 +1,474 @@
+//! Bad input and faults, as a user meets them: each case gets one clear message naming the file or
+//! flag (exit 1 for runtime errors, 2 for usage errors, never a panic), and no fault loses a
+//! checkpoint already written.
+
+mod common;
+
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::Backend;
+use fracture_cnn::checkpoint;
+use fracture_cnn::nn::{Model, ModelSpec};
+use fracture_cnn::train;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fracture-cnn");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Exit code and stderr; asserts that nothing panicked.
+fn failure(o: &Output) -> (Option<i32>, String) {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    (o.status.code(), err)
+}
+
+/// A small data set of 16×16 images in `root`.
+fn dataset(root: &Path, per_class: usize) -> PathBuf {
+    let data = root.join("data");
+    common::images::write_separable_dataset(&data, per_class, 16);
+    data
+}
+
+/// `train` on `data` at 16×16 on the CPU, with more arguments.
+fn train_args<'a>(data: &'a Path, out: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    out.join("fracturenet-001")
+}
+
+#[test]
+fn data_folder_faults_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, err) = failure(&run(&train_args(&empty, &out, &[])));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no train/ folder") && err.contains("empty"),
+        "{err}"
+    );
+
+    // every fractured training image unreadable: nothing usable of that class is left
+    let data = dataset(dir.path(), 3);
+    for entry in std::fs::read_dir(data.join("train/fractured")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"").unwrap();
+    }
+    let (code, err) = failure(&run(&train_args(&data, &out, &[])));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("warning: skipping") && err.contains("img000.png"),
+        "{err}"
+    );
+    assert!(
+        err.contains("3 of the train images could not be read"),
+        "{err}"
+    );
+    assert!(err.contains("no usable images of one class"), "{err}");
+    assert!(!out.exists(), "a refused run leaves no run folder");
+}
+
+#[test]
+fn odd_images_are_read_or_skipped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 3);
+    let frac = data.join("train/fractured");
+    // palette (GIF), 1×1, 16-bit RGBA, and a huge 10000×10000 scan all train
+    let gif = image::RgbaImage::from_pixel(9, 7, image::Rgba([200, 200, 200, 255]));
+    gif.save(frac.join("palette.gif")).unwrap();
+    image::GrayImage::from_pixel(1, 1, image::Luma([210]))
+        .save(frac.join("dot.png"))
+        .unwrap();
+    image::ImageBuffer::from_pixel(5, 5, image::Rgba([50000u16, 50000, 50000, 65535]))
+        .save(frac.join("rgba16.png"))
+        .unwrap();
+    image::GrayImage::from_pixel(10_000, 10_000, image::Luma([200]))
+        .save(frac.join("huge.png"))
+        .unwrap();
+    // a truncated PNG and a text file named .jpg are skipped by name
+    let whole = std::fs::read(frac.join("img000.png")).unwrap();
+    std::fs::write(frac.join("cut.png"), &whole[..whole.len() / 2]).unwrap();
+    std::fs::write(frac.join("text.jpg"), "these are not pixels").unwrap();
+    let out = dir.path().join("runs");
+    let o = run(&train_args(&data, &out, &["--epochs", "1"]));
+    let (code, err) = failure(&o);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("cut.png") && err.contains("text.jpg"), "{err}");
+    assert!(
+        err.contains("2 of the train images could not be read"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    // six files listed as fractured training images, two of them unusable
+    assert!(stdout.contains("train 12 images (9 fractured"), "{stdout}");
+    assert!(stdout.contains("epoch   1/1"), "{stdout}");
+}
+
+#[test]
+fn option_and_model_faults_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2);
+    let out = dir.path().join("runs");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--batch-size", "0"], "--batch-size must be at least 1"),
+        (&["--lr", "0"], "--lr must be a positive number"),
+        (&["--lr", "-0.1"], "--lr must be a positive number"),
+        (&["--lr", "NaN"], "--lr must be a positive number"),
+        (
+            &["--clip-grad-norm", "0"],
+            "--clip-grad-norm must be a positive number",
+        ),
+        (&["--image-size", "8"], "layer"),
+    ];
+    for (more, want) in cases {
+        let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = vec!["train", "--data", d, "--out", o, "--backend", "cpu"];
+        args.extend_from_slice(more);
+        for (flag, default) in [("--image-size", "16"), ("--batch-size", "4")] {
+            if !more.contains(&flag) {
+                args.extend_from_slice(&[flag, default]);
+            }
+        }
+        let (code, err) = failure(&run(&args));
+        assert_eq!(code, Some(1), "{more:?}: {err}");
+        assert!(err.contains(want), "{more:?}: {err}");
+    }
+    let spec = dir.path().join("broken.toml");
+    std::fs::write(
+        &spec,
+        "name = \"x\"\ninput = [1, 16, 16]\nlayers = [ { type = ",
+    )
+    .unwrap();
+    let (code, err) = failure(&run(&[
+        "model",
+        "summary",
+        "--model",
+        spec.to_str().unwrap(),
+    ]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("broken.toml") && err.contains("TOML"), "{err}");
+    std::fs::write(
+        &spec,
+        "name = \"x\"\ninput = [1, 16, 16]\nlayers = [ { type = \"dense\", units = 1 } ]",
+    )
+    .unwrap();
+    let (code, err) = failure(&run(&[
+        "model",
+        "summary",
+        "--model",
+        spec.to_str().unwrap(),
+    ]));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("layer 0 (dense 1)") && err.contains("flatten"),
+        "{err}"
+    );
+    let (code, _) = failure(&run(&["train", "--batch-size", "-3"]));
+    assert_eq!(code, Some(2), "a negative batch size is a usage error");
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_written_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = file.join("runs");
+    let (code, err) = failure(&run(&train_args(&data, &out, &[])));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot create the run folder") && err.contains("a-file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_checkpoints_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2);
+    let out = dir.path().join("runs");
+    let o = run(&train_args(&data, &out, &["--epochs", "1"]));
+    assert!(o.status.success());
+    let last = run_dir(&out).join("last.safetensors");
+    let good = std::fs::read(&last).unwrap();
+    let resume = || {
+        failure(&run(&[
+            "train",
+            "--resume",
+            run_dir(&out).to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--backend",
+            "cpu",
+        ]))
+    };
+
+    for (what, bytes) in [
+        ("truncated", good[..good.len() / 3].to_vec()),
+        ("not safetensors", b"PK\x03\x04 a zip file".to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&last, &bytes).unwrap();
+        let (code, err) = resume();
+        assert_eq!(code, Some(1), "{what}");
+        assert!(
+            err.contains("last.safetensors") && err.contains("not a fracture-cnn checkpoint"),
+            "{what}: {err}"
+        );
+    }
+    // a checkpoint of another architecture (the other preset), and of another input size
+    for (model, size) in [("xray-bone-classifier", 94), ("fracturenet", 32)] {
+        let spec = ModelSpec::load(model)
+            .unwrap()
+            .with_image_size(size)
+            .unwrap();
+        let other = Model::new(&Cpu, &spec, 1).unwrap();
+        let info = checkpoint::CheckpointInfo {
+            spec,
+            threshold: 0.5,
+            epoch: 1,
+            progress: None,
+        };
+        checkpoint::save(&Cpu, &other, &info, Vec::new(), &last).unwrap();
+        let (code, err) = resume();
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("last.safetensors") && err.contains("holds a model other than"),
+            "{model} {size}: {err}"
+        );
+    }
+    // loading a checkpoint of one model as another names the tensor that differs
+    std::fs::write(&last, &good).unwrap();
+    let (_, _, extra) = checkpoint::load_with_extra(&Cpu, &last).unwrap();
+    assert!(extra.keys().all(|k| k.starts_with("optimizer.")));
+}
+
+/// Runs `args` with the size of any file it writes limited to `bytes` (as when a disk fills).
+fn run_with_file_size_limit(args: &[&str], bytes: u64) -> Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    // SIGXFSZ ignored, so that an over-long write fails with EFBIG instead of killing the process
+    let script = format!(
+        "trap '' XFSZ; ulimit -f {}; exec '{BIN}' {}",
+        bytes / 512,
+        quoted.join(" ")
+    );
+    Command::new("sh").arg("-c").arg(script).output().unwrap()
+}
+
+#[test]
+fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2);
+    let out = dir.path().join("runs");
+    assert!(run(&train_args(&data, &out, &["--epochs", "1"]))
+        .status
+        .success());
+    let run_dir = run_dir(&out);
+    let last = run_dir.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    let o = run_with_file_size_limit(
+        &[
+            "train",
+            "--resume",
+            run_dir.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--backend",
+            "cpu",
+            "--quiet",
+        ],
+        256 * 1024,
+    );
+    let (code, err) = failure(&o);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot write") && err.contains(".safetensors"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        before,
+        "last.safetensors changed"
+    );
+    checkpoint::read(&last).expect("still loadable");
+    let leftovers: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 3);
+    let out = dir.path().join("runs");
+    let (code, err) = failure(&run(&train_args(
+        &data,
+        &out,
+        &["--lr", "1e30", "--epochs", "3"],
+    )));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("step") && err.contains("lower --lr"), "{err}");
+}
+
+#[test]
+fn a_non_finite_gradient_is_named_and_large_ones_are_clipped() {
+    let spec = ModelSpec::load("fracturenet")
+        .unwrap()
+        .with_image_size(16)
+        .unwrap();
+    let mut model = Model::new(&Cpu, &spec, 1).unwrap();
+    for (i, p) in model.params_mut().into_iter().enumerate() {
+        if p.trainable {
+            let shape = Cpu.shape(&p.value).clone();
+            p.grad = Some(fracture_cnn::tensor::Tensor::full(shape, 3.0 + i as f32));
+        }
+    }
+    let norm = train::check_and_clip_gradients(&Cpu, &mut model, Some(1.0)).unwrap();
+    assert!(norm > 1.0);
+    let after = train::check_and_clip_gradients(&Cpu, &mut model, None).unwrap();
+    assert!((after - 1.0).abs() < 1e-4, "clipped to {after}");
+
+    let names: Vec<String> = model.named_params().into_iter().map(|p| p.name).collect();
+    let at = names.iter().position(|n| n == "04.conv2d.weight").unwrap();
+    model.params_mut()[at].grad.as_mut().unwrap().data[5] = f32::NAN;
+    let e = train::check_and_clip_gradients(&Cpu, &mut model, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weight of layer 4 (conv2d) became NaN"), "{e}");
+}
+
+/// Starts a training run of many short epochs.
+fn start(data: &Path, out: &Path, more: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(train_args(data, out, more))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to a child process we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// Every column of metrics.csv but the timings.
+fn figures(run_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(run_dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(11).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+#[test]
+fn ctrl_c_and_sigterm_save_the_run_and_resume_continues_it_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 8);
+    let epochs = ["--epochs", "30"];
+    let whole = dir.path().join("whole");
+    assert!(run(&train_args(&data, &whole, &epochs)).status.success());
+    for (i, sig) in [libc::SIGINT, libc::SIGTERM].into_iter().enumerate() {
+        let out = dir.path().join(format!("stopped{i}"));
+        let child = start(&data, &out, &epochs);
+        wait_for(&run_dir(&out).join("last.safetensors"));
+        std::thread::sleep(Duration::from_millis(30 + 40 * i as u64));
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let (code, err) = failure(&o);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(code, Some(130), "{stdout}{err}");
+        assert!(
+            stdout.contains("continue it with: fracture-cnn train --resume"),
+            "{stdout}"
+        );
+        let o = run(&[
+            "train",
+            "--resume",
+            run_dir(&out).to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", failure(&o).1);
+        assert_eq!(figures(&run_dir(&out)), figures(&run_dir(&whole)));
+    }
+}
+
+#[test]
+fn a_killed_run_always_leaves_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 8);
+    let out = dir.path().join("runs");
+    let folder = run_dir(&out);
+    let last = folder.join("last.safetensors");
+    let mut child = start(&data, &out, &["--epochs", "1000"]);
+    wait_for(&last);
+    for round in 0..6u64 {
+        // kill at a point that moves through the epoch (and its checkpoint writes) each round
+        std::thread::sleep(Duration::from_millis(17 + round * 23));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (info, _) = checkpoint::read(&last).expect("a loadable checkpoint remains");
+        assert!(info.progress.is_some());
+        let resume = [
+            "train",
+            "--resume",
+            folder.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--quiet",
+        ];
+        child = Command::new(BIN)
+            .args(resume)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    checkpoint::read(&last).expect("a loadable checkpoint remains");
+}
