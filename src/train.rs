@@ -622,13 +622,16 @@ fn train_step<B: Backend>(
 ) -> Result<()> {
     let (x, y) = ds.batch(idx);
     let step = state.progress.steps + 1;
+    let last_good = match state.progress.epochs_done {
+        0 => "no checkpoint had been written yet".to_string(),
+        n => format!("the run's last.safetensors, after epoch {n}, is the last good checkpoint"),
+    };
     let seed = step_seed(cfg.seed, step);
     let logits = state.model.forward(be, be.upload(&x), Mode::Train { seed });
     let (l, dlogits) = loss::bce_with_logits(be, &logits, &be.upload(&y), pos_weight);
     if !l.is_finite() {
         bail!(
-            "the training loss became {l} at epoch {epoch}, step {step}: lower --lr \
-             (the last good checkpoint is the run's last.safetensors)"
+            "the training loss became {l} at epoch {epoch}, step {step}: lower --lr ({last_good})"
         );
     }
     let z = be.download(&logits).data;
@@ -642,7 +645,7 @@ fn train_step<B: Backend>(
     check_and_clip_gradients(be, &mut state.model, cfg.clip_grad_norm).with_context(|| {
         format!(
             "training stopped at epoch {epoch}, step {step}: lower --lr or pass --clip-grad-norm \
-             (the last good checkpoint is the run's last.safetensors)"
+             ({last_good})"
         )
     })?;
     state.opt.step(be, &mut state.model, cfg.lr);

@@ -272,6 +272,24 @@ fn relu_dropout_loss_and_optimisers() {
         gpu.sgd_step(&mut gp, &gpu.upload(&g), &mut gvel, &h);
     }
     same("sgd", &cp, &gpu.download(&gp), 1e-5);
+
+    // gradient health: squared norms (one read for all) and in-place scaling
+    let (a, b) = (rand([1], 504), rand([70_001], 505));
+    let want = Cpu.squared_norms(&[&a, &b]);
+    let got = gpu.squared_norms(&[&gpu.upload(&a), &gpu.upload(&b)]);
+    for (w, g) in want.iter().zip(&got) {
+        assert!(
+            (w - g).abs() <= 1e-5 * w.abs().max(1.0),
+            "{want:?} vs {got:?}"
+        );
+    }
+    let mut nan = b.clone();
+    nan.data[123] = f32::NAN;
+    assert!(gpu.squared_norms(&[&gpu.upload(&nan)])[0].is_nan());
+    let (mut cb, mut gb) = (b.clone(), gpu.upload(&b));
+    Cpu.scale(&mut cb, 0.25);
+    gpu.scale(&mut gb, 0.25);
+    same("scale", &cb, &gpu.download(&gb), 0.0);
 }
 
 fn relu_and_dropout(how: &str, gpu: &Gpu) {

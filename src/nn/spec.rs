@@ -120,6 +120,9 @@ impl fmt::Display for SpecError {
 }
 impl std::error::Error for SpecError {}
 
+/// Most values one layer may hold per image, or in one weight tensor (8 GiB of f32).
+const MAX_VALUES: u128 = 1 << 31;
+
 /// What one layer does to the shape, and what it costs: a row of `model summary`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerInfo {
@@ -263,6 +266,27 @@ impl LayerSpec {
             LayerSpec::Relu => input.to_vec(),
             LayerSpec::Flatten => vec![input.iter().product()],
         };
+        // Sizes that no machine could hold are refused here, before anything is allocated (the
+        // products are taken in u128, where they cannot overflow).
+        let values = |dims: &[usize]| dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
+        let weights = match self {
+            LayerSpec::Conv2d {
+                filters, kernel, ..
+            } => values(&[
+                input.first().copied().unwrap_or(0),
+                kernel.hw().0,
+                kernel.hw().1,
+                *filters,
+            ]),
+            LayerSpec::Dense { units } => values(&[input.iter().product(), *units]),
+            _ => 0,
+        };
+        if values(&output) > MAX_VALUES || weights > MAX_VALUES {
+            return Err(err(format!(
+                "too large: {} values per image and {weights} weights, the limit being {MAX_VALUES}",
+                values(&output)
+            )));
+        }
         Ok(LayerInfo {
             index,
             spec: self.clone(),
