@@ -2,14 +2,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fracture-cnn"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::cli::{run, train_args};
+use std::process::Output;
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -36,22 +30,7 @@ fn train_prints_a_line_per_epoch_and_writes_a_run_folder() {
     let data = dir.path().join("data");
     common::images::write_separable_dataset(&data, 6, 20);
     let out_dir = dir.path().join("runs");
-    let o = run(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "4",
-        "--backend",
-        "cpu",
-        "--quiet",
-    ]);
+    let o = run(&train_args(&data, &out_dir, &["--epochs", "2"]));
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(

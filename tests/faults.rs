@@ -13,14 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fracture-cnn");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::cli::{run, train_args, BIN};
 
 /// Exit code and stderr; asserts that nothing panicked.
 fn failure(o: &Output) -> (Option<i32>, String) {
@@ -37,26 +30,6 @@ fn dataset(root: &Path, per_class: usize) -> PathBuf {
     let data = root.join("data");
     common::images::write_separable_dataset(&data, per_class, 16);
     data
-}
-
-/// `train` on `data` at 16×16 on the CPU, with more arguments.
-fn train_args<'a>(data: &'a Path, out: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--image-size",
-        "16",
-        "--batch-size",
-        "4",
-        "--backend",
-        "cpu",
-        "--quiet",
-    ];
-    args.extend_from_slice(more);
-    args
 }
 
 fn run_dir(out: &Path) -> PathBuf {
@@ -160,36 +133,22 @@ fn option_and_model_faults_are_named() {
         assert_eq!(code, Some(1), "{more:?}: {err}");
         assert!(err.contains(want), "{more:?}: {err}");
     }
+    // a spec file with a syntax error, and one whose shapes do not fit together
     let spec = dir.path().join("broken.toml");
-    std::fs::write(
-        &spec,
-        "name = \"x\"\ninput = [1, 16, 16]\nlayers = [ { type = ",
-    )
-    .unwrap();
-    let (code, err) = failure(&run(&[
-        "model",
-        "summary",
-        "--model",
-        spec.to_str().unwrap(),
-    ]));
-    assert_eq!(code, Some(1));
-    assert!(err.contains("broken.toml") && err.contains("TOML"), "{err}");
-    std::fs::write(
-        &spec,
-        "name = \"x\"\ninput = [1, 16, 16]\nlayers = [ { type = \"dense\", units = 1 } ]",
-    )
-    .unwrap();
-    let (code, err) = failure(&run(&[
-        "model",
-        "summary",
-        "--model",
-        spec.to_str().unwrap(),
-    ]));
-    assert_eq!(code, Some(1));
-    assert!(
-        err.contains("layer 0 (dense 1)") && err.contains("flatten"),
-        "{err}"
-    );
+    let head = "name = \"x\"\ninput = [1, 16, 16]\nlayers = [ ";
+    for (layers, want) in [
+        ("{ type = ", vec!["broken.toml", "TOML"]),
+        (
+            "{ type = \"dense\", units = 1 } ]",
+            vec!["layer 0 (dense 1)", "flatten"],
+        ),
+    ] {
+        std::fs::write(&spec, format!("{head}{layers}")).unwrap();
+        let args = ["model", "summary", "--model", spec.to_str().unwrap()];
+        let (code, err) = failure(&run(&args));
+        assert_eq!(code, Some(1));
+        assert!(want.iter().all(|w| err.contains(w)), "{err}");
+    }
     let (code, _) = failure(&run(&["train", "--batch-size", "-3"]));
     assert_eq!(code, Some(2), "a negative batch size is a usage error");
 }

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod cli;
 pub mod gpu;
 pub mod gradchecks;
 pub mod images;
