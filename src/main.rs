@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
-use fracture_cnn::backend::gpu::Gpu;
+use fracture_cnn::backend::gpu::{Gpu, GpuFault};
 use fracture_cnn::nn::ModelSpec;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -140,9 +140,12 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
     set_threads(a.threads)?;
     train::stop_on_signals()?;
     if let Some(dir) = &a.resume {
+        let (dir, epochs) = (dir.clone(), a.epochs);
         let summary = match pick_backend(a.backend)? {
-            Some(gpu) => train::resume(&gpu, dir, a.epochs),
-            None => train::resume(&Cpu, dir, a.epochs),
+            Some(gpu) => on_gpu(a.backend, || train::resume(&gpu, &dir, epochs), &|| {
+                train::resume(&Cpu, &dir, epochs)
+            }),
+            None => train::resume(&Cpu, &dir, epochs),
         }?;
         return Ok(outcome(&summary));
     }
@@ -175,12 +178,54 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         clip_grad_norm: a.clip_grad_norm,
     };
     let summary = match pick_backend(a.backend)? {
-        Some(gpu) => train::train(&gpu, &cfg),
+        Some(gpu) => on_gpu(a.backend, || train::train(&gpu, &cfg), &|| {
+            train::train(&Cpu, &cfg)
+        }),
         None => train::train(&Cpu, &cfg),
     }?;
     Ok(outcome(&summary))
 }
 
+/// Runs `work` on the GPU. If the GPU fails on the way (device lost, out of memory), the run is
+/// carried on on the CPU from its last checkpoint under `--backend auto` (from the start, by
+/// `restart`, if it had none yet); under `--backend gpu` the error says how to resume.
+fn on_gpu(
+    choice: BackendChoice,
+    work: impl FnOnce() -> Result<train::RunSummary>,
+    restart: &dyn Fn() -> Result<train::RunSummary>,
+) -> Result<train::RunSummary> {
+    let fault = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => return result,
+        Err(payload) => match payload.downcast::<GpuFault>() {
+            Ok(fault) => fault.0,
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    };
+    let run = train::current_run();
+    let checkpoint = run
+        .as_ref()
+        .map(|dir| dir.join("last.safetensors"))
+        .filter(|p| p.exists());
+    match (choice, run, checkpoint) {
+        (BackendChoice::Auto, Some(dir), Some(last)) => {
+            eprintln!(
+                "warning: {fault}; continuing on the CPU from {}",
+                last.display()
+            );
+            train::resume(&Cpu, &dir, None)
+        }
+        (BackendChoice::Auto, _, None) => {
+            eprintln!("warning: {fault} before the first checkpoint; starting again on the CPU");
+            restart()
+        }
+        (_, Some(dir), Some(_)) => anyhow::bail!(
+            "{fault}. The run is saved up to its last checkpoint; continue it on the CPU with: \
+             fracture-cnn train --resume {} --backend cpu",
+            dir.display()
+        ),
+        _ => anyhow::bail!("{fault}; try --backend cpu"),
+    }
+}
 fn outcome(summary: &train::RunSummary) -> Outcome {
     if summary.interrupted {
         Outcome::Interrupted
@@ -197,7 +242,7 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
             .context("--backend gpu: the GPU backend cannot start (try --backend cpu)")
             .map(Some),
         BackendChoice::Auto => match Gpu::new() {
-            Ok(gpu) if gpu.adapter_info().device_type != wgpu::DeviceType::Cpu => {
+            Ok(gpu) if is_hardware(&gpu) || software_gpu_allowed() => {
                 println!(
                     "using GPU adapter {} ({:?})",
                     gpu.adapter_info().name,
@@ -219,6 +264,16 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
             }
         },
     }
+}
+
+fn is_hardware(gpu: &Gpu) -> bool {
+    gpu.adapter_info().device_type != wgpu::DeviceType::Cpu
+}
+
+/// `FRACTURE_SOFTWARE_GPU=1` lets `--backend auto` take a software adapter (lavapipe), which it
+/// otherwise passes over for the faster CPU backend (useful for testing the GPU path).
+fn software_gpu_allowed() -> bool {
+    std::env::var("FRACTURE_SOFTWARE_GPU").is_ok_and(|v| v == "1")
 }
 
 fn devices() -> Result<()> {
@@ -331,6 +386,9 @@ fn quiet_broken_pipes() {
 /// A bug, not a user error: one line naming it and where, without a backtrace.
 fn report_panics_briefly() {
     std::panic::set_hook(Box::new(|info| {
+        if info.payload().is::<GpuFault>() {
+            return; // caught and reported by the command (see `on_gpu`)
+        }
         let what = info
             .payload()
             .downcast_ref::<&str>()

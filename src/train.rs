@@ -60,6 +60,15 @@ pub struct Progress {
 /// Set by Ctrl-C or SIGTERM: the training loop stops after its current step, saving its state.
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// The run folder of the run in progress (or last run) in this process, for a command that must
+/// carry a run on elsewhere after a fault.
+static CURRENT_RUN: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// The folder of the run this process started or resumed last.
+pub fn current_run() -> Option<PathBuf> {
+    CURRENT_RUN.lock().ok()?.clone()
+}
+
 /// Makes Ctrl-C (SIGINT) and SIGTERM stop training cleanly after the current step; a second
 /// Ctrl-C quits at once.
 pub fn stop_on_signals() -> Result<()> {
@@ -471,6 +480,9 @@ fn run<B: Backend>(
     run_dir: &Path,
     mut state: RunState<B>,
 ) -> Result<RunSummary> {
+    if let Ok(mut current) = CURRENT_RUN.lock() {
+        *current = Some(run_dir.to_path_buf());
+    }
     let (trainable, fixed) = spec.param_counts()?;
     let size = spec.input[1];
     println!(

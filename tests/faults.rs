@@ -431,3 +431,85 @@ fn a_killed_run_always_leaves_a_loadable_checkpoint() {
     child.wait().unwrap();
     checkpoint::read(&last).expect("a loadable checkpoint remains");
 }
+
+/// `train` with the GPU made to fail at its `sync`-th wait for the device (as if it were lost).
+fn train_with_gpu_fault(data: &Path, out: &Path, backend: &str, sync: usize) -> Output {
+    let mut args = train_args(data, out, &["--epochs", "3"]);
+    let at = args.iter().position(|a| *a == "cpu").unwrap();
+    args[at] = backend;
+    Command::new(BIN)
+        .args(args)
+        .env("FRACTURE_SOFTWARE_GPU", "1")
+        .env("FRACTURE_GPU_FAULT_AT_SYNC", sync.to_string())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_gpu_that_fails_mid_run_is_reported_and_auto_carries_on_on_the_cpu() {
+    if common::gpu::backend().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 8);
+    // in epoch 2: `auto` resumes on the CPU from epoch 1's checkpoint and finishes the run
+    let out = dir.path().join("auto");
+    let o = train_with_gpu_fault(&data, &out, "auto", 200);
+    let (code, err) = failure(&o);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("the GPU device was lost") && err.contains("continuing on the CPU from"),
+        "{err}"
+    );
+    assert_eq!(figures(&run_dir(&out)).len(), 1 + 3);
+    // before any checkpoint: `auto` starts again on the CPU
+    let out = dir.path().join("early");
+    let (code, err) = failure(&train_with_gpu_fault(&data, &out, "auto", 3));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("starting again on the CPU"), "{err}");
+    assert_eq!(figures(&out.join("fracturenet-002")).len(), 1 + 3);
+    // `gpu` stops with the way to resume
+    let out = dir.path().join("gpu");
+    let (code, err) = failure(&train_with_gpu_fault(&data, &out, "gpu", 200));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("the GPU device was lost")
+            && err.contains("fracture-cnn train --resume")
+            && err.contains("--backend cpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_gpu_adapter_gpu_is_refused_and_auto_uses_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 2);
+    let out = dir.path().join("runs");
+    let with_backend = |backend| {
+        let mut args = train_args(&data, &out, &["--epochs", "1"]);
+        let at = args.iter().position(|a| *a == "cpu").unwrap();
+        args[at] = backend;
+        // a graphics API this machine does not have: wgpu finds no adapter
+        let api = if cfg!(windows) { "metal" } else { "dx12" };
+        Command::new(BIN)
+            .args(args)
+            .env("WGPU_BACKEND", api)
+            .output()
+            .unwrap()
+    };
+    let (code, err) = failure(&with_backend("gpu"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--backend gpu")
+            && err.contains("no GPU adapter")
+            && err.contains("--backend cpu"),
+        "{err}"
+    );
+    let o = with_backend("auto");
+    assert!(o.status.success(), "{}", failure(&o).1);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("no GPU adapter") && stdout.contains("using the CPU backend"),
+        "{stdout}"
+    );
+}

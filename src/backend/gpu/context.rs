@@ -105,7 +105,19 @@ pub struct Context {
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     created_buffers: AtomicUsize,
     created_bind_groups: AtomicUsize,
+    /// The first error the device reported outside an error scope (out of memory, device lost).
+    fault: Arc<Mutex<Option<String>>>,
+    /// Times the host has waited for the device.
+    syncs: AtomicUsize,
+    /// Fault injection for tests: the device "fails" at this wait (FRACTURE_GPU_FAULT_AT_SYNC).
+    fail_at_sync: Option<usize>,
 }
+
+/// The panic payload of a GPU that failed while a model ran on it (device lost, out of memory).
+/// The `Backend` trait's ops cannot fail, so such a fault unwinds to the command, which reports it
+/// and, under `--backend auto`, continues on the CPU from the last checkpoint.
+#[derive(Debug, Clone)]
+pub struct GpuFault(pub String);
 
 type BindKey = (wgpu::ComputePipeline, u32, Vec<(u32, wgpu::Buffer)>);
 
@@ -189,6 +201,28 @@ impl Context {
                 bail!("shaders/{file}.wgsl does not compile on {}: {e}", info.name);
             }
         }
+        let fault: Arc<Mutex<Option<String>>> = Arc::default();
+        let record = |fault: &Arc<Mutex<Option<String>>>, what: String| {
+            fault.lock().expect("fault").get_or_insert(what);
+        };
+        let on_error = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let what = match e {
+                wgpu::Error::OutOfMemory { .. } => "the GPU ran out of memory".to_string(),
+                e => format!("the GPU reported an error: {e}"),
+            };
+            record(&on_error, what);
+        }));
+        let on_lost = fault.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            record(
+                &on_lost,
+                format!("the GPU device was lost ({reason:?}): {message}"),
+            );
+        });
+        let fail_at_sync = std::env::var("FRACTURE_GPU_FAULT_AT_SYNC")
+            .ok()
+            .and_then(|v| v.parse().ok());
         let slot = PARAMS_BYTES.next_multiple_of(limits.min_uniform_buffer_offset_alignment as u64);
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("launch parameters"),
@@ -210,6 +244,9 @@ impl Context {
             bind_groups: Mutex::default(),
             created_buffers: AtomicUsize::new(0),
             created_bind_groups: AtomicUsize::new(0),
+            fault,
+            syncs: AtomicUsize::new(0),
+            fail_at_sync,
         }))
     }
 
@@ -389,9 +426,25 @@ impl Context {
     /// Submits everything recorded and waits until the device has run it.
     pub fn wait(&self) {
         self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("the GPU device was lost");
+        self.poll();
+    }
+
+    /// Waits for the device, and unwinds with a [`GpuFault`] if it failed.
+    fn poll(&self) {
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            std::panic::panic_any(GpuFault(format!("the GPU device was lost: {e}")));
+        }
+        let syncs = self.syncs.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.fail_at_sync == Some(syncs) {
+            let injected = "the GPU device was lost (injected by FRACTURE_GPU_FAULT_AT_SYNC)";
+            self.fault
+                .lock()
+                .expect("fault")
+                .get_or_insert(injected.into());
+        }
+        if let Some(what) = self.fault.lock().expect("fault").clone() {
+            std::panic::panic_any(GpuFault(what));
+        }
     }
 
     /// Writes host data into a buffer, after everything recorded so far.
@@ -427,12 +480,10 @@ impl Context {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("the GPU device was lost while reading a result back");
-        rx.recv()
-            .expect("map callback ran")
-            .expect("the GPU device failed to map a result buffer");
+        self.poll();
+        if let Err(e) = rx.recv().expect("the map callback ran") {
+            std::panic::panic_any(GpuFault(format!("the GPU could not return a result: {e}")));
+        }
         let data = slice.get_mapped_range().expect("mapped").to_vec();
         staging.unmap();
         self.readback

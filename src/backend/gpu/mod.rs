@@ -10,7 +10,7 @@
 
 mod context;
 
-pub use context::{Context, Created};
+pub use context::{Context, Created, GpuFault};
 
 use self::context::{grid_1d, Binding};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
