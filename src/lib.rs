@@ -2,11 +2,12 @@
 //! and a GPU backend (WGSL compute shaders on wgpu), that trains a classifier of bone X-rays.
 //!
 //! Read it bottom-up: [`tensor`] (host tensors) → [`backend`] (the primitive ops, forward and
-//! backward) → [`nn`] (layers and models built from them) → [`optim`], [`data`], [`train`].
+//! backward) → [`nn`] (layers and models built from them) → [`optim`], [`data`], [`train`] → [`eval`].
 
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod gradcheck;
 pub mod metrics;
 pub mod nn;

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::{Gpu, GpuFault};
+use fracture_cnn::eval;
 use fracture_cnn::nn::ModelSpec;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -33,6 +34,48 @@ enum Command {
     },
     /// List the GPU adapters wgpu sees, with the limits that matter to fracture-cnn.
     Devices,
+    Eval(EvalArgs),
+    Predict(PredictArgs),
+}
+
+/// All the metrics of a trained model on a labelled folder.
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    #[arg(long)]
+    model: PathBuf,
+    /// A folder with fractured/ and not_fractured/ inside, or a data folder (its test/ split, or
+    /// else its val/ split, is used).
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Also write each image's label, probability and prediction to this CSV file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
+
+/// The probability that each image shows a fracture.
+#[derive(Args)]
+struct PredictArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files, or folders searched for images.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
 }
 
 /// Where the model runs.
@@ -266,6 +309,80 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
     }
 }
 
+fn eval(a: EvalArgs) -> Result<()> {
+    let (model, data, csv) = (&a.model, &a.data, a.csv.as_deref());
+    let e = match pick_backend_quietly(a.backend, a.json)? {
+        Some(gpu) => eval::evaluate(&gpu, model, data, a.batch_size, csv, a.json),
+        None => eval::evaluate(&Cpu, model, data, a.batch_size, csv, a.json),
+    }?;
+    for (p, why) in &e.skipped {
+        eprintln!("warning: skipping {}: {why}", p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    let m = &e.metrics;
+    let c = &m.confusion;
+    println!("{} images in {}", e.images, e.folder.display());
+    println!(
+        "decision threshold {:.3} (chosen on validation in training)",
+        e.threshold
+    );
+    for (name, v) in [
+        ("loss", m.loss),
+        ("accuracy", m.accuracy),
+        ("balanced accuracy", m.balanced_accuracy),
+        ("precision", m.precision),
+        ("recall (sensitivity)", m.recall),
+        ("specificity", m.specificity),
+        ("F1", m.f1),
+        ("ROC-AUC", m.roc_auc),
+    ] {
+        println!("  {name:<22}{v:.4}");
+    }
+    println!("confusion matrix (rows: truth, columns: prediction)");
+    println!("  {:<16}{:>11}{:>15}", "", "fractured", "not_fractured");
+    println!("  {:<16}{:>11}{:>15}", "fractured", c.tp, c.fn_);
+    println!("  {:<16}{:>11}{:>15}", "not_fractured", c.fp, c.tn);
+    if let Some(csv) = &a.csv {
+        println!("per-image predictions written to {}", csv.display());
+    }
+    Ok(())
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let (predictions, failed) = match pick_backend_quietly(a.backend, true)? {
+        Some(gpu) => eval::predict(&gpu, &a.model, &a.paths, a.batch_size),
+        None => eval::predict(&Cpu, &a.model, &a.paths, a.batch_size),
+    }?;
+    for (p, why) in &failed {
+        eprintln!("warning: skipping {}: {why}", p.display());
+    }
+    for p in &predictions {
+        if a.json {
+            println!("{}", serde_json::to_string(p)?);
+        } else {
+            println!("{:.4}  {:<13}  {}", p.probability, p.label, p.file);
+        }
+    }
+    if predictions.is_empty() {
+        anyhow::bail!("none of the {} image files could be read", failed.len());
+    }
+    Ok(())
+}
+
+/// `pick_backend`, with its notes on standard error when standard output is for a program.
+fn pick_backend_quietly(choice: BackendChoice, quiet: bool) -> Result<Option<Gpu>> {
+    if quiet && choice == BackendChoice::Auto {
+        // the CPU unless there is a hardware GPU, without a line on standard output
+        return Ok(Gpu::new()
+            .ok()
+            .filter(|g| is_hardware(g) || software_gpu_allowed()));
+    }
+    pick_backend(choice)
+}
+
 fn is_hardware(gpu: &Gpu) -> bool {
     gpu.adapter_info().device_type != wgpu::DeviceType::Cpu
 }
@@ -413,6 +530,8 @@ fn main() -> ExitCode {
             command: ModelCommand::Summary { model, image_size },
         } => model_summary(&model, image_size).map(|_| Outcome::Done),
         Command::Devices => devices().map(|_| Outcome::Done),
+        Command::Eval(a) => eval(a).map(|_| Outcome::Done),
+        Command::Predict(a) => predict(a).map(|_| Outcome::Done),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

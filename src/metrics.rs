@@ -105,6 +105,35 @@ pub fn roc_auc(probs: &[f32], labels: &[f32]) -> f64 {
     (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
+/// The decision threshold that maximises Youden's J = sensitivity + specificity − 1 (the same as
+/// maximising balanced accuracy) on these scores: an image is called fractured when its
+/// probability is at or above it. 0.5 when one class is absent.
+pub fn best_threshold(probs: &[f32], labels: &[f32]) -> f32 {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let pos = labels.iter().filter(|&&l| l == 1.0).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return 0.5;
+    }
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let (mut best_j, mut best) = (f64::NEG_INFINITY, 0.5);
+    for (k, &i) in order.iter().enumerate() {
+        if labels[i] == 1.0 {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
+        // a threshold between tied scores is not possible: evaluate at the last of a run
+        let last_of_tie = order.get(k + 1).is_none_or(|&n| probs[n] != probs[i]);
+        let j = tp / pos - fp / neg;
+        if last_of_tie && j > best_j {
+            (best_j, best) = (j, probs[i]);
+        }
+    }
+    best
+}
+
 /// The points (false-positive rate, true-positive rate) of the ROC curve, one per distinct score.
 pub fn roc_curve(probs: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
@@ -130,6 +159,19 @@ pub fn roc_curve(probs: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_best_threshold_maximises_balanced_accuracy() {
+        let probs = [0.9, 0.8, 0.35, 0.3, 0.2, 0.1, 0.05];
+        let labels = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0];
+        let t = best_threshold(&probs, &labels);
+        assert_eq!(t, 0.35);
+        let at = |t| Metrics::new(&probs, &labels, t, 0.0).balanced_accuracy;
+        for other in probs {
+            assert!(at(t) >= at(other), "{t} vs {other}");
+        }
+        assert_eq!(best_threshold(&[0.2, 0.7], &[1.0, 1.0]), 0.5);
+    }
 
     #[test]
     fn auc_matches_pairwise_definition() {

@@ -4,7 +4,7 @@
 use crate::backend::{hash, Backend};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{DataDir, Dataset, Split};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use anyhow::{bail, Context, Result};
@@ -55,6 +55,9 @@ pub struct Progress {
     pub epoch_seen: usize,
     /// Best validation ROC-AUC so far and its epoch.
     pub best: Option<(f64, usize)>,
+    /// The decision threshold chosen on validation after the last epoch.
+    #[serde(default)]
+    pub threshold: Option<f32>,
 }
 
 /// Set by Ctrl-C or SIGTERM: the training loop stops after its current step, saving its state.
@@ -88,7 +91,12 @@ pub struct EpochReport {
     pub epoch: usize,
     pub train_loss: f64,
     pub train_accuracy: f64,
+    /// Validation metrics at the threshold 0.5.
     pub val: Metrics,
+    /// The threshold that maximises balanced accuracy on validation (saved with the model), and
+    /// the balanced accuracy there.
+    pub threshold: f32,
+    pub balanced_accuracy_at_threshold: f64,
     pub seconds: f64,
     pub train_images_per_s: f64,
 }
@@ -248,12 +256,13 @@ fn epoch_bar(images: usize, epoch: usize, epochs: usize, quiet: bool) -> Progres
 
 const CSV_HEADER: &str =
     "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_balanced_accuracy,\
-val_precision,val_recall,val_specificity,val_f1,val_roc_auc,seconds,train_images_per_s";
+val_precision,val_recall,val_specificity,val_f1,val_roc_auc,threshold,\
+val_balanced_accuracy_at_threshold,seconds,train_images_per_s";
 
 fn csv_row(r: &EpochReport) -> String {
     let v = &r.val;
     format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.2}",
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.2}",
         r.epoch,
         r.train_loss,
         r.train_accuracy,
@@ -265,6 +274,8 @@ fn csv_row(r: &EpochReport) -> String {
         v.specificity,
         v.f1,
         v.roc_auc,
+        r.threshold,
+        r.balanced_accuracy_at_threshold,
         r.seconds,
         r.train_images_per_s
     )
@@ -457,7 +468,7 @@ fn save_last<B: Backend>(
 ) -> Result<()> {
     let info = CheckpointInfo {
         spec: spec.clone(),
-        threshold: 0.5,
+        threshold: state.progress.threshold.unwrap_or(0.5),
         epoch: state.progress.epochs_done,
         progress: Some(serde_json::to_string(&state.progress)?),
     };
@@ -535,11 +546,20 @@ fn run<B: Backend>(
         let train_secs = start.elapsed().as_secs_f64();
         let (val_loss, probs) = predict(be, &mut state.model, val_ds, cfg.batch_size);
         let p = &mut state.progress;
+        let threshold = metrics::best_threshold(&probs, &val_ds.labels);
         let report = EpochReport {
             epoch,
             train_loss: p.epoch_loss_sum / p.epoch_seen.max(1) as f64,
             train_accuracy: p.epoch_correct as f64 / p.epoch_seen.max(1) as f64,
             val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
+            threshold,
+            balanced_accuracy_at_threshold: Metrics::new(
+                &probs,
+                &val_ds.labels,
+                threshold,
+                val_loss,
+            )
+            .balanced_accuracy,
             seconds: start.elapsed().as_secs_f64(),
             train_images_per_s: (p.epoch_seen - seen_before) as f64 / train_secs,
         };
@@ -548,13 +568,14 @@ fn run<B: Backend>(
             epochs_done: epoch,
             steps: p.steps,
             best: p.best,
+            threshold: Some(threshold),
             ..Progress::default()
         };
         if p.best.is_none_or(|(auc, _)| report.val.roc_auc > auc) {
             p.best = Some((report.val.roc_auc, epoch));
             let info = CheckpointInfo {
                 spec: spec.clone(),
-                threshold: 0.5,
+                threshold,
                 epoch,
                 progress: None,
             };
@@ -671,7 +692,7 @@ fn print_epoch(r: &EpochReport, epochs: usize) {
     let v = &r.val;
     println!(
         "epoch {:>3}/{epochs}  train loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} bal-acc {:.3} \
-         prec {:.3} rec {:.3} auc {:.3} | {:.1} s, {:.1} img/s",
+         prec {:.3} rec {:.3} auc {:.3} | at threshold {:.3}: bal-acc {:.3} | {:.1} s, {:.1} img/s",
         r.epoch,
         r.train_loss,
         r.train_accuracy,
@@ -681,6 +702,8 @@ fn print_epoch(r: &EpochReport, epochs: usize) {
         v.precision,
         v.recall,
         v.roc_auc,
+        r.threshold,
+        r.balanced_accuracy_at_threshold,
         r.seconds,
         r.train_images_per_s
     );

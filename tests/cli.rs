@@ -87,3 +87,96 @@ fn usage_errors_exit_2() {
     assert!(text(&o).1.contains("--epochs"));
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
 }
+
+#[test]
+fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    let out = dir.path().join("runs");
+    assert!(run(&train_args(&data, &out, &["--epochs", "3"]))
+        .status
+        .success());
+    let run_dir = out.join("fracturenet-001");
+    // the best epoch's row of metrics.csv
+    let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let col = |name| header.iter().position(|h| *h == name).unwrap();
+    let best = rows.iter().fold(&rows[0], |b, r| {
+        if r[col("val_roc_auc")] > b[col("val_roc_auc")] {
+            r
+        } else {
+            b
+        }
+    });
+
+    let per_image = dir.path().join("per-image.csv");
+    let o = run(&[
+        "eval",
+        "--model",
+        run_dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--csv",
+        per_image.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let e: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let m = &e["metrics"];
+    assert_eq!(e["images"], 12);
+    assert!(
+        (m["roc_auc"].as_f64().unwrap() - best[col("val_roc_auc")]).abs() < 1e-6,
+        "{e}"
+    );
+    let at_threshold = best[col("val_balanced_accuracy_at_threshold")];
+    assert!(
+        (m["balanced_accuracy"].as_f64().unwrap() - at_threshold).abs() < 1e-6,
+        "{e}"
+    );
+    assert!((e["threshold"].as_f64().unwrap() - best[col("threshold")]).abs() < 1e-5);
+    let lines = std::fs::read_to_string(&per_image).unwrap();
+    assert_eq!(lines.lines().count(), 1 + 12);
+    assert!(lines.starts_with("file,label,probability,prediction\n"));
+
+    let o = run(&[
+        "predict",
+        "--model",
+        run_dir.join("best.safetensors").to_str().unwrap(),
+        data.join("val").to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let answers: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 12);
+    for a in &answers {
+        let p = a["probability"].as_f64().unwrap();
+        let fractured = p >= e["threshold"].as_f64().unwrap();
+        assert_eq!(
+            a["label"],
+            if fractured {
+                "fractured"
+            } else {
+                "not_fractured"
+            }
+        );
+        assert!(a["file"].as_str().unwrap().ends_with(".png"));
+    }
+    let o = run(&["predict", "--model", "nowhere.safetensors", "x.png"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("nowhere.safetensors does not exist"));
+}

@@ -358,7 +358,7 @@ fn figures(run_dir: &Path) -> Vec<String> {
     std::fs::read_to_string(run_dir.join("metrics.csv"))
         .unwrap()
         .lines()
-        .map(|l| l.split(',').take(11).collect::<Vec<_>>().join(","))
+        .map(|l| l.split(',').take(13).collect::<Vec<_>>().join(","))
         .collect()
 }
 

@@ -108,7 +108,7 @@ fn a_resumed_run_ends_as_an_uninterrupted_one() {
         let text = std::fs::read_to_string(r.run_dir.join("metrics.csv")).unwrap();
         // every column but the timings
         text.lines()
-            .map(|l| l.split(',').take(11).collect::<Vec<_>>().join(","))
+            .map(|l| l.split(',').take(13).collect::<Vec<_>>().join(","))
             .collect::<Vec<_>>()
     };
     assert_eq!(csv(&rest), csv(&whole));
