@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::{Gpu, GpuFault};
+use fracture_cnn::data::Augment;
 use fracture_cnn::eval;
 use fracture_cnn::nn::ModelSpec;
 use fracture_cnn::optim::OptimizerKind;
@@ -150,6 +151,8 @@ struct TrainArgs {
     /// Where to run: cpu, gpu, or auto (a hardware GPU if there is one, else the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    #[command(flatten)]
+    augment: AugmentArgs,
     /// Scale the gradients down whenever their global L2 norm exceeds this.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
@@ -160,6 +163,69 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+/// Augmentation of training images (validation images are never changed).
+#[derive(Args)]
+struct AugmentArgs {
+    /// Train on the images as they are: every transform below off.
+    #[arg(long)]
+    no_augment: bool,
+    /// Mirror images left-right at random.
+    #[arg(long, default_value_t = Augment::XRAY.hflip, action = clap::ArgAction::Set)]
+    hflip: bool,
+    /// Mirror images top-bottom at random.
+    #[arg(long, default_value_t = Augment::XRAY.vflip, action = clap::ArgAction::Set)]
+    vflip: bool,
+    /// Largest random rotation, in degrees.
+    #[arg(long, default_value_t = Augment::XRAY.rotation)]
+    rotation: f32,
+    /// Largest random shear, in degrees.
+    #[arg(long, default_value_t = Augment::XRAY.shear)]
+    shear: f32,
+    /// Largest random zoom in or out, as a fraction.
+    #[arg(long, default_value_t = Augment::XRAY.zoom)]
+    zoom: f32,
+    /// Largest random shift, as a fraction of the side (width and height alike).
+    #[arg(long, default_value_t = Augment::XRAY.shift)]
+    shift: f32,
+    /// Largest random change of brightness (pixels are in [0, 1]).
+    #[arg(long, default_value_t = Augment::XRAY.brightness)]
+    brightness: f32,
+    /// Largest random change of contrast, as a fraction.
+    #[arg(long, default_value_t = Augment::XRAY.contrast)]
+    contrast: f32,
+}
+
+impl AugmentArgs {
+    fn augment(&self) -> Result<Augment> {
+        if self.no_augment {
+            return Ok(Augment::OFF);
+        }
+        for (flag, v, max) in [
+            ("--rotation", self.rotation, 180.0),
+            ("--shear", self.shear, 45.0),
+            ("--zoom", self.zoom, 0.9),
+            ("--shift", self.shift, 0.5),
+            ("--brightness", self.brightness, 1.0),
+            ("--contrast", self.contrast, 1.0),
+        ] {
+            anyhow::ensure!(
+                (0.0..=max).contains(&v),
+                "{flag} must be between 0 and {max}, got {v}"
+            );
+        }
+        Ok(Augment {
+            hflip: self.hflip,
+            vflip: self.vflip,
+            rotation: self.rotation,
+            shear: self.shear,
+            zoom: self.zoom,
+            shift: self.shift,
+            brightness: self.brightness,
+            contrast: self.contrast,
+        })
+    }
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -219,6 +285,7 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         weight_decay: a.weight_decay,
         quiet: a.quiet,
         clip_grad_norm: a.clip_grad_norm,
+        augment: a.augment.augment()?,
     };
     let summary = match pick_backend(a.backend)? {
         Some(gpu) => on_gpu(a.backend, || train::train(&gpu, &cfg), &|| {

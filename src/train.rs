@@ -3,7 +3,7 @@
 
 use crate::backend::{hash, Backend};
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::data::{DataDir, Dataset, Split};
+use crate::data::{augment, Augment, DataDir, Dataset, Split};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
@@ -37,6 +37,13 @@ pub struct TrainConfig {
     /// Largest global L2 norm of the gradients; larger ones are scaled down to it.
     #[serde(default)]
     pub clip_grad_norm: Option<f32>,
+    /// Random changes to each training image (validation images are never changed).
+    #[serde(default = "no_augmentation")]
+    pub augment: Augment,
+}
+
+fn no_augmentation() -> Augment {
+    Augment::OFF
 }
 
 /// Where a run stands: saved in `last.safetensors` after every epoch and on interruption, so that
@@ -653,7 +660,7 @@ fn train_step<B: Backend>(
     pos_weight: f32,
     epoch: usize,
 ) -> Result<()> {
-    let (x, y) = ds.batch(idx);
+    let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| augment::key(cfg.seed, epoch, i));
     let step = state.progress.steps + 1;
     let last_good = match state.progress.epochs_done {
         0 => "no checkpoint had been written yet".to_string(),

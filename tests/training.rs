@@ -5,7 +5,7 @@ mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::checkpoint;
-use fracture_cnn::data::{DataDir, Dataset};
+use fracture_cnn::data::{Augment, DataDir, Dataset};
 use fracture_cnn::metrics::roc_auc;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -26,6 +26,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         weight_decay: 0.0,
         quiet: true,
         clip_grad_norm: None,
+        augment: Augment::XRAY,
     }
 }
 

@@ -1,9 +1,11 @@
 //! Data: finding labelled X-rays on disk, decoding them once into memory, and cutting them into
 //! shuffled mini-batches.
 
+pub mod augment;
 pub mod folder;
 pub mod image;
 
+pub use augment::Augment;
 pub use folder::{DataDir, Sample, Split, CLASS_NAMES};
 
 use crate::tensor::Tensor;
@@ -81,11 +83,25 @@ impl Dataset {
 
     /// The images at `indices` as an `[n, 1, size, size]` tensor, with their labels `[n]`.
     pub fn batch(&self, indices: &[usize]) -> (Tensor, Tensor) {
+        self.augmented_batch(indices, &Augment::OFF, |_| 0)
+    }
+
+    /// Like [`Dataset::batch`], each image transformed by `augment` with the draws of
+    /// `key(index)` (see [`augment::key`]).
+    pub fn augmented_batch(
+        &self,
+        indices: &[usize],
+        augment: &Augment,
+        key: impl Fn(usize) -> u32 + Sync,
+    ) -> (Tensor, Tensor) {
         let plane = self.size * self.size;
-        let mut x = Vec::with_capacity(indices.len() * plane);
-        for &i in indices {
-            x.extend_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
-        }
+        let mut x = vec![0.0; indices.len() * plane];
+        x.par_chunks_mut(plane.max(1))
+            .zip(indices)
+            .for_each(|(img, &i)| {
+                img.copy_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
+                augment.apply(img, self.size, key(i));
+            });
         let y = indices.iter().map(|&i| self.labels[i]).collect();
         (
             Tensor::new([indices.len(), 1, self.size, self.size], x),

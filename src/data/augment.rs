@@ -1,0 +1,188 @@
+//! Data augmentation on the fly: each training image is shown with a fresh random flip, rotation,
+//! shear, zoom and shift (one affine map, sampled bilinearly, edges extended as in Keras'
+//! `fill_mode="nearest"`) and a random brightness and contrast. Validation images are never
+//! augmented.
+//!
+//! The randomness of image `i` at epoch `e` comes from a hash of (seed, e, i), not from a running
+//! generator, so a resumed run sees exactly the images an uninterrupted one would.
+
+use crate::backend::hash;
+use serde::{Deserialize, Serialize};
+
+/// How much each image may be changed; 0 (or `false`) turns a transform off.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    pub hflip: bool,
+    pub vflip: bool,
+    /// Largest rotation, degrees either way.
+    pub rotation: f32,
+    /// Largest shear angle, degrees either way.
+    pub shear: f32,
+    /// Largest zoom in or out, as a fraction (0.1: 90 % to 110 %).
+    pub zoom: f32,
+    /// Largest shift along each axis, as a fraction of the side.
+    pub shift: f32,
+    /// Largest brightness change, added to pixels in [0, 1].
+    pub brightness: f32,
+    /// Largest contrast change about the image's mean, as a fraction.
+    pub contrast: f32,
+}
+
+impl Augment {
+    /// Nothing changed.
+    pub const OFF: Augment = Augment {
+        hflip: false,
+        vflip: false,
+        rotation: 0.0,
+        shear: 0.0,
+        zoom: 0.0,
+        shift: 0.0,
+        brightness: 0.0,
+        contrast: 0.0,
+    };
+
+    /// Defaults for radiographs: left and right limbs mirror each other, so horizontal flips are
+    /// real-looking; vertical flips are not (bones hang one way in a film), so off. Positioning
+    /// varies by a few degrees and centimetres, and exposure by a little.
+    pub const XRAY: Augment = Augment {
+        hflip: true,
+        vflip: false,
+        rotation: 10.0,
+        shear: 5.0,
+        zoom: 0.1,
+        shift: 0.1,
+        brightness: 0.1,
+        contrast: 0.1,
+    };
+
+    pub fn is_off(&self) -> bool {
+        *self == Augment::OFF
+    }
+
+    /// Transforms one `size × size` image (row-major, values in [0, 1]) in place; `key` picks the
+    /// random draws (see the module comment).
+    pub fn apply(&self, img: &mut [f32], size: usize, key: u32) {
+        if self.is_off() {
+            return;
+        }
+        // draw k: a uniform value in [-1, 1)
+        let draw = |k: u32| 2.0 * hash::uniform(key, k) - 1.0;
+        let flip_x = self.hflip && draw(0) < 0.0;
+        let flip_y = self.vflip && draw(1) < 0.0;
+        let angle = (self.rotation * draw(2)).to_radians();
+        let shear = (self.shear * draw(3)).to_radians();
+        let zoom = 1.0 + self.zoom * draw(4);
+        let (dx, dy) = (self.shift * draw(5), self.shift * draw(6));
+        // Output pixel p (centred, in units of the side) reads input pixel A·p + t, where
+        // A = flip · rotation · shear / zoom maps the output back to where it came from.
+        let (c, s) = (angle.cos(), angle.sin());
+        let fx = if flip_x { -1.0 } else { 1.0 };
+        let fy = if flip_y { -1.0 } else { 1.0 };
+        let a = [
+            [fx * c / zoom, fx * (c * shear.tan() - s) / zoom],
+            [fy * s / zoom, fy * (s * shear.tan() + c) / zoom],
+        ];
+        let src = img.to_vec();
+        let half = (size as f32 - 1.0) / 2.0;
+        let n = size as f32;
+        for y in 0..size {
+            for x in 0..size {
+                let (px, py) = ((x as f32 - half) / n, (y as f32 - half) / n);
+                let sx = (a[0][0] * px + a[0][1] * py + dx) * n + half;
+                let sy = (a[1][0] * px + a[1][1] * py + dy) * n + half;
+                img[y * size + x] = bilinear(&src, size, sx, sy);
+            }
+        }
+        let brightness = self.brightness * draw(7);
+        let contrast = 1.0 + self.contrast * draw(8);
+        let mean = img.iter().sum::<f32>() / img.len().max(1) as f32;
+        for v in img.iter_mut() {
+            *v = ((*v - mean) * contrast + mean + brightness).clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// The image at the real position (x, y), bilinear, positions outside clamped to the edge.
+fn bilinear(img: &[f32], size: usize, x: f32, y: f32) -> f32 {
+    let last = (size - 1) as f32;
+    let (x, y) = (x.clamp(0.0, last), y.clamp(0.0, last));
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(size - 1), (y0 + 1).min(size - 1));
+    let (wx, wy) = (x - x0 as f32, y - y0 as f32);
+    let at = |x: usize, y: usize| img[y * size + x];
+    let top = at(x0, y0) * (1.0 - wx) + at(x1, y0) * wx;
+    let bottom = at(x0, y1) * (1.0 - wx) + at(x1, y1) * wx;
+    top * (1.0 - wy) + bottom * wy
+}
+
+/// The key of image `index`'s draws at `epoch` of a run seeded with `seed`.
+pub fn key(seed: u64, epoch: usize, index: usize) -> u32 {
+    hash::key(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64) << 40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(size: usize) -> Vec<f32> {
+        (0..size * size)
+            .map(|i| (i % size) as f32 / (size - 1) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn off_changes_nothing_and_the_same_key_repeats() {
+        let img = gradient(9);
+        let mut same = img.clone();
+        Augment::OFF.apply(&mut same, 9, 5);
+        assert_eq!(same, img);
+        let (mut a, mut b) = (img.clone(), img.clone());
+        Augment::XRAY.apply(&mut a, 9, 7);
+        Augment::XRAY.apply(&mut b, 9, 7);
+        assert_eq!(a, b);
+        assert_ne!(a, img);
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn a_horizontal_flip_mirrors_the_image() {
+        let img = gradient(8);
+        let flip = Augment {
+            hflip: true,
+            ..Augment::OFF
+        };
+        // find a key whose draw flips, then check the mirror image
+        let key = (0..100)
+            .find(|&k| 2.0 * hash::uniform(k, 0) - 1.0 < 0.0)
+            .unwrap();
+        let mut out = img.clone();
+        flip.apply(&mut out, 8, key);
+        for y in 0..8 {
+            for x in 0..8 {
+                assert!((out[y * 8 + x] - img[y * 8 + 7 - x]).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_shift_moves_content_by_that_fraction() {
+        let size = 20;
+        let img = gradient(size);
+        let shift = Augment {
+            shift: 0.1,
+            ..Augment::OFF
+        };
+        let key = 3;
+        let dx = 0.1 * (2.0 * hash::uniform(key, 5) - 1.0);
+        let mut out = img.clone();
+        shift.apply(&mut out, size, key);
+        // away from the clamped edges, out(x) = in(x + dx·size)
+        let x = 10;
+        let want = (x as f32 + dx * size as f32) / (size - 1) as f32;
+        assert!(
+            (out[5 * size + x] - want).abs() < 1e-4,
+            "{} vs {want}",
+            out[5 * size + x]
+        );
+    }
+}
