@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::{Gpu, GpuFault};
+use fracture_cnn::callbacks::{Callbacks, Monitor, Plateau, Schedule};
 use fracture_cnn::data::Augment;
 use fracture_cnn::eval;
 use fracture_cnn::nn::ModelSpec;
@@ -153,6 +154,8 @@ struct TrainArgs {
     backend: BackendChoice,
     #[command(flatten)]
     augment: AugmentArgs,
+    #[command(flatten)]
+    callbacks: CallbackArgs,
     /// Scale the gradients down whenever their global L2 norm exceeds this.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
@@ -163,6 +166,54 @@ struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+/// Between epochs: the best checkpoint, the learning-rate schedule, early stopping.
+#[derive(Args)]
+struct CallbackArgs {
+    /// Validation figure that picks the best checkpoint and drives early stopping and
+    /// reduce-on-plateau: roc_auc, balanced_accuracy, accuracy, f1 or loss.
+    #[arg(long, default_value = "roc_auc")]
+    monitor: Monitor,
+    /// Learning-rate schedule: constant, cosine, or step:EVERY:FACTOR (e.g. step:10:0.5).
+    #[arg(long, default_value = "cosine")]
+    lr_schedule: Schedule,
+    /// Stop when the monitored figure has not improved for this many epochs.
+    #[arg(long, value_name = "PATIENCE")]
+    early_stopping: Option<usize>,
+    /// Multiply the learning rate by --plateau-factor when the monitored figure has not improved
+    /// for this many epochs.
+    #[arg(long, value_name = "PATIENCE")]
+    reduce_lr_on_plateau: Option<usize>,
+    #[arg(long, default_value_t = 0.5)]
+    plateau_factor: f32,
+    /// The lowest learning rate reduce-on-plateau goes to.
+    #[arg(long, default_value_t = 1e-6)]
+    min_lr: f32,
+}
+
+impl CallbackArgs {
+    fn callbacks(&self) -> Result<Callbacks> {
+        anyhow::ensure!(
+            self.plateau_factor > 0.0 && self.plateau_factor < 1.0,
+            "--plateau-factor must be between 0 and 1, got {}",
+            self.plateau_factor
+        );
+        anyhow::ensure!(
+            self.early_stopping != Some(0) && self.reduce_lr_on_plateau != Some(0),
+            "a patience must be at least 1 epoch"
+        );
+        Ok(Callbacks {
+            monitor: self.monitor,
+            schedule: self.lr_schedule,
+            early_stopping: self.early_stopping,
+            plateau: self.reduce_lr_on_plateau.map(|patience| Plateau {
+                patience,
+                factor: self.plateau_factor,
+                min_lr: self.min_lr,
+            }),
+        })
+    }
 }
 
 /// Augmentation of training images (validation images are never changed).
@@ -286,6 +337,7 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         quiet: a.quiet,
         clip_grad_norm: a.clip_grad_norm,
         augment: a.augment.augment()?,
+        callbacks: a.callbacks.callbacks()?,
     };
     let summary = match pick_backend(a.backend)? {
         Some(gpu) => on_gpu(a.backend, || train::train(&gpu, &cfg), &|| {

@@ -2,6 +2,7 @@
 //! validation metrics, a line of figures and checkpoints after every epoch.
 
 use crate::backend::{hash, Backend};
+use crate::callbacks::Callbacks;
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{augment, Augment, DataDir, Dataset, Split};
 use crate::metrics::{self, Metrics};
@@ -40,6 +41,9 @@ pub struct TrainConfig {
     /// Random changes to each training image (validation images are never changed).
     #[serde(default = "no_augmentation")]
     pub augment: Augment,
+    /// The monitored figure, learning-rate schedule, early stopping and reduce-on-plateau.
+    #[serde(default)]
+    pub callbacks: Callbacks,
 }
 
 fn no_augmentation() -> Augment {
@@ -48,7 +52,7 @@ fn no_augmentation() -> Augment {
 
 /// Where a run stands: saved in `last.safetensors` after every epoch and on interruption, so that
 /// `--resume` continues exactly where it stopped.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Progress {
     /// Epochs finished.
     pub epochs_done: usize,
@@ -60,11 +64,42 @@ pub struct Progress {
     pub epoch_loss_sum: f64,
     pub epoch_correct: usize,
     pub epoch_seen: usize,
-    /// Best validation ROC-AUC so far and its epoch.
+    /// Best value of the monitored validation figure so far, and its epoch.
     pub best: Option<(f64, usize)>,
+    /// Multiplier of the learning rate left by reduce-on-plateau.
+    #[serde(default = "one")]
+    pub lr_scale: f32,
+    /// The last epoch that improved the monitored figure or reduced the learning rate.
+    #[serde(default)]
+    pub plateau_from: usize,
+    /// Early stopping ended the run.
+    #[serde(default)]
+    pub stopped_early: bool,
     /// The decision threshold chosen on validation after the last epoch.
     #[serde(default)]
     pub threshold: Option<f32>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            epochs_done: 0,
+            batches_done: 0,
+            steps: 0,
+            epoch_loss_sum: 0.0,
+            epoch_correct: 0,
+            epoch_seen: 0,
+            best: None,
+            lr_scale: 1.0,
+            plateau_from: 0,
+            stopped_early: false,
+            threshold: None,
+        }
+    }
 }
 
 /// Set by Ctrl-C or SIGTERM: the training loop stops after its current step, saving its state.
@@ -104,6 +139,8 @@ pub struct EpochReport {
     /// the balanced accuracy there.
     pub threshold: f32,
     pub balanced_accuracy_at_threshold: f64,
+    /// The learning rate of the epoch.
+    pub lr: f32,
     pub seconds: f64,
     pub train_images_per_s: f64,
 }
@@ -264,12 +301,12 @@ fn epoch_bar(images: usize, epoch: usize, epochs: usize, quiet: bool) -> Progres
 const CSV_HEADER: &str =
     "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_balanced_accuracy,\
 val_precision,val_recall,val_specificity,val_f1,val_roc_auc,threshold,\
-val_balanced_accuracy_at_threshold,seconds,train_images_per_s";
+val_balanced_accuracy_at_threshold,lr,seconds,train_images_per_s";
 
 fn csv_row(r: &EpochReport) -> String {
     let v = &r.val;
     format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.2}",
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:.2},{:.2}",
         r.epoch,
         r.train_loss,
         r.train_accuracy,
@@ -283,6 +320,7 @@ fn csv_row(r: &EpochReport) -> String {
         v.roc_auc,
         r.threshold,
         r.balanced_accuracy_at_threshold,
+        r.lr,
         r.seconds,
         r.train_images_per_s
     )
@@ -407,6 +445,14 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
         .as_deref()
         .and_then(|p| serde_json::from_str(p).ok())
         .with_context(|| format!("{} holds no training state to resume from", last.display()))?;
+    if progress.stopped_early {
+        bail!(
+            "the run in {} stopped early at epoch {} (its validation {} stopped improving)",
+            run_dir.display(),
+            progress.epochs_done,
+            cfg.callbacks.monitor.name()
+        );
+    }
     if progress.epochs_done >= cfg.epochs {
         bail!(
             "the run in {} has finished its {} epochs: pass --epochs with a larger total to train on",
@@ -522,8 +568,10 @@ fn run<B: Backend>(
         best_epoch: best.map_or(0, |(_, e)| e),
         interrupted,
     };
-    while state.progress.epochs_done < cfg.epochs {
+    let cb = cfg.callbacks;
+    while state.progress.epochs_done < cfg.epochs && !state.progress.stopped_early {
         let epoch = state.progress.epochs_done + 1;
+        let lr = cfg.lr * cb.schedule.factor(epoch, cfg.epochs) * state.progress.lr_scale;
         let start = Instant::now();
         let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
         bar.inc(state.progress.epoch_seen as u64);
@@ -544,7 +592,7 @@ fn run<B: Backend>(
             }
             // Batch norm needs two samples to have a variance; a last batch of one is dropped.
             if idx.len() >= 2 {
-                train_step(be, cfg, &mut state, train_ds, idx, pos_weight, epoch)?;
+                train_step(be, cfg, &mut state, train_ds, idx, (pos_weight, lr), epoch)?;
             }
             state.progress.batches_done = i + 1;
             bar.inc(idx.len() as u64);
@@ -567,6 +615,7 @@ fn run<B: Backend>(
                 val_loss,
             )
             .balanced_accuracy,
+            lr,
             seconds: start.elapsed().as_secs_f64(),
             train_images_per_s: (p.epoch_seen - seen_before) as f64 / train_secs,
         };
@@ -575,24 +624,48 @@ fn run<B: Backend>(
             epochs_done: epoch,
             steps: p.steps,
             best: p.best,
+            lr_scale: p.lr_scale,
+            plateau_from: p.plateau_from,
             threshold: Some(threshold),
             ..Progress::default()
         };
-        if p.best.is_none_or(|(auc, _)| report.val.roc_auc > auc) {
-            p.best = Some((report.val.roc_auc, epoch));
+        let value = cb.monitor.value(&report.val);
+        if p.best.is_none_or(|(b, _)| cb.monitor.better(value, b)) {
+            p.best = Some((value, epoch));
+            p.plateau_from = epoch;
             let info = CheckpointInfo {
                 spec: spec.clone(),
                 threshold,
                 epoch,
                 progress: None,
             };
-            checkpoint::save(
-                be,
-                &state.model,
-                &info,
-                Vec::new(),
-                &run_dir.join("best.safetensors"),
-            )?;
+            let best = run_dir.join("best.safetensors");
+            checkpoint::save(be, &state.model, &info, Vec::new(), &best)?;
+        }
+        let best_epoch = p.best.map_or(0, |(_, e)| e);
+        if let Some(pl) = cb
+            .plateau
+            .filter(|pl| epoch - p.plateau_from >= pl.patience)
+        {
+            p.lr_scale *= pl.factor;
+            p.plateau_from = epoch;
+            let next = (cfg.lr * p.lr_scale).max(pl.min_lr);
+            p.lr_scale = next / cfg.lr;
+            println!(
+                "validation {} has not improved for {} epochs: learning rate now {next:.3e}",
+                cb.monitor.name(),
+                pl.patience
+            );
+        }
+        if cb
+            .early_stopping
+            .is_some_and(|patience| epoch - best_epoch >= patience)
+        {
+            p.stopped_early = true;
+            println!(
+                "validation {} has not improved since epoch {best_epoch}: stopping early",
+                cb.monitor.name()
+            );
         }
         state.csv.push_str(&csv_row(&report));
         state.csv.push('\n');
@@ -602,7 +675,8 @@ fn run<B: Backend>(
     }
     let best = state.progress.best;
     println!(
-        "best validation ROC-AUC {:.4} at epoch {}; saved {}",
+        "best validation {} {:.4} at epoch {}; saved {}",
+        cb.monitor.name(),
         best.map_or(0.0, |(a, _)| a),
         best.map_or(0, |(_, e)| e),
         run_dir.join("best.safetensors").display()
@@ -657,7 +731,7 @@ fn train_step<B: Backend>(
     state: &mut RunState<B>,
     ds: &Dataset,
     idx: &[usize],
-    pos_weight: f32,
+    (pos_weight, lr): (f32, f32),
     epoch: usize,
 ) -> Result<()> {
     let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| augment::key(cfg.seed, epoch, i));
@@ -688,7 +762,7 @@ fn train_step<B: Backend>(
              ({last_good})"
         )
     })?;
-    state.opt.step(be, &mut state.model, cfg.lr);
+    state.opt.step(be, &mut state.model, lr);
     p.steps = state.opt.t;
     p.epoch_loss_sum += l as f64 * idx.len() as f64;
     p.epoch_seen += idx.len();

@@ -4,6 +4,7 @@
 mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::callbacks::{Callbacks, Plateau, Schedule};
 use fracture_cnn::checkpoint;
 use fracture_cnn::data::{Augment, DataDir, Dataset};
 use fracture_cnn::metrics::roc_auc;
@@ -27,6 +28,10 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         quiet: true,
         clip_grad_norm: None,
         augment: Augment::XRAY,
+        callbacks: Callbacks {
+            schedule: Schedule::Cosine,
+            ..Callbacks::default()
+        },
     }
 }
 
@@ -141,4 +146,36 @@ fn bad_options_are_refused_before_any_work() {
     let e = refusal(&|c| c.image_size = Some(8));
     assert!(e.contains("image size 8") && e.contains("maxpool"), "{e}");
     assert!(!out.exists(), "a refused run must not leave a run folder");
+}
+
+#[test]
+fn early_stopping_and_reduce_on_plateau_act_on_the_monitored_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 16);
+    // a learning rate so small that validation ROC-AUC (rank-based) never changes after epoch 1
+    let mut cfg = config(&data, &dir.path().join("runs"), 4, 6);
+    cfg.lr = 1e-9;
+    cfg.callbacks = Callbacks {
+        early_stopping: Some(2),
+        plateau: Some(Plateau {
+            patience: 1,
+            factor: 0.5,
+            min_lr: 1e-12,
+        }),
+        ..Callbacks::default()
+    };
+    let run = train::train(&Cpu, &cfg).unwrap();
+    let lrs: Vec<f32> = run.epochs.iter().map(|e| e.lr).collect();
+    assert_eq!(
+        lrs,
+        [1e-9, 1e-9, 5e-10],
+        "epoch 3 ran at half the rate, then the run stopped"
+    );
+    assert_eq!(run.best_epoch, 1);
+    let e = train::resume(&Cpu, &run.run_dir, Some(10))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("stopped early at epoch 3"), "{e}");
 }
