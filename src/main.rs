@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model on a folder of X-rays (train/ and val/, each with fractured/ and not_fractured/).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Inspect model architectures.
     Model {
         #[command(subcommand)]
@@ -644,7 +644,7 @@ fn main() -> ExitCode {
     report_panics_briefly();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => run_train(a),
+        Command::Train(a) => run_train(*a),
         Command::Model {
             command: ModelCommand::Summary { model, image_size },
         } => model_summary(&model, image_size).map(|_| Outcome::Done),
