@@ -13,5 +13,6 @@ pub mod gradcheck;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
+pub mod plots;
 pub mod tensor;
 pub mod train;

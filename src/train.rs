@@ -8,6 +8,7 @@ use crate::data::{augment, Augment, DataDir, Dataset, Split};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
+use crate::plots;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -641,6 +642,16 @@ fn run<B: Backend>(
             };
             let best = run_dir.join("best.safetensors");
             checkpoint::save(be, &state.model, &info, Vec::new(), &best)?;
+            let at = Metrics::new(&probs, &val_ds.labels, threshold, val_loss);
+            let point = (1.0 - at.specificity, at.recall);
+            warn_on_error(plots::roc(
+                run_dir,
+                &probs,
+                &val_ds.labels,
+                at.roc_auc,
+                point,
+            ));
+            warn_on_error(plots::confusion(run_dir, &at.confusion, threshold));
         }
         let best_epoch = p.best.map_or(0, |(_, e)| e);
         if let Some(pl) = cb
@@ -670,6 +681,7 @@ fn run<B: Backend>(
         state.csv.push_str(&csv_row(&report));
         state.csv.push('\n');
         checkpoint::write_atomic(&run_dir.join("metrics.csv"), state.csv.as_bytes())?;
+        warn_on_error(plots::training_curves(run_dir, &state.csv));
         save_last(be, spec, &state, run_dir)?;
         reports.push(report);
     }
@@ -682,6 +694,13 @@ fn run<B: Backend>(
         run_dir.join("best.safetensors").display()
     );
     Ok(summary(reports, best, false))
+}
+
+/// A figure that cannot be drawn is not worth stopping a run for.
+fn warn_on_error(r: Result<()>) {
+    if let Err(e) = r {
+        eprintln!("warning: {e:#}");
+    }
 }
 
 /// Checks that every gradient is finite, naming the first that is not (and its layer), and when

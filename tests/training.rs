@@ -57,6 +57,10 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
         "metrics.csv",
         "last.safetensors",
         "best.safetensors",
+        "loss.png",
+        "accuracy.png",
+        "roc.png",
+        "confusion.png",
     ] {
         assert!(run.run_dir.join(file).is_file(), "{file} missing");
     }

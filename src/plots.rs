@@ -1,0 +1,212 @@
+//! The PNG figures of a run folder: loss and accuracy curves (train against validation) drawn
+//! from `metrics.csv` after every epoch, and the ROC curve and confusion matrix of the best
+//! epoch. Drawn with `plotters` into a pixel buffer, encoded by `image`, written atomically.
+
+use crate::checkpoint::write_atomic;
+use crate::metrics::{roc_curve, Confusion};
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const SIZE: (u32, u32) = (800, 500);
+
+/// The font is compiled in (assets/DejaVuSansMono.ttf), so plots need no system fonts.
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let font = include_bytes!("../assets/DejaVuSansMono.ttf");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+            .unwrap_or_else(|_| panic!("the built-in font does not load"));
+    });
+}
+
+/// Draws with `draw` into a `size` RGB image and writes it to `path` as PNG.
+fn write_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    register_font();
+    let mut pixels = vec![255u8; (size.0 * size.1 * 3) as usize];
+    {
+        let area = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        draw(&area)?;
+        area.present()
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    let img = image::RgbImage::from_raw(size.0, size.1, pixels).expect("the buffer fits");
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomic(path, &png)
+}
+
+/// Turns plotters' drawing errors into ours.
+fn drawn<T, E: std::fmt::Debug>(r: Result<T, E>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("plotting failed: {e:?}"))
+}
+
+/// Columns of `metrics.csv` by header name.
+fn column(csv: &str, name: &str) -> Vec<f64> {
+    let mut lines = csv.lines();
+    let Some(at) = lines
+        .next()
+        .and_then(|h| h.split(',').position(|c| c == name))
+    else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| l.split(',').nth(at)?.parse().ok())
+        .collect()
+}
+
+/// One line chart of several series against the epoch.
+fn curves(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[(&str, Vec<f64>, RGBColor)],
+) -> Result<()> {
+    let epochs = series.iter().map(|s| s.1.len()).max().unwrap_or(0);
+    let values = series.iter().flat_map(|s| s.1.iter().copied());
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    write_png(path, SIZE, |area| {
+        let mut chart = drawn(
+            ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 24))
+                .margin(15)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(1usize..epochs.max(2), (lo - pad)..(hi + pad)),
+        )?;
+        drawn(
+            chart
+                .configure_mesh()
+                .x_labels(epochs.clamp(2, 20))
+                .x_desc("epoch")
+                .y_desc(y_label)
+                .label_style(("sans-serif", 14))
+                .draw(),
+        )?;
+        for (name, ys, colour) in series {
+            let points = ys.iter().enumerate().map(|(i, &y)| (i + 1, y));
+            drawn(chart.draw_series(LineSeries::new(points.clone(), colour.stroke_width(2))))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            drawn(chart.draw_series(points.map(|p| Circle::new(p, 3, colour.filled()))))?;
+        }
+        drawn(
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw(),
+        )
+    })
+}
+
+/// `loss.png` and `accuracy.png` from the rows of `metrics.csv` so far.
+pub fn training_curves(dir: &Path, csv: &str) -> Result<()> {
+    let c = |name| column(csv, name);
+    curves(
+        &dir.join("loss.png"),
+        "Loss (binary cross-entropy)",
+        "loss",
+        &[
+            ("train", c("train_loss"), BLUE),
+            ("validation", c("val_loss"), RED),
+        ],
+    )?;
+    curves(
+        &dir.join("accuracy.png"),
+        "Accuracy",
+        "share",
+        &[
+            ("train accuracy", c("train_accuracy"), BLUE),
+            ("validation accuracy", c("val_accuracy"), RED),
+            (
+                "validation balanced accuracy",
+                c("val_balanced_accuracy_at_threshold"),
+                MAGENTA,
+            ),
+            ("validation ROC-AUC", c("val_roc_auc"), GREEN),
+        ],
+    )
+}
+
+/// `roc.png`: the ROC curve of validation scores, with its area and the chosen threshold's point.
+pub fn roc(dir: &Path, probs: &[f32], labels: &[f32], auc: f64, at: (f64, f64)) -> Result<()> {
+    let points = roc_curve(probs, labels);
+    write_png(&dir.join("roc.png"), (560, 560), |area| {
+        let mut chart = drawn(
+            ChartBuilder::on(area)
+                .caption(
+                    format!("ROC curve (validation), AUC {auc:.3}"),
+                    ("sans-serif", 22),
+                )
+                .margin(15)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..1f64, 0f64..1f64),
+        )?;
+        drawn(
+            chart
+                .configure_mesh()
+                .x_desc("false-positive rate (1 - specificity)")
+                .y_desc("true-positive rate (sensitivity)")
+                .label_style(("sans-serif", 13))
+                .draw(),
+        )?;
+        drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
+        drawn(chart.draw_series(LineSeries::new(points, RED.stroke_width(2))))?;
+        drawn(chart.draw_series([Circle::new(at, 6, BLUE.filled())]))?;
+        Ok(())
+    })
+}
+
+/// `confusion.png`: the confusion matrix at the decision threshold (rows: truth).
+pub fn confusion(dir: &Path, c: &Confusion, threshold: f32) -> Result<()> {
+    write_png(&dir.join("confusion.png"), (520, 460), |area| {
+        let title = format!("Confusion matrix at threshold {threshold:.3}");
+        let area = drawn(area.titled(&title, ("sans-serif", 22)))?;
+        let (w, h) = area.dim_in_pixel();
+        let (left, top, cell) = (160i32, 40i32, ((w.min(h) as i32) - 80) / 2);
+        let rows = [
+            ("fractured", [c.tp, c.fn_]),
+            ("not_fractured", [c.fp, c.tn]),
+        ];
+        let total = (c.tp + c.fn_ + c.fp + c.tn).max(1) as f64;
+        for (r, (truth, counts)) in rows.iter().enumerate() {
+            let y = top + r as i32 * cell;
+            let label = Text::new(*truth, (8, y + cell / 2), ("sans-serif", 16));
+            drawn(area.draw(&label))?;
+            for (k, &n) in counts.iter().enumerate() {
+                let x = left + k as i32 * cell;
+                let shade = 1.0 - 0.7 * n as f64 / total;
+                let colour = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
+                drawn(area.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    colour.filled(),
+                )))?;
+                drawn(area.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK)))?;
+                let text = Text::new(
+                    n.to_string(),
+                    (x + cell / 2 - 12, y + cell / 2 - 10),
+                    ("sans-serif", 24),
+                );
+                drawn(area.draw(&text))?;
+            }
+        }
+        for (k, pred) in ["fractured", "not_fractured"].iter().enumerate() {
+            let x = left + k as i32 * cell + 10;
+            let text = Text::new(format!("said {pred}"), (x, top - 22), ("sans-serif", 14));
+            drawn(area.draw(&text))?;
+        }
+        Ok(())
+    })
+}
