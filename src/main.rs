@@ -38,6 +38,24 @@ enum Command {
     Devices,
     Eval(EvalArgs),
     Predict(PredictArgs),
+    /// Inspect a data folder before training on it.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Counts per split and class, unusable files, image formats per class (shortcuts a model
+    /// could learn) and near-duplicate images shared between splits.
+    Check {
+        /// The data folder (train/, val/ or valid/, optional test/; or class folders).
+        dir: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 /// All the metrics of a trained model on a labelled folder.
@@ -470,6 +488,13 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
+    let report = fracture_cnn::data::check::check(dir, quiet)?;
+    println!("data check: {}\n", dir.display());
+    print!("{}", report.render());
+    Ok(())
+}
+
 fn predict(a: PredictArgs) -> Result<()> {
     let (predictions, failed) = match pick_backend_quietly(a.backend, true)? {
         Some(gpu) => eval::predict(&gpu, &a.model, &a.paths, a.batch_size),
@@ -650,6 +675,9 @@ fn main() -> ExitCode {
         } => model_summary(&model, image_size).map(|_| Outcome::Done),
         Command::Devices => devices().map(|_| Outcome::Done),
         Command::Eval(a) => eval(a).map(|_| Outcome::Done),
+        Command::Data {
+            command: DataCommand::Check { dir, quiet },
+        } => data_check(&dir, quiet).map(|_| Outcome::Done),
         Command::Predict(a) => predict(a).map(|_| Outcome::Done),
     };
     match result {

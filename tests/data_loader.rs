@@ -138,3 +138,52 @@ fn batches_cover_every_sample_once_in_a_seeded_order() {
         assert_eq!(x.data[k * 64] > 0.5, ds.labels[i] == 1.0);
     }
 }
+
+#[test]
+fn data_check_finds_duplicates_across_splits_unusable_files_and_format_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    common::images::write_separable_dataset(root, 4, 24);
+    // the same smooth "radiograph" in train and val, once re-encoded as JPEG and brightened
+    let bone = |x: u32, y: u32| {
+        let d = ((x as f32 - 30.0).powi(2) + (y as f32 - 20.0).powi(2)).sqrt();
+        Luma([(40.0 + 2.0 * x as f32 + if d < 12.0 { 90.0 } else { 0.0 }) as u8])
+    };
+    ImageBuffer::from_fn(64, 48, bone)
+        .save(root.join("train/fractured/bone.png"))
+        .unwrap();
+    let mut copy = ImageBuffer::from_fn(64, 48, bone);
+    copy.pixels_mut()
+        .for_each(|p| p[0] = p[0].saturating_add(3));
+    copy.save(root.join("val/fractured/copy.jpg")).unwrap();
+    std::fs::write(root.join("val/not_fractured/readme.txt"), "notes").unwrap();
+    std::fs::write(
+        root.join("val/not_fractured/broken.png"),
+        b"\x89PNG\r\n\x1a\n",
+    )
+    .unwrap();
+    // every fractured image stored as 16-bit: a format gap between the classes
+    for entry in std::fs::read_dir(root.join("train/fractured")).unwrap() {
+        let p = entry.unwrap().path();
+        let img = image::open(&p).unwrap().to_luma16();
+        img.save(&p).unwrap();
+    }
+    let report = fracture_cnn::data::check::check(root, true).unwrap();
+    assert_eq!(report.images.len(), 9 + 9);
+    let pairs: Vec<_> = report
+        .duplicates
+        .iter()
+        .map(|(a, b, _)| {
+            (
+                a.file_name().unwrap().to_owned(),
+                b.file_name().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs, [("bone.png".into(), "copy.jpg".into())], "{pairs:?}");
+    let text = report.render();
+    assert!(text.contains("readme.txt: not an image file"), "{text}");
+    assert!(text.contains("broken.png"), "{text}");
+    assert!(text.contains("warning: 16-bit depth differs"), "{text}");
+    assert!(text.contains("near-duplicates shared between splits") && text.contains("copy.jpg"));
+}

@@ -2,6 +2,7 @@
 //! shuffled mini-batches.
 
 pub mod augment;
+pub mod check;
 pub mod folder;
 pub mod image;
 

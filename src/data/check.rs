@@ -1,0 +1,269 @@
+//! `fracture-cnn data check DIR`: what is in a data folder before training on it. Counts per split
+//! and class, files that cannot be used, the format of the images per class (differences between
+//! the classes are shortcuts a model can learn instead of fractures), and near-duplicate images
+//! shared between splits (which inflate validation figures).
+
+use super::folder::{find_split, read_split, Sample};
+use anyhow::Result;
+use image::{DynamicImage, ImageDecoder};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// A perceptual hash: the signs of horizontal brightness steps of the image shrunk to 17 × 16
+/// gray (a "difference hash"), 256 bits. Re-encoding, resizing and small edits change few bits.
+pub type DHash = [u64; 4];
+
+/// What one image file is.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub split: String,
+    pub path: PathBuf,
+    pub fractured: bool,
+    pub width: u32,
+    pub height: u32,
+    /// Pixel layout as stored, e.g. "L8", "Rgb8", "L16".
+    pub color: String,
+    pub format: String,
+    pub hash: DHash,
+}
+
+/// The whole report.
+#[derive(Debug, Default)]
+pub struct DataReport {
+    pub images: Vec<ImageInfo>,
+    /// Files that are not images, or that cannot be decoded, with the reason.
+    pub unusable: Vec<(PathBuf, String)>,
+    /// Near-duplicate pairs in different splits, with their Hamming distance.
+    pub duplicates: Vec<(PathBuf, PathBuf, u32)>,
+}
+
+/// Bits that may differ between two images called near-duplicates (of 256).
+pub const NEAR: u32 = 4;
+
+/// The difference hash of a decoded image.
+pub fn dhash(img: &DynamicImage) -> DHash {
+    let gray = img.to_luma8();
+    let small = image::imageops::resize(&gray, 17, 16, image::imageops::FilterType::Triangle);
+    let mut h = [0u64; 4];
+    for y in 0..16 {
+        for x in 0..16 {
+            let bit = y * 16 + x;
+            if small.get_pixel(x + 1, y)[0] > small.get_pixel(x, y)[0] {
+                h[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+    }
+    h
+}
+
+/// Bits in which two hashes differ.
+pub fn distance(a: &DHash, b: &DHash) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+fn inspect(split: &str, s: &Sample) -> Result<ImageInfo, String> {
+    let reader = image::ImageReader::open(&s.path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| e.to_string())?;
+    let format = reader
+        .format()
+        .map_or("unknown".into(), |f| format!("{f:?}").to_lowercase());
+    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    let color = format!("{:?}", decoder.original_color_type());
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    Ok(ImageInfo {
+        split: split.to_string(),
+        path: s.path.clone(),
+        fractured: s.label == 1.0,
+        width,
+        height,
+        color,
+        format,
+        hash: dhash(&img),
+    })
+}
+
+/// Reads every image of every split under `root` (train, val or valid, test; or `root` itself
+/// when it holds class folders).
+pub fn check(root: &Path, quiet: bool) -> Result<DataReport> {
+    if !root.is_dir() {
+        anyhow::bail!("data folder {} does not exist", root.display());
+    }
+    let mut splits = Vec::new();
+    for (name, names) in [
+        ("train", &["train", "training"][..]),
+        ("val", &["val", "valid", "validation"][..]),
+        ("test", &["test", "testing"][..]),
+    ] {
+        if let Some(dir) = find_split(root, names)? {
+            splits.push((name, read_split(&dir)?));
+        }
+    }
+    if splits.is_empty() {
+        splits.push(("all", read_split(root)?));
+    }
+    let mut report = DataReport::default();
+    let work: Vec<(&str, &Sample)> = splits
+        .iter()
+        .flat_map(|(name, s)| s.samples.iter().map(move |x| (*name, x)))
+        .collect();
+    for (_, split) in &splits {
+        for p in &split.skipped {
+            report
+                .unusable
+                .push((p.clone(), "not an image file".into()));
+        }
+    }
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(work.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("reading");
+    let infos: Vec<_> = work
+        .par_iter()
+        .map(|(split, s)| {
+            let r = inspect(split, s);
+            bar.inc(1);
+            r.map_err(|e| (s.path.clone(), e))
+        })
+        .collect();
+    bar.finish_and_clear();
+    for r in infos {
+        match r {
+            Ok(info) => report.images.push(info),
+            Err(e) => report.unusable.push(e),
+        }
+    }
+    report.duplicates = cross_split_duplicates(&report.images);
+    Ok(report)
+}
+
+/// Pairs of images in different splits whose hashes differ in at most [`NEAR`] bits.
+fn cross_split_duplicates(images: &[ImageInfo]) -> Vec<(PathBuf, PathBuf, u32)> {
+    let pairs: Vec<_> = (0..images.len())
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            (i + 1..images.len()).filter_map(move |j| {
+                let (a, b) = (&images[i], &images[j]);
+                let d = distance(&a.hash, &b.hash);
+                (a.split != b.split && d <= NEAR).then(|| (a.path.clone(), b.path.clone(), d))
+            })
+        })
+        .collect();
+    pairs
+}
+
+fn percent(part: usize, whole: usize) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
+}
+
+impl DataReport {
+    /// The report as text, with a warning for each shortcut a model could learn.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<8}{:>12}{:>16}{:>14}",
+            "split", "fractured", "not_fractured", "% fractured"
+        );
+        let mut splits: Vec<&str> = self.images.iter().map(|i| i.split.as_str()).collect();
+        splits.dedup();
+        for split in &splits {
+            let of = |f: bool| {
+                self.images
+                    .iter()
+                    .filter(|i| i.split == *split && i.fractured == f)
+                    .count()
+            };
+            let (pos, neg) = (of(true), of(false));
+            let _ = writeln!(
+                out,
+                "{split:<8}{pos:>12}{neg:>16}{:>13.1}%",
+                percent(pos, pos + neg)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nimage format per class (all splits); a difference between the classes is a shortcut \
+             a model can learn instead of fractures:"
+        );
+        let _ = writeln!(
+            out,
+            "{:<15}{:>8}{:>11}{:>12}{:>10}{:>13}  formats",
+            "class", "images", "portrait", ">1000 px", "gray", "16-bit"
+        );
+        let mut shares = Vec::new();
+        for (name, f) in [("fractured", true), ("not_fractured", false)] {
+            let imgs: Vec<&ImageInfo> = self.images.iter().filter(|i| i.fractured == f).collect();
+            let n = imgs.len();
+            let count = |p: &dyn Fn(&ImageInfo) -> bool| imgs.iter().filter(|i| p(i)).count();
+            let portrait = percent(count(&|i| i.height > i.width), n);
+            let large = percent(count(&|i| i.width.max(i.height) > 1000), n);
+            let gray = percent(count(&|i| i.color.starts_with('L')), n);
+            let deep = percent(
+                count(&|i| i.color.contains("16") || i.color.contains("32")),
+                n,
+            );
+            let mut formats: Vec<String> = imgs.iter().map(|i| i.format.clone()).collect();
+            formats.sort();
+            formats.dedup();
+            let _ = writeln!(
+                out,
+                "{name:<15}{n:>8}{portrait:>10.1}%{large:>11.1}%{gray:>9.1}%{deep:>12.1}%  {}",
+                formats.join(" ")
+            );
+            shares.push([portrait, large, gray, deep]);
+        }
+        if let [a, b] = shares.as_slice() {
+            for (k, what) in [
+                "portrait orientation",
+                "large size",
+                "gray storage",
+                "16-bit depth",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let gap = (a[k] - b[k]).abs();
+                if gap >= 5.0 {
+                    let _ = writeln!(
+                        out,
+                        "warning: {what} differs by {gap:.0} points between the classes: images are \
+                         converted to gray and resized to a square, which removes most of this cue, \
+                         but check that a model does not rely on it"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "\nunusable files: {}", self.unusable.len());
+        for (p, why) in &self.unusable {
+            let _ = writeln!(out, "  {}: {why}", p.display());
+        }
+        let _ = writeln!(
+            out,
+            "\nnear-duplicates shared between splits (difference hash, at most {NEAR} of 256 bits \
+             apart): {}",
+            self.duplicates.len()
+        );
+        for (a, b, d) in &self.duplicates {
+            let _ = writeln!(out, "  {} ~ {} ({d} bits)", a.display(), b.display());
+        }
+        if !self.duplicates.is_empty() {
+            let _ = writeln!(
+                out,
+                "warning: images in more than one split make validation figures look better than \
+                 they are: remove one of each pair"
+            );
+        }
+        out
+    }
+}
