@@ -262,11 +262,17 @@ fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
     )
 }
 
-fn load_split(split: &Split, size: usize, what: &str, quiet: bool) -> Result<Dataset> {
+fn load_split(
+    split: &Split,
+    size: usize,
+    what: &str,
+    quiet: bool,
+    cache_file: Option<PathBuf>,
+) -> Result<Dataset> {
     for p in &split.skipped {
         eprintln!("warning: skipping {} (not an image file)", p.display());
     }
-    let ds = Dataset::decode(&split.samples, size, what, quiet);
+    let ds = Dataset::load(&split.samples, size, what, quiet, cache_file.as_deref());
     for (p, why) in &ds.failed {
         eprintln!("warning: skipping {}: {why}", p.display());
     }
@@ -364,8 +370,10 @@ fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> 
         dir.val.count(1.0),
         dir.val.count(0.0)
     );
-    let train_ds = load_split(&dir.train, size, "train", cfg.quiet)?;
-    let val_ds = load_split(&dir.val, size, "val", cfg.quiet)?;
+    let cache_dir = cfg.out.join(".cache");
+    let cache = |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, size));
+    let train_ds = load_split(&dir.train, size, "train", cfg.quiet, cache(&dir.train_dir))?;
+    let val_ds = load_split(&dir.val, size, "val", cfg.quiet, cache(&dir.val_dir))?;
     let pos_weight = cfg.pos_weight.unwrap_or_else(|| {
         (train_ds.len() - train_ds.positives()) as f32 / train_ds.positives() as f32
     });

@@ -187,3 +187,40 @@ fn data_check_finds_duplicates_across_splits_unusable_files_and_format_gaps() {
     assert!(text.contains("warning: 16-bit depth differs"), "{text}");
     assert!(text.contains("near-duplicates shared between splits") && text.contains("copy.jpg"));
 }
+
+#[test]
+fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    common::images::write_separable_dataset(&root, 3, 12);
+    let split = DataDir::open(&root).unwrap().train;
+    let cache = fracture_cnn::data::cache::file_for(&dir.path().join("cache"), &root, 8);
+    let first = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    assert!(cache.is_file());
+    assert_eq!(
+        first.pixels,
+        Dataset::decode(&split.samples, 8, "train", true).pixels
+    );
+    // garbage of the same length with the old modification time: the cache still answers
+    let victim = &split.samples[0].path;
+    let modified = std::fs::metadata(victim).unwrap().modified().unwrap();
+    let len = std::fs::metadata(victim).unwrap().len() as usize;
+    std::fs::write(victim, vec![b'x'; len]).unwrap();
+    let f = std::fs::File::options().write(true).open(victim).unwrap();
+    f.set_modified(modified).unwrap();
+    drop(f);
+    let again = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    assert_eq!(again.pixels, first.pixels, "served from the cache");
+    // a newer modification time: read again, and now it fails
+    let f = std::fs::File::options().write(true).open(victim).unwrap();
+    f.set_modified(modified + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let fresh = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    assert_eq!(fresh.failed.len(), 1);
+    assert_eq!(fresh.len(), first.len() - 1);
+    // a damaged cache file is ignored, not trusted
+    std::fs::write(&cache, b"FRCACHE1 truncated").unwrap();
+    let rebuilt = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    assert_eq!(rebuilt.len(), first.len() - 1);
+}

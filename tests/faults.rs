@@ -65,7 +65,10 @@ fn data_folder_faults_are_named() {
         "{err}"
     );
     assert!(err.contains("no usable images of one class"), "{err}");
-    assert!(!out.exists(), "a refused run leaves no run folder");
+    assert!(
+        !run_dir(&out).exists(),
+        "a refused run leaves no run folder"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! shuffled mini-batches.
 
 pub mod augment;
+pub mod cache;
 pub mod check;
 pub mod folder;
 pub mod image;
@@ -30,10 +31,27 @@ impl Dataset {
     /// Decodes `samples` in parallel (with a progress bar titled `what`), skipping unreadable
     /// files: they are listed in `failed` for the caller to report.
     pub fn decode(samples: &[Sample], size: usize, what: &str, quiet: bool) -> Dataset {
-        let bar = if quiet {
+        Self::load(samples, size, what, quiet, None)
+    }
+
+    /// Like [`Dataset::decode`], taking the images already in the disk cache `cache_file` (see
+    /// [`cache`]) from there, and writing the cache anew when any had to be decoded.
+    pub fn load(
+        samples: &[Sample],
+        size: usize,
+        what: &str,
+        quiet: bool,
+        cache_file: Option<&std::path::Path>,
+    ) -> Dataset {
+        let mut cached = cache_file.map_or_else(Default::default, |f| cache::read(f, size));
+        let todo: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| !cached.contains_key(&s.path))
+            .collect();
+        let bar = if quiet || todo.is_empty() {
             ProgressBar::hidden()
         } else {
-            ProgressBar::new(samples.len() as u64)
+            ProgressBar::new(todo.len() as u64)
         };
         bar.set_style(
             ProgressStyle::with_template(
@@ -43,7 +61,7 @@ impl Dataset {
             .progress_chars("=> "),
         );
         bar.set_message(format!("decoding {what}"));
-        let decoded: Vec<_> = samples
+        let decoded: Vec<_> = todo
             .par_iter()
             .map(|s| {
                 let r = image::load_gray(&s.path, size);
@@ -52,21 +70,34 @@ impl Dataset {
             })
             .collect();
         bar.finish_and_clear();
+        let mut failed = Vec::new();
+        for (s, r) in todo.iter().zip(decoded) {
+            match r {
+                Ok(px) => {
+                    cached.insert(s.path.clone(), px);
+                }
+                Err(e) => failed.push((s.path.clone(), format!("{e:#}"))),
+            }
+        }
         let mut ds = Dataset {
             size,
             pixels: Vec::with_capacity(samples.len() * size * size),
             labels: Vec::new(),
             paths: Vec::new(),
-            failed: Vec::new(),
+            failed,
         };
-        for (s, r) in samples.iter().zip(decoded) {
-            match r {
-                Ok(px) => {
-                    ds.pixels.extend_from_slice(&px);
-                    ds.labels.push(s.label);
-                    ds.paths.push(s.path.clone());
-                }
-                Err(e) => ds.failed.push((s.path.clone(), format!("{e:#}"))),
+        let mut entries = Vec::new();
+        for s in samples {
+            if let Some(px) = cached.get(&s.path) {
+                ds.pixels.extend_from_slice(px);
+                ds.labels.push(s.label);
+                ds.paths.push(s.path.clone());
+                entries.push((s, px.as_slice()));
+            }
+        }
+        if let Some(file) = cache_file.filter(|_| !todo.is_empty()) {
+            if let Err(e) = cache::write(file, size, &entries) {
+                eprintln!("warning: the image cache was not saved: {e:#}");
             }
         }
         ds
