@@ -9,7 +9,7 @@ use fracture_cnn::data::Augment;
 use fracture_cnn::eval;
 use fracture_cnn::nn::ModelSpec;
 use fracture_cnn::optim::OptimizerKind;
-use fracture_cnn::train::{self, TrainConfig};
+use fracture_cnn::train::{self, Sampling, TrainConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -123,6 +123,12 @@ enum ModelCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SamplingName {
+    Shuffle,
+    Balanced,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum OptimizerName {
     Adam,
     Sgd,
@@ -156,7 +162,12 @@ struct TrainArgs {
     /// Worker threads of the CPU backend (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Weight of fractured samples in the loss: a number, or 'auto' for #not fractured / #fractured.
+    /// How training batches are drawn: shuffle (every image once per epoch) or balanced (each
+    /// draw from either class with equal chance).
+    #[arg(long, value_enum, default_value = "shuffle")]
+    sampling: SamplingName,
+    /// Weight of fractured samples in the loss: a number, or 'auto' for #not fractured / #fractured
+    /// (1 with --sampling balanced).
     #[arg(long, default_value = "auto")]
     pos_weight: String,
     #[arg(long, value_enum, default_value = "adam")]
@@ -355,6 +366,10 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         quiet: a.quiet,
         clip_grad_norm: a.clip_grad_norm,
         augment: a.augment.augment()?,
+        sampling: match a.sampling {
+            SamplingName::Shuffle => Sampling::Shuffle,
+            SamplingName::Balanced => Sampling::Balanced,
+        },
         callbacks: a.callbacks.callbacks()?,
     };
     let summary = match pick_backend(a.backend)? {

@@ -42,9 +42,23 @@ pub struct TrainConfig {
     /// Random changes to each training image (validation images are never changed).
     #[serde(default = "no_augmentation")]
     pub augment: Augment,
+    /// How training batches are drawn.
+    #[serde(default)]
+    pub sampling: Sampling,
     /// The monitored figure, learning-rate schedule, early stopping and reduce-on-plateau.
     #[serde(default)]
     pub callbacks: Callbacks,
+}
+
+/// How an epoch's training batches are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Every image once, in a shuffled order (the imbalance is then met by the loss weight).
+    #[default]
+    Shuffle,
+    /// Each draw from either class with equal chance (the loss weight is then 1 by default).
+    Balanced,
 }
 
 fn no_augmentation() -> Augment {
@@ -374,8 +388,11 @@ fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> 
     let cache = |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, size));
     let train_ds = load_split(&dir.train, size, "train", cfg.quiet, cache(&dir.train_dir))?;
     let val_ds = load_split(&dir.val, size, "val", cfg.quiet, cache(&dir.val_dir))?;
-    let pos_weight = cfg.pos_weight.unwrap_or_else(|| {
-        (train_ds.len() - train_ds.positives()) as f32 / train_ds.positives() as f32
+    let pos_weight = cfg.pos_weight.unwrap_or_else(|| match cfg.sampling {
+        Sampling::Balanced => 1.0,
+        Sampling::Shuffle => {
+            (train_ds.len() - train_ds.positives()) as f32 / train_ds.positives() as f32
+        }
     });
     Ok((train_ds, val_ds, pos_weight))
 }
@@ -584,7 +601,11 @@ fn run<B: Backend>(
         let start = Instant::now();
         let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
         bar.inc(state.progress.epoch_seen as u64);
-        let batches = train_ds.batches(cfg.batch_size, Some(cfg.seed.wrapping_add(epoch as u64)));
+        let epoch_seed = cfg.seed.wrapping_add(epoch as u64);
+        let batches = match cfg.sampling {
+            Sampling::Shuffle => train_ds.batches(cfg.batch_size, Some(epoch_seed)),
+            Sampling::Balanced => train_ds.balanced_batches(cfg.batch_size, epoch_seed),
+        };
         let seen_before = state.progress.epoch_seen;
         for (i, idx) in batches.iter().enumerate().skip(state.progress.batches_done) {
             if STOP.load(Ordering::SeqCst) {

@@ -28,6 +28,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         quiet: true,
         clip_grad_norm: None,
         augment: Augment::XRAY,
+        sampling: train::Sampling::Shuffle,
         callbacks: Callbacks {
             schedule: Schedule::Cosine,
             ..Callbacks::default()
@@ -154,6 +155,32 @@ fn bad_options_are_refused_before_any_work() {
     let e = refusal(&|c| c.image_size = Some(8));
     assert!(e.contains("image size 8") && e.contains("maxpool"), "{e}");
     assert!(!out.exists(), "a refused run must not leave a run folder");
+}
+
+#[test]
+fn balanced_sampling_draws_both_classes_alike_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 4 fractured against 16 not fractured in train
+    common::images::write_separable_dataset(&data, 16, 16);
+    let frac = data.join("train/fractured");
+    for i in 4..16 {
+        std::fs::remove_file(frac.join(format!("img{i:03}.png"))).unwrap();
+    }
+    let split = DataDir::open(&data).unwrap().train;
+    let ds = Dataset::decode(&split.samples, 16, "train", true);
+    let drawn: Vec<usize> = ds.balanced_batches(8, 3).into_iter().flatten().collect();
+    assert_eq!(drawn.len(), 20);
+    let positives = drawn.iter().filter(|&&i| ds.labels[i] == 1.0).count();
+    assert!(
+        (6..=14).contains(&positives),
+        "{positives} of 20 draws fractured"
+    );
+    assert_eq!(drawn, ds.balanced_batches(8, 3).concat(), "seeded");
+    let mut cfg = config(&data, &dir.path().join("runs"), 1, 6);
+    cfg.sampling = train::Sampling::Balanced;
+    let run = train::train(&Cpu, &cfg).unwrap();
+    assert!(run.epochs.last().unwrap().val.roc_auc > 0.9);
 }
 
 #[test]

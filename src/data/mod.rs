@@ -12,7 +12,7 @@ pub use folder::{DataDir, Sample, Split, CLASS_NAMES};
 
 use crate::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use rayon::prelude::*;
 use std::path::PathBuf;
 
@@ -139,6 +139,30 @@ impl Dataset {
             Tensor::new([indices.len(), 1, self.size, self.size], x),
             Tensor::new([indices.len()], y),
         )
+    }
+
+    /// Mini-batches for balanced sampling: as many draws as there are samples, each from either
+    /// class with equal chance (with replacement within the class), so that the rarer class is
+    /// seen as often as the other. Seeded.
+    pub fn balanced_batches(&self, batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+        let class =
+            |c: f32| -> Vec<usize> { (0..self.len()).filter(|&i| self.labels[i] == c).collect() };
+        let (pos, neg) = (class(1.0), class(0.0));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let draws: Vec<usize> = (0..self.len())
+            .map(|_| {
+                let from = if pos.is_empty() || (!neg.is_empty() && rng.gen_bool(0.5)) {
+                    &neg
+                } else {
+                    &pos
+                };
+                from[rng.gen_range(0..from.len())]
+            })
+            .collect();
+        draws
+            .chunks(batch_size.max(1))
+            .map(|c| c.to_vec())
+            .collect()
     }
 
     /// Mini-batches of indices: all samples in an order shuffled by `seed` (or in file order
