@@ -151,9 +151,9 @@ pub struct EpochReport {
     /// Validation metrics at the threshold 0.5.
     pub val: Metrics,
     /// The threshold that maximises balanced accuracy on validation (saved with the model), and
-    /// the balanced accuracy there.
+    /// the validation metrics there.
     pub threshold: f32,
-    pub balanced_accuracy_at_threshold: f64,
+    pub at_threshold: Metrics,
     /// The learning rate of the epoch.
     pub lr: f32,
     pub seconds: f64,
@@ -322,12 +322,14 @@ fn epoch_bar(images: usize, epoch: usize, epochs: usize, quiet: bool) -> Progres
 const CSV_HEADER: &str =
     "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_balanced_accuracy,\
 val_precision,val_recall,val_specificity,val_f1,val_roc_auc,threshold,\
-val_balanced_accuracy_at_threshold,lr,seconds,train_images_per_s";
+val_balanced_accuracy_at_threshold,val_recall_at_threshold,val_specificity_at_threshold,\
+val_tp,val_fp,val_tn,val_fn,lr,seconds,train_images_per_s";
 
 fn csv_row(r: &EpochReport) -> String {
-    let v = &r.val;
+    let (v, t) = (&r.val, &r.at_threshold);
     format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:.2},{:.2}",
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},\
+         {},{},{},{},{:.6e},{:.2},{:.2}",
         r.epoch,
         r.train_loss,
         r.train_accuracy,
@@ -340,7 +342,13 @@ fn csv_row(r: &EpochReport) -> String {
         v.f1,
         v.roc_auc,
         r.threshold,
-        r.balanced_accuracy_at_threshold,
+        t.balanced_accuracy,
+        t.recall,
+        t.specificity,
+        t.confusion.tp,
+        t.confusion.fp,
+        t.confusion.tn,
+        t.confusion.fn_,
         r.lr,
         r.seconds,
         r.train_images_per_s
@@ -638,13 +646,7 @@ fn run<B: Backend>(
             train_accuracy: p.epoch_correct as f64 / p.epoch_seen.max(1) as f64,
             val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
             threshold,
-            balanced_accuracy_at_threshold: Metrics::new(
-                &probs,
-                &val_ds.labels,
-                threshold,
-                val_loss,
-            )
-            .balanced_accuracy,
+            at_threshold: Metrics::new(&probs, &val_ds.labels, threshold, val_loss),
             lr,
             seconds: start.elapsed().as_secs_f64(),
             train_images_per_s: (p.epoch_seen - seen_before) as f64 / train_secs,
@@ -671,7 +673,7 @@ fn run<B: Backend>(
             };
             let best = run_dir.join("best.safetensors");
             checkpoint::save(be, &state.model, &info, Vec::new(), &best)?;
-            let at = Metrics::new(&probs, &val_ds.labels, threshold, val_loss);
+            let at = &report.at_threshold;
             let point = (1.0 - at.specificity, at.recall);
             warn_on_error(plots::roc(
                 run_dir,
@@ -821,7 +823,8 @@ fn print_epoch(r: &EpochReport, epochs: usize) {
     let v = &r.val;
     println!(
         "epoch {:>3}/{epochs}  train loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} bal-acc {:.3} \
-         prec {:.3} rec {:.3} auc {:.3} | at threshold {:.3}: bal-acc {:.3} | {:.1} s, {:.1} img/s",
+         prec {:.3} rec {:.3} auc {:.3} | at threshold {:.3}: bal-acc {:.3} sens {:.3} spec {:.3} \
+         | lr {:.2e} | {:.1} s, {:.1} img/s",
         r.epoch,
         r.train_loss,
         r.train_accuracy,
@@ -832,7 +835,10 @@ fn print_epoch(r: &EpochReport, epochs: usize) {
         v.recall,
         v.roc_auc,
         r.threshold,
-        r.balanced_accuracy_at_threshold,
+        r.at_threshold.balanced_accuracy,
+        r.at_threshold.recall,
+        r.at_threshold.specificity,
+        r.lr,
         r.seconds,
         r.train_images_per_s
     );
