@@ -74,8 +74,16 @@ struct EvalArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    run: RunModelArgs,
+}
+
+/// How a trained model is run.
+#[derive(Args)]
+struct RunModelArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Where to run: cpu, gpu, or auto (a hardware GPU if there is one, else the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
 }
@@ -92,10 +100,8 @@ struct PredictArgs {
     /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendChoice,
+    #[command(flatten)]
+    run: RunModelArgs,
 }
 
 /// Where the model runs.
@@ -463,9 +469,10 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (model, data, csv) = (&a.model, &a.data, a.csv.as_deref());
-    let e = match pick_backend_quietly(a.backend, a.json)? {
-        Some(gpu) => eval::evaluate(&gpu, model, data, a.batch_size, csv, a.json),
-        None => eval::evaluate(&Cpu, model, data, a.batch_size, csv, a.json),
+    let batch = a.run.batch_size;
+    let e = match pick_backend_quietly(a.run.backend, a.json)? {
+        Some(gpu) => eval::evaluate(&gpu, model, data, batch, csv, a.json),
+        None => eval::evaluate(&Cpu, model, data, batch, csv, a.json),
     }?;
     for (p, why) in &e.skipped {
         eprintln!("warning: skipping {}: {why}", p.display());
@@ -511,9 +518,10 @@ fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
-    let (predictions, failed) = match pick_backend_quietly(a.backend, true)? {
-        Some(gpu) => eval::predict(&gpu, &a.model, &a.paths, a.batch_size),
-        None => eval::predict(&Cpu, &a.model, &a.paths, a.batch_size),
+    let batch = a.run.batch_size;
+    let (predictions, failed) = match pick_backend_quietly(a.run.backend, true)? {
+        Some(gpu) => eval::predict(&gpu, &a.model, &a.paths, batch),
+        None => eval::predict(&Cpu, &a.model, &a.paths, batch),
     }?;
     for (p, why) in &failed {
         eprintln!("warning: skipping {}: {why}", p.display());

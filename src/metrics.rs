@@ -105,55 +105,50 @@ pub fn roc_auc(probs: &[f32], labels: &[f32]) -> f64 {
     (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
-/// The decision threshold that maximises Youden's J = sensitivity + specificity − 1 (the same as
-/// maximising balanced accuracy) on these scores: an image is called fractured when its
-/// probability is at or above it. 0.5 when one class is absent.
-pub fn best_threshold(probs: &[f32], labels: &[f32]) -> f32 {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let pos = labels.iter().filter(|&&l| l == 1.0).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return 0.5;
-    }
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let (mut best_j, mut best) = (f64::NEG_INFINITY, 0.5);
-    for (k, &i) in order.iter().enumerate() {
-        if labels[i] == 1.0 {
-            tp += 1.0
-        } else {
-            fp += 1.0
-        }
-        // a threshold between tied scores is not possible: evaluate at the last of a run
-        let last_of_tie = order.get(k + 1).is_none_or(|&n| probs[n] != probs[i]);
-        let j = tp / pos - fp / neg;
-        if last_of_tie && j > best_j {
-            (best_j, best) = (j, probs[i]);
-        }
-    }
-    best
-}
-
-/// The points (false-positive rate, true-positive rate) of the ROC curve, one per distinct score.
-pub fn roc_curve(probs: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
+/// The ROC curve's corners, from the highest score down: for each distinct score s, (s, FPR, TPR)
+/// of the rule "fractured when the probability is at least s".
+fn sweep(probs: &[f32], labels: &[f32]) -> Vec<(f32, f64, f64)> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let pos = labels.iter().filter(|&&l| l == 1.0).count().max(1) as f64;
     let neg = (labels.len() as f64 - pos).max(1.0);
     let (mut tp, mut fp) = (0.0, 0.0);
-    let mut points = vec![(0.0, 0.0)];
+    let mut points = Vec::new();
     for (k, &i) in order.iter().enumerate() {
         if labels[i] == 1.0 {
             tp += 1.0
         } else {
             fp += 1.0
         }
-        let last_of_tie = order.get(k + 1).is_none_or(|&n| probs[n] != probs[i]);
-        if last_of_tie {
-            points.push((fp / neg, tp / pos));
+        // a threshold cannot fall between tied scores: a point at the last of a run
+        if order.get(k + 1).is_none_or(|&n| probs[n] != probs[i]) {
+            points.push((probs[i], fp / neg, tp / pos));
         }
     }
     points
+}
+
+/// The decision threshold that maximises Youden's J = sensitivity + specificity − 1 (the same as
+/// maximising balanced accuracy) on these scores: an image is called fractured when its
+/// probability is at or above it. 0.5 when one class is absent.
+pub fn best_threshold(probs: &[f32], labels: &[f32]) -> f32 {
+    let pos = labels.iter().filter(|&&l| l == 1.0).count();
+    if pos == 0 || pos == labels.len() {
+        return 0.5;
+    }
+    let mut best = (f64::NEG_INFINITY, 0.5);
+    for (score, fpr, tpr) in sweep(probs, labels) {
+        if tpr - fpr > best.0 {
+            best = (tpr - fpr, score);
+        }
+    }
+    best.1
+}
+
+/// The points (false-positive rate, true-positive rate) of the ROC curve, one per distinct score.
+pub fn roc_curve(probs: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
+    let corners = sweep(probs, labels).into_iter().map(|(_, f, t)| (f, t));
+    std::iter::once((0.0, 0.0)).chain(corners).collect()
 }
 
 #[cfg(test)]
