@@ -224,22 +224,31 @@ impl DataReport {
             shares.push([portrait, large, gray, deep]);
         }
         if let [a, b] = shares.as_slice() {
-            for (k, what) in [
-                "portrait orientation",
-                "large size",
-                "gray storage",
-                "16-bit depth",
-            ]
-            .iter()
-            .enumerate()
-            {
+            let cues = [
+                (
+                    "portrait orientation",
+                    "resizing to a square squashes one orientation and stretches the other, so \
+                     some of this cue survives",
+                ),
+                (
+                    "large size",
+                    "resizing to one size removes most of this cue (large scans are sharper)",
+                ),
+                (
+                    "gray storage",
+                    "converting every image to one gray channel removes this cue",
+                ),
+                (
+                    "16-bit depth",
+                    "scaling every image to [0, 1] removes most of this cue",
+                ),
+            ];
+            for (k, (what, effect)) in cues.iter().enumerate() {
                 let gap = (a[k] - b[k]).abs();
                 if gap >= 5.0 {
                     let _ = writeln!(
                         out,
-                        "warning: {what} differs by {gap:.0} points between the classes: images are \
-                         converted to gray and resized to a square, which removes most of this cue, \
-                         but check that a model does not rely on it"
+                        "warning: {what} differs by {gap:.0} points between the classes: {effect}"
                     );
                 }
             }
