@@ -161,10 +161,14 @@ pub fn project(y: &Tensor, r: &Tensor) -> f64 {
         .sum()
 }
 
-/// Values of magnitude 0.1, 0.13, 0.16, ... in random order and with random signs: never near 0
-/// and no two closer than 3 op steps, so that no perturbation crosses a ReLU kink, changes which
-/// element of a pooling window wins, or is large next to the spread of a batch-norm channel.
+/// Values of magnitude 0.1, 0.13, 0.16, ... (128 levels, so at most 3.9) in random order and with
+/// random signs: never near 0 and, within any small window, no two closer than 3 op steps, so
+/// that no perturbation crosses a ReLU kink, changes which element of a pooling window wins, or
+/// is large next to the spread of a batch-norm channel. (Larger tensors repeat the levels: the
+/// rare window holding a repeat is caught by the layer's kink fingerprint and skipped. Unbounded
+/// levels would make f32 rounding of large inputs swamp the finite differences.)
 pub fn away_from_kinks(shape: impl Into<Shape>, seed: u64) -> Tensor {
+    const LEVELS: usize = 128;
     let shape = shape.into();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut levels: Vec<usize> = (0..shape.numel()).collect();
@@ -174,7 +178,7 @@ pub fn away_from_kinks(shape: impl Into<Shape>, seed: u64) -> Tensor {
         .iter()
         .map(|&l| {
             let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
-            sign * (0.1 + l as f32 * gap)
+            sign * (0.1 + (l % LEVELS) as f32 * gap)
         })
         .collect();
     Tensor::new(shape, data)
@@ -405,6 +409,54 @@ pub fn layer<B: Backend>(
         layer.params_mut()[i].value = be.upload(&value);
     }
     reports
+}
+
+/// Relative error allowed for single ops and layers (f32 forward passes, h = 1e-2).
+pub const LAYER_TOL: f64 = 1e-2;
+
+/// Relative error allowed through whole models for 90 % of the compared entries, and for all of
+/// them: f32 rounding accumulates over dozens of layers (the loss itself is only good to ~5e-7)
+/// and a few entries sit near a kink that the step did not quite cross.
+pub const MODEL_TOL: (f64, f64) = (5e-2, 0.3);
+
+/// Every layer of `spec`, each through [`layer`] at its own input shape in the model (a layer
+/// that repeats with the same input shape is checked once), paired with the layer's index.
+pub fn model_layers<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    probe: Probe,
+) -> Result<Vec<(usize, Report)>, crate::nn::spec::SpecError> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for info in spec.layers()? {
+        let key = (info.spec.describe(), info.input.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        // L is linear in every input of these layers, so a central difference is exact at any
+        // step, and a larger one keeps f32 rounding (which grows with a layer's fan-out) small.
+        let linear = matches!(
+            info.spec,
+            LayerSpec::Conv2d { .. }
+                | LayerSpec::Dense { .. }
+                | LayerSpec::Flatten
+                | LayerSpec::Dropout { .. }
+        );
+        let probe = if linear {
+            Probe {
+                steps: &[1e-1],
+                ..probe
+            }
+        } else {
+            probe
+        };
+        for r in layer(be, &info.spec, batch, &info.input, probe) {
+            out.push((info.index, r));
+        }
+    }
+    Ok(out)
 }
 
 /// A whole model: the BCE loss's gradient wrt the input image and a sample of every trainable

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::{Gpu, GpuFault};
+use fracture_cnn::backend::Backend;
 use fracture_cnn::callbacks::{Callbacks, Monitor, Plateau, Schedule};
 use fracture_cnn::data::Augment;
 use fracture_cnn::eval;
@@ -38,6 +39,8 @@ enum Command {
     Devices,
     Eval(EvalArgs),
     Predict(PredictArgs),
+    /// Prove a model's backward pass: finite-difference checks of every layer's gradients.
+    Gradcheck(GradcheckArgs),
     /// Inspect a data folder before training on it.
     Data {
         #[command(subcommand)]
@@ -76,6 +79,24 @@ struct EvalArgs {
     json: bool,
     #[command(flatten)]
     run: RunModelArgs,
+}
+
+#[derive(Args)]
+struct GradcheckArgs {
+    /// A built-in model or a spec file.
+    #[arg(long, default_value = "fracturenet")]
+    model: String,
+    /// Input side for the checks (default: the smallest the model takes of 16, 32, 64, 94, 128).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Entries compared per tensor.
+    #[arg(long, default_value_t = 6)]
+    samples: usize,
+    /// Also check the whole model end to end (slow for large models).
+    #[arg(long)]
+    whole_model: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
 }
 
 /// How a trained model is run.
@@ -510,6 +531,81 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn gradcheck(a: GradcheckArgs) -> Result<bool> {
+    anyhow::ensure!(a.samples > 0, "--samples must be at least 1");
+    let spec = ModelSpec::load(&a.model)?;
+    let spec = match a.image_size {
+        Some(s) => spec.with_image_size(s)?,
+        None => [16, 32, 64, 94, 128]
+            .iter()
+            .find_map(|&s| spec.clone().with_image_size(s).ok())
+            .unwrap_or(spec),
+    };
+    match pick_backend(a.backend)? {
+        Some(gpu) => gradcheck_on(&gpu, &spec, &a),
+        None => gradcheck_on(&Cpu, &spec, &a),
+    }
+}
+
+/// Prints one row per gradient checked; true when all pass.
+fn gradcheck_on<B: Backend>(be: &B, spec: &ModelSpec, a: &GradcheckArgs) -> Result<bool> {
+    use fracture_cnn::gradcheck::{self, Probe, LAYER_TOL, MODEL_TOL};
+    println!(
+        "gradient checks of {} at {}x{} on {}:\neach gradient entry against the central \
+         difference (L(x+h) - L(x-h)) / 2h, L = sum of r * layer(x) for a random r; \
+         pass when the relative error is at most {LAYER_TOL:e}\n",
+        spec.name,
+        spec.input[1],
+        spec.input[2],
+        be.name()
+    );
+    println!(
+        "{:<3} {:<40} {:<8} {:>7} {:>6} {:>13} {:>13} {:>9}  result",
+        "#",
+        "layer on its input (batch 2)",
+        "gradient",
+        "checked",
+        "kinks",
+        "analytic",
+        "numeric",
+        "rel err"
+    );
+    let reports = gradcheck::model_layers(be, spec, 2, Probe::op(a.samples))?;
+    let mut failed = 0;
+    for (index, r) in &reports {
+        let pass = r.passed(LAYER_TOL) && r.checked > 0;
+        failed += usize::from(!pass);
+        let case = r.case.trim_start_matches("layer ").replace(" x2", "");
+        println!(
+            "{index:<3} {case:<40} {:<8} {:>7} {:>6} {:>13.5e} {:>13.5e} {:>9.2e}  {}",
+            r.wrt,
+            r.checked,
+            r.skipped,
+            r.worst.0,
+            r.worst.1,
+            r.max_rel_err,
+            if pass { "pass" } else { "FAIL" }
+        );
+    }
+    let mut total = reports.len();
+    if a.whole_model {
+        println!("\nthe whole model: the loss against the input and every layer's parameters");
+        let whole = gradcheck::model(be, spec, 3, Probe::model(a.samples));
+        for r in &whole {
+            let pass = r.passed(MODEL_TOL.1);
+            failed += usize::from(!pass);
+            println!("{r}  {}", if pass { "pass" } else { "FAIL" });
+        }
+        println!(
+            "(through a whole model f32 rounding adds up and kinks are near: the tolerance is {:e})",
+            MODEL_TOL.1
+        );
+        total += whole.len();
+    }
+    println!("\n{} of {total} gradient checks passed", total - failed);
+    Ok(failed == 0)
+}
+
 fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
     let report = fracture_cnn::data::check::check(dir, quiet)?;
     println!("data check: {}\n", dir.display());
@@ -698,6 +794,10 @@ fn main() -> ExitCode {
         } => model_summary(&model, image_size).map(|_| Outcome::Done),
         Command::Devices => devices().map(|_| Outcome::Done),
         Command::Eval(a) => eval(a).map(|_| Outcome::Done),
+        Command::Gradcheck(a) => gradcheck(a).and_then(|ok| {
+            anyhow::ensure!(ok, "some gradient checks failed");
+            Ok(Outcome::Done)
+        }),
         Command::Data {
             command: DataCommand::Check { dir, quiet },
         } => data_check(&dir, quiet).map(|_| Outcome::Done),

@@ -180,3 +180,33 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("nowhere.safetensors does not exist"));
 }
+
+#[test]
+fn gradcheck_proves_every_layer_of_both_presets() {
+    for model in ["fracturenet", "xray-bone-classifier"] {
+        let o = run(&["gradcheck", "--model", model, "--backend", "cpu"]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        let rows: Vec<&str> = out.lines().filter(|l| l.ends_with("pass")).collect();
+        // every conv and dense layer has rows for x, weight and bias
+        assert!(rows
+            .iter()
+            .any(|r| r.contains("conv2d") && r.contains("weight")));
+        assert!(rows
+            .iter()
+            .any(|r| r.contains("batchnorm") && r.contains("gamma")));
+        assert!(rows
+            .iter()
+            .any(|r| r.contains("dense") && r.contains("bias")));
+        assert!(!out.contains("FAIL"), "{out}");
+        let summary = out.lines().last().unwrap();
+        let n = rows.len();
+        assert_eq!(summary, format!("{n} of {n} gradient checks passed"));
+    }
+    if common::gpu::backend().is_some() {
+        let o = run(&["gradcheck", "--backend", "gpu"]);
+        let (out, err) = text(&o);
+        assert!(o.status.success() && out.contains("on gpu ("), "{out}{err}");
+        assert!(out.ends_with("46 of 46 gradient checks passed\n"), "{out}");
+    }
+}

@@ -2,12 +2,6 @@
 
 use fracture_cnn::gradcheck::Report;
 
-/// Relative error allowed for single ops and layers (f32 forward passes, h = 1e-2).
-pub const OP_TOL: f64 = 1e-2;
-/// Relative error allowed through whole models for 90 % of the compared entries, and for all of
-/// them: f32 rounding accumulates over dozens of layers (the loss itself is only good to ~5e-7)
-/// and a few entries sit near a kink that the step did not quite cross.
-pub const MODEL_TOL: (f64, f64) = (5e-2, 0.3);
 
 fn check(reports: &[Report], tol: f64) -> Vec<String> {
     for r in reports {
@@ -80,7 +74,8 @@ macro_rules! gradcheck_suite {
         use fracture_cnn::gradcheck as gc;
         use fracture_cnn::nn::spec::Size2;
         use fracture_cnn::nn::{LayerSpec, ModelSpec};
-        use $crate::common::gradchecks::{assert_all, assert_model, MODEL_TOL, OP_TOL};
+        use $crate::common::gradchecks::{assert_all, assert_model};
+        use fracture_cnn::gradcheck::{LAYER_TOL as OP_TOL, MODEL_TOL};
 
         #[allow(clippy::too_many_arguments)]
         fn conv(
