@@ -2,7 +2,6 @@
 
 use fracture_cnn::gradcheck::Report;
 
-
 fn check(reports: &[Report], tol: f64) -> Vec<String> {
     for r in reports {
         println!("{r}");
@@ -72,10 +71,10 @@ macro_rules! gradcheck_suite {
     ($backend:expr, $samples:expr) => {
         use fracture_cnn::backend::{Conv2dGeom, Padding, Pool2dGeom};
         use fracture_cnn::gradcheck as gc;
+        use fracture_cnn::gradcheck::{LAYER_TOL as OP_TOL, MODEL_TOL};
         use fracture_cnn::nn::spec::Size2;
         use fracture_cnn::nn::{LayerSpec, ModelSpec};
         use $crate::common::gradchecks::{assert_all, assert_model};
-        use fracture_cnn::gradcheck::{LAYER_TOL as OP_TOL, MODEL_TOL};
 
         #[allow(clippy::too_many_arguments)]
         fn conv(
