@@ -15,34 +15,49 @@ pub struct Dims {
 }
 
 impl Dims {
-    /// The values of channel c, run by run.
-    fn channel<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = &'a f32> + 'a {
-        let (hw, stride) = (self.hw, self.c * self.hw);
-        (0..self.n).flat_map(move |n| &x[n * stride + c * hw..n * stride + (c + 1) * hw])
+    /// Run `n` of channel `c`: the `H·W` values `x[n, c, :, :]`.
+    fn run<'a>(&self, x: &'a [f32], n: usize, c: usize) -> &'a [f32] {
+        let start = (n * self.c + c) * self.hw;
+        &x[start..start + self.hw]
     }
     fn count(&self) -> f64 {
         (self.n * self.hw) as f64
     }
 }
 
-/// `out[i] = f(c, x[i], other[i])` where c is the channel of element i, in parallel over runs.
-fn per_channel(
-    d: Dims,
-    x: &[f32],
-    other: &[f32],
-    f: impl Fn(usize, f32, f32) -> f32 + Sync,
-) -> Vec<f32> {
+/// `out = a·x + b·other + k`, with `(a, b, k)` the coefficients of each element's channel; in
+/// parallel over runs. Every pass of batch norm over the values has this form.
+fn per_channel(d: Dims, x: &[f32], other: &[f32], coef: &[[f32; 3]]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d.hw)
         .zip(x.par_chunks(d.hw).zip(other.par_chunks(d.hw)))
         .enumerate()
         .for_each(|(run, (o, (xs, os)))| {
-            let c = run % d.c;
+            let [a, b, k] = coef[run % d.c];
             for ((o, &xv), &ov) in o.iter_mut().zip(xs).zip(os) {
-                *o = f(c, xv, ov);
+                *o = a * xv + b * ov + k;
             }
         });
     out
+}
+
+/// `Σ f(a, b)` over two slices of equal length in 8 interleaved f64 accumulators, so that the
+/// loop vectorises and no single chain of additions sets its pace; the order is fixed.
+fn sum_lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (xs, ys) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += f(xs[l], ys[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// For each channel c, the sum of `f(c, x, other)` over its elements, in f64.
@@ -55,9 +70,8 @@ fn channel_sums(
     (0..d.c)
         .into_par_iter()
         .map(|c| {
-            d.channel(x, c)
-                .zip(d.channel(other, c))
-                .map(|(&a, &b)| f(c, a, b))
+            (0..d.n)
+                .map(|n| sum_lanes(d.run(x, n, c), d.run(other, n, c), |a, b| f(c, a, b)))
                 .sum()
         })
         .collect()
@@ -85,9 +99,14 @@ pub fn forward_train(
         .map(|v| (1.0 / (v + eps as f64).sqrt()) as f32)
         .collect();
     let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let y = per_channel(d, x, x, |c, v, _| {
-        gamma[c] * (v - mean[c]) * inv_std[c] + beta[c]
-    });
+    // y = γ (x - mean) inv_std + β = s x + (β - s mean)
+    let coef: Vec<[f32; 3]> = (0..d.c)
+        .map(|c| {
+            let s = gamma[c] * inv_std[c];
+            [s, 0.0, beta[c] - s * mean[c]]
+        })
+        .collect();
+    let y = per_channel(d, x, x, &coef);
     let var = var.iter().map(|&v| v as f32).collect();
     (y, mean, var, inv_std)
 }
@@ -102,8 +121,13 @@ pub fn forward_infer(
     eps: f32,
     d: Dims,
 ) -> Vec<f32> {
-    let scale: Vec<f32> = (0..d.c).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
-    per_channel(d, x, x, |c, v, _| (v - mean[c]) * scale[c] + beta[c])
+    let coef: Vec<[f32; 3]> = (0..d.c)
+        .map(|c| {
+            let s = gamma[c] / (var[c] + eps).sqrt();
+            [s, 0.0, beta[c] - s * mean[c]]
+        })
+        .collect();
+    per_channel(d, x, x, &coef)
 }
 
 /// With x̂ = (x - mean) · inv_std and y = γ x̂ + β, over the M = N·H·W values of a channel:
@@ -122,10 +146,18 @@ pub fn backward(
     let dbeta = channel_sums(d, dy, dy, |_, g, _| g as f64);
     let dgamma = channel_sums(d, x, dy, |c, v, g| g as f64 * xhat(c, v) as f64);
     let m = d.count();
-    let dx = per_channel(d, x, dy, |c, v, g| {
-        let k = gamma[c] as f64 * inv_std[c] as f64 / m;
-        (k * (m * g as f64 - dbeta[c] - xhat(c, v) as f64 * dgamma[c])) as f32
-    });
+    // dx = k (M dy - dβ - (x - mean) inv_std dγ) with k = γ inv_std / M, as a·x + b·dy + c
+    let coef: Vec<[f32; 3]> = (0..d.c)
+        .map(|c| {
+            let k = gamma[c] as f64 * inv_std[c] as f64 / m;
+            let slope = -k * dgamma[c] * inv_std[c] as f64;
+            let a = slope;
+            let b = k * m;
+            let offset = -k * dbeta[c] - slope * mean[c] as f64;
+            [a as f32, b as f32, offset as f32]
+        })
+        .collect();
+    let dx = per_channel(d, x, dy, &coef);
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
     (dx, to_f32(dgamma), to_f32(dbeta))
 }
