@@ -9,7 +9,8 @@
 // it, so no two invocations write the same address and no atomics are needed.
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 dst (read_write).
-// Layout: one invocation per written element, 256 per workgroup, 2-D grid of workgroups.
+// Layout: 256 invocations per workgroup, 2-D grid of workgroups; im2col writes 4 consecutive
+// elements per invocation, col2im one.
 
 struct Params {
     c_in: u32, h: u32, w: u32, kh: u32,
@@ -26,28 +27,48 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid;
 }
 
-// src = x (all images), dst = col (this chunk)
+// Where col element i reads from: its image n, patch row r = (ci, ky, kx) and output pixel (oy, ox).
+struct Coords { n: u32, ci: u32, ky: u32, kx: u32, oy: u32, ox: u32 }
+
+fn coords(i: u32) -> Coords {
+    let q_len = p.oh * p.ow;
+    let r_len = p.c_in * p.kh * p.kw;
+    let q = i % q_len;
+    let r = (i / q_len) % r_len;
+    return Coords(i / (q_len * r_len), r / (p.kw * p.kh), (r / p.kw) % p.kh, r % p.kw,
+                  q / p.ow, q % p.ow);
+}
+
+// The value of col at c: the input pixel under the patch, 0 in the padded border.
+fn unfolded(c: Coords) -> f32 {
+    // signed arithmetic for the padded border
+    let iy = i32(c.oy * p.sh + c.ky) - i32(p.pt);
+    let ix = i32(c.ox * p.sw + c.kx) - i32(p.pl);
+    let inside = iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w);
+    let at = (((p.first + c.n) * p.c_in + c.ci) * p.h + u32(max(iy, 0))) * p.w + u32(max(ix, 0));
+    return select(0.0, src[min(at, arrayLength(&src) - 1u)], inside);
+}
+
+// src = x (all images), dst = col (this chunk). Each invocation writes IM2COL_RUN consecutive
+// values: the integer divisions that locate an element (slow on many GPUs, and emulated lane by
+// lane on CPU drivers) are done once per run, and the next pixel is found by counting.
+const IM2COL_RUN: u32 = 4u;
+
 @compute @workgroup_size(256)
 fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = index(wid, nwg, lid);
-    let q_len = p.oh * p.ow;
-    let r_len = p.c_in * p.kh * p.kw;
-    if (i >= p.images * r_len * q_len) { return; }
-    let q = i % q_len;
-    let r = (i / q_len) % r_len;
-    let n = i / (q_len * r_len);
-    let ox = q % p.ow;
-    let oy = q / p.ow;
-    let kx = r % p.kw;
-    let ky = (r / p.kw) % p.kh;
-    let ci = r / (p.kw * p.kh);
-    // signed arithmetic for the padded border
-    let iy = i32(oy * p.sh + ky) - i32(p.pt);
-    let ix = i32(ox * p.sw + kx) - i32(p.pl);
-    let inside = iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w);
-    let at = (((p.first + n) * p.c_in + ci) * p.h + u32(max(iy, 0))) * p.w + u32(max(ix, 0));
-    dst[i] = select(0.0, src[min(at, arrayLength(&src) - 1u)], inside);
+    let first = index(wid, nwg, lid) * IM2COL_RUN;
+    let total = p.images * p.c_in * p.kh * p.kw * p.oh * p.ow;
+    var c = coords(first);
+    for (var i = first; i < min(first + IM2COL_RUN, total); i++) {
+        dst[i] = unfolded(c);
+        c.ox += 1u;
+        if (c.ox == p.ow) {
+            c.ox = 0u;
+            c.oy += 1u;
+            if (c.oy == p.oh) { c = coords(i + 1u); }  // the next patch row
+        }
+    }
 }
 
 // src = dcol (this chunk), dst = dx (all images; this chunk's images are overwritten)
