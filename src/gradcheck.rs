@@ -84,7 +84,7 @@ impl Probe {
     /// pooling winner: a smaller step is tried before an entry is skipped.
     pub fn model(samples: usize) -> Self {
         Probe {
-            steps: &[2e-3, 5e-4],
+            steps: &[2e-3, 5e-4, 1e-4],
             samples,
             noise: 2e-5,
         }
