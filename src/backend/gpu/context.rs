@@ -111,6 +111,29 @@ pub struct Context {
     syncs: AtomicUsize,
     /// Fault injection for tests: the device "fails" at this wait (FRACTURE_GPU_FAULT_AT_SYNC).
     fail_at_sync: Option<usize>,
+    /// Kernel timing with timestamp queries, once [`Context::start_profiling`] has been called.
+    profiler: Mutex<Option<Profiler>>,
+}
+
+/// GPU time per kernel, from timestamps the device writes at the start and end of each launch's
+/// compute pass. Reading them back makes every submission wait, so it is on only when asked.
+struct Profiler {
+    queries: wgpu::QuerySet,
+    /// The resolved timestamps (QUERY_RESOLVE), and their host-readable copy.
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
+    totals: HashMap<String, KernelTime>,
+}
+
+/// The GPU time of one kernel, summed over its launches.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KernelTime {
+    /// "file::entry", e.g. "gemm::gemm_tiled".
+    pub kernel: String,
+    pub launches: usize,
+    pub ms: f64,
 }
 
 /// The panic payload of a GPU that failed while a model ran on it (device lost, out of memory).
@@ -128,6 +151,8 @@ struct Recording {
     /// Parameter blocks of the launches, one slot each.
     params: Vec<u8>,
     launches: usize,
+    /// The kernel of each launch, while profiling.
+    kernels: Vec<String>,
 }
 
 /// How many GPU objects the backend has created so far (for checking that a training step, once
@@ -161,6 +186,7 @@ impl Context {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("fracture-cnn"),
             required_limits: limits.clone(),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             ..Default::default()
         }))
         .with_context(|| format!("cannot open the GPU device {}", info.name))?;
@@ -247,6 +273,7 @@ impl Context {
             fault,
             syncs: AtomicUsize::new(0),
             fail_at_sync,
+            profiler: Mutex::default(),
         }))
     }
 
@@ -337,12 +364,25 @@ impl Context {
         let enc = rec
             .encoder
             .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        let profiler = self.profiler.lock().expect("profiler");
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let timestamp_writes = profiler.as_ref().map(|p| wgpu::ComputePassTimestampWrites {
+                query_set: &p.queries,
+                beginning_of_pass_write_index: Some(2 * slot),
+                end_of_pass_write_index: Some(2 * slot + 1),
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes,
+            });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         }
+        if profiler.is_some() {
+            rec.kernels.push(kernel.to_string());
+        }
+        drop(profiler);
         rec.launches += 1;
         if rec.launches == MAX_PENDING {
             self.submit(&mut rec);
@@ -392,14 +432,99 @@ impl Context {
 
     /// Uploads the recorded launches' parameters and submits their commands.
     fn submit(&self, rec: &mut Recording) {
-        if let Some(enc) = rec.encoder.take() {
+        if let Some(mut enc) = rec.encoder.take() {
             if !rec.params.is_empty() {
                 self.queue.write_buffer(&self.uniforms, 0, &rec.params);
             }
-            self.queue.submit([enc.finish()]);
+            let mut profiler = self.profiler.lock().expect("profiler");
+            match profiler.as_mut() {
+                Some(p) if rec.launches > 0 => {
+                    let bytes = 16 * rec.launches as u64;
+                    enc.resolve_query_set(&p.queries, 0..2 * rec.launches as u32, &p.resolved, 0);
+                    enc.copy_buffer_to_buffer(&p.resolved, 0, &p.readback, 0, bytes);
+                    self.queue.submit([enc.finish()]);
+                    self.add_kernel_times(p, &rec.kernels, bytes);
+                }
+                _ => {
+                    self.queue.submit([enc.finish()]);
+                }
+            }
         }
         rec.params.clear();
         rec.launches = 0;
+        rec.kernels.clear();
+    }
+
+    /// Waits for a profiled submission and adds each launch's time to its kernel's total.
+    fn add_kernel_times(&self, p: &mut Profiler, kernels: &[String], bytes: u64) {
+        let slice = p.readback.slice(..bytes);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        if self
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .is_err()
+        {
+            return; // the device is lost: the next wait reports it
+        }
+        let ticks: Vec<u64> =
+            bytemuck::cast_slice(&slice.get_mapped_range().expect("mapped")).to_vec();
+        p.readback.unmap();
+        for (kernel, t) in kernels.iter().zip(ticks.chunks_exact(2)) {
+            let total = p
+                .totals
+                .entry(kernel.clone())
+                .or_insert_with(|| KernelTime {
+                    kernel: kernel.clone(),
+                    ..Default::default()
+                });
+            total.launches += 1;
+            total.ms += t[1].saturating_sub(t[0]) as f64 * p.period_ns / 1e6;
+        }
+    }
+
+    /// Turns on kernel timing with timestamp queries; an error if the adapter has none.
+    pub fn start_profiling(&self) -> Result<()> {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            bail!("{} has no timestamp queries", self.info.name);
+        }
+        self.flush();
+        let queries = 2 * MAX_PENDING as u64;
+        let buffer = |label, usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 8 * queries,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        use wgpu::BufferUsages as U;
+        *self.profiler.lock().expect("profiler") = Some(Profiler {
+            queries: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: queries as u32,
+            }),
+            resolved: buffer("resolved timestamps", U::QUERY_RESOLVE | U::COPY_SRC),
+            readback: buffer("timestamp readback", U::MAP_READ | U::COPY_DST),
+            period_ns: self.queue.get_timestamp_period() as f64,
+            totals: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// GPU time per kernel since profiling started (or since the last call), slowest first;
+    /// `None` when not profiling.
+    pub fn take_kernel_times(&self) -> Option<Vec<KernelTime>> {
+        self.flush();
+        let mut profiler = self.profiler.lock().expect("profiler");
+        let p = profiler.as_mut()?;
+        let mut times: Vec<KernelTime> = p.totals.drain().map(|(_, t)| t).collect();
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Some(times)
     }
 
     /// Records a copy between buffers.

@@ -10,7 +10,7 @@
 
 mod context;
 
-pub use context::{Context, Created, GpuFault};
+pub use context::{Context, Created, GpuFault, KernelTime};
 
 use self::context::{grid_1d, Binding};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
@@ -179,6 +179,15 @@ impl Gpu {
     }
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.ctx.info
+    }
+    /// Times every kernel from now on with GPU timestamp queries (an error where the adapter has
+    /// none); see [`Gpu::take_kernel_times`].
+    pub fn start_profiling(&self) -> Result<()> {
+        self.ctx.start_profiling()
+    }
+    /// GPU time per kernel since profiling started or since the last call, slowest first.
+    pub fn take_kernel_times(&self) -> Option<Vec<KernelTime>> {
+        self.ctx.take_kernel_times()
     }
 
     fn alloc(&self, shape: impl Into<Shape>) -> GpuTensor {
@@ -386,11 +395,12 @@ impl Gpu {
     ) {
         let n = images * g.patch_len() * g.out_h * g.out_w;
         let params = Self::conv_params(g, images, first);
+        // four values per invocation (IM2COL_RUN in conv.wgsl)
         self.ctx.launch(
             "conv::im2col",
             &params,
             &[(1, x), (2, col.buf())],
-            grid_1d(n),
+            grid_1d(n.div_ceil(4)),
         );
     }
 
