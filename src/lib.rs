@@ -5,6 +5,7 @@
 //! backward) → [`nn`] (layers and models built from them) → [`optim`], [`data`], [`train`] → [`eval`].
 
 pub mod backend;
+pub mod bench;
 pub mod callbacks;
 pub mod checkpoint;
 pub mod data;

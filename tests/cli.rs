@@ -210,3 +210,109 @@ fn gradcheck_proves_every_layer_of_both_presets() {
         assert!(out.ends_with("46 of 46 gradient checks passed\n"), "{out}");
     }
 }
+
+const SMALL_BENCH: &[&str] = &[
+    "bench",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--infer-batch-size",
+    "3",
+    "--warmup",
+    "0",
+    "--repeats",
+    "1",
+    "--quiet",
+];
+
+#[test]
+fn bench_times_every_op_on_each_backend_and_reports_json() {
+    let mut args = SMALL_BENCH.to_vec();
+    args.push("--json");
+    let o = run(&args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(v["model"], "fracturenet");
+    assert_eq!(
+        (v["batch_size"].as_u64(), v["image_size"].as_u64()),
+        (Some(2), Some(32))
+    );
+    let cpu = &v["backends"]["cpu"];
+    for key in [
+        "train_images_per_s",
+        "infer_images_per_s",
+        "peak_rss_mib",
+        "gemm_gflops",
+        "peak_gflops",
+    ] {
+        assert!(cpu[key].as_f64().unwrap() > 0.0, "{key}: {}", cpu[key]);
+    }
+    // the GEMM is timed on the instructions the peak is measured with: it cannot be faster
+    assert!(cpu["gemm_gflops"].as_f64() < Some(1.3 * cpu["peak_gflops"].as_f64().unwrap()));
+    let names = |b: &serde_json::Value| -> Vec<String> {
+        b["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ops = names(cpu);
+    for want in [
+        "00 conv2d 3x3/1x1 same, 32 forward",
+        "00 conv2d 3x3/1x1 same, 32 backward input",
+        "00 conv2d 3x3/1x1 same, 32 backward weight",
+        "01 batchnorm backward",
+        "03 maxpool 2x2/2x2 backward",
+        "17 dense 128 forward",
+        "loss (BCE with logits)",
+    ] {
+        assert!(ops.iter().any(|o| o == want), "{want} missing from {ops:?}");
+    }
+    assert!(ops.last().unwrap().starts_with("adam update, "));
+    for op in cpu["ops"].as_array().unwrap() {
+        assert!(op["ms"].as_f64().unwrap() >= 0.0);
+        let counted = op["name"].as_str().unwrap().contains("conv2d")
+            || op["name"].as_str().unwrap().contains("dense");
+        assert_eq!(op["gflops"].is_number(), counted, "{op}");
+    }
+    let gpu = &v["backends"]["gpu"];
+    if std::env::var_os("FRACTURE_REQUIRE_GPU").is_some() {
+        assert!(gpu.is_object(), "no GPU report: {}", v["notes"]);
+    }
+    if gpu.is_object() {
+        assert_eq!(names(gpu), ops, "both backends time the same ops");
+        assert!(gpu["train_images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(gpu["gemm_gflops"].is_null(), "GEMM peak is a CPU figure");
+    }
+}
+
+#[test]
+fn bench_without_a_gpu_adapter_measures_the_cpu_and_says_so() {
+    let api = if cfg!(windows) { "metal" } else { "dx12" };
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(common::cli::BIN)
+            .args(SMALL_BENCH)
+            .args(extra)
+            .env("WGPU_BACKEND", api)
+            .output()
+            .unwrap()
+    };
+    let o = bench(&[]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("note: no GPU: no GPU adapter found"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("training images/s") && stdout.contains("% of the measured peak"),
+        "{stdout}"
+    );
+    let o = bench(&["--backend", "gpu"]);
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+}

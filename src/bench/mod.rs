@@ -1,0 +1,525 @@
+//! `fracture-cnn bench`: every op of a model at that model's shapes, a whole training step and an
+//! inference batch, timed on one backend; the command runs each backend in a process of its own
+//! (so that each has its own peak memory) and puts the results side by side.
+//!
+//! The op list ([`ops`]) is shared with the criterion benchmarks in `benches/`, so that both time
+//! the same work.
+
+pub mod peak;
+pub mod report;
+
+pub use report::{Backends, ChildResult, Report};
+
+use crate::backend::gpu::{Gpu, KernelTime};
+use crate::backend::{AdamStep, Backend, Conv2dGeom, Pool2dGeom};
+use crate::nn::{loss, LayerSpec, Mode, Model, ModelSpec};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::tensor::Tensor;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// One piece of work to time: an op at a layer's shapes, a training step or an inference batch.
+pub struct Op<'a> {
+    pub name: String,
+    /// FLOPs of one run where they are defined (a multiply-add counts 2).
+    pub flops: Option<u64>,
+    pub run: Box<dyn FnMut() + 'a>,
+}
+
+impl<'a> Op<'a> {
+    fn new(name: String, flops: Option<u64>, run: impl FnMut() + 'a) -> Self {
+        Op {
+            name,
+            flops,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub spec: ModelSpec,
+    pub batch: usize,
+    pub infer_batch: usize,
+    /// Untimed runs before the timed ones (compilation, caches, buffer pools).
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    pub repeats: usize,
+}
+
+/// The time of one op.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OpTime {
+    pub name: String,
+    pub ms: f64,
+    pub gflops: Option<f64>,
+}
+
+/// Everything measured on one backend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendReport {
+    pub device: String,
+    /// How op times were taken: "wall clock" or "gpu timestamps".
+    pub timer: String,
+    pub train_step_ms: f64,
+    pub train_images_per_s: f64,
+    /// Training FLOPs counted as 3× the forward FLOPs (forward, and two products backward).
+    pub train_gflops: f64,
+    pub infer_batch_ms: f64,
+    pub infer_images_per_s: f64,
+    pub infer_gflops: f64,
+    /// Peak resident memory of the process after the training steps and inference batches
+    /// (before the per-op measurements), MiB.
+    pub peak_rss_mib: f64,
+    pub ops: Vec<OpTime>,
+    /// Our GEMM on 1024×1024 matrices, and the measured FMA peak of all threads (CPU only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gemm_gflops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peak_gflops: Option<f64>,
+    /// GPU time per kernel over the whole run, with `--profile`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kernels: Option<Vec<KernelTime>>,
+}
+
+/// How long one run of some work takes, in milliseconds.
+pub trait Clock {
+    fn ms(&self, run: &mut dyn FnMut()) -> f64;
+    fn name(&self) -> &'static str;
+}
+
+/// Host time from start to finish, the backend's queue drained.
+pub struct WallClock<'a, B>(pub &'a B);
+
+impl<B: Backend> Clock for WallClock<'_, B> {
+    fn ms(&self, run: &mut dyn FnMut()) -> f64 {
+        self.0.synchronize();
+        let start = Instant::now();
+        run();
+        self.0.synchronize();
+        start.elapsed().as_secs_f64() * 1e3
+    }
+    fn name(&self) -> &'static str {
+        "wall clock"
+    }
+}
+
+/// The device's own time of every kernel the work launched (timestamp queries); host work and
+/// buffer copies between kernels are not counted.
+pub struct GpuClock<'a>(pub &'a Gpu);
+
+impl Clock for GpuClock<'_> {
+    fn ms(&self, run: &mut dyn FnMut()) -> f64 {
+        self.0.take_kernel_times();
+        run();
+        let times = self.0.take_kernel_times().unwrap_or_default();
+        times.iter().map(|k| k.ms).sum()
+    }
+    fn name(&self) -> &'static str {
+        "gpu timestamps"
+    }
+}
+
+/// The median of `repeats` timed runs after `warmup` untimed ones.
+pub fn median_ms(clock: &dyn Clock, run: &mut dyn FnMut(), warmup: usize, repeats: usize) -> f64 {
+    for _ in 0..warmup {
+        clock.ms(run);
+    }
+    let mut times: Vec<f64> = (0..repeats.max(1)).map(|_| clock.ms(run)).collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn random<B: Backend>(be: &B, shape: Vec<usize>, seed: u64) -> B::Tensor {
+    be.upload(&Tensor::rand_uniform(shape, -1.0, 1.0, seed))
+}
+
+/// The shape of a batch of `batch` samples of shape `sample`.
+fn batched(batch: usize, sample: &[usize]) -> Vec<usize> {
+    std::iter::once(batch)
+        .chain(sample.iter().copied())
+        .collect()
+}
+
+/// Every op of `spec`'s layers at the model's shapes with a batch of `batch`, then the loss and
+/// an Adam update of every parameter. Each op runs the backend's kernel on random inputs.
+pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Vec<Op<'a>>> {
+    let infos = spec.layers()?;
+    let mut ops = Vec::new();
+    for info in &infos {
+        let seed = 100 * info.index as u64;
+        // each op gets its own tensors (the backend's tensors are not `Clone`)
+        let x = || random(be, batched(batch, &info.input), seed);
+        let dy = || random(be, batched(batch, &info.output), seed + 1);
+        let label = format!("{:02} {}", info.index, info.spec.describe());
+        let flops = Some(info.flops * batch as u64);
+        match info.spec {
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let [c, h, w] = info.input[..] else {
+                    unreachable!("checked by ModelSpec::layers")
+                };
+                let g = Conv2dGeom::new(batch, c, h, w, filters, kernel.hw(), stride.hw(), padding)
+                    .expect("checked by ModelSpec::layers");
+                let weight = || random(be, g.weight_shape().to_vec(), seed + 2);
+                let (x1, w1, b1) = (x(), weight(), be.zeros(&[filters].into()));
+                ops.push(Op::new(format!("{label} forward"), flops, move || {
+                    drop(be.conv2d_forward(&x1, &w1, &b1, &g))
+                }));
+                let (dy2, w2) = (dy(), weight());
+                ops.push(Op::new(
+                    format!("{label} backward input"),
+                    flops,
+                    move || drop(be.conv2d_backward_input(&dy2, &w2, &g)),
+                ));
+                let (x3, dy3) = (x(), dy());
+                ops.push(Op::new(
+                    format!("{label} backward weight"),
+                    flops,
+                    move || drop(be.conv2d_backward_weight(&x3, &dy3, &g)),
+                ));
+            }
+            LayerSpec::BatchNorm { eps, .. } => {
+                let c = info.input[0];
+                let gamma = || be.upload(&Tensor::full([c], 1.0));
+                let (x1, g1, b1) = (x(), gamma(), be.zeros(&[c].into()));
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.batchnorm_forward_train(&x1, &g1, &b1, eps))
+                }));
+                let (x2, dy2, g2) = (x(), dy(), gamma());
+                let (_, stats) = be.batchnorm_forward_train(&x2, &g2, &be.zeros(&[c].into()), eps);
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.batchnorm_backward(&x2, &dy2, &g2, &stats))
+                }));
+            }
+            LayerSpec::MaxPool { size, stride } => {
+                let [c, h, w] = info.input[..] else {
+                    unreachable!("checked by ModelSpec::layers")
+                };
+                let g = Pool2dGeom::new(batch, c, h, w, size.hw(), stride.unwrap_or(size).hw())
+                    .expect("checked by ModelSpec::layers");
+                let x1 = x();
+                let (_, argmax) = be.maxpool_forward(&x1, &g);
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.maxpool_forward(&x1, &g))
+                }));
+                let dy2 = dy();
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.maxpool_backward(&dy2, &argmax, &g))
+                }));
+            }
+            LayerSpec::Dense { units } => {
+                let weight = || random(be, vec![units, info.input[0]], seed + 2);
+                let (x1, w1, b1) = (x(), weight(), be.zeros(&[units].into()));
+                ops.push(Op::new(format!("{label} forward"), flops, move || {
+                    drop(be.dense_forward(&x1, &w1, &b1))
+                }));
+                let (x2, dy2, w2) = (x(), dy(), weight());
+                // dx and dw: two products of the forward one's size
+                let both = flops.map(|f| 2 * f);
+                ops.push(Op::new(format!("{label} backward"), both, move || {
+                    drop(be.dense_backward_input(&dy2, &w2));
+                    drop(be.dense_backward_weight(&x2, &dy2));
+                }));
+            }
+            LayerSpec::Relu => {
+                let x1 = x();
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.relu_forward(&x1))
+                }));
+                let (x2, dy2) = (x(), dy());
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.relu_backward(&x2, &dy2))
+                }));
+            }
+            LayerSpec::Dropout { rate } => {
+                let (x1, dy2) = (x(), dy());
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.dropout_forward(&x1, rate, 1))
+                }));
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.dropout_backward(&dy2, rate, 1))
+                }));
+            }
+            LayerSpec::Flatten => {}
+        }
+    }
+    let logits = random(be, vec![batch, 1], 1);
+    let targets = be.upload(&Tensor::new(
+        [batch],
+        (0..batch).map(|i| (i % 2) as f32).collect(),
+    ));
+    ops.push(Op::new("loss (BCE with logits)".into(), None, move || {
+        drop(be.bce_with_logits(&logits, &targets, 1.0))
+    }));
+    ops.push(adam_op(be, spec)?);
+    Ok(ops)
+}
+
+/// One Adam update of every trainable parameter of the model.
+fn adam_op<'a, B: Backend>(be: &'a B, spec: &ModelSpec) -> Result<Op<'a>> {
+    let model = Model::new(be, spec, 1)?;
+    let mut state: Vec<[B::Tensor; 4]> = model
+        .named_params()
+        .iter()
+        .filter(|p| p.param.trainable)
+        .enumerate()
+        .map(|(i, p)| {
+            let shape = be.shape(&p.param.value).clone();
+            [
+                random(be, shape.0.clone(), 2 * i as u64),
+                random(be, shape.0.clone(), 2 * i as u64 + 1),
+                be.zeros(&shape),
+                be.zeros(&shape),
+            ]
+        })
+        .collect();
+    let (params, _) = spec.param_counts()?;
+    let h = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        t: 1,
+    };
+    Ok(Op::new(
+        format!("adam update, {params} parameters"),
+        None,
+        move || {
+            for [p, g, m, v] in state.iter_mut() {
+                be.adam_step(p, g, m, v, &h);
+            }
+        },
+    ))
+}
+
+/// A whole training step of the model on a fixed random batch: upload, forward, loss, backward,
+/// Adam (the loss is read back, as a training loop does for its log).
+pub fn train_step<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Op<'a>> {
+    let mut model = Model::new(be, spec, 1)?;
+    let mut opt = Optimizer::new(OptimizerKind::adam(), 0.0);
+    let x = Tensor::rand_uniform(batched(batch, &spec.input), 0.0, 1.0, 1234);
+    let y = be.upload(&Tensor::new(
+        [batch],
+        (0..batch).map(|i| (i % 2) as f32).collect(),
+    ));
+    let flops = 3 * spec.layers()?.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
+    Ok(Op::new(
+        format!("training step, batch {batch}"),
+        Some(flops),
+        move || {
+            let logits = model.forward(be, be.upload(&x), Mode::Train { seed: 7 });
+            let (loss, dlogits) = loss::bce_with_logits(be, &logits, &y, 1.0);
+            model.backward(be, dlogits, false);
+            opt.step(be, &mut model, 1e-3);
+            std::hint::black_box(loss);
+        },
+    ))
+}
+
+/// The model's logits for a fixed random batch, read back.
+pub fn inference<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Op<'a>> {
+    let mut model = Model::new(be, spec, 1)?;
+    let x = Tensor::rand_uniform(batched(batch, &spec.input), 0.0, 1.0, 5678);
+    let flops = spec.layers()?.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
+    Ok(Op::new(
+        format!("inference, batch {batch}"),
+        Some(flops),
+        move || {
+            let logits = model.forward(be, be.upload(&x), Mode::Eval);
+            std::hint::black_box(be.download(&logits));
+        },
+    ))
+}
+
+fn gflops(flops: Option<u64>, ms: f64) -> Option<f64> {
+    flops.map(|f| f as f64 / ms / 1e6)
+}
+
+/// The training step and the inference batch, timed by the wall clock (what a user waits for),
+/// and the peak resident memory after them.
+pub struct Whole {
+    pub train_step_ms: f64,
+    pub infer_batch_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Times a training step and an inference batch; `tick` is called after each with its name.
+pub fn run_whole<B: Backend>(
+    be: &B,
+    cfg: &BenchConfig,
+    tick: &mut dyn FnMut(&str),
+) -> Result<Whole> {
+    let clock = WallClock(be);
+    let mut step = train_step(be, &cfg.spec, cfg.batch)?;
+    let train_step_ms = median_ms(&clock, &mut step.run, cfg.warmup, cfg.repeats);
+    tick(&step.name);
+    drop(step);
+    let mut infer = inference(be, &cfg.spec, cfg.infer_batch)?;
+    let infer_batch_ms = median_ms(&clock, &mut infer.run, cfg.warmup, cfg.repeats);
+    tick(&infer.name);
+    Ok(Whole {
+        train_step_ms,
+        infer_batch_ms,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Times every op of [`ops`] with `clock`; `tick` is called after each with its name.
+pub fn run_ops<B: Backend>(
+    be: &B,
+    clock: &dyn Clock,
+    cfg: &BenchConfig,
+    tick: &mut dyn FnMut(&str),
+) -> Result<Vec<OpTime>> {
+    let mut times = Vec::new();
+    for mut op in ops(be, &cfg.spec, cfg.batch)? {
+        let ms = median_ms(clock, &mut op.run, cfg.warmup, cfg.repeats);
+        tick(&op.name);
+        times.push(OpTime {
+            gflops: gflops(op.flops, ms),
+            name: op.name,
+            ms,
+        });
+    }
+    Ok(times)
+}
+
+/// Measures everything on one backend, op times by `clock`.
+pub fn run<B: Backend>(
+    be: &B,
+    clock: &dyn Clock,
+    cfg: &BenchConfig,
+    tick: &mut dyn FnMut(&str),
+) -> Result<BackendReport> {
+    let whole = run_whole(be, cfg, tick)?;
+    let ops = run_ops(be, clock, cfg, tick)?;
+    BackendReport::new(be.name(), clock.name(), cfg, &whole, ops)
+}
+
+impl BackendReport {
+    pub fn new(
+        device: String,
+        timer: &str,
+        cfg: &BenchConfig,
+        whole: &Whole,
+        ops: Vec<OpTime>,
+    ) -> Result<Self> {
+        let forward: u64 = cfg.spec.layers()?.iter().map(|l| l.flops).sum();
+        let per_s = |images: usize, ms: f64| images as f64 / ms * 1e3;
+        Ok(BackendReport {
+            device,
+            timer: timer.into(),
+            train_step_ms: whole.train_step_ms,
+            train_images_per_s: per_s(cfg.batch, whole.train_step_ms),
+            train_gflops: (3 * forward * cfg.batch as u64) as f64 / whole.train_step_ms / 1e6,
+            infer_batch_ms: whole.infer_batch_ms,
+            infer_images_per_s: per_s(cfg.infer_batch, whole.infer_batch_ms),
+            infer_gflops: (forward * cfg.infer_batch as u64) as f64 / whole.infer_batch_ms / 1e6,
+            peak_rss_mib: whole.peak_rss_mib,
+            ops,
+            gemm_gflops: None,
+            peak_gflops: None,
+            kernels: None,
+        })
+    }
+}
+
+/// GPU time per kernel of one training step (after a warm-up step), by timestamp queries; the
+/// GPU must be profiling ([`Gpu::start_profiling`]).
+pub fn profile_training_step(gpu: &Gpu, cfg: &BenchConfig) -> Result<Vec<KernelTime>> {
+    let mut step = train_step(gpu, &cfg.spec, cfg.batch)?;
+    (step.run)();
+    gpu.take_kernel_times();
+    (step.run)();
+    Ok(gpu.take_kernel_times().unwrap_or_default())
+}
+
+/// How many timed items [`run`] reports through `tick` for this config.
+pub fn steps(cfg: &BenchConfig) -> usize {
+    let per_layer = |spec: &LayerSpec| match spec {
+        LayerSpec::Conv2d { .. } => 3,
+        LayerSpec::Flatten => 0,
+        _ => 2,
+    };
+    let layers: usize = cfg.spec.layers.iter().map(per_layer).sum();
+    2 + layers + 2
+}
+
+/// The CPU's measured FMA peak and our GEMM's rate on 1024×1024 matrices.
+pub fn cpu_peak() -> (f64, f64) {
+    (
+        peak::gemm_gflops(1024, 10),
+        peak::peak_gflops(Duration::from_millis(500)),
+    )
+}
+
+/// The most memory this process has held resident, in MiB.
+pub fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    // Linux reports KiB, macOS bytes.
+    let kib = if cfg!(target_os = "macos") {
+        usage.ru_maxrss as f64 / 1024.0
+    } else {
+        usage.ru_maxrss as f64
+    };
+    kib / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+
+    #[test]
+    fn every_layer_op_runs_and_is_counted() {
+        let spec = ModelSpec::load("fracturenet")
+            .unwrap()
+            .with_image_size(32)
+            .unwrap();
+        let cfg = BenchConfig {
+            spec: spec.clone(),
+            batch: 2,
+            infer_batch: 3,
+            warmup: 0,
+            repeats: 1,
+        };
+        let mut names = Vec::new();
+        let report = run(&Cpu, &WallClock(&Cpu), &cfg, &mut |n| {
+            names.push(n.to_string())
+        })
+        .unwrap();
+        assert_eq!(names.len(), steps(&cfg));
+        let convs = spec
+            .layers
+            .iter()
+            .filter(|l| matches!(l, LayerSpec::Conv2d { .. }))
+            .count();
+        let conv_ops = report
+            .ops
+            .iter()
+            .filter(|o| o.name.contains("conv2d"))
+            .count();
+        assert_eq!(conv_ops, 3 * convs);
+        assert!(report.ops.iter().all(|o| o.ms >= 0.0));
+        assert!(report.train_images_per_s > 0.0 && report.infer_images_per_s > 0.0);
+        // FLOP rates are given exactly for the ops with a defined FLOP count
+        for op in &report.ops {
+            let counted = op.name.contains("conv2d") || op.name.contains("dense");
+            assert_eq!(op.gflops.is_some(), counted, "{}", op.name);
+        }
+        assert!(report.peak_rss_mib > 1.0);
+    }
+}
