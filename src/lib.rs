@@ -10,6 +10,7 @@ pub mod callbacks;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod explain;
 pub mod gradcheck;
 pub mod metrics;
 pub mod nn;

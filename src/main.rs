@@ -173,6 +173,11 @@ struct PredictArgs {
     /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
     #[arg(long)]
     json: bool,
+    /// Also draw where the model looked (Grad-CAM of its last convolutional block over the
+    /// X-ray) into this PNG; with several images, this is a folder that gets one PNG per image,
+    /// named FOLDER-NAME.heatmap.png after the image's folder and name.
+    #[arg(long, value_name = "OUT.png")]
+    heatmap: Option<PathBuf>,
     #[command(flatten)]
     run: RunModelArgs,
 }
@@ -862,6 +867,60 @@ fn predict(a: PredictArgs) -> Result<()> {
     }
     if predictions.is_empty() {
         anyhow::bail!("none of the {} image files could be read", failed.len());
+    }
+    if let Some(out) = &a.heatmap {
+        let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
+        match pick_backend_quietly(a.run.backend, true)? {
+            Some(gpu) => heatmaps(&gpu, &a.model, &files, out),
+            None => heatmaps(&Cpu, &a.model, &files, out),
+        }?;
+    }
+    Ok(())
+}
+
+/// Writes a Grad-CAM heatmap of each image: to `out` for one image, else into the folder `out`.
+fn heatmaps<B: Backend>(
+    be: &B,
+    model: &std::path::Path,
+    files: &[PathBuf],
+    out: &std::path::Path,
+) -> Result<()> {
+    use fracture_cnn::{checkpoint, data::image, explain, plots};
+    let (mut net, info) = checkpoint::load(be, &eval::checkpoint_path(model))?;
+    if files.len() > 1 {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    }
+    let mut taken = std::collections::HashSet::new();
+    for file in files {
+        let path = if files.len() == 1 {
+            out.to_path_buf()
+        } else {
+            // class folders often hold files of the same name: the folder's name goes first,
+            // and a number after any name already written
+            let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+            let folder = file
+                .parent()
+                .and_then(|p| p.file_name())
+                .unwrap_or_default();
+            let name = format!("{}-{stem}", folder.to_string_lossy());
+            let unique = (1..)
+                .map(|i| {
+                    if i == 1 {
+                        name.clone()
+                    } else {
+                        format!("{name}-{i}")
+                    }
+                })
+                .find(|n| taken.insert(n.clone()))
+                .expect("some name is free");
+            out.join(format!("{unique}.heatmap.png"))
+        };
+        let img = image::open(file)?;
+        let e = explain::explain(be, &mut net, &img)?;
+        let label = eval::class_name(e.probability >= info.threshold);
+        let text = format!("{label}  p = {:.3}", e.probability);
+        plots::write_labelled_png(&path, explain::overlay(&img, &e, 768), &text)?;
+        eprintln!("heatmap of {}: {}", file.display(), path.display());
     }
     Ok(())
 }

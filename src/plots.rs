@@ -42,6 +42,31 @@ fn write_png(
     write_atomic(path, &png)
 }
 
+/// Writes `text` in the top-left corner of `img`, white on a dark band, and saves it as PNG.
+pub fn write_labelled_png(path: &Path, img: image::RgbImage, text: &str) -> Result<()> {
+    register_font();
+    let (w, h) = img.dimensions();
+    let mut pixels = img.into_raw();
+    {
+        let area = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        let size = (h.min(w) / 16).clamp(12, 32);
+        let band = (text.len() as u32 * size * 6 / 10 + size, size * 3 / 2);
+        drawn(area.draw(&Rectangle::new(
+            [(0, 0), (band.0 as i32, band.1 as i32)],
+            BLACK.mix(0.6).filled(),
+        )))?;
+        let style = ("sans-serif", size).into_font().color(&WHITE);
+        drawn(area.draw_text(text, &style, (size as i32 / 2, size as i32 / 4)))?;
+        area.present()
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer fits");
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    write_atomic(path, &png)
+}
+
 /// Turns plotters' drawing errors into ours.
 fn drawn<T, E: std::fmt::Debug>(r: Result<T, E>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("plotting failed: {e:?}"))

@@ -176,6 +176,40 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
         );
         assert!(a["file"].as_str().unwrap().ends_with(".png"));
     }
+    // where the model looked: one image gets the PNG named, several a folder of PNGs
+    let one = answers[0]["file"].as_str().unwrap();
+    let png = dir.path().join("look.png");
+    let o = run(&[
+        "predict",
+        "--model",
+        run_dir.to_str().unwrap(),
+        one,
+        "--heatmap",
+        png.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let heatmap = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(heatmap.dimensions(), image::image_dimensions(one).unwrap());
+    assert!(
+        heatmap.pixels().any(|p| p[0] != p[1] || p[1] != p[2]),
+        "no colour over the gray X-ray"
+    );
+    let folder = dir.path().join("looks");
+    let o = run(&[
+        "predict",
+        "--model",
+        run_dir.to_str().unwrap(),
+        data.join("val").to_str().unwrap(),
+        "--heatmap",
+        folder.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 12);
+
     let o = run(&["predict", "--model", "nowhere.safetensors", "x.png"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("nowhere.safetensors does not exist"));

@@ -11,15 +11,19 @@ use std::path::Path;
 /// The aspect ratio is not kept (as in Keras' `flow_from_directory`): X-rays come portrait and
 /// landscape, and padding instead would mark each image's orientation with black bars.
 pub fn load_gray(path: &Path, size: usize) -> Result<Vec<f32>> {
+    Ok(to_gray_square(&open(path)?, size))
+}
+
+/// Decodes an image file, refusing headers that claim more pixels than any radiograph has.
+pub fn open(path: &Path) -> Result<DynamicImage> {
     let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
     reader.limits(decode_limits());
-    let img = reader
+    reader
         .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))?;
-    Ok(to_gray_square(&img, size))
+        .with_context(|| format!("{} is not a readable image", path.display()))
 }
 
 /// Large enough for any radiograph (detector panels are a few thousand pixels a side, and a

@@ -7,6 +7,9 @@
 //! Backward (training): with M values per channel,
 //!   dβ = Σ dy,  dγ = Σ dy · x̂,  dx = γ/(M √(σ² + ε)) · (M · dy - dβ - x̂ · dγ).
 //!   The two subtracted terms are the gradient flowing through μ and σ², which depend on every x.
+//! Backward (inference statistics, for explanations): y is affine in x per channel, so
+//!   dx = γ / √(running var + ε) · dy, which is the inference forward pass applied to dy with
+//!   β = 0 and mean = 0.
 
 use super::{saved, Layer, Mode, Param};
 use crate::backend::{Backend, BatchNormStats};
@@ -19,7 +22,15 @@ pub struct BatchNorm<B: Backend> {
     running_var: Param<B>,  // [C]
     momentum: f32,
     eps: f32,
-    saved: Option<(B::Tensor, BatchNormStats<B::Tensor>)>,
+    saved: Option<Saved<B>>,
+}
+
+/// What the forward pass kept for backward.
+enum Saved<B: Backend> {
+    /// Training: the input and the batch's statistics.
+    Batch(B::Tensor, BatchNormStats<B::Tensor>),
+    /// Mode::Explain: the running statistics were used, nothing else is needed.
+    Running,
 }
 
 impl<B: Backend> BatchNorm<B> {
@@ -43,7 +54,10 @@ impl<B: Backend> Layer<B> for BatchNorm<B> {
         "batchnorm"
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
-        if mode == Mode::Eval {
+        if !matches!(mode, Mode::Train { .. }) {
+            if mode.keeps_for_backward() {
+                self.saved = Some(Saved::Running);
+            }
             let (g, b) = (&self.gamma.value, &self.beta.value);
             let (m, v) = (&self.running_mean.value, &self.running_var.value);
             return be.batchnorm_forward_infer(&x, g, b, m, v, self.eps);
@@ -68,11 +82,18 @@ impl<B: Backend> Layer<B> for BatchNorm<B> {
             self.momentum,
             unbiased,
         );
-        self.saved = Some((x, stats));
+        self.saved = Some(Saved::Batch(x, stats));
         y
     }
     fn backward(&mut self, be: &B, dy: B::Tensor, _want_dx: bool) -> Option<B::Tensor> {
-        let (x, stats) = saved(&mut self.saved, "batchnorm");
+        let (x, stats) = match saved(&mut self.saved, "batchnorm") {
+            Saved::Batch(x, stats) => (x, stats),
+            Saved::Running => {
+                let zeros = be.zeros(be.shape(&self.gamma.value));
+                let (g, v) = (&self.gamma.value, &self.running_var.value);
+                return Some(be.batchnorm_forward_infer(&dy, g, &zeros, &zeros, v, self.eps));
+            }
+        };
         let (dx, dgamma, dbeta) = be.batchnorm_backward(&x, &dy, &self.gamma.value, &stats);
         self.gamma.grad = Some(dgamma);
         self.beta.grad = Some(dbeta);

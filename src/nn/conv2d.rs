@@ -40,7 +40,7 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let g = self.geom_for(be, &x);
         let y = be.conv2d_forward(&x, &self.weight.value, &self.bias.value, &g);
-        if matches!(mode, Mode::Train { .. }) {
+        if mode.keeps_for_backward() {
             self.input = Some(x);
         }
         y

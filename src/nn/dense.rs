@@ -31,7 +31,7 @@ impl<B: Backend> Layer<B> for Dense<B> {
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let y = be.dense_forward(&x, &self.weight.value, &self.bias.value);
-        if matches!(mode, Mode::Train { .. }) {
+        if mode.keeps_for_backward() {
             self.input = Some(x);
         }
         y

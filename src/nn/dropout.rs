@@ -12,7 +12,9 @@ pub struct Dropout {
     rate: f32,
     /// Distinguishes this layer's masks from other dropout layers' in the same step.
     salt: u64,
-    seed: Option<u64>,
+    /// Set by a forward pass that keeps for backward: the mask's seed, or `None` when nothing was
+    /// dropped (Mode::Explain).
+    seed: Option<Option<u64>>,
 }
 
 impl Dropout {
@@ -32,15 +34,21 @@ impl<B: Backend> Layer<B> for Dropout {
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         match mode {
             Mode::Eval => x,
+            Mode::Explain => {
+                self.seed = Some(None);
+                x
+            }
             Mode::Train { seed } => {
                 let seed = seed ^ (self.salt << 32);
-                self.seed = Some(seed);
+                self.seed = Some(Some(seed));
                 be.dropout_forward(&x, self.rate, seed)
             }
         }
     }
     fn backward(&mut self, be: &B, dy: B::Tensor, _want_dx: bool) -> Option<B::Tensor> {
-        let seed = saved(&mut self.seed, "dropout");
-        Some(be.dropout_backward(&dy, self.rate, seed))
+        match saved(&mut self.seed, "dropout") {
+            Some(seed) => Some(be.dropout_backward(&dy, self.rate, seed)),
+            None => Some(dy), // Mode::Explain: no units were dropped
+        }
     }
 }

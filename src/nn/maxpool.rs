@@ -27,7 +27,7 @@ impl<B: Backend> Layer<B> for MaxPool<B> {
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let n = be.shape(&x).dims()[0];
         let (y, argmax) = be.maxpool_forward(&x, &self.geom.with_batch(n));
-        if matches!(mode, Mode::Train { .. }) {
+        if mode.keeps_for_backward() {
             self.argmax = Some((argmax, n));
         }
         y

@@ -58,6 +58,18 @@ pub enum Mode {
     Train { seed: u64 },
     /// Running statistics in batch norm, dropout off.
     Eval,
+    /// As `Eval`, but every layer keeps what its backward pass needs, so that gradients of the
+    /// prediction with respect to inner activations can be taken (Grad-CAM): batch norm's
+    /// backward is then its running-statistics form, dx = γ dy / √(running var + ε), and
+    /// dropout's the identity.
+    Explain,
+}
+
+impl Mode {
+    /// Whether layers keep their inputs for a backward pass.
+    pub fn keeps_for_backward(self) -> bool {
+        self != Mode::Eval
+    }
 }
 
 /// One layer of a model.

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
 use crate::nn::spec::SpecError;
+use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 
 pub struct Model<B: Backend> {
@@ -51,6 +52,39 @@ impl<B: Backend> Model<B> {
             grad = layer.backward(be, grad, i > 0 || want_dx)?;
         }
         Some(grad)
+    }
+
+    /// For explanations: with inference statistics (Mode::Explain), the logits for x, the
+    /// output A of layer `at`, and the gradient of the summed logits with respect to A, all read
+    /// back to the host. Parameters' gradients are left set but meaningless, and layers up to
+    /// `at` keep their inputs until the next forward pass.
+    pub fn activation_and_gradient(
+        &mut self,
+        be: &B,
+        x: B::Tensor,
+        at: usize,
+    ) -> (Tensor, Tensor, Tensor) {
+        assert!(
+            at < self.layers.len(),
+            "layer {at} of {}",
+            self.layers.len()
+        );
+        let mut h = x;
+        let mut activation = None;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            h = layer.forward(be, h, Mode::Explain);
+            if i == at {
+                activation = Some(be.download(&h));
+            }
+        }
+        let logits = be.download(&h);
+        let ones = Tensor::full(logits.shape.clone(), 1.0);
+        let mut grad = be.upload(&ones);
+        for layer in self.layers[at + 1..].iter_mut().rev() {
+            grad = layer.backward(be, grad, true).expect("dx was asked for");
+        }
+        let activation = activation.expect("at is a layer index");
+        (logits, activation, be.download(&grad))
     }
 
     /// The kink fingerprints of every layer after a training forward pass (see [`Layer::kinks`]).

@@ -22,7 +22,7 @@ impl<B: Backend> Layer<B> for Relu<B> {
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let y = be.relu_forward(&x);
-        if matches!(mode, Mode::Train { .. }) {
+        if mode.keeps_for_backward() {
             self.input = Some(x);
         }
         y
