@@ -242,7 +242,7 @@ pub fn conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
     )
 }
 
-/// Training-mode batch norm over `shape` ([N,C,H,W] or [N,F]): gradients wrt x, gamma and beta.
+/// Training-mode batch norm over `shape` (`[N,C,H,W]` or `[N,F]`): gradients wrt x, gamma and beta.
 pub fn batchnorm<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
     let c = shape[1];
     // Spread out (|x| up to ~30) so that even a channel of two values has a variance far above

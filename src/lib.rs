@@ -12,6 +12,7 @@ pub mod data;
 pub mod eval;
 pub mod explain;
 pub mod gradcheck;
+pub mod inspect;
 pub mod metrics;
 pub mod nn;
 pub mod optim;

@@ -45,6 +45,9 @@ enum Command {
     Gradcheck(GradcheckArgs),
     /// Time every op of a model, a training step and an inference batch on the CPU and the GPU.
     Bench(BenchArgs),
+    /// Pictures of what a trained network computes for one X-ray: each convolution's feature
+    /// maps, the first layer's filters, histograms of every layer's weights and gradients.
+    Inspect(InspectArgs),
     /// Inspect a data folder before training on it.
     Data {
         #[command(subcommand)]
@@ -100,6 +103,21 @@ struct GradcheckArgs {
     #[arg(long)]
     whole_model: bool,
     #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    #[arg(long)]
+    model: PathBuf,
+    /// The X-ray.
+    image: PathBuf,
+    /// Folder for the PNG files.
+    #[arg(long, default_value = "runs/inspect")]
+    out: PathBuf,
+    /// Where to run: cpu, gpu, or auto (a hardware GPU if there is one, else the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
 }
 
@@ -687,6 +705,23 @@ fn gradcheck_on<B: Backend>(be: &B, spec: &ModelSpec, a: &GradcheckArgs) -> Resu
     Ok(failed == 0)
 }
 
+fn inspect(a: InspectArgs) -> Result<()> {
+    match pick_backend_quietly(a.backend, true)? {
+        Some(gpu) => inspect_on(&gpu, &a),
+        None => inspect_on(&Cpu, &a),
+    }
+}
+
+fn inspect_on<B: Backend>(be: &B, a: &InspectArgs) -> Result<()> {
+    use fracture_cnn::{checkpoint, data::image, inspect};
+    let (mut net, _) = checkpoint::load(be, &eval::checkpoint_path(&a.model))?;
+    let img = image::open(&a.image)?;
+    for path in inspect::inspect(be, &mut net, &img, &a.out)? {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 fn bench_config(a: &BenchArgs) -> Result<bench::BenchConfig> {
     anyhow::ensure!(
         a.batch_size > 0 && a.infer_batch_size > 0,
@@ -1094,6 +1129,7 @@ fn main() -> ExitCode {
         } => data_check(&dir, quiet).map(|_| Outcome::Done),
         Command::Predict(a) => predict(a).map(|_| Outcome::Done),
         Command::Bench(a) => bench(a).map(|_| Outcome::Done),
+        Command::Inspect(a) => inspect(a).map(|_| Outcome::Done),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -35,7 +35,14 @@ fn write_png(
         area.present()
             .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
     }
-    let img = image::RgbImage::from_raw(size.0, size.1, pixels).expect("the buffer fits");
+    save_png(
+        path,
+        image::RgbImage::from_raw(size.0, size.1, pixels).expect("the buffer fits"),
+    )
+}
+
+/// Encodes `img` as PNG and writes it atomically.
+pub fn save_png(path: &Path, img: image::RgbImage) -> Result<()> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .with_context(|| format!("cannot encode {}", path.display()))?;
@@ -60,11 +67,10 @@ pub fn write_labelled_png(path: &Path, img: image::RgbImage, text: &str) -> Resu
         area.present()
             .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
     }
-    let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer fits");
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
-    write_atomic(path, &png)
+    save_png(
+        path,
+        image::RgbImage::from_raw(w, h, pixels).expect("the buffer fits"),
+    )
 }
 
 /// Turns plotters' drawing errors into ours.
@@ -234,4 +240,62 @@ pub fn confusion(dir: &Path, c: &Confusion, threshold: f32) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// A histogram of each series (40 bins between its extremes), in a grid of panels.
+pub fn histograms(path: &Path, title: &str, series: &[(String, Vec<f32>)]) -> Result<()> {
+    let cols = (series.len() as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = series.len().div_ceil(cols).max(1);
+    let size = (300 * cols as u32, 60 + 220 * rows as u32);
+    write_png(path, size, |area| {
+        let area = drawn(area.titled(title, ("sans-serif", 24)))?;
+        for (panel, (name, values)) in area.split_evenly((rows, cols)).iter().zip(series) {
+            histogram_panel(panel, name, values)?;
+        }
+        Ok(())
+    })
+}
+
+fn histogram_panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    name: &str,
+    values: &[f32],
+) -> Result<()> {
+    const BINS: usize = 40;
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo < hi {
+        (lo, hi)
+    } else {
+        (lo - 1.0, lo + 1.0)
+    };
+    let width = (hi - lo) / BINS as f32;
+    let mut counts = [0u32; BINS];
+    for &v in values {
+        counts[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut chart = drawn(
+        ChartBuilder::on(area)
+            .caption(name, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(22)
+            .y_label_area_size(40)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1),
+    )?;
+    drawn(
+        chart
+            .configure_mesh()
+            .x_labels(4)
+            .y_labels(3)
+            .label_style(("sans-serif", 11))
+            .draw(),
+    )?;
+    let bars = counts.iter().enumerate().map(|(i, &c)| {
+        let x0 = lo + i as f32 * width;
+        Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.7).filled())
+    });
+    drawn(chart.draw_series(bars))?;
+    Ok(())
 }

@@ -87,7 +87,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn reshape(&self, t: Self::Tensor, shape: Shape) -> Self::Tensor;
 
     // ---- convolution --------------------------------------------------------------------------
-    /// y[N,Co,Ho,Wo] = conv(x[N,Ci,H,W], w[Co,Ci,KH,KW]) + b[Co]
+    /// `y[N,Co,Ho,Wo]` = conv(`x[N,Ci,H,W]`, `w[Co,Ci,KH,KW]`) + `b[Co]`
     fn conv2d_forward(
         &self,
         x: &Self::Tensor,
@@ -95,14 +95,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
         b: &Self::Tensor,
         g: &Conv2dGeom,
     ) -> Self::Tensor;
-    /// dx[N,Ci,H,W] from dy[N,Co,Ho,Wo] and w[Co,Ci,KH,KW] (a "transposed convolution").
+    /// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]` (a "transposed convolution").
     fn conv2d_backward_input(
         &self,
         dy: &Self::Tensor,
         w: &Self::Tensor,
         g: &Conv2dGeom,
     ) -> Self::Tensor;
-    /// (dw[Co,Ci,KH,KW], db[Co]) from x[N,Ci,H,W] and dy[N,Co,Ho,Wo].
+    /// (`dw[Co,Ci,KH,KW]`, `db[Co]`) from `x[N,Ci,H,W]` and `dy[N,Co,Ho,Wo]`.
     fn conv2d_backward_weight(
         &self,
         x: &Self::Tensor,
@@ -129,7 +129,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         running_var: &Self::Tensor,
         eps: f32,
     ) -> Self::Tensor;
-    /// (dx, dgamma[C], dbeta[C]) of the training-mode forward pass.
+    /// (dx, `dgamma[C]`, `dbeta[C]`) of the training-mode forward pass.
     fn batchnorm_backward(
         &self,
         x: &Self::Tensor,
@@ -147,9 +147,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     );
 
     // ---- max pooling ----------------------------------------------------------------------------
-    /// y[N,C,Ho,Wo] = max over each window of x[N,C,H,W], with the position of each maximum.
+    /// `y[N,C,Ho,Wo]` = max over each window of `x[N,C,H,W]`, with the position of each maximum.
     fn maxpool_forward(&self, x: &Self::Tensor, g: &Pool2dGeom) -> (Self::Tensor, Self::Indices);
-    /// dx[N,C,H,W]: each dy goes to the position its maximum came from.
+    /// `dx[N,C,H,W]`: each dy goes to the position its maximum came from.
     fn maxpool_backward(
         &self,
         dy: &Self::Tensor,
@@ -158,11 +158,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Self::Tensor;
 
     // ---- dense ------------------------------------------------------------------------------------
-    /// y[N,O] = x[N,I] w[O,I]^T + b[O]
+    /// `y[N,O]` = `x[N,I]` `w[O,I]`^T + `b[O]`
     fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
-    /// dx[N,I] = dy[N,O] w[O,I]
+    /// `dx[N,I]` = `dy[N,O]` `w[O,I]`
     fn dense_backward_input(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Self::Tensor;
-    /// (dw[O,I] = dy^T x, db[O] = sum over N of dy)
+    /// (`dw[O,I]` = dy^T x, `db[O]` = sum over N of dy)
     fn dense_backward_weight(
         &self,
         x: &Self::Tensor,
@@ -180,8 +180,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn dropout_backward(&self, dy: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor;
 
     // ---- loss -----------------------------------------------------------------------------------
-    /// Mean binary cross-entropy of sigmoid(logits[N,1]) against targets[N] in {0,1}, fused on the
-    /// logits for stability, positive terms weighted by `pos_weight`. Returns (loss[1], dlogits[N,1]).
+    /// Mean binary cross-entropy of sigmoid(`logits[N,1]`) against `targets[N]` in {0,1}, fused on the
+    /// logits for stability, positive terms weighted by `pos_weight`. Returns (`loss[1]`, `dlogits[N,1]`).
     fn bce_with_logits(
         &self,
         logits: &Self::Tensor,

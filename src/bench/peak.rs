@@ -119,18 +119,3 @@ pub fn gemm_gflops(n: usize, repeats: usize) -> f64 {
     times.sort_by(f64::total_cmp);
     2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_gemm_does_not_beat_the_measured_peak() {
-        let peak = peak_gflops(Duration::from_millis(100));
-        let gemm = gemm_gflops(256, 3);
-        assert!(peak > 0.1 && gemm > 0.1, "peak {peak}, gemm {gemm}");
-        // The peak is measured on the same instructions: a GEMM above it means one of them
-        // counts wrong (noise on a shared machine can move either by some percent, not 30%).
-        assert!(gemm < 1.3 * peak, "gemm {gemm} GFLOP/s above peak {peak}");
-    }
-}

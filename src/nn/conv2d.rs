@@ -1,9 +1,9 @@
 //! 2-D convolution layer.
 //!
-//! Forward:  y[n,o,i,j] = b[o] + Σ_{c,u,v} w[o,c,u,v] · x[n, c, i·s + u - pad, j·s + v - pad]
+//! Forward:  `y[n,o,i,j]` = `b[o]` + Σ_{c,u,v} `w[o,c,u,v]` · `x[n, c, i·s + u - pad, j·s + v - pad]`
 //! Backward: each weight meets every input pixel it slid over, so
-//!   dw[o,c,u,v] = Σ_{n,i,j} dy[n,o,i,j] · x[n, c, i·s + u - pad, j·s + v - pad],   db[o] = Σ_{n,i,j} dy[n,o,i,j]
-//!   dx[n,c,p,q] = Σ over every (o,u,v,i,j) with i·s + u - pad = p and j·s + v - pad = q of w[o,c,u,v] · dy[n,o,i,j]
+//!   `dw[o,c,u,v]` = Σ_{n,i,j} `dy[n,o,i,j]` · `x[n, c, i·s + u - pad, j·s + v - pad]`,   `db[o]` = Σ_{n,i,j} `dy[n,o,i,j]`
+//!   `dx[n,c,p,q]` = Σ over every (o,u,v,i,j) with i·s + u - pad = p and j·s + v - pad = q of `w[o,c,u,v]` · `dy[n,o,i,j]`
 //! (the last is a convolution of dy with the flipped kernel, a "transposed convolution").
 
 use super::{init, saved, Layer, Mode, Param};

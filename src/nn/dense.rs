@@ -1,8 +1,8 @@
 //! Fully connected (dense) layer.
 //!
-//! Forward:  y[n,o] = Σ_i x[n,i] · w[o,i] + b[o]               (y = x wᵀ + b)
-//! Backward: dx[n,i] = Σ_o dy[n,o] · w[o,i]                    (dx = dy w)
-//!           dw[o,i] = Σ_n dy[n,o] · x[n,i],  db[o] = Σ_n dy[n,o]   (dw = dyᵀ x)
+//! Forward:  `y[n,o]` = Σ_i `x[n,i]` · `w[o,i]` + `b[o]`               (y = x wᵀ + b)
+//! Backward: `dx[n,i]` = Σ_o `dy[n,o]` · `w[o,i]`                    (dx = dy w)
+//!           `dw[o,i]` = Σ_n `dy[n,o]` · `x[n,i]`,  `db[o]` = Σ_n `dy[n,o]`   (dw = dyᵀ x)
 
 use super::{init, saved, Layer, Mode, Param};
 use crate::backend::Backend;

@@ -1,7 +1,7 @@
 //! Inverted dropout.
 //!
 //! Forward (training): y = x · keep / (1 - p), with keep = 1 with probability 1 - p. Dividing by
-//!   1 - p keeps E[y] = x, so inference uses the layer as the identity.
+//!   1 - p keeps `E[y]` = x, so inference uses the layer as the identity.
 //! Backward: dx = dy · keep / (1 - p), with the same mask. The mask is not stored: it is a hash
 //!   of (seed, element index) (see `backend::hash`), recomputed from the same seed.
 

@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 
-/// (mean loss as a host value, dloss/dlogits[N,1]) for logits[N,1] and targets[N].
+/// (mean loss as a host value, dloss/`dlogits[N,1]`) for `logits[N,1]` and `targets[N]`.
 pub fn bce_with_logits<B: Backend>(
     be: &B,
     logits: &B::Tensor,

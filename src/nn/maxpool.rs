@@ -1,6 +1,6 @@
 //! Max pooling.
 //!
-//! Forward:  y[n,c,i,j] = max over the window (u, v) of x[n, c, i·s + u, j·s + v], remembering
+//! Forward:  `y[n,c,i,j]` = max over the window (u, v) of `x[n, c, i·s + u, j·s + v]`, remembering
 //!           where each maximum was.
 //! Backward: the max passes its input through unchanged and ignores the others, so its gradient
 //!           is 1 for the winner and 0 elsewhere: dx gets dy at each argmax, zero everywhere else.

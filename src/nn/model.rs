@@ -37,14 +37,14 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// logits[N,1] = model(x[N,C,H,W]).
+    /// `logits[N,1]` = model(`x[N,C,H,W]`).
     pub fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         self.layers
             .iter_mut()
             .fold(x, |h, layer| layer.forward(be, h, mode))
     }
 
-    /// Backpropagates dlogits[N,1] through every layer, leaving each parameter's gradient in
+    /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in
     /// `Param::grad`; returns dloss/dx when `want_dx` (for input-gradient checks and saliency).
     pub fn backward(&mut self, be: &B, dlogits: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
         let mut grad = dlogits;
@@ -85,6 +85,21 @@ impl<B: Backend> Model<B> {
         }
         let activation = activation.expect("at is a layer index");
         (logits, activation, be.download(&grad))
+    }
+
+    /// For inspection: with inference statistics (Mode::Explain), every layer's output for x
+    /// (the last is the logits), read back; then the gradient of the summed logits is taken with
+    /// respect to every parameter, which `Param::grad` holds afterwards.
+    pub fn outputs_and_parameter_gradients(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
+        let mut outputs = Vec::with_capacity(self.layers.len());
+        let mut h = x;
+        for layer in self.layers.iter_mut() {
+            h = layer.forward(be, h, Mode::Explain);
+            outputs.push(be.download(&h));
+        }
+        let ones = Tensor::full(be.shape(&h).clone(), 1.0);
+        self.backward(be, be.upload(&ones), false);
+        outputs
     }
 
     /// The kink fingerprints of every layer after a training forward pass (see [`Layer::kinks`]).

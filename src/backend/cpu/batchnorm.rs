@@ -77,7 +77,7 @@ fn channel_sums(
         .collect()
 }
 
-/// (y, mean[C], biased var[C], inv_std[C]) with the batch's own statistics.
+/// (y, `mean[C]`, biased `var[C]`, `inv_std[C]`) with the batch's own statistics.
 pub fn forward_train(
     x: &[f32],
     gamma: &[f32],

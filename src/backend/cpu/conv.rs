@@ -1,9 +1,9 @@
 //! 2-D convolution on the CPU, lowered onto the GEMM by unfolding ("im2col").
 //!
-//! For one image, unfold x[Ci,H,W] into a matrix `col[Ci·KH·KW, Ho·Wo]` whose column p holds the
+//! For one image, unfold `x[Ci,H,W]` into a matrix `col[Ci·KH·KW, Ho·Wo]` whose column p holds the
 //! input patch under output pixel p. Then the three passes are three matrix products:
-//! - forward:          y[Co, Ho·Wo]       = w[Co, Ci·KH·KW] · col
-//! - weight gradient:  dw[Co, Ci·KH·KW]  += dy[Co, Ho·Wo] · colᵀ      (summed over the batch)
+//! - forward:          `y[Co, Ho·Wo]`       = `w[Co, Ci·KH·KW]` · col
+//! - weight gradient:  `dw[Co, Ci·KH·KW]`  += `dy[Co, Ho·Wo]` · colᵀ      (summed over the batch)
 //! - input gradient:   dcol               = wᵀ · dy,  then folded back ("col2im") into dx,
 //!   each patch element adding into the input pixel it was copied from.
 //!
@@ -48,7 +48,7 @@ fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }
 
-/// Unfolds one image x[Ci,H,W] into col[Ci·KH·KW, Ho·Wo].
+/// Unfolds one image `x[Ci,H,W]` into `col[Ci·KH·KW, Ho·Wo]`.
 pub fn im2col(x: &[f32], g: &Conv2dGeom, col: &mut [f32]) {
     let (ho, wo) = (g.out_h, g.out_w);
     let rows = col.chunks_exact_mut(ho * wo);
@@ -70,7 +70,7 @@ pub fn im2col(x: &[f32], g: &Conv2dGeom, col: &mut [f32]) {
     }
 }
 
-/// Folds col[Ci·KH·KW, Ho·Wo] back into dx[Ci,H,W] (which it overwrites), summing overlaps.
+/// Folds `col[Ci·KH·KW, Ho·Wo]` back into `dx[Ci,H,W]` (which it overwrites), summing overlaps.
 pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [f32]) {
     dx.fill(0.0);
     let (ho, wo) = (g.out_h, g.out_w);
@@ -91,7 +91,7 @@ pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [f32]) {
     }
 }
 
-/// y[N,Co,Ho,Wo] = conv(x, w) + b
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * g.c_out * p];
@@ -114,7 +114,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     y
 }
 
-/// dx[N,Ci,H,W] = col2im(wᵀ · dy) per image.
+/// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut dx = vec![0f32; g.n * g.c_in * g.h * g.w];
@@ -152,7 +152,7 @@ fn sum(xs: &[f32]) -> f32 {
 /// summation order, and so the result, is the same on every machine.
 const IMAGES_PER_PARTIAL: usize = 8;
 
-/// (dw[Co,Ci,KH,KW] = Σₙ dyₙ · colₙᵀ, db[Co] = Σ over n, y, x of dy)
+/// (`dw[Co,Ci,KH,KW]` = Σₙ dyₙ · colₙᵀ, `db[Co]` = Σ over n, y, x of dy)
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<f32>) {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * p);

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 /// Elements per rayon task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
 
-/// out[i] = f(i, a[i], b[i]), in parallel.
+/// `out[i]` = f(i, `a[i]`, `b[i]`), in parallel.
 pub fn zip_map(a: &[f32], b: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len());
     let mut out = vec![0f32; a.len()];

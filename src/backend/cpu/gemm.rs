@@ -298,7 +298,7 @@ fn run_kernel(kernel: Kernel, kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; M
     }
 }
 
-/// acc[i][j] = sum over p of a[p][i] * b[p][j], in plain Rust.
+/// `acc[i][j]` = sum over p of `a[p][i]` * `b[p][j]`, in plain Rust.
 fn kernel_portable(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
     let mut c = [[0f32; NR]; MR];
     for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {

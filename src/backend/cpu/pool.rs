@@ -3,7 +3,7 @@
 use crate::backend::Pool2dGeom;
 use rayon::prelude::*;
 
-/// (y[N,C,Ho,Wo], argmax) where argmax holds, for each output, the index `iy·W + ix` of its
+/// (`y[N,C,Ho,Wo]`, argmax) where argmax holds, for each output, the index `iy·W + ix` of its
 /// maximum within the input plane (the first one on ties, scanning rows then columns).
 pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
@@ -33,7 +33,7 @@ pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
     (y, idx)
 }
 
-/// dx[N,C,H,W]: each dy adds into the input position its maximum came from
+/// `dx[N,C,H,W]`: each dy adds into the input position its maximum came from
 /// (windows that overlap, when stride < size, may send several into one position).
 pub fn backward(dy: &[f32], argmax: &[u32], g: &Pool2dGeom) -> Vec<f32> {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);

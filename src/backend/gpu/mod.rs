@@ -5,7 +5,7 @@
 //!
 //! A batch tensor may be larger than one binding (128 MiB on many adapters): it then lives in one
 //! large buffer, and each op runs over windows of whole images, each window copied into a scratch
-//! buffer that fits a binding (see [`Gpu::per_window`]). Reductions over the batch (batch-norm
+//! buffer that fits a binding (see `Gpu::per_window`). Reductions over the batch (batch-norm
 //! statistics, weight and bias gradients) add up across windows.
 
 mod context;
@@ -345,7 +345,7 @@ impl Gpu {
             .launch(&format!("elementwise::{entry}"), &params, bind, grid_1d(n));
     }
 
-    /// dst[c] (+)= Σ over n, q of src[n, c, q] for an [N, C, Q] view.
+    /// `dst[c]` (+)= Σ over n, q of `src[n, c, q]` for an [N, C, Q] view.
     fn channel_sum(
         &self,
         src: &wgpu::Buffer,
