@@ -11,7 +11,7 @@ pub mod report;
 pub use report::{Backends, ChildResult, Report};
 
 use crate::backend::gpu::{Gpu, KernelTime};
-use crate::backend::{AdamStep, Backend, Conv2dGeom, Pool2dGeom};
+use crate::backend::{AdamStep, Backend};
 use crate::nn::{loss, LayerSpec, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::tensor::Tensor;
@@ -156,17 +156,12 @@ pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<
         let label = format!("{:02} {}", info.index, info.spec.describe());
         let flops = Some(info.flops * batch as u64);
         match info.spec {
-            LayerSpec::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let [c, h, w] = info.input[..] else {
-                    unreachable!("checked by ModelSpec::layers")
-                };
-                let g = Conv2dGeom::new(batch, c, h, w, filters, kernel.hw(), stride.hw(), padding)
+            LayerSpec::Conv2d { filters, .. } => {
+                let g = info
+                    .spec
+                    .conv_geom(&info.input)
                     .expect("checked by ModelSpec::layers");
+                let g = g.with_batch(batch);
                 let weight = || random(be, g.weight_shape().to_vec(), seed + 2);
                 let (x1, w1, b1) = (x(), weight(), be.zeros(&[filters].into()));
                 ops.push(Op::new(format!("{label} forward"), flops, move || {
@@ -198,12 +193,12 @@ pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<
                     drop(be.batchnorm_backward(&x2, &dy2, &g2, &stats))
                 }));
             }
-            LayerSpec::MaxPool { size, stride } => {
-                let [c, h, w] = info.input[..] else {
-                    unreachable!("checked by ModelSpec::layers")
-                };
-                let g = Pool2dGeom::new(batch, c, h, w, size.hw(), stride.unwrap_or(size).hw())
+            LayerSpec::MaxPool { .. } => {
+                let g = info
+                    .spec
+                    .pool_geom(&info.input)
                     .expect("checked by ModelSpec::layers");
+                let g = g.with_batch(batch);
                 let x1 = x();
                 let (_, argmax) = be.maxpool_forward(&x1, &g);
                 ops.push(Op::new(format!("{label} forward"), None, move || {

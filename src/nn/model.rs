@@ -4,7 +4,7 @@ use super::{
     batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense, dropout::Dropout, flatten::Flatten,
     maxpool::MaxPool, relu::Relu, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
-use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
+use crate::backend::Backend;
 use crate::nn::spec::SpecError;
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
@@ -143,31 +143,18 @@ pub fn build_layer<B: Backend>(
 ) -> Box<dyn Layer<B>> {
     // `ModelSpec::layers` has checked every shape, so the geometry here always exists.
     match layer {
-        LayerSpec::Conv2d {
-            filters,
-            kernel,
-            stride,
-            padding,
-        } => {
-            let g = Conv2dGeom::new(
-                1,
-                input[0],
-                input[1],
-                input[2],
-                *filters,
-                kernel.hw(),
-                stride.hw(),
-                *padding,
-            )
-            .expect("checked by ModelSpec::layers");
+        LayerSpec::Conv2d { .. } => {
+            let g = layer
+                .conv_geom(input)
+                .expect("checked by ModelSpec::layers");
             Box::new(Conv2d::new(be, g, rng))
         }
         LayerSpec::BatchNorm { momentum, eps } => {
             Box::new(BatchNorm::new(be, input[0], *momentum, *eps))
         }
-        LayerSpec::MaxPool { size, stride } => {
-            let stride = stride.unwrap_or(*size).hw();
-            let g = Pool2dGeom::new(1, input[0], input[1], input[2], size.hw(), stride)
+        LayerSpec::MaxPool { .. } => {
+            let g = layer
+                .pool_geom(input)
                 .expect("checked by ModelSpec::layers");
             Box::new(MaxPool::new(g))
         }

@@ -153,6 +153,32 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl LayerSpec {
+    /// A convolution's geometry for one sample of shape `input` (`[C, H, W]`), batch 1; `None`
+    /// for another kind of layer, a flat input, or a kernel that does not fit.
+    pub fn conv_geom(&self, input: &[usize]) -> Option<Conv2dGeom> {
+        let (
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            },
+            [c, h, w],
+        ) = (self, input)
+        else {
+            return None;
+        };
+        Conv2dGeom::new(1, *c, *h, *w, *filters, kernel.hw(), stride.hw(), *padding)
+    }
+
+    /// A pooling layer's geometry for one sample of shape `input` (`[C, H, W]`), batch 1.
+    pub fn pool_geom(&self, input: &[usize]) -> Option<Pool2dGeom> {
+        let (LayerSpec::MaxPool { size, stride }, [c, h, w]) = (self, input) else {
+            return None;
+        };
+        Pool2dGeom::new(1, *c, *h, *w, size.hw(), stride.unwrap_or(*size).hw())
+    }
+
     /// Short description for tables: "conv2d 3x3/1 same, 32".
     pub fn describe(&self) -> String {
         match self {
@@ -198,15 +224,14 @@ impl LayerSpec {
                 filters,
                 kernel,
                 stride,
-                padding,
+                ..
             } => {
-                let (c, h, w) = image("conv2d")?;
+                let (_, h, w) = image("conv2d")?;
                 let positive = *filters > 0 && kernel.hw().0 * kernel.hw().1 > 0;
                 if !positive || stride.hw().0 == 0 || stride.hw().1 == 0 {
                     return Err(err("filters, kernel and stride must be at least 1".into()));
                 }
-                let g = Conv2dGeom::new(1, c, h, w, *filters, kernel.hw(), stride.hw(), *padding)
-                    .ok_or_else(|| {
+                let g = self.conv_geom(input).ok_or_else(|| {
                     err(format!(
                         "the {}x{} kernel does not fit in the {h}x{w} input with valid padding",
                         kernel.hw().0,
@@ -236,7 +261,7 @@ impl LayerSpec {
                 if size.hw().0 * size.hw().1 == 0 || stride.hw().0 * stride.hw().1 == 0 {
                     return Err(err("size and stride must be at least 1".into()));
                 }
-                let g = Pool2dGeom::new(1, c, h, w, size.hw(), stride.hw()).ok_or_else(|| {
+                let g = self.pool_geom(input).ok_or_else(|| {
                     err(format!(
                         "the pooling window does not fit in the {h}x{w} input"
                     ))
