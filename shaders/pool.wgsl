@@ -1,4 +1,4 @@
-// pool.wgsl — max pooling forward (keeping the argmax) and backward.
+// pool.wgsl — max pooling forward (keeping the argmax) and backward, and global average pooling.
 // Twin of src/backend/cpu/pool.rs.
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 idx (argmax, u32), 3 dst (read_write).
@@ -6,7 +6,9 @@
 //   (the first maximum on ties, scanning rows then columns, as on the CPU).
 // backward: written as a gather, one invocation per input pixel: it sums dy over the windows that
 //   contain it and whose winner it was, so no two invocations write one address (no atomics).
-// Both: 256 invocations per workgroup, 2-D grid.
+// global_avg_forward: one invocation per (image, channel) plane, its mean; global_avg_backward:
+//   one invocation per input pixel, dy of its plane / (H·W). Neither binds idx.
+// All: 256 invocations per workgroup, 2-D grid.
 
 struct Params {
     planes: u32, h: u32, w: u32, kh: u32,
@@ -72,4 +74,26 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
     }
     dst[i] = sum;
+}
+
+// src = x, dst = y [planes]
+@compute @workgroup_size(256)
+fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.planes) { return; }
+    let size = p.h * p.w;
+    var s = 0.0;
+    for (var k = 0u; k < size; k++) { s += src[i * size + k]; }
+    dst[i] = s / f32(size);
+}
+
+// src = dy [planes], dst = dx
+@compute @workgroup_size(256)
+fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    let size = p.h * p.w;
+    if (i >= p.planes * size) { return; }
+    dst[i] = src[i / size] / f32(size);
 }

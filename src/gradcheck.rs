@@ -242,6 +242,45 @@ pub fn conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
     )
 }
 
+/// Depthwise convolution (`g.c_out == g.c_in`): gradients wrt x, w and b.
+pub fn depthwise_conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
+    let case = format!(
+        "depthwise {}x{} s{}x{} pad{}/{} {}x{}",
+        g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.h, g.w
+    );
+    let inputs = vec![
+        rand(g.input_shape(), 31),
+        rand(g.depthwise_weight_shape(), 32),
+        rand([g.c_in], 33),
+    ];
+    check_op(
+        be,
+        &case,
+        &["x", "w", "b"],
+        inputs,
+        |be, t| be.depthwise_conv2d_forward(&t[0], &t[1], &t[2], &g),
+        |be, t, dy| {
+            let (dw, db) = be.depthwise_conv2d_backward_weight(&t[0], dy, &g);
+            vec![be.depthwise_conv2d_backward_input(dy, &t[1], &g), dw, db]
+        },
+        probe,
+    )
+}
+
+/// Global average pooling of `[N, C, H, W]`: gradient wrt x.
+pub fn global_avgpool<B: Backend>(be: &B, shape: [usize; 4], probe: Probe) -> Vec<Report> {
+    let hw = (shape[2], shape[3]);
+    check_op(
+        be,
+        &format!("global avgpool {shape:?}"),
+        &["x"],
+        vec![rand(shape, 34)],
+        |be, t| be.global_avgpool_forward(&t[0]),
+        |be, _, dy| vec![be.global_avgpool_backward(dy, hw)],
+        probe,
+    )
+}
+
 /// Training-mode batch norm over `shape` (`[N,C,H,W]` or `[N,F]`): gradients wrt x, gamma and beta.
 pub fn batchnorm<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
     let c = shape[1];
@@ -442,6 +481,8 @@ pub fn model_layers<B: Backend>(
         let linear = matches!(
             info.spec,
             LayerSpec::Conv2d { .. }
+                | LayerSpec::DepthwiseConv2d { .. }
+                | LayerSpec::GlobalAvgPool
                 | LayerSpec::Dense { .. }
                 | LayerSpec::Flatten
                 | LayerSpec::Dropout { .. }

@@ -14,6 +14,16 @@ pub enum Padding {
     Valid,
 }
 
+impl Padding {
+    /// As written in spec files: "same" or "valid".
+    pub fn name(self) -> &'static str {
+        match self {
+            Padding::Same => "same",
+            Padding::Valid => "valid",
+        }
+    }
+}
+
 /// Geometry of a 2-D convolution over an `[N, Ci, H, W]` input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeom {
@@ -97,6 +107,37 @@ impl Conv2dGeom {
     /// Multiply-adds times two, for the whole batch's forward pass.
     pub fn forward_flops(&self) -> u64 {
         2 * (self.n * self.c_out * self.out_h * self.out_w * self.patch_len()) as u64
+    }
+
+    /// True when unfolding the input would copy it unchanged (1×1 kernel, stride 1, no padding):
+    /// each image `[Ci, H·W]` is then already the matrix the product needs.
+    pub fn is_pointwise(&self) -> bool {
+        (self.kh, self.kw, self.stride_h, self.stride_w) == (1, 1, 1, 1)
+            && self.pad_top == 0
+            && self.pad_left == 0
+    }
+
+    /// A depthwise convolution: each of the `c` channels convolved with its own single
+    /// `KH×KW` filter (`c_out == c_in`, weights `[C, 1, KH, KW]`), as in MobileNet. `None` when
+    /// the kernel does not fit a `valid` input.
+    pub fn depthwise(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+    ) -> Option<Self> {
+        Self::new(n, c, h, w, c, kernel, stride, padding)
+    }
+    /// `[C, 1, KH, KW]`: one filter per channel.
+    pub fn depthwise_weight_shape(&self) -> [usize; 4] {
+        [self.c_in, 1, self.kh, self.kw]
+    }
+    /// Multiply-adds times two of a depthwise forward pass: `KH·KW` per output value.
+    pub fn depthwise_flops(&self) -> u64 {
+        2 * (self.n * self.c_out * self.out_h * self.out_w * self.kh * self.kw) as u64
     }
 }
 

@@ -110,6 +110,31 @@ pub trait Backend: Send + Sync + Sized + 'static {
         g: &Conv2dGeom,
     ) -> (Self::Tensor, Self::Tensor);
 
+    // ---- depthwise convolution (MobileNet), `g.c_out == g.c_in` ----------------------------------
+    /// `y[N,C,Ho,Wo]` = each channel of `x[N,C,H,W]` convolved with its own filter of
+    /// `w[C,1,KH,KW]`, + `b[C]`.
+    fn depthwise_conv2d_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor;
+    /// `dx[N,C,H,W]` from `dy[N,C,Ho,Wo]` and `w[C,1,KH,KW]`.
+    fn depthwise_conv2d_backward_input(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor;
+    /// (`dw[C,1,KH,KW]`, `db[C]`) from `x[N,C,H,W]` and `dy[N,C,Ho,Wo]`.
+    fn depthwise_conv2d_backward_weight(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> (Self::Tensor, Self::Tensor);
+
     // ---- batch normalisation (per channel over N, H, W) ----------------------------------------
     /// y = gamma (x - mean) / sqrt(var + eps) + beta with the batch's own mean and variance.
     fn batchnorm_forward_train(
@@ -156,6 +181,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         argmax: &Self::Indices,
         g: &Pool2dGeom,
     ) -> Self::Tensor;
+
+    // ---- global average pooling ------------------------------------------------------------------
+    /// `y[N,C]` = mean over H and W of `x[N,C,H,W]`.
+    fn global_avgpool_forward(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// `dx[N,C,H,W]` = `dy[N,C]` / (H·W) at every position of the plane; `hw` = (H, W).
+    fn global_avgpool_backward(&self, dy: &Self::Tensor, hw: (usize, usize)) -> Self::Tensor;
 
     // ---- dense ------------------------------------------------------------------------------------
     /// `y[N,O]` = `x[N,I]` `w[O,I]`^T + `b[O]`

@@ -180,6 +180,41 @@ pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<
                     move || drop(be.conv2d_backward_weight(&x3, &dy3, &g)),
                 ));
             }
+            LayerSpec::DepthwiseConv2d { .. } => {
+                let g = info
+                    .spec
+                    .conv_geom(&info.input)
+                    .expect("checked by ModelSpec::layers");
+                let g = g.with_batch(batch);
+                let weight = || random(be, g.depthwise_weight_shape().to_vec(), seed + 2);
+                let (x1, w1, b1) = (x(), weight(), be.zeros(&[g.c_in].into()));
+                ops.push(Op::new(format!("{label} forward"), flops, move || {
+                    drop(be.depthwise_conv2d_forward(&x1, &w1, &b1, &g))
+                }));
+                let (dy2, w2) = (dy(), weight());
+                ops.push(Op::new(
+                    format!("{label} backward input"),
+                    flops,
+                    move || drop(be.depthwise_conv2d_backward_input(&dy2, &w2, &g)),
+                ));
+                let (x3, dy3) = (x(), dy());
+                ops.push(Op::new(
+                    format!("{label} backward weight"),
+                    flops,
+                    move || drop(be.depthwise_conv2d_backward_weight(&x3, &dy3, &g)),
+                ));
+            }
+            LayerSpec::GlobalAvgPool => {
+                let x1 = x();
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.global_avgpool_forward(&x1))
+                }));
+                let dy2 = dy();
+                let hw = (info.input[1], info.input[2]);
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.global_avgpool_backward(&dy2, hw))
+                }));
+            }
             LayerSpec::BatchNorm { eps, .. } => {
                 let c = info.input[0];
                 let gamma = || be.upload(&Tensor::full([c], 1.0));
@@ -440,7 +475,7 @@ pub fn profile_training_step(gpu: &Gpu, cfg: &BenchConfig) -> Result<Vec<KernelT
 /// How many timed items [`run`] reports through `tick` for this config.
 pub fn steps(cfg: &BenchConfig) -> usize {
     let per_layer = |spec: &LayerSpec| match spec {
-        LayerSpec::Conv2d { .. } => 3,
+        LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. } => 3,
         LayerSpec::Flatten => 0,
         _ => 2,
     };

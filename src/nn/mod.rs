@@ -5,14 +5,17 @@
 //! gradients of its parameters, and returns the gradient with respect to its input (`dx`).
 //! A model ([`Model`]) is a sequence of layers built from a text spec ([`spec::ModelSpec`]).
 
+pub mod avgpool;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
+pub mod depthwise;
 pub mod dropout;
 pub mod flatten;
 pub mod init;
 pub mod loss;
 pub mod maxpool;
+pub mod mobilenet;
 pub mod model;
 pub mod relu;
 pub mod spec;

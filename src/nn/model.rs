@@ -1,8 +1,9 @@
 //! A model: the layers of a [`ModelSpec`], run in order forward and in reverse order backward.
 
 use super::{
-    batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense, dropout::Dropout, flatten::Flatten,
-    maxpool::MaxPool, relu::Relu, Layer, LayerSpec, Mode, ModelSpec, Param,
+    avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense,
+    depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
+    Layer, LayerSpec, Mode, ModelSpec, Param,
 };
 use crate::backend::Backend;
 use crate::nn::spec::SpecError;
@@ -149,6 +150,13 @@ pub fn build_layer<B: Backend>(
                 .expect("checked by ModelSpec::layers");
             Box::new(Conv2d::new(be, g, rng))
         }
+        LayerSpec::DepthwiseConv2d { .. } => {
+            let g = layer
+                .conv_geom(input)
+                .expect("checked by ModelSpec::layers");
+            Box::new(DepthwiseConv2d::new(be, g, rng))
+        }
+        LayerSpec::GlobalAvgPool => Box::new(GlobalAvgPool::default()),
         LayerSpec::BatchNorm { momentum, eps } => {
             Box::new(BatchNorm::new(be, input[0], *momentum, *eps))
         }

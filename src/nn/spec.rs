@@ -13,6 +13,10 @@
 //! padding = "same"             # "same" (default) or "valid"
 //!
 //! [[layers]]
+//! type = "depthwise_conv2d"    # one kernel x kernel filter per channel (MobileNet)
+//! kernel = 3                   # optional: stride and padding as for conv2d
+//!
+//! [[layers]]
 //! type = "batchnorm"           # optional: momentum = 0.1, eps = 1e-5
 //! [[layers]]
 //! type = "relu"
@@ -20,7 +24,7 @@
 //! type = "maxpool"
 //! size = 2                     # optional: stride (default = size)
 //! [[layers]]
-//! type = "flatten"
+//! type = "flatten"             # or "global_avgpool": the mean of each channel, [C, H, W] -> [C]
 //! [[layers]]
 //! type = "dropout"
 //! rate = 0.5
@@ -76,6 +80,15 @@ pub enum LayerSpec {
         #[serde(default = "same")]
         padding: Padding,
     },
+    /// One `kernel` filter per channel, channels not mixed; output channels = input channels.
+    #[serde(rename = "depthwise_conv2d")]
+    DepthwiseConv2d {
+        kernel: Size2,
+        #[serde(default = "one")]
+        stride: Size2,
+        #[serde(default = "same")]
+        padding: Padding,
+    },
     /// `momentum` is the weight of the new batch in the running averages (PyTorch's convention;
     /// Keras' `momentum = 0.99` is `momentum = 0.01` here).
     BatchNorm {
@@ -97,6 +110,9 @@ pub enum LayerSpec {
         rate: f32,
     },
     Flatten,
+    /// `[C, H, W]` → `[C]`: the mean of each channel.
+    #[serde(rename = "global_avgpool")]
+    GlobalAvgPool,
 }
 
 /// A whole model: the shape of one input image and its layers in order.
@@ -153,22 +169,27 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl LayerSpec {
-    /// A convolution's geometry for one sample of shape `input` (`[C, H, W]`), batch 1; `None`
-    /// for another kind of layer, a flat input, or a kernel that does not fit.
+    /// A convolution's geometry (full or depthwise) for one sample of shape `input`
+    /// (`[C, H, W]`), batch 1; `None` for another kind of layer, a flat input, or a kernel that
+    /// does not fit.
     pub fn conv_geom(&self, input: &[usize]) -> Option<Conv2dGeom> {
-        let (
+        let [c, h, w] = *input else {
+            return None;
+        };
+        match self {
             LayerSpec::Conv2d {
                 filters,
                 kernel,
                 stride,
                 padding,
-            },
-            [c, h, w],
-        ) = (self, input)
-        else {
-            return None;
-        };
-        Conv2dGeom::new(1, *c, *h, *w, *filters, kernel.hw(), stride.hw(), *padding)
+            } => Conv2dGeom::new(1, c, h, w, *filters, kernel.hw(), stride.hw(), *padding),
+            LayerSpec::DepthwiseConv2d {
+                kernel,
+                stride,
+                padding,
+            } => Conv2dGeom::depthwise(1, c, h, w, kernel.hw(), stride.hw(), *padding),
+            _ => None,
+        }
     }
 
     /// A pooling layer's geometry for one sample of shape `input` (`[C, H, W]`), batch 1.
@@ -189,13 +210,17 @@ impl LayerSpec {
                 padding,
             } => {
                 let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
-                let pad = if *padding == Padding::Same {
-                    "same"
-                } else {
-                    "valid"
-                };
-                format!("conv2d {kh}x{kw}/{sh}x{sw} {pad}, {filters}")
+                format!("conv2d {kh}x{kw}/{sh}x{sw} {}, {filters}", padding.name())
             }
+            LayerSpec::DepthwiseConv2d {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
+                format!("depthwise {kh}x{kw}/{sh}x{sw} {}", padding.name())
+            }
+            LayerSpec::GlobalAvgPool => "global avgpool".into(),
             LayerSpec::BatchNorm { .. } => "batchnorm".into(),
             LayerSpec::MaxPool { size, stride } => {
                 let ((kh, kw), (sh, sw)) = (size.hw(), stride.unwrap_or(*size).hw());
@@ -243,6 +268,27 @@ impl LayerSpec {
                 largest_param = g.patch_len() * filters;
                 workspace = g.patch_len() * g.out_h * g.out_w;
                 vec![*filters, g.out_h, g.out_w]
+            }
+            LayerSpec::DepthwiseConv2d { kernel, stride, .. } => {
+                let (c, h, w) = image("depthwise_conv2d")?;
+                let (kh, kw) = kernel.hw();
+                if kh * kw == 0 || stride.hw().0 == 0 || stride.hw().1 == 0 {
+                    return Err(err("kernel and stride must be at least 1".into()));
+                }
+                let g = self.conv_geom(input).ok_or_else(|| {
+                    err(format!(
+                        "the {kh}x{kw} kernel does not fit in the {h}x{w} input with valid padding"
+                    ))
+                })?;
+                trainable = c * kh * kw + c;
+                flops = g.depthwise_flops();
+                largest_param = c * kh * kw;
+                vec![c, g.out_h, g.out_w]
+            }
+            LayerSpec::GlobalAvgPool => {
+                let (c, h, w) = image("global_avgpool")?;
+                flops = (c * h * w) as u64;
+                vec![c]
             }
             LayerSpec::BatchNorm { momentum, eps } => {
                 if !(0.0..=1.0).contains(momentum) || eps.is_nan() || *eps <= 0.0 {
@@ -303,6 +349,11 @@ impl LayerSpec {
                 kernel.hw().1,
                 *filters,
             ]),
+            LayerSpec::DepthwiseConv2d { kernel, .. } => values(&[
+                input.first().copied().unwrap_or(0),
+                kernel.hw().0,
+                kernel.hw().1,
+            ]),
             LayerSpec::Dense { units } => values(&[input.iter().product(), *units]),
             _ => 0,
         };
@@ -345,9 +396,13 @@ impl ModelSpec {
         }
         let path = Path::new(name_or_path);
         if !path.exists() {
+            if let Some(spec) = super::mobilenet::from_preset_name(name_or_path) {
+                return spec;
+            }
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             return Err(SpecError(format!(
-                "no built-in model and no file named '{name_or_path}' (built-in models: {})",
+                "no built-in model and no file named '{name_or_path}' (built-in models: {}, \
+                 mobilenet, mobilenet-WIDTH)",
                 names.join(", ")
             )));
         }

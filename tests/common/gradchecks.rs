@@ -155,6 +155,33 @@ macro_rules! gradcheck_suite {
             );
         }
         #[test]
+        fn depthwise_conv2d_strides_paddings_and_kernels() {
+            let Some(be) = $backend else { return };
+            let dw = |n, c, h, w, k, s, p| Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap();
+            for g in [
+                dw(2, 3, 6, 5, (3, 3), (1, 1), Padding::Same),
+                dw(2, 2, 7, 6, (3, 3), (2, 2), Padding::Same),
+                dw(1, 3, 7, 7, (3, 3), (2, 2), Padding::Valid),
+                dw(2, 2, 5, 6, (2, 4), (1, 2), Padding::Same),
+                dw(1, 2, 3, 3, (5, 5), (1, 1), Padding::Same),
+            ] {
+                assert_all(
+                    &gc::depthwise_conv2d(be, g, gc::Probe::op($samples)),
+                    OP_TOL,
+                );
+            }
+        }
+        #[test]
+        fn global_avgpool_planes_of_one_and_many() {
+            let Some(be) = $backend else { return };
+            for shape in [[2, 3, 4, 5], [3, 2, 1, 1]] {
+                assert_all(
+                    &gc::global_avgpool(be, shape, gc::Probe::op($samples)),
+                    OP_TOL,
+                );
+            }
+        }
+        #[test]
         fn batchnorm_conv_features_batch_1_and_2() {
             let Some(be) = $backend else { return };
             assert_all(
@@ -278,6 +305,25 @@ macro_rules! gradcheck_suite {
                     image.to_vec(),
                     2,
                 ),
+                (
+                    LayerSpec::DepthwiseConv2d {
+                        kernel: Size2::Square(3),
+                        stride: Size2::Square(1),
+                        padding: Padding::Same,
+                    },
+                    image.to_vec(),
+                    2,
+                ),
+                (
+                    LayerSpec::DepthwiseConv2d {
+                        kernel: Size2::Rect([2, 3]),
+                        stride: Size2::Square(2),
+                        padding: Padding::Valid,
+                    },
+                    image.to_vec(),
+                    2,
+                ),
+                (LayerSpec::GlobalAvgPool, image.to_vec(), 2),
                 (LayerSpec::Dense { units: 3 }, vec![11], 2),
                 (LayerSpec::Relu, image.to_vec(), 2),
                 (LayerSpec::Dropout { rate: 0.3 }, vec![40], 2),

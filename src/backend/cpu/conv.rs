@@ -32,16 +32,6 @@ fn with_col<R>(g: &Conv2dGeom, f: impl FnOnce(&mut [f32]) -> R) -> R {
     result
 }
 
-/// True when `col` would be a plain copy of the image (1×1 kernel, stride 1, no padding).
-fn is_pointwise(g: &Conv2dGeom) -> bool {
-    g.kh == 1
-        && g.kw == 1
-        && g.stride_h == 1
-        && g.stride_w == 1
-        && g.pad_top == 0
-        && g.pad_left == 0
-}
-
 /// Input row (or column) read by output row `o` at kernel offset `k`, if inside the image.
 #[inline]
 fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
@@ -99,7 +89,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     y.par_chunks_mut(g.c_out * p)
         .zip(x.par_chunks(g.c_in * g.h * g.w))
         .for_each(|(yn, xn)| {
-            if is_pointwise(g) {
+            if g.is_pointwise() {
                 gemm(wm, MatRef::rows(xn, k, p), yn, p, false);
             } else {
                 with_col(g, |col| {
@@ -123,7 +113,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
         .zip(dy.par_chunks(g.c_out * p))
         .for_each(|(dxn, dyn_)| {
             let dym = MatRef::rows(dyn_, g.c_out, p);
-            if is_pointwise(g) {
+            if g.is_pointwise() {
                 gemm(wt, dym, dxn, p, false);
             } else {
                 with_col(g, |col| {
@@ -136,7 +126,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
 }
 
 /// Σ xs, in 8 interleaved accumulators (vectorised, and not paced by one chain of additions).
-fn sum(xs: &[f32]) -> f32 {
+pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -164,7 +154,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
             for n in images {
                 let xn = &x[n * x_img..(n + 1) * x_img];
                 let dym = MatRef::rows(&dy[n * dy_img..(n + 1) * dy_img], g.c_out, p);
-                if is_pointwise(g) {
+                if g.is_pointwise() {
                     gemm(dym, MatRef::rows(xn, k, p).t(), &mut dw, k, true);
                 } else {
                     with_col(g, |col| {

@@ -4,6 +4,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod pool;
@@ -98,6 +99,33 @@ impl Backend for Cpu {
         (t(g.weight_shape(), dw), t([g.c_out], db))
     }
 
+    fn depthwise_conv2d_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        g: &Conv2dGeom,
+    ) -> Tensor {
+        debug_assert_eq!(x.dims(), g.input_shape());
+        let y = depthwise::forward(&x.data, &w.data, &b.data, g);
+        t(g.output_shape(), y)
+    }
+    fn depthwise_conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
+        t(
+            g.input_shape(),
+            depthwise::backward_input(&dy.data, &w.data, g),
+        )
+    }
+    fn depthwise_conv2d_backward_weight(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        g: &Conv2dGeom,
+    ) -> (Tensor, Tensor) {
+        let (dw, db) = depthwise::backward_weight(&x.data, &dy.data, g);
+        (t(g.depthwise_weight_shape(), dw), t([g.c_in], db))
+    }
+
     fn batchnorm_forward_train(
         &self,
         x: &Tensor,
@@ -165,6 +193,15 @@ impl Backend for Cpu {
     }
     fn maxpool_backward(&self, dy: &Tensor, argmax: &Vec<u32>, g: &Pool2dGeom) -> Tensor {
         t(g.input_shape(), pool::backward(&dy.data, argmax, g))
+    }
+
+    fn global_avgpool_forward(&self, x: &Tensor) -> Tensor {
+        let (n, c, h, w) = x.shape.nchw();
+        t([n, c], pool::global_avg_forward(&x.data, h * w))
+    }
+    fn global_avgpool_backward(&self, dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
+        let (n, c) = (dy.dims()[0], dy.dims()[1]);
+        t([n, c, h, w], pool::global_avg_backward(&dy.data, h * w))
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -1,4 +1,4 @@
-//! Max pooling on the CPU, one (image, channel) plane per rayon task.
+//! Max pooling and global average pooling on the CPU, one (image, channel) plane per rayon task.
 
 use crate::backend::Pool2dGeom;
 use rayon::prelude::*;
@@ -45,5 +45,21 @@ pub fn backward(dy: &[f32], argmax: &[u32], g: &Pool2dGeom) -> Vec<f32> {
                 dxp[i as usize] += d;
             }
         });
+    dx
+}
+
+/// `y[N,C]` = mean over its `plane` values of each plane of `x[N,C,H,W]`.
+pub fn global_avg_forward(x: &[f32], plane: usize) -> Vec<f32> {
+    x.par_chunks(plane)
+        .map(|p| super::conv::sum(p) / plane as f32)
+        .collect()
+}
+
+/// `dx[N,C,H,W]`: every value of a plane took 1/(H·W) of the mean, so each gets `dy[n,c]`/(H·W).
+pub fn global_avg_backward(dy: &[f32], plane: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; dy.len() * plane];
+    dx.par_chunks_mut(plane)
+        .zip(dy.par_iter())
+        .for_each(|(p, d)| p.fill(d / plane as f32));
     dx
 }

@@ -58,7 +58,17 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "pool",
         include_str!("../../../shaders/pool.wgsl"),
-        &["forward", "backward"],
+        &[
+            "forward",
+            "backward",
+            "global_avg_forward",
+            "global_avg_backward",
+        ],
+    ),
+    (
+        "depthwise",
+        include_str!("../../../shaders/depthwise.wgsl"),
+        &["forward", "backward_input", "backward_weight"],
     ),
     (
         "loss",

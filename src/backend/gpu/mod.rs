@@ -12,7 +12,7 @@ mod context;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
-use self::context::{grid_1d, Binding};
+use self::context::{grid_1d, Binding, WORKGROUP};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
@@ -370,8 +370,35 @@ impl Gpu {
         .map(u)
     }
 
+    /// The parameter block of depthwise.wgsl for a window of `images` images.
+    fn depthwise_params(g: &Conv2dGeom, images: usize, accumulate: bool) -> [u32; 16] {
+        [
+            g.c_in,
+            g.h,
+            g.w,
+            g.kh,
+            g.kw,
+            g.stride_h,
+            g.stride_w,
+            g.pad_top,
+            g.pad_left,
+            g.out_h,
+            g.out_w,
+            images,
+            accumulate as usize,
+            0,
+            0,
+            0,
+        ]
+        .map(u)
+    }
+
     /// Chunks of images (first, count) of `g`'s batch whose unfolded columns fit the budget.
+    /// (A pointwise convolution unfolds nothing: one chunk.)
     fn conv_chunks(&self, g: &Conv2dGeom) -> Vec<(usize, usize)> {
+        if g.is_pointwise() {
+            return vec![(0, g.n)];
+        }
         let per_image = g.patch_len() * g.out_h * g.out_w;
         let budget = COL_BUDGET.max(per_image).min(self.window);
         assert!(
@@ -404,6 +431,29 @@ impl Gpu {
         );
     }
 
+    /// The unfolded input of a chunk of images as (buffer, offset of the chunk's first column):
+    /// `col`, filled by im2col, or for a pointwise convolution `x` itself, which needs none.
+    fn unfolded<'a>(
+        &self,
+        x: &'a wgpu::Buffer,
+        g: &Conv2dGeom,
+        (first, images): (usize, usize),
+        col: &'a Option<GpuTensor>,
+    ) -> (&'a wgpu::Buffer, usize) {
+        match col {
+            Some(col) => {
+                self.im2col(x, g, (first, images), col);
+                (col.buf(), 0)
+            }
+            None => (x, first * g.c_in * g.h * g.w),
+        }
+    }
+
+    /// A buffer for one chunk's unfolded input, or none for a pointwise convolution.
+    fn col_buffer(&self, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTensor> {
+        (!g.is_pointwise()).then(|| self.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
+    }
+
     /// Forward convolution of one window: y = w ⊛ x + b, `g` with the window's batch.
     fn conv_forward_window(
         &self,
@@ -415,9 +465,9 @@ impl Gpu {
     ) {
         let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
+        let col = self.col_buffer(g, chunks[0].1);
         for (first, images) in chunks {
-            self.im2col(x, g, (first, images), &col);
+            let (cols, b_off) = self.unfolded(x, g, (first, images), &col);
             // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
             let gm = Gemm {
                 m: g.c_out,
@@ -426,6 +476,7 @@ impl Gpu {
                 k_lo: k,
                 a_rs: k,
                 a_klo: 1,
+                b_off,
                 b_cs: 1,
                 b_klo: q,
                 b_batch: k * q,
@@ -435,7 +486,7 @@ impl Gpu {
                 batch: images,
                 ..Default::default()
             };
-            self.gemm(gm, w, col.buf(), y);
+            self.gemm(gm, w, cols, y);
         }
         let n = g.n * g.c_out * q;
         self.elementwise(
@@ -447,7 +498,8 @@ impl Gpu {
         );
     }
 
-    /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy).
+    /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy) (for a pointwise
+    /// convolution the product is dx itself).
     fn conv_backward_input_window(
         &self,
         dy: &wgpu::Buffer,
@@ -457,8 +509,12 @@ impl Gpu {
     ) {
         let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
+        let col = self.col_buffer(g, chunks[0].1);
         for (first, images) in chunks {
+            let (dst, c_off) = match &col {
+                Some(col) => (col.buf(), 0),
+                None => (dx, first * k * q),
+            };
             // dcol[n] [K × Q] = wᵀ [K × Co] · dy[n] [Co × Q]
             let gm = Gemm {
                 m: k,
@@ -471,20 +527,23 @@ impl Gpu {
                 b_cs: 1,
                 b_klo: q,
                 b_batch: g.c_out * q,
+                c_off,
                 c_rs: q,
                 c_batch: k * q,
                 batch: images,
                 ..Default::default()
             };
-            self.gemm(gm, w, dy, col.buf());
-            let n = images * g.c_in * g.h * g.w;
-            let params = Self::conv_params(g, images, first);
-            self.ctx.launch(
-                "conv::col2im",
-                &params,
-                &[(1, col.buf()), (2, dx)],
-                grid_1d(n),
-            );
+            self.gemm(gm, w, dy, dst);
+            if let Some(col) = &col {
+                let n = images * g.c_in * g.h * g.w;
+                let params = Self::conv_params(g, images, first);
+                self.ctx.launch(
+                    "conv::col2im",
+                    &params,
+                    &[(1, col.buf()), (2, dx)],
+                    grid_1d(n),
+                );
+            }
         }
     }
 
@@ -499,7 +558,7 @@ impl Gpu {
     ) {
         let (k, q) = (g.patch_len(), g.out_h * g.out_w);
         let chunks = self.conv_chunks(g);
-        let col = self.alloc([chunks[0].1 * k * q]);
+        let col = self.col_buffer(g, chunks[0].1);
         // Each chunk is summed in `groups` independent partial products (more parallel work for
         // the GPU than one long sum), which are then added up.
         let max_groups = (1..=8)
@@ -508,7 +567,7 @@ impl Gpu {
             .unwrap_or(1);
         let partials = self.alloc([max_groups * g.c_out * k]);
         for (i, (first, images)) in chunks.into_iter().enumerate() {
-            self.im2col(x, g, (first, images), &col);
+            let (cols, b_off) = self.unfolded(x, g, (first, images), &col);
             let groups = (1..=max_groups)
                 .rev()
                 .find(|d| images % d == 0)
@@ -525,6 +584,7 @@ impl Gpu {
                 a_khi: g.c_out * q,
                 a_klo: 1,
                 a_batch: per_group * g.c_out * q,
+                b_off,
                 b_cs: q,
                 b_khi: k * q,
                 b_klo: 1,
@@ -534,7 +594,7 @@ impl Gpu {
                 batch: groups,
                 ..Default::default()
             };
-            self.gemm(gm, dy, col.buf(), partials.buf());
+            self.gemm(gm, dy, cols, partials.buf());
             let accumulate = i > 0 || !window.is_first();
             let params = [u(groups), u(g.c_out * k), 0, accumulate as u32];
             let n = g.c_out * k;
@@ -655,6 +715,64 @@ impl Backend for Gpu {
         self.per_window(g.n, &[x, dy], &[], |win, i, _| {
             self.conv_backward_weight_window(i[0], i[1], &dw, &g.with_batch(win.count), win);
             self.channel_sum(i[1], db.buf(), (win.count, g.c_out, q), !win.is_first());
+        });
+        (dw, db)
+    }
+
+    fn depthwise_conv2d_forward(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: &GpuTensor,
+        g: &Conv2dGeom,
+    ) -> GpuTensor {
+        let y = self.alloc(g.output_shape());
+        let (w, b) = (self.whole(w), self.whole(b));
+        self.per_window(g.n, &[x], &[&y], |win, i, o| {
+            let params = Self::depthwise_params(g, win.count, false);
+            let len = win.count * g.c_in * g.out_h * g.out_w;
+            let bind = [(1, i[0]), (2, w), (3, b), (4, o[0])];
+            self.ctx
+                .launch("depthwise::forward", &params, &bind, grid_1d(len));
+        });
+        y
+    }
+
+    fn depthwise_conv2d_backward_input(
+        &self,
+        dy: &GpuTensor,
+        w: &GpuTensor,
+        g: &Conv2dGeom,
+    ) -> GpuTensor {
+        let dx = self.alloc(g.input_shape());
+        let w = self.whole(w);
+        self.per_window(g.n, &[dy], &[&dx], |win, i, o| {
+            let params = Self::depthwise_params(g, win.count, false);
+            let len = win.count * g.c_in * g.h * g.w;
+            let bind = [(1, i[0]), (2, w), (4, o[0])];
+            self.ctx
+                .launch("depthwise::backward_input", &params, &bind, grid_1d(len));
+        });
+        dx
+    }
+
+    fn depthwise_conv2d_backward_weight(
+        &self,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        g: &Conv2dGeom,
+    ) -> (GpuTensor, GpuTensor) {
+        let dw = self.alloc(g.depthwise_weight_shape());
+        let db = self.alloc([g.c_in]);
+        let q = g.out_h * g.out_w;
+        self.per_window(g.n, &[x, dy], &[], |win, i, _| {
+            let params = Self::depthwise_params(g, win.count, !win.is_first());
+            let bind = [(1, i[0]), (4, dw.buf()), (5, i[1])];
+            // one workgroup per weight
+            let groups = grid_1d(g.c_in * g.kh * g.kw * WORKGROUP as usize);
+            self.ctx
+                .launch("depthwise::backward_weight", &params, &bind, groups);
+            self.channel_sum(i[1], db.buf(), (win.count, g.c_in, q), !win.is_first());
         });
         (dw, db)
     }
@@ -800,6 +918,39 @@ impl Backend for Gpu {
             let len = g.n * g.c * g.h * g.w;
             self.ctx
                 .launch("pool::backward", &pool_params(&g), &bind, grid_1d(len));
+        });
+        dx
+    }
+
+    fn global_avgpool_forward(&self, x: &GpuTensor) -> GpuTensor {
+        let (n, c, h, w) = x.shape.nchw();
+        let y = self.alloc([n, c]);
+        self.per_window(n, &[x], &[&y], |win, i, o| {
+            let g = Pool2dGeom::new(win.count, c, h, w, (h, w), (h, w)).expect("the whole plane");
+            let bind = [(1, i[0]), (3, o[0])];
+            let params = pool_params(&g);
+            self.ctx.launch(
+                "pool::global_avg_forward",
+                &params,
+                &bind,
+                grid_1d(win.count * c),
+            );
+        });
+        y
+    }
+    fn global_avgpool_backward(&self, dy: &GpuTensor, (h, w): (usize, usize)) -> GpuTensor {
+        let (n, c) = (dy.shape.dims()[0], dy.shape.dims()[1]);
+        let dx = self.alloc([n, c, h, w]);
+        self.per_window(n, &[dy], &[&dx], |win, i, o| {
+            let g = Pool2dGeom::new(win.count, c, h, w, (h, w), (h, w)).expect("the whole plane");
+            let bind = [(1, i[0]), (3, o[0])];
+            let params = pool_params(&g);
+            self.ctx.launch(
+                "pool::global_avg_backward",
+                &params,
+                &bind,
+                grid_1d(win.count * c * h * w),
+            );
         });
         dx
     }

@@ -1,0 +1,127 @@
+// depthwise.wgsl — depthwise convolution (each channel with its own KH×KW filter, MobileNet):
+// forward, input gradient and weight gradient. Twin of src/backend/cpu/depthwise.rs.
+//
+// With KH·KW multiply-adds per output there is no product worth a GEMM: every pass is direct.
+//   forward:          one invocation per output,      y[n,c,oy,ox] = b[c] + Σ w[c,ky,kx] · x[n,c,iy,ix]
+//   backward_input:   one invocation per input pixel, a gather over the outputs that read it
+//                     (as col2im in conv.wgsl: no two invocations write one address, no atomics)
+//   backward_weight:  one workgroup of 256 per weight (c, ky, kx): each invocation sums a strided
+//                     share of dy·x over the window's images and output pixels, then a tree
+//                     reduction in workgroup memory; dw (+)= the sum. (db is reduce::channel_sum.)
+// with iy = oy·sh + ky − pt, ix = ox·sw + kx − pl, zero outside the image.
+//
+// Bindings: 0 params (uniform), 1 src (x, or dy for backward_input), 2 w, 3 b, 4 dst,
+//           5 dy (backward_weight).
+// A batch too large for one binding is processed in windows of `images` images, each tensor bound
+// from the window's first image; backward_weight then adds to dw unless `accumulate` is 0.
+
+struct Params {
+    c: u32, h: u32, w: u32, kh: u32,
+    kw: u32, sh: u32, sw: u32, pt: u32,
+    pl: u32, oh: u32, ow: u32, images: u32,
+    accumulate: u32, pad0: u32, pad1: u32, pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 256u + lid;
+}
+
+// The input pixel (iy, ix) under output (oy, ox) at tap (ky, kx), or (-1, -1) in the padding.
+fn source(oy: u32, ox: u32, ky: u32, kx: u32) -> vec2<i32> {
+    let iy = i32(oy * p.sh + ky) - i32(p.pt);
+    let ix = i32(ox * p.sw + kx) - i32(p.pl);
+    let inside = iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w);
+    return select(vec2<i32>(-1), vec2<i32>(iy, ix), inside);
+}
+
+// src = x, dst = y
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let out_plane = p.oh * p.ow;
+    if (i >= p.images * p.c * out_plane) { return; }
+    let ox = i % p.ow;
+    let oy = (i / p.ow) % p.oh;
+    let plane = i / out_plane;          // n·C + c
+    let c = plane % p.c;
+    let x0 = plane * p.h * p.w;
+    var s = bias[c];
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let at = source(oy, ox, ky, kx);
+            if (at.x >= 0) {
+                s += wt[(c * p.kh + ky) * p.kw + kx] * src[x0 + u32(at.x) * p.w + u32(at.y)];
+            }
+        }
+    }
+    dst[i] = s;
+}
+
+// src = dy, dst = dx
+@compute @workgroup_size(256)
+fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    let in_plane = p.h * p.w;
+    if (i >= p.images * p.c * in_plane) { return; }
+    let ix = i % p.w;
+    let iy = (i / p.w) % p.h;
+    let plane = i / in_plane;
+    let c = plane % p.c;
+    let y0 = plane * p.oh * p.ow;
+    var s = 0.0;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let ty = i32(iy + p.pt) - i32(ky);          // = oy · sh
+        if (ty < 0 || ty % i32(p.sh) != 0) { continue; }
+        let oy = u32(ty) / p.sh;
+        if (oy >= p.oh) { continue; }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let tx = i32(ix + p.pl) - i32(kx);
+            if (tx < 0 || tx % i32(p.sw) != 0) { continue; }
+            let ox = u32(tx) / p.sw;
+            if (ox >= p.ow) { continue; }
+            s += wt[(c * p.kh + ky) * p.kw + kx] * src[y0 + oy * p.ow + ox];
+        }
+    }
+    dst[i] = s;
+}
+
+var<workgroup> partial: array<f32, 256>;
+
+// src = x, dy = dy, dst = dw [C, KH·KW]
+@compute @workgroup_size(256)
+fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let taps = p.kh * p.kw;
+    let slot = wid.y * nwg.x + wid.x;   // c · taps + tap, the same for the whole workgroup
+    if (slot >= p.c * taps) { return; }
+    let c = slot / taps;
+    let ky = (slot % taps) / p.kw;
+    let kx = slot % p.kw;
+    let out_plane = p.oh * p.ow;
+    var s = 0.0;
+    for (var t = lid; t < p.images * out_plane; t += 256u) {
+        let n = t / out_plane;
+        let q = t % out_plane;
+        let at = source(q / p.ow, q % p.ow, ky, kx);
+        if (at.x >= 0) {
+            let plane = n * p.c + c;
+            s += dy[plane * out_plane + q] * src[(plane * p.h + u32(at.x)) * p.w + u32(at.y)];
+        }
+    }
+    partial[lid] = s;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half >>= 1u) {
+        if (lid < half) { partial[lid] += partial[lid + half]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { dst[slot] = select(0.0, dst[slot], p.accumulate != 0u) + partial[0]; }
+}
