@@ -5,21 +5,21 @@
 //   forward:          one invocation per output,      y[n,c,oy,ox] = b[c] + Σ w[c,ky,kx] · x[n,c,iy,ix]
 //   backward_input:   one invocation per input pixel, a gather over the outputs that read it
 //                     (as col2im in conv.wgsl: no two invocations write one address, no atomics)
-//   backward_weight:  one workgroup of 256 per weight (c, ky, kx): each invocation sums a strided
-//                     share of dy·x over the window's images and output pixels, then a tree
-//                     reduction in workgroup memory; dw (+)= the sum. (db is reduce::channel_sum.)
+//   backward_weight:  partial sums of dy·x for each weight (c, ky, kx) over runs of output
+//                     pixels, one invocation each; reduce::sum_leading then adds the runs into dw.
+//                     (db is reduce::channel_sum.)
 // with iy = oy·sh + ky − pt, ix = ox·sw + kx − pl, zero outside the image.
 //
 // Bindings: 0 params (uniform), 1 src (x, or dy for backward_input), 2 w, 3 b, 4 dst,
 //           5 dy (backward_weight).
 // A batch too large for one binding is processed in windows of `images` images, each tensor bound
-// from the window's first image; backward_weight then adds to dw unless `accumulate` is 0.
+// from the window's first image.
 
 struct Params {
     c: u32, h: u32, w: u32, kh: u32,
     kw: u32, sh: u32, sw: u32, pt: u32,
     pl: u32, oh: u32, ow: u32, images: u32,
-    accumulate: u32, pad0: u32, pad1: u32, pad2: u32,
+    run: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -94,34 +94,40 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     dst[i] = s;
 }
 
-var<workgroup> partial: array<f32, 256>;
-
-// src = x, dy = dy, dst = dw [C, KH·KW]
+// src = x, dy = dy, dst = partial sums [runs][C·KH·KW]: invocation (run r, weight j) sums dy·x
+// over the r-th run of `p.run` consecutive (image, output pixel) pairs, walking the pixels by
+// counting (no division per pixel). Many short independent sums, no barriers: as fast on a CPU
+// driver as on a GPU, where one workgroup per weight would idle when a layer has few pixels.
 @compute @workgroup_size(256)
 fn backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
     let taps = p.kh * p.kw;
-    let slot = wid.y * nwg.x + wid.x;   // c · taps + tap, the same for the whole workgroup
-    if (slot >= p.c * taps) { return; }
-    let c = slot / taps;
-    let ky = (slot % taps) / p.kw;
-    let kx = slot % p.kw;
+    let weights = p.c * taps;
     let out_plane = p.oh * p.ow;
+    let total = p.images * out_plane;
+    if (i >= weights * ((total + p.run - 1u) / p.run)) { return; }
+    let j = i % weights;
+    let c = j / taps;
+    let ky = (j % taps) / p.kw;
+    let kx = j % p.kw;
+    let first = (i / weights) * p.run;
+    var n = first / out_plane;
+    var oy = (first % out_plane) / p.ow;
+    var ox = first % p.ow;
     var s = 0.0;
-    for (var t = lid; t < p.images * out_plane; t += 256u) {
-        let n = t / out_plane;
-        let q = t % out_plane;
-        let at = source(q / p.ow, q % p.ow, ky, kx);
+    for (var t = first; t < min(first + p.run, total); t++) {
+        let at = source(oy, ox, ky, kx);
         if (at.x >= 0) {
             let plane = n * p.c + c;
-            s += dy[plane * out_plane + q] * src[(plane * p.h + u32(at.x)) * p.w + u32(at.y)];
+            s += dy[plane * out_plane + oy * p.ow + ox] * src[(plane * p.h + u32(at.x)) * p.w + u32(at.y)];
+        }
+        ox += 1u;
+        if (ox == p.ow) {
+            ox = 0u;
+            oy += 1u;
+            if (oy == p.oh) { oy = 0u; n += 1u; }
         }
     }
-    partial[lid] = s;
-    workgroupBarrier();
-    for (var half = 128u; half > 0u; half >>= 1u) {
-        if (lid < half) { partial[lid] += partial[lid + half]; }
-        workgroupBarrier();
-    }
-    if (lid == 0u) { dst[slot] = select(0.0, dst[slot], p.accumulate != 0u) + partial[0]; }
+    dst[i] = s;
 }

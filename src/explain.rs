@@ -14,14 +14,15 @@ use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 
-/// The layer whose output Grad-CAM weighs: the last layer before the first flatten whose output
-/// is a stack of feature maps, not counting pooling (which only coarsens the map). For
-/// fracturenet, the ReLU of the fourth block (128 maps of 16 × 16 at 128 px).
+/// The layer whose output Grad-CAM weighs: the last layer before the first flatten (or global
+/// average pooling) whose output is a stack of feature maps, not counting max pooling (which only
+/// coarsens the map). For fracturenet, the ReLU of the fourth block (128 maps of 16 × 16 at
+/// 128 px); for mobilenet, the last block's ReLU (512 maps of 4 × 4).
 pub fn target_layer(spec: &ModelSpec) -> Result<usize> {
     let layers = spec.layers()?;
     layers
         .iter()
-        .take_while(|l| l.spec != LayerSpec::Flatten)
+        .take_while(|l| !matches!(l.spec, LayerSpec::Flatten | LayerSpec::GlobalAvgPool))
         .filter(|l| l.output.len() == 3 && !matches!(l.spec, LayerSpec::MaxPool { .. }))
         .map(|l| l.index)
         .last()
@@ -137,13 +138,20 @@ mod tests {
     }
 
     #[test]
-    fn the_target_is_the_last_feature_map_before_flatten() {
+    fn the_target_is_the_last_feature_map_before_flatten_or_pooling() {
         let spec = ModelSpec::load("fracturenet").unwrap();
         let at = target_layer(&spec).unwrap();
         let layers = spec.layers().unwrap();
         assert_eq!(layers[at].spec, LayerSpec::Relu);
         assert_eq!(layers[at].output, vec![128, 16, 16]);
         assert_eq!(layers[at + 1].spec.describe(), "maxpool 2x2/2x2");
+        // mobilenet: the last block's ReLU, just before global average pooling
+        let spec = ModelSpec::load("mobilenet").unwrap();
+        let at = target_layer(&spec).unwrap();
+        let layers = spec.layers().unwrap();
+        assert_eq!(layers[at].spec, LayerSpec::Relu);
+        assert_eq!(layers[at].output, vec![512, 4, 4]);
+        assert_eq!(layers[at + 1].spec, LayerSpec::GlobalAvgPool);
     }
 
     #[test]

@@ -118,16 +118,20 @@ pub fn inspect<B: Backend>(
     };
     let mut first_conv = true;
     for (i, (spec, output)) in model.spec.layers.iter().zip(&outputs).enumerate() {
-        if !matches!(spec, LayerSpec::Conv2d { .. }) {
+        if !matches!(
+            spec,
+            LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. }
+        ) {
             continue;
         }
+        let kind = model.layers[i].kind();
         save(
-            format!("activations-{i:02}-conv2d.png"),
+            format!("activations-{i:02}-{kind}.png"),
             feature_map_grid(output),
         )?;
         if first_conv {
             let weight = be.download(&model.layers[i].params()[0].value);
-            save(format!("filters-{i:02}-conv2d.png"), filter_grid(&weight))?;
+            save(format!("filters-{i:02}-{kind}.png"), filter_grid(&weight))?;
             first_conv = false;
         }
     }

@@ -215,12 +215,20 @@ enum BackendChoice {
 enum ModelCommand {
     /// Print each layer's output shape, parameter count and forward FLOPs (like Keras' summary()).
     Summary {
-        /// A built-in model (fracturenet, xray-bone-classifier) or a spec file (.toml or .json).
+        /// A built-in model (fracturenet, xray-bone-classifier, mobilenet, mobilenet-WIDTH) or a
+        /// spec file (.toml or .json).
         #[arg(long, default_value = "fracturenet")]
         model: String,
         /// Side of the square input image (default: the model's own).
         #[arg(long)]
         image_size: Option<usize>,
+    },
+    /// Print a model's spec as TOML: a start for a model of your own (`> my-model.toml`, edit,
+    /// then `train --model my-model.toml`).
+    Spec {
+        /// A built-in model or a spec file.
+        #[arg(long, default_value = "fracturenet")]
+        model: String,
     },
 }
 
@@ -241,7 +249,8 @@ struct TrainArgs {
     /// Data folder: train/ and val/ (or valid/), each holding fractured/ and not_fractured/.
     #[arg(long, default_value = "data")]
     data: PathBuf,
-    /// A built-in model (fracturenet, xray-bone-classifier) or a spec file (.toml or .json).
+    /// A built-in model (fracturenet, xray-bone-classifier, mobilenet = MobileNet v1 at width 0.5,
+    /// mobilenet-WIDTH for another width) or a spec file (.toml or .json).
     #[arg(long, default_value = "fracturenet")]
     model: String,
     /// Epochs to train [default: 10]; with --resume, the run's new total.
@@ -1032,6 +1041,11 @@ fn thousands(n: u64) -> String {
     out
 }
 
+fn model_spec(model: &str) -> Result<()> {
+    print!("{}", ModelSpec::load(model)?.to_toml()?);
+    Ok(())
+}
+
 fn model_summary(model: &str, image_size: Option<usize>) -> Result<()> {
     let mut spec = ModelSpec::load(model)?;
     if let Some(s) = image_size {
@@ -1118,6 +1132,9 @@ fn main() -> ExitCode {
         Command::Model {
             command: ModelCommand::Summary { model, image_size },
         } => model_summary(&model, image_size).map(|_| Outcome::Done),
+        Command::Model {
+            command: ModelCommand::Spec { model },
+        } => model_spec(&model).map(|_| Outcome::Done),
         Command::Devices => devices().map(|_| Outcome::Done),
         Command::Eval(a) => eval(a).map(|_| Outcome::Done),
         Command::Gradcheck(a) => gradcheck(a).and_then(|ok| {

@@ -22,6 +22,17 @@ fn model_summary_reports_the_keras_parameter_count() {
         out.contains("[512, 3, 3]") && out.contains("[4608]"),
         "{out}"
     );
+    // `model spec` prints a preset as a spec file that trains as the preset does
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["model", "spec", "--model", "mobilenet"]);
+    assert!(o.status.success());
+    let file = dir.path().join("mine.toml");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let o = run(&["model", "summary", "--model", file.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Total params: 835,233"), "{out}");
+    assert!(out.contains("depthwise 3x3/2x2 same"), "{out}");
 }
 
 #[test]
@@ -239,9 +250,92 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
     assert!(text(&o).1.contains("nowhere.safetensors does not exist"));
 }
 
+/// MobileNet through a user's commands, on the CPU and (where there is one) the GPU: it trains
+/// and learns, `predict --heatmap` explains through its depthwise layers, `inspect` draws them.
 #[test]
-fn gradcheck_proves_every_layer_of_both_presets() {
-    for model in ["fracturenet", "xray-bone-classifier"] {
+fn mobilenet_trains_explains_and_inspects_on_each_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 8, 20);
+    let one = data.join("val/fractured/img000.png");
+    let one = one.to_str().unwrap();
+    let mut backends = vec!["cpu"];
+    if common::gpu::backend().is_some() {
+        backends.push("gpu");
+    }
+    for backend in backends {
+        let out = dir.path().join(format!("runs-{backend}"));
+        let o = run(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            "mobilenet",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "4",
+            "--backend",
+            backend,
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{backend}: {}", text(&o).1);
+        let run_dir = out.join("mobilenet-001");
+        let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let auc = header.iter().position(|h| *h == "val_roc_auc").unwrap();
+        let best = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(auc).unwrap().parse::<f64>().unwrap())
+            .fold(0.0, f64::max);
+        println!("{backend}: best validation ROC-AUC {best}");
+        assert!(best > 0.9, "{backend}: mobilenet did not learn:\n{csv}");
+
+        let png = dir.path().join(format!("look-{backend}.png"));
+        let o = run(&[
+            "predict",
+            "--model",
+            run_dir.to_str().unwrap(),
+            one,
+            "--heatmap",
+            png.to_str().unwrap(),
+            "--backend",
+            backend,
+        ]);
+        assert!(o.status.success(), "{backend}: {}", text(&o).1);
+        let heatmap = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(heatmap.dimensions(), image::image_dimensions(one).unwrap());
+
+        let pictures = dir.path().join(format!("inspect-{backend}"));
+        let o = run(&[
+            "inspect",
+            "--model",
+            run_dir.to_str().unwrap(),
+            one,
+            "--out",
+            pictures.to_str().unwrap(),
+            "--backend",
+            backend,
+        ]);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{backend}: {err}");
+        // 27 convolutions (1 full, 13 depthwise, 13 pointwise), the first filters, 2 histograms
+        assert_eq!(stdout.lines().count(), 27 + 1 + 2, "{stdout}");
+        let depthwise = pictures.join("activations-03-depthwise_conv2d.png");
+        // the first depthwise layer's 16 maps of 16×16 at 32 px, 4 × 4 tiles
+        let grid = image::open(&depthwise).unwrap();
+        assert_eq!(grid.width(), grid.height());
+    }
+}
+
+#[test]
+fn gradcheck_proves_every_layer_of_every_preset() {
+    for model in ["fracturenet", "xray-bone-classifier", "mobilenet"] {
         let o = run(&["gradcheck", "--model", model, "--backend", "cpu"]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}{err}");

@@ -1,6 +1,6 @@
 //! Every GPU op against the CPU op on the same random inputs, forward and backward, over shapes
 //! that include odd sizes, batch 1 and sizes that are not multiples of the kernels' tiles; then
-//! whole training steps of both presets, and repeatability.
+//! whole training steps and every gradient of the presets, and repeatability.
 
 mod common;
 

@@ -42,6 +42,41 @@ fn presets_have_the_documented_sizes() {
 }
 
 #[test]
+fn mobilenet_has_the_parameters_of_keras_mobilenet_at_half_width() {
+    // keras.applications.MobileNet(alpha=0.5, input_shape=(128, 128, 3)): 1,342,536 parameters,
+    // of which its 1000-class head (a 1×1 convolution 512 → 1000 with bias) holds 513,000. Ours
+    // differs in three places only: one gray input channel (the first conv's 3×3×16 weights for
+    // each of 3 colours: 288 fewer), a bias on every convolution, and a one-logit dense head.
+    let spec = ModelSpec::load("mobilenet").unwrap();
+    let (trainable, fixed) = spec.param_counts().unwrap();
+    let layers = spec.layers().unwrap();
+    let conv_biases: usize = layers
+        .iter()
+        .filter(|l| {
+            let d = l.spec.describe();
+            d.starts_with("conv") || d.starts_with("depthwise")
+        })
+        .map(|l| l.output[0])
+        .sum();
+    let head = 512 + 1;
+    assert_eq!(
+        trainable + fixed - conv_biases - head + 288,
+        1_342_536 - 513_000
+    );
+    assert_eq!(trainable + fixed, 835_233);
+    // every preset and width round-trips through the TOML that `model spec` prints
+    for name in [
+        "fracturenet",
+        "xray-bone-classifier",
+        "mobilenet",
+        "mobilenet-0.75",
+    ] {
+        let spec = ModelSpec::load(name).unwrap();
+        assert_eq!(ModelSpec::parse(&spec.to_toml().unwrap()).unwrap(), spec);
+    }
+}
+
+#[test]
 fn a_learner_can_write_a_model_in_toml_or_json() {
     let toml = r#"
         name = "tiny"

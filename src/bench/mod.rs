@@ -551,5 +551,32 @@ mod tests {
             assert_eq!(op.gflops.is_some(), counted, "{}", op.name);
         }
         assert!(report.peak_rss_mib > 1.0);
+
+        // the table, with one backend and with two (the second a copy of the first)
+        let mut whole = report::Report {
+            model: spec.name.clone(),
+            batch_size: 2,
+            image_size: 32,
+            infer_batch_size: 3,
+            warmup: 0,
+            repeats: 1,
+            cpu: "test".into(),
+            threads: 1,
+            backends: report::Backends {
+                cpu: Some(report.clone()),
+                gpu: None,
+            },
+            notes: vec![],
+        };
+        let one = whole.render();
+        assert!(one.contains("training images/s") && !one.contains("gpu vs cpu"));
+        whole.backends.gpu = Some(report);
+        let two = whole.render();
+        assert!(two.contains("gpu vs cpu"), "{two}");
+        let rows = two.lines().filter(|l| l.contains(" forward")).count();
+        assert_eq!(
+            rows,
+            names.iter().filter(|n| n.contains(" forward")).count()
+        );
     }
 }

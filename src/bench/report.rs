@@ -99,8 +99,8 @@ impl Report {
             for (t, r) in &cells {
                 let _ = write!(line, " {:>10} {:>8}", ms(*t), rate(*r));
             }
-            if both {
-                let _ = write!(line, "  {}", ratio(cells[0].0, cells[1].0));
+            if let [(cpu, _), (gpu, _)] = cells[..] {
+                let _ = write!(line, "  {}", ratio(cpu, gpu));
             }
             let _ = writeln!(out, "{}", line.trim_end());
         };

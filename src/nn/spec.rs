@@ -68,6 +68,12 @@ fn bn_eps() -> f32 {
     1e-5
 }
 
+/// Writes an f32 as the shortest decimal that reads back to it (0.1, not 0.10000000149011612,
+/// which is what widening it to the f64 of TOML and JSON would print).
+fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(f64::from(*v)))
+}
+
 /// One layer as written in a spec file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -92,9 +98,9 @@ pub enum LayerSpec {
     /// `momentum` is the weight of the new batch in the running averages (PyTorch's convention;
     /// Keras' `momentum = 0.99` is `momentum = 0.01` here).
     BatchNorm {
-        #[serde(default = "bn_momentum")]
+        #[serde(default = "bn_momentum", serialize_with = "short_f32")]
         momentum: f32,
-        #[serde(default = "bn_eps")]
+        #[serde(default = "bn_eps", serialize_with = "short_f32")]
         eps: f32,
     },
     MaxPool {
@@ -107,6 +113,7 @@ pub enum LayerSpec {
     },
     Relu,
     Dropout {
+        #[serde(serialize_with = "short_f32")]
         rate: f32,
     },
     Flatten,
@@ -409,6 +416,12 @@ impl ModelSpec {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SpecError(format!("cannot read {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| SpecError(format!("{}: {e}", path.display())))
+    }
+
+    /// The spec as TOML, which [`ModelSpec::parse`] reads back to the same spec.
+    pub fn to_toml(&self) -> Result<String, SpecError> {
+        toml::to_string(self)
+            .map_err(|e| SpecError(format!("cannot write {} as TOML: {e}", self.name)))
     }
 
     /// The same model for square input images of side `size`.

@@ -12,7 +12,7 @@ mod context;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
-use self::context::{grid_1d, Binding, WORKGROUP};
+use self::context::{grid_1d, Binding};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
@@ -140,6 +140,8 @@ impl Gemm {
 
 /// Values of one unfolded chunk of images at most (keeps `col` well under binding limits).
 const COL_BUDGET: usize = 1 << 24;
+/// Output pixels summed by one invocation of depthwise.wgsl's weight gradient.
+const DEPTHWISE_RUN: usize = 256;
 
 fn u(v: usize) -> u32 {
     u32::try_from(v).expect("a GPU index beyond 32 bits")
@@ -370,25 +372,12 @@ impl Gpu {
         .map(u)
     }
 
-    /// The parameter block of depthwise.wgsl for a window of `images` images.
-    fn depthwise_params(g: &Conv2dGeom, images: usize, accumulate: bool) -> [u32; 16] {
+    /// The parameter block of depthwise.wgsl for a window of `images` images (`run`: output
+    /// pixels per partial sum of the weight gradient).
+    fn depthwise_params(g: &Conv2dGeom, images: usize, run: usize) -> [u32; 16] {
         [
-            g.c_in,
-            g.h,
-            g.w,
-            g.kh,
-            g.kw,
-            g.stride_h,
-            g.stride_w,
-            g.pad_top,
-            g.pad_left,
-            g.out_h,
-            g.out_w,
-            images,
-            accumulate as usize,
-            0,
-            0,
-            0,
+            g.c_in, g.h, g.w, g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.out_h,
+            g.out_w, images, run, 0, 0, 0,
         ]
         .map(u)
     }
@@ -729,7 +718,7 @@ impl Backend for Gpu {
         let y = self.alloc(g.output_shape());
         let (w, b) = (self.whole(w), self.whole(b));
         self.per_window(g.n, &[x], &[&y], |win, i, o| {
-            let params = Self::depthwise_params(g, win.count, false);
+            let params = Self::depthwise_params(g, win.count, 0);
             let len = win.count * g.c_in * g.out_h * g.out_w;
             let bind = [(1, i[0]), (2, w), (3, b), (4, o[0])];
             self.ctx
@@ -747,7 +736,7 @@ impl Backend for Gpu {
         let dx = self.alloc(g.input_shape());
         let w = self.whole(w);
         self.per_window(g.n, &[dy], &[&dx], |win, i, o| {
-            let params = Self::depthwise_params(g, win.count, false);
+            let params = Self::depthwise_params(g, win.count, 0);
             let len = win.count * g.c_in * g.h * g.w;
             let bind = [(1, i[0]), (2, w), (4, o[0])];
             self.ctx
@@ -764,14 +753,26 @@ impl Backend for Gpu {
     ) -> (GpuTensor, GpuTensor) {
         let dw = self.alloc(g.depthwise_weight_shape());
         let db = self.alloc([g.c_in]);
-        let q = g.out_h * g.out_w;
+        let (q, weights) = (g.out_h * g.out_w, g.c_in * g.kh * g.kw);
+        let runs = |images: usize| (images * q).div_ceil(DEPTHWISE_RUN);
+        let partials = self.alloc([runs(g.n) * weights]);
         self.per_window(g.n, &[x, dy], &[], |win, i, _| {
-            let params = Self::depthwise_params(g, win.count, !win.is_first());
-            let bind = [(1, i[0]), (4, dw.buf()), (5, i[1])];
-            // one workgroup per weight
-            let groups = grid_1d(g.c_in * g.kh * g.kw * WORKGROUP as usize);
-            self.ctx
-                .launch("depthwise::backward_weight", &params, &bind, groups);
+            let params = Self::depthwise_params(g, win.count, DEPTHWISE_RUN);
+            let runs = runs(win.count);
+            let bind = [(1, i[0]), (4, partials.buf()), (5, i[1])];
+            self.ctx.launch(
+                "depthwise::backward_weight",
+                &params,
+                &bind,
+                grid_1d(runs * weights),
+            );
+            let sum = [u(runs), u(weights), 0, u32::from(!win.is_first())];
+            self.ctx.launch(
+                "reduce::sum_leading",
+                &sum,
+                &[(1, partials.buf()), (2, dw.buf())],
+                grid_1d(weights),
+            );
             self.channel_sum(i[1], db.buf(), (win.count, g.c_in, q), !win.is_first());
         });
         (dw, db)
