@@ -65,7 +65,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     dst[i] = s;
 }
 
-// src = dy, dst = dx
+// src = dy, dst = dx. Input row iy is read by output row oy at tap ky when oy·sh + ky = iy + pt:
+// the first such tap is ky = (iy + pt) mod sh, with oy = (iy + pt) / sh, and each further one is
+// sh taps on and one output row up. So one division per axis and invocation, none per tap
+// (integer division is slow on many GPUs, and emulated lane by lane on CPU drivers).
 @compute @workgroup_size(256)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
@@ -77,19 +80,21 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let plane = i / in_plane;
     let c = plane % p.c;
     let y0 = plane * p.oh * p.ow;
+    let ty = iy + p.pt;
+    let tx = ix + p.pl;
     var s = 0.0;
-    for (var ky = 0u; ky < p.kh; ky++) {
-        let ty = i32(iy + p.pt) - i32(ky);          // = oy · sh
-        if (ty < 0 || ty % i32(p.sh) != 0) { continue; }
-        let oy = u32(ty) / p.sh;
-        if (oy >= p.oh) { continue; }
-        for (var kx = 0u; kx < p.kw; kx++) {
-            let tx = i32(ix + p.pl) - i32(kx);
-            if (tx < 0 || tx % i32(p.sw) != 0) { continue; }
-            let ox = u32(tx) / p.sw;
-            if (ox >= p.ow) { continue; }
-            s += wt[(c * p.kh + ky) * p.kw + kx] * src[y0 + oy * p.ow + ox];
+    var oy = i32(ty / p.sh);
+    for (var ky = ty % p.sh; ky < p.kh && oy >= 0; ky += p.sh) {
+        if (u32(oy) < p.oh) {
+            var ox = i32(tx / p.sw);
+            for (var kx = tx % p.sw; kx < p.kw && ox >= 0; kx += p.sw) {
+                if (u32(ox) < p.ow) {
+                    s += wt[(c * p.kh + ky) * p.kw + kx] * src[y0 + u32(oy) * p.ow + u32(ox)];
+                }
+                ox -= 1;
+            }
         }
+        oy -= 1;
     }
     dst[i] = s;
 }
