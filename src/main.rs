@@ -1042,7 +1042,13 @@ fn thousands(n: u64) -> String {
 }
 
 fn model_spec(model: &str) -> Result<()> {
-    print!("{}", ModelSpec::load(model)?.to_toml()?);
+    let spec = ModelSpec::load(model)?;
+    println!(
+        "# {}, written by `fracture-cnn model spec`: edit, then `train --model THIS-FILE`.\n\
+         # Layer types and their options: src/nn/spec.rs (or the README's Models section).\n",
+        spec.name
+    );
+    print!("{}", spec.to_toml()?);
     Ok(())
 }
 

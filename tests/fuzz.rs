@@ -132,8 +132,43 @@ fn the_model_spec_parser_survives_damaged_text() {
             spec.param_counts().unwrap();
         }
     }
+    // MobileNet's layer types: its spec damaged, and with numbers of every size
+    let mobilenet = ModelSpec::load("mobilenet").unwrap().to_toml().unwrap();
+    fuzz(mobilenet.as_bytes(), 500, 4, |bytes| {
+        if let Ok(spec) = ModelSpec::parse(&String::from_utf8_lossy(bytes)) {
+            spec.param_counts().unwrap();
+        }
+    });
+    let mut parsed_numbers = 0;
+    for _ in 0..500 {
+        // mostly small numbers, so that some specs are valid and get through to the size checks
+        let mut n = || match rng.gen_range(0..8) {
+            0 => 0u64,
+            1 => rng.gen::<u32>() as u64,
+            2 => rng.gen(),
+            _ => rng.gen_range(1..12),
+        };
+        let text = format!(
+            "name = \"m\"\ninput = [{}, {}, {}]\nlayers = [\n\
+             {{ type = \"depthwise_conv2d\", kernel = [{}, {}], stride = {}, padding = \"valid\" }},\n\
+             {{ type = \"depthwise_conv2d\", kernel = {}, stride = {} }},\n\
+             {{ type = \"global_avgpool\" }}, {{ type = \"dense\", units = 1 }} ]",
+            n(),
+            n(),
+            n(),
+            n(),
+            n(),
+            n(),
+            n(),
+            n()
+        );
+        if let Ok(spec) = ModelSpec::parse(&text) {
+            parsed_numbers += 1;
+            spec.param_counts().unwrap();
+        }
+    }
     assert!(
-        parsed > 0,
+        parsed > 0 && parsed_numbers > 0,
         "no mutation parsed: the mutations are too coarse"
     );
 }

@@ -137,6 +137,27 @@ fn errors_name_the_layer_and_the_problem() {
         "{e}"
     );
 
+    let flat = format!("{head}[[layers]]\ntype = \"global_avgpool\"\n[[layers]]\n");
+    let e = err(&format!("{flat}type = \"depthwise_conv2d\"\nkernel = 3\n"));
+    assert!(
+        e.contains("layer 1 (depthwise 3x3/1x1 same)") && e.contains("needs an image input"),
+        "{e}"
+    );
+    let e = err(&format!("{flat}type = \"global_avgpool\"\n"));
+    assert!(
+        e.contains("layer 1 (global avgpool)") && e.contains("got [1]"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{head}[[layers]]\ntype = \"depthwise_conv2d\"\nkernel = 9\npadding = \"valid\"\n"
+    ));
+    assert!(
+        e.contains("layer 0 (depthwise 9x9") && e.contains("does not fit"),
+        "{e}"
+    );
+    let e = ModelSpec::load("mobilenet-wide").err().unwrap().to_string();
+    assert!(e.contains("must be a number"), "{e}");
+
     let e = err(&format!("{head}[[layers]]\ntype = \"convolution\"\n"));
     assert!(
         e.contains("invalid TOML") && e.contains("convolution"),
@@ -147,7 +168,10 @@ fn errors_name_the_layer_and_the_problem() {
     assert!(e.contains("invalid TOML"), "{e}");
 
     let e = ModelSpec::load("no-such-model").err().unwrap().to_string();
-    assert!(e.contains("fracturenet, xray-bone-classifier"), "{e}");
+    assert!(
+        e.contains("fracturenet, xray-bone-classifier") && e.contains("mobilenet"),
+        "{e}"
+    );
 
     let e = ModelSpec::load("xray-bone-classifier")
         .unwrap()
