@@ -32,6 +32,7 @@ fn per_channel(d: Dims, x: &[f32], other: &[f32], coef: &[[f32; 3]]) -> Vec<f32>
     out.par_chunks_mut(d.hw)
         .zip(x.par_chunks(d.hw).zip(other.par_chunks(d.hw)))
         .enumerate()
+        .with_min_len(super::planes_per_task(d.hw))
         .for_each(|(run, (o, (xs, os)))| {
             let [a, b, k] = coef[run % d.c];
             for ((o, &xv), &ov) in o.iter_mut().zip(xs).zip(os) {

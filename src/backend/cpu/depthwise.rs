@@ -2,7 +2,7 @@
 //!
 //! A depthwise layer does `KH·KW` multiply-adds per output value where a full convolution does
 //! `Ci·KH·KW`, so there is no matrix product worth lowering it onto: each pass is direct loops
-//! over one (image, channel) plane per rayon task. For each kernel tap (ky, kx) the loops run
+//! over (image, channel) planes, a few per rayon task when they are small. For each kernel tap (ky, kx) the loops run
 //! only over the outputs whose input pixel lies inside the image, so the innermost loop has no
 //! bounds test (and, at stride 1, is a contiguous multiply-add the compiler vectorises).
 
@@ -97,6 +97,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     y.par_chunks_mut(out_plane)
         .zip(x.par_chunks(in_plane))
         .enumerate()
+        .with_min_len(super::planes_per_task(out_plane))
         .for_each(|(plane, (yp, xp))| {
             let c = plane % g.c_in;
             let filter = &w[c * taps..(c + 1) * taps];
@@ -116,6 +117,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane))
         .enumerate()
+        .with_min_len(super::planes_per_task(in_plane))
         .for_each(|(plane, (dxp, dyp))| {
             let c = plane % g.c_in;
             let filter = &w[c * taps..(c + 1) * taps];

@@ -34,6 +34,16 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Values one rayon task should cover at least: with small planes (MobileNet's last layers are
+/// 4 × 4, 16,384 planes to a batch) one task per plane would spend more on scheduling than on
+/// the work.
+const TASK_VALUES: usize = 4096;
+
+/// Planes of `plane` values per rayon task, at least (for `with_min_len`).
+pub(crate) fn planes_per_task(plane: usize) -> usize {
+    (TASK_VALUES / plane.max(1)).max(1)
+}
+
 /// The CPU backend. Its tensors are host tensors; it uses rayon's global thread pool.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;

@@ -1,4 +1,5 @@
-//! Max pooling and global average pooling on the CPU, one (image, channel) plane per rayon task.
+//! Max pooling and global average pooling on the CPU, over (image, channel) planes (a few per
+//! rayon task when they are small).
 
 use crate::backend::Pool2dGeom;
 use rayon::prelude::*;
@@ -51,6 +52,7 @@ pub fn backward(dy: &[f32], argmax: &[u32], g: &Pool2dGeom) -> Vec<f32> {
 /// `y[N,C]` = mean over its `plane` values of each plane of `x[N,C,H,W]`.
 pub fn global_avg_forward(x: &[f32], plane: usize) -> Vec<f32> {
     x.par_chunks(plane)
+        .with_min_len(super::planes_per_task(plane))
         .map(|p| super::conv::sum(p) / plane as f32)
         .collect()
 }
@@ -60,6 +62,7 @@ pub fn global_avg_backward(dy: &[f32], plane: usize) -> Vec<f32> {
     let mut dx = vec![0f32; dy.len() * plane];
     dx.par_chunks_mut(plane)
         .zip(dy.par_iter())
+        .with_min_len(super::planes_per_task(plane))
         .for_each(|(p, d)| p.fill(d / plane as f32));
     dx
 }
