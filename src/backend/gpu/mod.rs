@@ -754,12 +754,16 @@ impl Backend for Gpu {
         let dw = self.alloc(g.depthwise_weight_shape());
         let db = self.alloc([g.c_in]);
         let (q, weights) = (g.out_h * g.out_w, g.c_in * g.kh * g.kw);
-        let runs = |images: usize| (images * q).div_ceil(DEPTHWISE_RUN);
+        // output pixels per partial sum: DEPTHWISE_RUN, or more where the partial sums of all
+        // weights would not fit one binding
+        let run = DEPTHWISE_RUN.max((g.n * q).div_ceil((self.window / weights).max(1)));
+        let runs = |images: usize| (images * q).div_ceil(run);
         let partials = self.alloc([runs(g.n) * weights]);
+        let partials = self.whole(&partials);
         self.per_window(g.n, &[x, dy], &[], |win, i, _| {
-            let params = Self::depthwise_params(g, win.count, DEPTHWISE_RUN);
+            let params = Self::depthwise_params(g, win.count, run);
             let runs = runs(win.count);
-            let bind = [(1, i[0]), (4, partials.buf()), (5, i[1])];
+            let bind = [(1, i[0]), (4, partials), (5, i[1])];
             self.ctx.launch(
                 "depthwise::backward_weight",
                 &params,
@@ -770,7 +774,7 @@ impl Backend for Gpu {
             self.ctx.launch(
                 "reduce::sum_leading",
                 &sum,
-                &[(1, partials.buf()), (2, dw.buf())],
+                &[(1, partials), (2, dw.buf())],
                 grid_1d(weights),
             );
             self.channel_sum(i[1], db.buf(), (win.count, g.c_in, q), !win.is_first());
