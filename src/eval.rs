@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::{Dataset, Sample, Split};
-use crate::metrics::Metrics;
+use crate::metrics::{Bootstrap, Report};
 use crate::nn::Model;
 use crate::train;
 use anyhow::{bail, Context, Result};
@@ -60,21 +60,33 @@ pub struct Evaluation {
     pub folder: PathBuf,
     pub images: usize,
     pub threshold: f32,
-    pub metrics: Metrics,
+    #[serde(flatten)]
+    pub report: Report,
     #[serde(skip)]
     pub skipped: Skipped,
 }
 
-/// All the metrics of the model in `model` on the labelled images under `data`; with `csv`, also
-/// writes one line per image (file, label, probability, prediction).
+/// What `eval` is asked for beyond the model and the data.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    pub batch: usize,
+    /// Also write one line per image (file, label, probability, prediction) here.
+    pub csv: Option<PathBuf>,
+    /// Write `reliability.png` and `roc.png` into this folder.
+    pub figures: Option<PathBuf>,
+    pub bootstrap: Bootstrap,
+    pub quiet: bool,
+}
+
+/// All the metrics of the model in `model` on the labelled images under `data`, with bootstrap
+/// intervals, calibration and the figures of [`EvalOptions`].
 pub fn evaluate<B: Backend>(
     be: &B,
     model: &Path,
     data: &Path,
-    batch: usize,
-    csv: Option<&Path>,
-    quiet: bool,
+    o: &EvalOptions,
 ) -> Result<Evaluation> {
+    let (batch, quiet, csv) = (o.batch, o.quiet, o.csv.as_deref());
     let (mut net, info) = load(be, model)?;
     let (folder, split) = labelled_split(data)?;
     let ds = Dataset::decode(&split.samples, info.spec.input[1], "eval", quiet);
@@ -100,13 +112,93 @@ pub fn evaluate<B: Backend>(
         }
         checkpoint::write_atomic(csv, text.as_bytes())?;
     }
+    let report = Report::new(&probs, &ds.labels, info.threshold, loss, o.bootstrap);
+    if let Some(dir) = &o.figures {
+        write_figures(dir, &report, &probs, &ds.labels)?;
+    }
     Ok(Evaluation {
         folder,
         images: ds.len(),
         threshold: info.threshold,
-        metrics: Metrics::new(&probs, &ds.labels, info.threshold, loss),
+        report,
         skipped,
     })
+}
+
+/// `reliability.png` and `roc.png` of an evaluation, in `dir`.
+fn write_figures(dir: &Path, r: &Report, probs: &[f32], labels: &[f32]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let m = &r.metrics;
+    crate::plots::reliability(
+        &dir.join("reliability.png"),
+        &r.calibration,
+        r.expected_calibration_error,
+    )?;
+    crate::plots::roc(
+        dir,
+        probs,
+        labels,
+        m.roc_auc,
+        (1.0 - m.specificity, m.recall),
+    )
+}
+
+/// An evaluation as the text `eval` prints.
+pub fn render(e: &Evaluation) -> String {
+    let r = &e.report;
+    let (m, iv, c) = (&r.metrics, &r.intervals, &r.metrics.confusion);
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "{} images in {} ({} fractured, {:.1} %)",
+        e.images,
+        e.folder.display(),
+        c.tp + c.fn_,
+        100.0 * r.prevalence
+    ));
+    line(format!(
+        "decision threshold {:.3} (saved with the model)",
+        e.threshold
+    ));
+    line(format!(
+        "figure                    value   95 % interval ({} stratified bootstrap resamples, seed {})",
+        r.bootstrap.resamples, r.bootstrap.seed
+    ));
+    for (name, i) in [
+        ("ROC-AUC", iv.roc_auc),
+        ("average precision", iv.average_precision),
+        ("balanced accuracy", iv.balanced_accuracy),
+        ("sensitivity (recall)", iv.sensitivity),
+        ("specificity", iv.specificity),
+    ] {
+        line(format!("  {name:<22}{i}"));
+    }
+    for (name, v) in [
+        ("precision", m.precision),
+        ("F1", m.f1),
+        ("loss", m.loss),
+        ("sens. at spec. 0.8", r.sensitivity_at_specificity_0_8),
+        ("sens. at spec. 0.9", r.sensitivity_at_specificity_0_9),
+        ("Brier score", r.brier),
+        ("calibration error", r.expected_calibration_error),
+    ] {
+        line(format!("  {name:<22}{v:.4}"));
+    }
+    line(format!(
+        "  {:<22}{:.4}  (always answering not_fractured: {:.4})",
+        "accuracy", m.accuracy, r.baseline_accuracy
+    ));
+    line("confusion matrix (rows: truth, columns: prediction)".into());
+    line(format!(
+        "  {:<16}{:>11}{:>15}",
+        "", "fractured", "not_fractured"
+    ));
+    line(format!("  {:<16}{:>11}{:>15}", "fractured", c.tp, c.fn_));
+    line(format!("  {:<16}{:>11}{:>15}", "not_fractured", c.fp, c.tn));
+    out
 }
 
 /// The name of the class a prediction or label stands for.

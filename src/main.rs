@@ -7,6 +7,7 @@ use fracture_cnn::backend::gpu::{Gpu, GpuFault};
 use fracture_cnn::backend::Backend;
 use fracture_cnn::bench;
 use fracture_cnn::callbacks::{Callbacks, Monitor, Plateau, Schedule};
+use fracture_cnn::cv;
 use fracture_cnn::data::Augment;
 use fracture_cnn::eval;
 use fracture_cnn::nn::ModelSpec;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Train a model on a folder of X-rays (train/ and val/, each with fractured/ and not_fractured/).
     Train(Box<TrainArgs>),
+    /// Cross-validate a training recipe: train/ and val/ pooled and cut into stratified folds
+    /// (near-duplicates kept together), one model trained per fold and judged on its own fold.
+    Cv(Box<CvArgs>),
     /// Inspect model architectures.
     Model {
         #[command(subcommand)]
@@ -84,6 +88,16 @@ struct EvalArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Folder for reliability.png (the calibration diagram) and roc.png [default: RUN_DIR/eval
+    /// when --model is a run folder, else none].
+    #[arg(long)]
+    figures: Option<PathBuf>,
+    /// Resamples of the stratified bootstrap behind the 95 % intervals (at least 1000).
+    #[arg(long, default_value_t = 2000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap's resampling: the same seed gives the same intervals.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     #[command(flatten)]
     run: RunModelArgs,
 }
@@ -312,6 +326,18 @@ struct TrainArgs {
     profile: bool,
 }
 
+/// `cv`: the folds, and the recipe as `train` takes it.
+#[derive(Args)]
+struct CvArgs {
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Every option of `train`; with --resume, a cross-validation folder (runs/cv-<model>-NNN)
+    /// to continue.
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
 /// Between epochs: the best checkpoint, the learning-rate schedule, early stopping.
 #[derive(Args)]
 struct CallbackArgs {
@@ -453,40 +479,7 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         }?;
         return Ok(outcome(&summary));
     }
-    let pos_weight = match a.pos_weight.as_str() {
-        "auto" => None,
-        w => Some(
-            w.parse::<f32>()
-                .map_err(|_| anyhow::anyhow!("--pos-weight takes a number or 'auto', got '{w}'"))?,
-        ),
-    };
-    let optimizer = match a.optimizer {
-        OptimizerName::Adam => OptimizerKind::adam(),
-        OptimizerName::Sgd => OptimizerKind::Sgd {
-            momentum: a.momentum,
-        },
-    };
-    let cfg = TrainConfig {
-        data: a.data,
-        model: a.model,
-        image_size: a.image_size,
-        epochs: a.epochs.unwrap_or(10),
-        batch_size: a.batch_size,
-        lr: a.lr,
-        seed: a.seed,
-        out: a.out,
-        pos_weight,
-        optimizer,
-        weight_decay: a.weight_decay,
-        quiet: a.quiet,
-        clip_grad_norm: a.clip_grad_norm,
-        augment: a.augment.augment()?,
-        sampling: match a.sampling {
-            SamplingName::Shuffle => Sampling::Shuffle,
-            SamplingName::Balanced => Sampling::Balanced,
-        },
-        callbacks: a.callbacks.callbacks()?,
-    };
+    let cfg = train_config(&a)?;
     let summary = match pick_backend(a.backend)? {
         Some(gpu) => profiled(&gpu, a.profile, || {
             on_gpu(a.backend, || train::train(&gpu, &cfg), &|| {
@@ -501,6 +494,69 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
         }
     }?;
     Ok(outcome(&summary))
+}
+
+/// The training configuration that `train`'s options describe.
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let pos_weight = match a.pos_weight.as_str() {
+        "auto" => None,
+        w => Some(
+            w.parse::<f32>()
+                .map_err(|_| anyhow::anyhow!("--pos-weight takes a number or 'auto', got '{w}'"))?,
+        ),
+    };
+    let optimizer = match a.optimizer {
+        OptimizerName::Adam => OptimizerKind::adam(),
+        OptimizerName::Sgd => OptimizerKind::Sgd {
+            momentum: a.momentum,
+        },
+    };
+    Ok(TrainConfig {
+        data: a.data.clone(),
+        model: a.model.clone(),
+        image_size: a.image_size,
+        epochs: a.epochs.unwrap_or(10),
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        out: a.out.clone(),
+        pos_weight,
+        optimizer,
+        weight_decay: a.weight_decay,
+        quiet: a.quiet,
+        clip_grad_norm: a.clip_grad_norm,
+        augment: a.augment.augment()?,
+        sampling: match a.sampling {
+            SamplingName::Shuffle => Sampling::Shuffle,
+            SamplingName::Balanced => Sampling::Balanced,
+        },
+        callbacks: a.callbacks.callbacks()?,
+        fold: None,
+    })
+}
+
+/// `cv`: a new cross-validation, or one continued.
+fn run_cv(a: CvArgs) -> Result<Outcome> {
+    set_threads(a.train.threads)?;
+    train::stop_on_signals()?;
+    let outcome = match pick_backend(a.train.backend)? {
+        Some(gpu) => cv_on(&gpu, &a),
+        None => cv_on(&Cpu, &a),
+    }?;
+    Ok(match outcome {
+        cv::CvOutcome::Done(summary) => {
+            print!("{}", cv::render(&summary));
+            Outcome::Done
+        }
+        cv::CvOutcome::Interrupted(_) => Outcome::Interrupted,
+    })
+}
+
+fn cv_on<B: Backend>(be: &B, a: &CvArgs) -> Result<cv::CvOutcome> {
+    match &a.train.resume {
+        Some(dir) => cv::resume(be, dir, a.train.epochs),
+        None => cv::start(be, &train_config(&a.train)?, a.folds),
+    }
 }
 
 /// Runs `work` with every GPU kernel timed when `profile`, then prints the kernels' times.
@@ -597,11 +653,27 @@ fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (model, data, csv) = (&a.model, &a.data, a.csv.as_deref());
-    let batch = a.run.batch_size;
+    anyhow::ensure!(
+        a.bootstrap >= 1000,
+        "--bootstrap must be at least 1000 resamples, got {}",
+        a.bootstrap
+    );
+    let opts = eval::EvalOptions {
+        batch: a.run.batch_size,
+        csv: a.csv.clone(),
+        figures: a
+            .figures
+            .clone()
+            .or_else(|| a.model.is_dir().then(|| a.model.join("eval"))),
+        bootstrap: fracture_cnn::metrics::Bootstrap {
+            resamples: a.bootstrap,
+            seed: a.seed,
+        },
+        quiet: a.json,
+    };
     let e = match pick_backend_quietly(a.run.backend, a.json)? {
-        Some(gpu) => eval::evaluate(&gpu, model, data, batch, csv, a.json),
-        None => eval::evaluate(&Cpu, model, data, batch, csv, a.json),
+        Some(gpu) => eval::evaluate(&gpu, &a.model, &a.data, &opts),
+        None => eval::evaluate(&Cpu, &a.model, &a.data, &opts),
     }?;
     for (p, why) in &e.skipped {
         eprintln!("warning: skipping {}: {why}", p.display());
@@ -610,31 +682,16 @@ fn eval(a: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
-    let m = &e.metrics;
-    let c = &m.confusion;
-    println!("{} images in {}", e.images, e.folder.display());
-    println!(
-        "decision threshold {:.3} (chosen on validation in training)",
-        e.threshold
-    );
-    for (name, v) in [
-        ("loss", m.loss),
-        ("accuracy", m.accuracy),
-        ("balanced accuracy", m.balanced_accuracy),
-        ("precision", m.precision),
-        ("recall (sensitivity)", m.recall),
-        ("specificity", m.specificity),
-        ("F1", m.f1),
-        ("ROC-AUC", m.roc_auc),
-    ] {
-        println!("  {name:<22}{v:.4}");
-    }
-    println!("confusion matrix (rows: truth, columns: prediction)");
-    println!("  {:<16}{:>11}{:>15}", "", "fractured", "not_fractured");
-    println!("  {:<16}{:>11}{:>15}", "fractured", c.tp, c.fn_);
-    println!("  {:<16}{:>11}{:>15}", "not_fractured", c.fp, c.tn);
+    print!("{}", eval::render(&e));
     if let Some(csv) = &a.csv {
         println!("per-image predictions written to {}", csv.display());
+    }
+    if let Some(dir) = &opts.figures {
+        println!(
+            "figures: {} and {}",
+            dir.join("reliability.png").display(),
+            dir.join("roc.png").display()
+        );
     }
     Ok(())
 }
@@ -1135,6 +1192,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => run_train(*a),
+        Command::Cv(a) => run_cv(*a),
         Command::Model {
             command: ModelCommand::Summary { model, image_size },
         } => model_summary(&model, image_size).map(|_| Outcome::Done),

@@ -6,6 +6,9 @@
 
 use serde::Serialize;
 
+pub mod report;
+pub use report::{Bootstrap, Report};
+
 /// Counts of a confusion matrix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Confusion {
@@ -107,7 +110,7 @@ pub fn roc_auc(probs: &[f32], labels: &[f32]) -> f64 {
 
 /// The ROC curve's corners, from the highest score down: for each distinct score s, (s, FPR, TPR)
 /// of the rule "fractured when the probability is at least s".
-fn sweep(probs: &[f32], labels: &[f32]) -> Vec<(f32, f64, f64)> {
+pub(crate) fn sweep(probs: &[f32], labels: &[f32]) -> Vec<(f32, f64, f64)> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let pos = labels.iter().filter(|&&l| l == 1.0).count().max(1) as f64;

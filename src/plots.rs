@@ -3,6 +3,7 @@
 //! epoch. Drawn with `plotters` into a pixel buffer, encoded by `image`, written atomically.
 
 use crate::checkpoint::write_atomic;
+use crate::metrics::report::CalibrationBin;
 use crate::metrics::{roc_curve, Confusion};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
@@ -172,14 +173,27 @@ pub fn training_curves(dir: &Path, csv: &str) -> Result<()> {
 
 /// `roc.png`: the ROC curve of validation scores, with its area and the chosen threshold's point.
 pub fn roc(dir: &Path, probs: &[f32], labels: &[f32], auc: f64, at: (f64, f64)) -> Result<()> {
-    let points = roc_curve(probs, labels);
-    write_png(&dir.join("roc.png"), (560, 560), |area| {
+    let title = format!("ROC curve (validation), AUC {auc:.3}");
+    let curve = [(String::new(), roc_curve(probs, labels))];
+    roc_chart(&dir.join("roc.png"), &title, &curve, Some(at))
+}
+
+/// Several ROC curves in one chart (the folds of a cross-validation), each named in the legend.
+pub fn roc_curves(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    roc_chart(path, title, curves, None)
+}
+
+/// ROC curves over the chance diagonal, with a point marked at `at` if given.
+fn roc_chart(
+    path: &Path,
+    title: &str,
+    curves: &[(String, Vec<(f64, f64)>)],
+    at: Option<(f64, f64)>,
+) -> Result<()> {
+    write_png(path, (560, 560), |area| {
         let mut chart = drawn(
             ChartBuilder::on(area)
-                .caption(
-                    format!("ROC curve (validation), AUC {auc:.3}"),
-                    ("sans-serif", 22),
-                )
+                .caption(title, ("sans-serif", 20))
                 .margin(15)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
@@ -194,8 +208,73 @@ pub fn roc(dir: &Path, probs: &[f32], labels: &[f32], auc: f64, at: (f64, f64)) 
                 .draw(),
         )?;
         drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
-        drawn(chart.draw_series(LineSeries::new(points, RED.stroke_width(2))))?;
-        drawn(chart.draw_series([Circle::new(at, 6, BLUE.filled())]))?;
+        for (i, (name, points)) in curves.iter().enumerate() {
+            let colour = Palette99::pick(if curves.len() == 1 { 3 } else { i }).to_rgba();
+            let series = drawn(chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            )))?;
+            if !name.is_empty() {
+                series.label(name.as_str()).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            }
+        }
+        if let Some(at) = at {
+            drawn(chart.draw_series([Circle::new(at, 6, BLUE.filled())]))?;
+        }
+        if curves.iter().any(|(name, _)| !name.is_empty()) {
+            drawn(
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::LowerRight)
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 13))
+                    .draw(),
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// A reliability diagram: for each bin of predicted probability, the share of its images that
+/// are fractured (a calibrated model sits on the diagonal), each point labelled with its count.
+pub fn reliability(path: &Path, bins: &[CalibrationBin], ece: f64) -> Result<()> {
+    write_png(path, (560, 560), |area| {
+        let mut chart = drawn(
+            ChartBuilder::on(area)
+                .caption(
+                    format!("Reliability diagram, ECE {ece:.3}"),
+                    ("sans-serif", 20),
+                )
+                .margin(15)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..1f64, 0f64..1f64),
+        )?;
+        drawn(
+            chart
+                .configure_mesh()
+                .x_desc("mean predicted probability of the bin")
+                .y_desc("share of the bin that is fractured")
+                .label_style(("sans-serif", 13))
+                .draw(),
+        )?;
+        drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
+        let filled: Vec<_> = bins.iter().filter(|b| b.count > 0).collect();
+        let points = filled
+            .iter()
+            .map(|b| (b.mean_probability, b.fraction_fractured));
+        drawn(chart.draw_series(LineSeries::new(points.clone(), RED.stroke_width(2))))?;
+        drawn(chart.draw_series(points.map(|p| Circle::new(p, 4, RED.filled()))))?;
+        drawn(chart.draw_series(filled.iter().map(|b| {
+            Text::new(
+                format!("{}", b.count),
+                (b.mean_probability, (b.fraction_fractured + 0.03).min(0.97)),
+                ("sans-serif", 12),
+            )
+        })))?;
         Ok(())
     })
 }

@@ -48,6 +48,19 @@ pub struct TrainConfig {
     /// The monitored figure, learning-rate schedule, early stopping and reduce-on-plateau.
     #[serde(default)]
     pub callbacks: Callbacks,
+    /// A fold of a cross-validation: train and val pooled, this fold validates, the rest trains.
+    #[serde(default)]
+    pub fold: Option<FoldPlan>,
+}
+
+/// Which images a cross-validation fold's run trains and validates on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldPlan {
+    /// 1-based.
+    pub fold: usize,
+    pub folds: usize,
+    /// The `folds.csv` that assigns every pooled image a fold (see [`crate::data::folds`]).
+    pub assignment: PathBuf,
 }
 
 /// How an epoch's training batches are drawn.
@@ -261,7 +274,7 @@ pub fn check_fits<B: Backend>(be: &B, spec: &ModelSpec, batch: usize) -> Result<
 }
 
 /// The first free `runs/<model>-NNN` folder.
-fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
+pub fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
     for n in 1..10_000 {
         let dir = out.join(format!("{model}-{n:03}"));
         if !dir.exists() {
@@ -380,22 +393,46 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
 }
 
 /// The decoded training and validation images, and the positive-class weight of the loss.
-fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> {
+pub fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> {
     let dir = DataDir::open(&cfg.data)?;
-    println!(
-        "data: {} — train {} images ({} fractured, {} not), val {} images ({} fractured, {} not)",
-        cfg.data.display(),
-        dir.train.samples.len(),
-        dir.train.count(1.0),
-        dir.train.count(0.0),
-        dir.val.samples.len(),
-        dir.val.count(1.0),
-        dir.val.count(0.0)
-    );
     let cache_dir = cfg.out.join(".cache");
     let cache = |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, size));
-    let train_ds = load_split(&dir.train, size, "train", cfg.quiet, cache(&dir.train_dir))?;
-    let val_ds = load_split(&dir.val, size, "val", cfg.quiet, cache(&dir.val_dir))?;
+    let (train_ds, val_ds) = match &cfg.fold {
+        None => {
+            println!(
+                "data: {} — train {} images ({} fractured, {} not), val {} images ({} fractured, {} not)",
+                cfg.data.display(),
+                dir.train.samples.len(),
+                dir.train.count(1.0),
+                dir.train.count(0.0),
+                dir.val.samples.len(),
+                dir.val.count(1.0),
+                dir.val.count(0.0)
+            );
+            (
+                load_split(&dir.train, size, "train", cfg.quiet, cache(&dir.train_dir))?,
+                load_split(&dir.val, size, "val", cfg.quiet, cache(&dir.val_dir))?,
+            )
+        }
+        Some(plan) => {
+            let pooled =
+                load_split(&dir.train, size, "train", cfg.quiet, cache(&dir.train_dir))?.concat(
+                    load_split(&dir.val, size, "val", cfg.quiet, cache(&dir.val_dir))?,
+                );
+            let (train_ds, val_ds) = fold_split(&pooled, plan)?;
+            println!(
+                "data: {} pooled, fold {} of {} — train {} images ({} fractured), val {} images ({} fractured)",
+                cfg.data.display(),
+                plan.fold,
+                plan.folds,
+                train_ds.len(),
+                train_ds.positives(),
+                val_ds.len(),
+                val_ds.positives()
+            );
+            (train_ds, val_ds)
+        }
+    };
     let pos_weight = cfg.pos_weight.unwrap_or_else(|| match cfg.sampling {
         Sampling::Balanced => 1.0,
         Sampling::Shuffle => {
@@ -403,6 +440,31 @@ fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> 
         }
     });
     Ok((train_ds, val_ds, pos_weight))
+}
+
+/// The pooled images of a fold's run cut into (the other folds, this fold).
+fn fold_split(pooled: &Dataset, plan: &FoldPlan) -> Result<(Dataset, Dataset)> {
+    let assignment = crate::data::folds::Assignment::read(&plan.assignment)?;
+    let fold_of = assignment.fold_of();
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, path) in pooled.paths.iter().enumerate() {
+        match fold_of.get(path.as_path()) {
+            Some(&f) if f == plan.fold => val.push(i),
+            Some(_) => train.push(i),
+            None => bail!(
+                "{} is not in {}: the data folder changed after the cross-validation began",
+                path.display(),
+                plan.assignment.display()
+            ),
+        }
+    }
+    let (train, val) = (pooled.subset(&train), pooled.subset(&val));
+    for (ds, what) in [(&train, "training"), (&val, "validation")] {
+        if ds.positives() == 0 || ds.positives() == ds.len() {
+            bail!("fold {}'s {what} images hold one class only", plan.fold);
+        }
+    }
+    Ok((train, val))
 }
 
 /// A model, its optimiser and where the run stands.
@@ -419,11 +481,32 @@ struct RunState<B: Backend> {
 pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     validate(cfg)?;
     let spec = run_spec(be, cfg)?;
-    let (train_ds, val_ds, pos_weight) = load_data(cfg, spec.input[1])?;
+    let data = load_data(cfg, spec.input[1])?;
     let run_dir = new_run_dir(&cfg.out, &spec.name)?;
-    write_config(&run_dir, be, cfg, &spec, pos_weight)?;
+    start(be, cfg, &spec, data, &run_dir)
+}
+
+/// Like [`train`], in the run folder `run_dir` (made if it does not exist).
+pub fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, run_dir: &Path) -> Result<RunSummary> {
+    validate(cfg)?;
+    let spec = run_spec(be, cfg)?;
+    let data = load_data(cfg, spec.input[1])?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
+    start(be, cfg, &spec, data, run_dir)
+}
+
+/// A new run from freshly initialised weights.
+fn start<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    (train_ds, val_ds, pos_weight): (Dataset, Dataset, f32),
+    run_dir: &Path,
+) -> Result<RunSummary> {
+    write_config(run_dir, be, cfg, spec, pos_weight)?;
     let state = RunState {
-        model: Model::new(be, &spec, cfg.seed)?,
+        model: Model::new(be, spec, cfg.seed)?,
         opt: Optimizer::new(cfg.optimizer, cfg.weight_decay),
         progress: Progress::default(),
         csv: format!("{CSV_HEADER}\n"),
@@ -431,9 +514,9 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     run(
         be,
         cfg,
-        &spec,
+        spec,
         (&train_ds, &val_ds, pos_weight),
-        &run_dir,
+        run_dir,
         state,
     )
 }

@@ -154,6 +154,29 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
         "{e}"
     );
     assert!((e["threshold"].as_f64().unwrap() - best[col("threshold")]).abs() < 1e-5);
+    // the honest figures: 95 % intervals around each figure, calibration, the trivial baseline
+    for figure in [
+        "roc_auc",
+        "average_precision",
+        "balanced_accuracy",
+        "sensitivity",
+    ] {
+        let i = &e["intervals"][figure];
+        let (lo, v, hi) = (i["lo"].as_f64(), i["value"].as_f64(), i["hi"].as_f64());
+        assert!(lo <= v && v <= hi && lo.is_some(), "{figure}: {i}");
+    }
+    assert_eq!(e["intervals"]["roc_auc"]["value"], m["roc_auc"]);
+    assert_eq!(e["bootstrap"]["resamples"], 2000);
+    assert_eq!(e["baseline_accuracy"], 0.5);
+    assert_eq!(e["calibration"].as_array().unwrap().len(), 10);
+    for key in [
+        "brier",
+        "expected_calibration_error",
+        "sensitivity_at_specificity_0_9",
+    ] {
+        assert!(e[key].as_f64().is_some(), "{key} in {e}");
+    }
+    assert!(run_dir.join("eval/reliability.png").exists());
     let lines = std::fs::read_to_string(&per_image).unwrap();
     assert_eq!(lines.lines().count(), 1 + 12);
     assert!(lines.starts_with("file,label,probability,prediction\n"));
@@ -465,4 +488,113 @@ fn bench_without_a_gpu_adapter_measures_the_cpu_and_says_so() {
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+}
+
+/// `cv` as its arguments for the small test set: 16×16, batch 4, CPU, quiet.
+fn cv_args<'a>(data: &'a str, out: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "cv",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
+#[test]
+fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    // a near-duplicate across the splits: it must land in the fold of its original
+    let original = data.join("train/fractured/img000.png");
+    std::fs::copy(&original, data.join("val/fractured/copy.png")).unwrap();
+    let out = dir.path().join("runs");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = cv_args(d, o, &["--folds", "3", "--epochs", "4"]);
+    let first = run(&args);
+    let (stdout, err) = text(&first);
+    assert!(first.status.success(), "{stdout}\n{err}");
+    assert!(stdout.contains("25 images pooled"), "{stdout}");
+    assert!(
+        stdout.contains("pooled out-of-fold predictions of 25 images"),
+        "{stdout}"
+    );
+    let cv_dir = out.join("cv-fracturenet-001");
+    for f in [
+        "folds.csv",
+        "summary.csv",
+        "predictions.csv",
+        "roc.png",
+        "reliability.png",
+    ] {
+        assert!(cv_dir.join(f).is_file(), "{f}");
+    }
+    let folds = std::fs::read_to_string(cv_dir.join("folds.csv")).unwrap();
+    let fold_of = |name: &str| {
+        let line = folds.lines().find(|l| l.contains(name)).unwrap();
+        line.split(',').nth(2).unwrap().to_string()
+    };
+    assert_eq!(
+        fold_of("train/fractured/img000.png"),
+        fold_of("val/fractured/copy.png")
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cv_dir.join("summary.json")).unwrap())
+            .unwrap();
+    let per_fold = summary["folds"].as_array().unwrap();
+    assert_eq!(per_fold.len(), 3);
+    let images: u64 = per_fold.iter().map(|f| f["images"].as_u64().unwrap()).sum();
+    assert_eq!(images, 25);
+    for f in per_fold {
+        // 13 fractured of 25 in 3 folds: 4 or 5 each; 12 not: 4 each
+        let fractured = f["fractured"].as_u64().unwrap();
+        assert!((4..=5).contains(&fractured), "{f}");
+        assert_eq!(f["images"].as_u64().unwrap() - fractured, 4, "{f}");
+        assert_eq!(f["epochs"], 4, "judged by the final weights");
+    }
+    let auc = summary["roc_auc"]["mean"].as_f64().unwrap();
+    assert!(auc > 0.9, "brightness separates the classes: {summary}");
+    let pooled = &summary["pooled"]["intervals"]["roc_auc"];
+    assert!(
+        pooled["lo"].as_f64() <= pooled["value"].as_f64(),
+        "{pooled}"
+    );
+
+    // a fold lost (say, stopped before its first checkpoint) is trained again by --resume, alone,
+    // to the same numbers: the folds are seeded
+    std::fs::remove_dir_all(cv_dir.join("fold-2")).unwrap();
+    let again = run(&[
+        "cv",
+        "--resume",
+        cv_dir.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    let (stdout, err) = text(&again);
+    assert!(again.status.success(), "{stdout}\n{err}");
+    assert!(stdout.contains("== fold 2 of 3 =="), "{stdout}");
+    assert!(
+        !stdout.contains("== fold 1") && !stdout.contains("== fold 3"),
+        "{stdout}"
+    );
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cv_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(resumed["folds"], summary["folds"]);
+
+    // selecting by the fold that judges the model is refused
+    let o = run(&cv_args(d, o, &["--early-stopping", "2"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--early-stopping"), "{}", text(&o).1);
 }

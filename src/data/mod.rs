@@ -5,6 +5,7 @@ pub mod augment;
 pub mod cache;
 pub mod check;
 pub mod folder;
+pub mod folds;
 pub mod image;
 
 pub use augment::Augment;
@@ -101,6 +102,33 @@ impl Dataset {
             }
         }
         ds
+    }
+
+    /// The images at `indices`, in that order (`failed` is left empty: the caller has already
+    /// reported the files that could not be read).
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let plane = self.size * self.size;
+        let mut pixels = Vec::with_capacity(indices.len() * plane);
+        for &i in indices {
+            pixels.extend_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
+        }
+        Dataset {
+            size: self.size,
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            paths: indices.iter().map(|&i| self.paths[i].clone()).collect(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// The images of `self` followed by those of `other` (of the same size).
+    pub fn concat(mut self, other: Dataset) -> Dataset {
+        assert_eq!(self.size, other.size, "datasets of one image size");
+        self.pixels.extend(other.pixels);
+        self.labels.extend(other.labels);
+        self.paths.extend(other.paths);
+        self.failed.extend(other.failed);
+        self
     }
 
     pub fn len(&self) -> usize {

@@ -1,0 +1,464 @@
+//! `fracture-cnn cv`: stratified k-fold cross-validation of a training recipe.
+//!
+//! The training and validation images are pooled and dealt into k folds (stratified by class,
+//! near-duplicates kept in one fold: [`crate::data::folds`]). Fold i's run trains on the other
+//! folds with the recipe and is judged on fold i by its **final** weights: no epoch is picked on
+//! the images that judge it. Thresholded figures use a threshold chosen on the other folds'
+//! out-of-fold predictions, never on the fold's own. The folds' figures are given one by one,
+//! as mean ± standard deviation, and pooled over all out-of-fold predictions with bootstrap
+//! intervals.
+//!
+//! ```text
+//! runs/cv-<model>-NNN/
+//!   cv.json          the recipe (a training configuration) and the number of folds
+//!   folds.csv        every pooled image's fold and near-duplicate group
+//!   fold-1/ ...      one training run per fold (`train --resume` continues it)
+//!   summary.csv      one row per fold, then the mean and the standard deviation
+//!   summary.json     all of it, with the pooled figures and their intervals
+//!   predictions.csv  every image's out-of-fold probability
+//!   roc.png          the folds' ROC curves; reliability.png of the pooled predictions
+//! ```
+
+use crate::backend::Backend;
+use crate::checkpoint::{self, write_atomic};
+use crate::data::folds::Assignment;
+use crate::data::DataDir;
+use crate::metrics::report::{average_precision, brier, mean_and_sd};
+use crate::metrics::{best_threshold, roc_curve, Bootstrap, Metrics, Report};
+use crate::nn::ModelSpec;
+use crate::train::{self, FoldPlan, Progress, TrainConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `cv.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CvConfig {
+    pub folds: usize,
+    /// The recipe every fold trains with (its `fold` is set per fold).
+    pub config: TrainConfig,
+}
+
+/// One fold's figures, from its final weights on its own images.
+#[derive(Clone, Debug, Serialize)]
+pub struct FoldFigures {
+    pub fold: usize,
+    pub images: usize,
+    pub fractured: usize,
+    /// Chosen on the other folds' out-of-fold predictions.
+    pub threshold: f32,
+    pub roc_auc: f64,
+    pub average_precision: f64,
+    pub balanced_accuracy: f64,
+    pub sensitivity: f64,
+    pub specificity: f64,
+    pub brier: f64,
+    pub epochs: usize,
+}
+
+/// A figure over the folds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MeanSd {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// What a finished cross-validation reports (`summary.json`).
+#[derive(Debug, Serialize)]
+pub struct CvSummary {
+    pub cv_dir: PathBuf,
+    pub model: String,
+    pub folds: Vec<FoldFigures>,
+    pub roc_auc: MeanSd,
+    pub average_precision: MeanSd,
+    pub balanced_accuracy: MeanSd,
+    pub sensitivity: MeanSd,
+    pub specificity: MeanSd,
+    pub brier: MeanSd,
+    /// All out-of-fold predictions together, at the threshold chosen on all of them.
+    pub pooled: Report,
+    /// The threshold for a model of this recipe trained on all the data: the one that maximises
+    /// balanced accuracy over all out-of-fold predictions.
+    pub threshold: f32,
+    pub seconds: f64,
+}
+
+/// How a cross-validation call ended.
+pub enum CvOutcome {
+    Done(Box<CvSummary>),
+    /// Stopped by a signal inside a fold; the folder can be resumed.
+    Interrupted(PathBuf),
+}
+
+/// Starts a cross-validation of `recipe` in a new `cv-<model>-NNN` folder under `recipe.out`.
+pub fn start<B: Backend>(be: &B, recipe: &TrainConfig, folds: usize) -> Result<CvOutcome> {
+    if recipe.callbacks.early_stopping.is_some() || recipe.callbacks.plateau.is_some() {
+        bail!(
+            "cv judges each fold by its final weights: --early-stopping and \
+             --reduce-lr-on-plateau would choose by the fold that judges the model; leave them out"
+        );
+    }
+    let mut recipe = recipe.clone();
+    recipe.data = recipe
+        .data
+        .canonicalize()
+        .with_context(|| format!("data folder {} does not exist", recipe.data.display()))?;
+    let dir = DataDir::open(&recipe.data)?;
+    let mut spec = ModelSpec::load(&recipe.model)?;
+    if let Some(s) = recipe.image_size {
+        spec = spec.with_image_size(s)?;
+    }
+    let assignment = Assignment::make(&dir, folds, recipe.seed, recipe.quiet)?;
+    let cv_dir = train::new_run_dir(&recipe.out, &format!("cv-{}", spec.name))?;
+    let cv_dir = cv_dir.canonicalize().unwrap_or(cv_dir);
+    assignment.write(&cv_dir.join("folds.csv"))?;
+    let cv = CvConfig {
+        folds,
+        config: recipe,
+    };
+    write_atomic(
+        &cv_dir.join("cv.json"),
+        serde_json::to_string_pretty(&cv)?.as_bytes(),
+    )?;
+    println!(
+        "cross-validation of {} in {}: {} images pooled from train/ and val/ in {folds} folds \
+         (stratified, near-duplicates in one fold)",
+        spec.name,
+        cv_dir.display(),
+        assignment.rows.len()
+    );
+    run_folds(be, &cv_dir, &cv)
+}
+
+/// Continues the cross-validation in `cv_dir`: unfinished folds resume, missing ones start.
+pub fn resume<B: Backend>(be: &B, cv_dir: &Path, epochs: Option<usize>) -> Result<CvOutcome> {
+    let path = cv_dir.join("cv.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: cv --resume takes a folder that `cv` made",
+            path.display()
+        )
+    })?;
+    let mut cv: CvConfig = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a cross-validation's configuration",
+            path.display()
+        )
+    })?;
+    if let Some(e) = epochs {
+        cv.config.epochs = e;
+    }
+    println!("resuming the cross-validation in {}", cv_dir.display());
+    run_folds(be, cv_dir, &cv)
+}
+
+/// Where a fold's run stands.
+enum FoldState {
+    NotStarted,
+    Unfinished,
+    Done,
+}
+
+fn fold_state(fold_dir: &Path, epochs: usize) -> Result<FoldState> {
+    let last = fold_dir.join("last.safetensors");
+    if !last.exists() {
+        return Ok(FoldState::NotStarted);
+    }
+    let (info, _) = checkpoint::read(&last)?;
+    let progress: Progress = info
+        .progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .with_context(|| format!("{} holds no training state", last.display()))?;
+    Ok(if progress.epochs_done >= epochs {
+        FoldState::Done
+    } else {
+        FoldState::Unfinished
+    })
+}
+
+fn fold_config(cv_dir: &Path, cv: &CvConfig, fold: usize) -> TrainConfig {
+    TrainConfig {
+        fold: Some(FoldPlan {
+            fold,
+            folds: cv.folds,
+            assignment: cv_dir.join("folds.csv"),
+        }),
+        ..cv.config.clone()
+    }
+}
+
+fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig) -> Result<CvOutcome> {
+    let start = Instant::now();
+    for fold in 1..=cv.folds {
+        let fold_dir = cv_dir.join(format!("fold-{fold}"));
+        let cfg = fold_config(cv_dir, cv, fold);
+        let summary = match fold_state(&fold_dir, cv.config.epochs)? {
+            FoldState::Done => continue,
+            FoldState::NotStarted => {
+                println!("\n== fold {fold} of {} ==", cv.folds);
+                train::train_in(be, &cfg, &fold_dir)?
+            }
+            FoldState::Unfinished => {
+                println!("\n== fold {fold} of {} (resumed) ==", cv.folds);
+                train::resume(be, &fold_dir, Some(cv.config.epochs))?
+            }
+        };
+        if summary.interrupted {
+            println!(
+                "the cross-validation stopped in fold {fold}; continue it with: \
+                 fracture-cnn cv --resume {}",
+                cv_dir.display()
+            );
+            return Ok(CvOutcome::Interrupted(cv_dir.to_path_buf()));
+        }
+    }
+    let summary = summarise(be, cv_dir, cv, start.elapsed().as_secs_f64())?;
+    write_summary(&summary, cv_dir)?;
+    Ok(CvOutcome::Done(Box::new(summary)))
+}
+
+/// One fold's out-of-fold predictions from its final weights.
+struct FoldPredictions {
+    paths: Vec<PathBuf>,
+    labels: Vec<f32>,
+    probs: Vec<f32>,
+    epochs: usize,
+}
+
+fn predict_fold<B: Backend>(
+    be: &B,
+    cv_dir: &Path,
+    cv: &CvConfig,
+    fold: usize,
+) -> Result<FoldPredictions> {
+    let last = cv_dir.join(format!("fold-{fold}")).join("last.safetensors");
+    let (mut model, info) = checkpoint::load(be, &last)?;
+    let cfg = TrainConfig {
+        quiet: true,
+        ..fold_config(cv_dir, cv, fold)
+    };
+    let (_, val, _) = train::load_data(&cfg, info.spec.input[1])?;
+    let (_, probs) = train::predict(be, &mut model, &val, cfg.batch_size);
+    Ok(FoldPredictions {
+        paths: val.paths,
+        labels: val.labels,
+        probs,
+        epochs: info.epoch,
+    })
+}
+
+fn summarise<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, seconds: f64) -> Result<CvSummary> {
+    let preds = (1..=cv.folds)
+        .map(|fold| predict_fold(be, cv_dir, cv, fold))
+        .collect::<Result<Vec<_>>>()?;
+    let all = |f: &dyn Fn(&FoldPredictions) -> &Vec<f32>, skip: Option<usize>| -> Vec<f32> {
+        preds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .flat_map(|(_, p)| f(p).iter().copied())
+            .collect()
+    };
+    let folds: Vec<FoldFigures> = preds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let others = (all(&|p| &p.probs, Some(i)), all(&|p| &p.labels, Some(i)));
+            let threshold = best_threshold(&others.0, &others.1);
+            let m = Metrics::new(&p.probs, &p.labels, threshold, 0.0);
+            FoldFigures {
+                fold: i + 1,
+                images: p.labels.len(),
+                fractured: m.confusion.tp + m.confusion.fn_,
+                threshold,
+                roc_auc: m.roc_auc,
+                average_precision: average_precision(&p.probs, &p.labels),
+                balanced_accuracy: m.balanced_accuracy,
+                sensitivity: m.recall,
+                specificity: m.specificity,
+                brier: brier(&p.probs, &p.labels),
+                epochs: p.epochs,
+            }
+        })
+        .collect();
+    let over = |f: fn(&FoldFigures) -> f64| {
+        let (mean, sd) = mean_and_sd(&folds.iter().map(f).collect::<Vec<_>>());
+        MeanSd { mean, sd }
+    };
+    let (probs, labels) = (all(&|p| &p.probs, None), all(&|p| &p.labels, None));
+    let threshold = best_threshold(&probs, &labels);
+    write_predictions(cv_dir, &preds)?;
+    write_plots(cv_dir, &preds, &folds)?;
+    Ok(CvSummary {
+        cv_dir: cv_dir.to_path_buf(),
+        model: cv.config.model.clone(),
+        roc_auc: over(|f| f.roc_auc),
+        average_precision: over(|f| f.average_precision),
+        balanced_accuracy: over(|f| f.balanced_accuracy),
+        sensitivity: over(|f| f.sensitivity),
+        specificity: over(|f| f.specificity),
+        brier: over(|f| f.brier),
+        pooled: Report::new(&probs, &labels, threshold, 0.0, Bootstrap::default()),
+        threshold,
+        folds,
+        seconds,
+    })
+}
+
+fn write_predictions(cv_dir: &Path, preds: &[FoldPredictions]) -> Result<()> {
+    let mut text = String::from("file,label,fold,probability\n");
+    for (i, p) in preds.iter().enumerate() {
+        for ((path, label), prob) in p.paths.iter().zip(&p.labels).zip(&p.probs) {
+            text.push_str(&format!("{},{label},{},{prob:.6}\n", path.display(), i + 1));
+        }
+    }
+    write_atomic(&cv_dir.join("predictions.csv"), text.as_bytes())
+}
+
+fn write_plots(cv_dir: &Path, preds: &[FoldPredictions], folds: &[FoldFigures]) -> Result<()> {
+    let curves: Vec<(String, Vec<(f64, f64)>)> = preds
+        .iter()
+        .zip(folds)
+        .map(|(p, f)| {
+            (
+                format!("fold {}: AUC {:.3}", f.fold, f.roc_auc),
+                roc_curve(&p.probs, &p.labels),
+            )
+        })
+        .collect();
+    let (mean, sd) = mean_and_sd(&folds.iter().map(|f| f.roc_auc).collect::<Vec<_>>());
+    crate::plots::roc_curves(
+        &cv_dir.join("roc.png"),
+        &format!("ROC of {} folds, AUC {mean:.3} ± {sd:.3}", folds.len()),
+        &curves,
+    )?;
+    let probs: Vec<f32> = preds.iter().flat_map(|p| p.probs.iter().copied()).collect();
+    let labels: Vec<f32> = preds
+        .iter()
+        .flat_map(|p| p.labels.iter().copied())
+        .collect();
+    let bins = crate::metrics::report::calibration_bins(
+        &probs,
+        &labels,
+        crate::metrics::report::CALIBRATION_BINS,
+    );
+    crate::plots::reliability(
+        &cv_dir.join("reliability.png"),
+        &bins,
+        crate::metrics::report::expected_calibration_error(&bins),
+    )
+}
+
+const COLUMNS: &str = "fold,images,fractured,threshold,roc_auc,average_precision,\
+balanced_accuracy,sensitivity,specificity,brier,epochs";
+
+fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
+    let mut csv = format!("{COLUMNS}\n");
+    for f in &s.folds {
+        csv.push_str(&format!(
+            "{},{},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}\n",
+            f.fold,
+            f.images,
+            f.fractured,
+            f.threshold,
+            f.roc_auc,
+            f.average_precision,
+            f.balanced_accuracy,
+            f.sensitivity,
+            f.specificity,
+            f.brier,
+            f.epochs
+        ));
+    }
+    for (name, pick) in [
+        ("mean", (|m: MeanSd| m.mean) as fn(MeanSd) -> f64),
+        ("sd", |m: MeanSd| m.sd),
+    ] {
+        csv.push_str(&format!(
+            "{name},,,,{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},\n",
+            pick(s.roc_auc),
+            pick(s.average_precision),
+            pick(s.balanced_accuracy),
+            pick(s.sensitivity),
+            pick(s.specificity),
+            pick(s.brier)
+        ));
+    }
+    write_atomic(&cv_dir.join("summary.csv"), csv.as_bytes())?;
+    write_atomic(
+        &cv_dir.join("summary.json"),
+        serde_json::to_string_pretty(s)?.as_bytes(),
+    )
+}
+
+/// The summary as the text `cv` prints.
+pub fn render(s: &CvSummary) -> String {
+    let mut out = format!(
+        "\ncross-validation of {} ({} folds, final weights of each fold, thresholds chosen on \
+         the other folds)\n{:<6}{:>7}{:>10}{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}{:>8}\n",
+        s.model,
+        s.folds.len(),
+        "fold",
+        "images",
+        "fractured",
+        "ROC-AUC",
+        "avg prec",
+        "bal-acc",
+        "sens",
+        "spec",
+        "Brier",
+        "thresh"
+    );
+    for f in &s.folds {
+        out.push_str(&format!(
+            "{:<6}{:>7}{:>10}{:>10.4}{:>10.4}{:>10.4}{:>9.3}{:>9.3}{:>9.4}{:>8.3}\n",
+            f.fold,
+            f.images,
+            f.fractured,
+            f.roc_auc,
+            f.average_precision,
+            f.balanced_accuracy,
+            f.sensitivity,
+            f.specificity,
+            f.brier,
+            f.threshold
+        ));
+    }
+    for (name, pick) in [
+        ("mean", (|m: MeanSd| m.mean) as fn(MeanSd) -> f64),
+        ("sd", |m: MeanSd| m.sd),
+    ] {
+        out.push_str(&format!(
+            "{name:<23}{:>10.4}{:>10.4}{:>10.4}{:>9.3}{:>9.3}{:>9.4}\n",
+            pick(s.roc_auc),
+            pick(s.average_precision),
+            pick(s.balanced_accuracy),
+            pick(s.sensitivity),
+            pick(s.specificity),
+            pick(s.brier)
+        ));
+    }
+    let p = &s.pooled;
+    out.push_str(&format!(
+        "\npooled out-of-fold predictions of {} images, 95 % bootstrap intervals:\n  ROC-AUC \
+         {}\n  average precision {}\n  balanced accuracy {} at threshold {:.3}\n  \
+         sensitivity at specificity 0.8: {:.3}, at 0.9: {:.3}; Brier {:.4}, calibration error {:.4}\n",
+        p.metrics.confusion.tp + p.metrics.confusion.fp + p.metrics.confusion.tn + p.metrics.confusion.fn_,
+        p.intervals.roc_auc,
+        p.intervals.average_precision,
+        p.intervals.balanced_accuracy,
+        s.threshold,
+        p.sensitivity_at_specificity_0_8,
+        p.sensitivity_at_specificity_0_9,
+        p.brier,
+        p.expected_calibration_error
+    ));
+    out.push_str(&format!(
+        "took {:.1} min; summary.csv, summary.json, predictions.csv, roc.png and reliability.png in {}\n",
+        s.seconds / 60.0,
+        s.cv_dir.display()
+    ));
+    out
+}
