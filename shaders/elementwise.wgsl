@@ -1,4 +1,4 @@
-// elementwise.wgsl — one value in, one value out: ReLU, dropout, per-channel bias, moving averages,
+// elementwise.wgsl — one value in, one value out: addition, copy, ReLU, dropout, per-channel bias, moving averages,
 // scaling.
 // Twin of src/backend/cpu/elementwise.rs.
 //
@@ -39,6 +39,24 @@ fn lowbias32(v: u32) -> u32 {
 
 fn uniform01(key: u32, i: u32) -> f32 {
     return f32(lowbias32(i ^ key) >> 8u) * (1.0 / 16777216.0);
+}
+
+// out = a + b   (the merge of a residual block; the sum of two gradients of one tensor)
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = a[i] + b[i];
+}
+
+// out = a
+@compute @workgroup_size(256)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out[i] = a[i];
 }
 
 // out = max(a, 0)

@@ -388,50 +388,53 @@ pub fn bce<B: Backend>(be: &B, logits: &[f32], targets: &[f32], pos_weight: f32)
 }
 
 /// One layer of the model zoo, run through its `Layer` implementation (so the layer's wiring of
-/// ops, caches and parameter gradients is checked, not only the ops): gradients wrt the input
-/// and every trainable parameter, with L = Σ r ⊙ layer(x).
+/// ops, caches and parameter gradients is checked, not only the ops): gradients wrt each input
+/// (a merge's second input, of shape `branch`, too) and every trainable parameter, with
+/// L = Σ r ⊙ layer(x).
 pub fn layer<B: Backend>(
     be: &B,
     spec: &LayerSpec,
     batch: usize,
     sample: &[usize],
+    branch: Option<&[usize]>,
     probe: Probe,
 ) -> Vec<Report> {
-    let case = format!("layer {} on {sample:?} x{batch}", spec.describe());
-    let mut shape = vec![batch];
-    shape.extend_from_slice(sample);
-    let x = away_from_kinks(shape.as_slice(), 14);
-    // Batch norm over a channel of a few values (the batch's 2, at the 1×1 end of MobileNet) is
-    // very curved at the scale of their spread: spread them out, as `batchnorm` does. (Larger
-    // channels are left alone: there, larger values would only add rounding to the loss.)
-    let per_channel: usize = shape.iter().skip(2).product::<usize>() * batch;
-    let x = if matches!(spec, LayerSpec::BatchNorm { .. }) && per_channel <= 8 {
-        Tensor::new(x.shape, x.data.iter().map(|v| 10.0 * v).collect())
-    } else {
-        x
+    let case = match branch {
+        Some(b) => format!("layer {} of {sample:?} and {b:?} x{batch}", spec.describe()),
+        None => format!("layer {} on {sample:?} x{batch}", spec.describe()),
     };
+    let xs: Vec<Tensor> = std::iter::once(sample)
+        .chain(branch)
+        .enumerate()
+        .map(|(k, s)| check_input(spec, batch, s, 14 + 100 * k as u64))
+        .collect();
     let mut rng = StdRng::seed_from_u64(15);
-    let mut layer: Box<dyn Layer<B>> = nn::model::build_layer(be, spec, sample, 3, &mut rng);
+    let mut layer: Box<dyn Layer<B>> =
+        nn::model::build_layer(be, spec, sample, branch, 3, &mut rng);
     let mode = Mode::Train { seed: 77 };
-    let y = be.download(&layer.forward(be, be.upload(&x), mode));
+    let upload = |xs: &[Tensor]| xs.iter().map(|x| be.upload(x)).collect::<Vec<_>>();
+    let y = be.download(&layer.forward_inputs(be, upload(&xs), mode));
     let base_kinks = layer.kinks(be);
     let r = rand(y.shape.clone(), 16);
-    let dx = layer
-        .backward(be, be.upload(&r), true)
-        .expect("dx was asked for");
-    let run = |layer: &mut Box<dyn Layer<B>>, x: &Tensor| {
-        let y = be.download(&layer.forward(be, be.upload(x), mode));
+    let dxs: Vec<Tensor> = layer
+        .backward_inputs(be, be.upload(&r), true)
+        .iter()
+        .map(|dx| be.download(dx.as_ref().expect("dx was asked for")))
+        .collect();
+    let run = |layer: &mut Box<dyn Layer<B>>, xs: &[Tensor]| {
+        let y = be.download(&layer.forward_inputs(be, upload(xs), mode));
         (layer.kinks(be) == base_kinks).then(|| project(&y, &r))
     };
-    let mut reports = vec![compare(
-        &case,
-        "x",
-        &x,
-        &be.download(&dx),
-        |p| run(&mut layer, p),
-        probe,
-        17,
-    )];
+    let names = if xs.len() == 1 { ["x", ""] } else { ["a", "b"] };
+    let mut reports = Vec::new();
+    for (k, dx) in dxs.iter().enumerate() {
+        let loss = |p: &Tensor| {
+            let mut probed = xs.clone();
+            probed[k] = p.clone();
+            run(&mut layer, &probed)
+        };
+        reports.push(compare(&case, names[k], &xs[k], dx, loss, probe, 17));
+    }
     let trainable: Vec<(usize, &'static str, Tensor, Tensor)> = layer
         .params()
         .iter()
@@ -445,7 +448,7 @@ pub fn layer<B: Backend>(
     for (i, name, value, grad) in trainable {
         let loss = |probe: &Tensor| {
             layer.params_mut()[i].value = be.upload(probe);
-            run(&mut layer, &x)
+            run(&mut layer, &xs)
         };
         reports.push(compare(
             &case,
@@ -459,6 +462,22 @@ pub fn layer<B: Backend>(
         layer.params_mut()[i].value = be.upload(&value);
     }
     reports
+}
+
+/// An input for a layer's check: values away from kinks, of shape `[batch, sample...]`.
+fn check_input(spec: &LayerSpec, batch: usize, sample: &[usize], seed: u64) -> Tensor {
+    let mut shape = vec![batch];
+    shape.extend_from_slice(sample);
+    let x = away_from_kinks(shape.as_slice(), seed);
+    // Batch norm over a channel of a few values (the batch's 2, at the 1×1 end of MobileNet) is
+    // very curved at the scale of their spread: spread them out, as `batchnorm` does. (Larger
+    // channels are left alone: there, larger values would only add rounding to the loss.)
+    let per_channel: usize = shape.iter().skip(2).product::<usize>() * batch;
+    if matches!(spec, LayerSpec::BatchNorm { .. }) && per_channel <= 8 {
+        Tensor::new(x.shape, x.data.iter().map(|v| 10.0 * v).collect())
+    } else {
+        x
+    }
 }
 
 /// Relative error allowed for single ops and layers (f32 forward passes, h = 1e-2).
@@ -480,7 +499,11 @@ pub fn model_layers<B: Backend>(
     let mut seen = Vec::new();
     let mut out = Vec::new();
     for info in spec.layers()? {
-        let key = (info.spec.describe(), info.input.clone());
+        let key = (
+            info.spec.describe(),
+            info.input.clone(),
+            info.branch.clone(),
+        );
         if seen.contains(&key) {
             continue;
         }
@@ -495,6 +518,7 @@ pub fn model_layers<B: Backend>(
                 | LayerSpec::Dense { .. }
                 | LayerSpec::Flatten
                 | LayerSpec::Dropout { .. }
+                | LayerSpec::Add
         );
         let probe = if linear {
             Probe {
@@ -504,7 +528,8 @@ pub fn model_layers<B: Backend>(
         } else {
             probe
         };
-        for r in layer(be, &info.spec, batch, &info.input, probe) {
+        let branch = info.branch.as_deref();
+        for r in layer(be, &info.spec, batch, &info.input, branch, probe) {
             out.push((info.index, r));
         }
     }

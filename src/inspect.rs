@@ -117,9 +117,9 @@ pub fn inspect<B: Backend>(
         Ok(())
     };
     let mut first_conv = true;
-    for (i, (spec, output)) in model.spec.layers.iter().zip(&outputs).enumerate() {
+    for (i, (node, output)) in model.spec.layers.iter().zip(&outputs).enumerate() {
         if !matches!(
-            spec,
+            node.layer,
             LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. }
         ) {
             continue;

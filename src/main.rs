@@ -1119,19 +1119,35 @@ fn model_summary(model: &str, image_size: Option<usize>) -> Result<()> {
         "Model: {}   input {:?} (channels, height, width)",
         spec.name, spec.input
     );
-    let rule = "─".repeat(78);
+    let rule = "─".repeat(88);
     println!("{rule}");
     println!(
-        "{:<4}{:<30}{:<20}{:>11}{:>13}",
-        "#", "layer", "output shape", "params", "FLOPs"
+        "{:<4}{:<30}{:<10}{:<20}{:>11}{:>13}",
+        "#", "layer", "from", "output shape", "params", "FLOPs"
     );
     println!("{rule}");
     for l in &layers {
         let shape = format!("{:?}", l.output);
+        // where the inputs come from, when not just the layer before: a residual graph's branches
+        let from = if l.sources == [l.index.checked_sub(1)] {
+            String::new()
+        } else {
+            let names: Vec<String> = l
+                .sources
+                .iter()
+                .map(|s| s.map_or("input".into(), |j| j.to_string()))
+                .collect();
+            names.join(" + ")
+        };
+        let what = match &l.branch {
+            Some(b) if b != &l.input => format!("{} (1x1 proj.)", l.spec.describe()),
+            _ => l.spec.describe(),
+        };
         println!(
-            "{:<4}{:<30}{:<20}{:>11}{:>13}",
+            "{:<4}{:<30}{:<10}{:<20}{:>11}{:>13}",
             l.index,
-            l.spec.describe(),
+            what,
+            from,
             shape,
             thousands((l.trainable_params + l.fixed_params) as u64),
             thousands(l.flops)

@@ -84,11 +84,11 @@ fn runtime_errors_exit_1_with_a_message_naming_the_problem() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--lr must be a positive number"));
 
-    let o = run(&["model", "summary", "--model", "resnet"]);
+    let o = run(&["model", "summary", "--model", "resnot"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o)
         .1
-        .contains("no built-in model and no file named 'resnet'"));
+        .contains("no built-in model and no file named 'resnot'"));
 }
 
 #[test]

@@ -397,6 +397,18 @@ fn relu_and_dropout(how: &str, gpu: &Gpu) {
         &gpu.download(&gpu.relu_backward(&gx, &gpu.upload(&dy))),
         0.0,
     );
+    same(
+        &format!("add{how}"),
+        &Cpu.add(&x, &dy),
+        &gpu.download(&gpu.add(&gx, &gpu.upload(&dy))),
+        0.0,
+    );
+    same(
+        &format!("copy{how}"),
+        &x,
+        &gpu.download(&gpu.copy(&gx)),
+        0.0,
+    );
     // the dropout mask is a hash of (seed, index): bit-identical on both backends
     for seed in [0, 1, 1 << 40] {
         same(
@@ -601,6 +613,14 @@ fn depthwise_separable_training_steps_match_the_cpu() {
 #[test]
 fn mobilenet_gradients_match_the_cpu() {
     gradients_match("mobilenet", 64, 3);
+}
+
+#[test]
+fn resnet_gradients_and_training_steps_match_the_cpu() {
+    // width 4, one block per stage at 32x32: identity and projection shortcuts, summed gradients
+    gradients_match("resnet-4-1", 32, 3);
+    let Some(gpu) = gpu() else { return };
+    steps_match(gpu, &preset("resnet-4-1", 32), OptimizerKind::adam(), 4, 3);
 }
 
 #[test]

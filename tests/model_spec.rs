@@ -70,6 +70,8 @@ fn mobilenet_has_the_parameters_of_keras_mobilenet_at_half_width() {
         "xray-bone-classifier",
         "mobilenet",
         "mobilenet-0.75",
+        "resnet",
+        "resnet-8-3",
     ] {
         let spec = ModelSpec::load(name).unwrap();
         assert_eq!(ModelSpec::parse(&spec.to_toml().unwrap()).unwrap(), spec);
@@ -180,4 +182,78 @@ fn errors_name_the_layer_and_the_problem() {
         .unwrap()
         .to_string();
     assert!(e.contains("image size 64") && e.contains("layer"), "{e}");
+}
+
+#[test]
+fn a_graph_spec_names_its_inputs_and_every_mistake_is_named() {
+    let block = |add_inputs: &str, extra: &str| {
+        format!(
+            r#"
+            name = "block"
+            input = [1, 8, 8]
+            [[layers]]
+            type = "conv2d"
+            filters = 4
+            kernel = 3
+            name = "stem"
+            [[layers]]
+            type = "conv2d"
+            filters = 8
+            kernel = 3
+            stride = 2
+            name = "body"
+            {extra}
+            [[layers]]
+            type = "add"
+            inputs = {add_inputs}
+            [[layers]]
+            type = "global_avgpool"
+            [[layers]]
+            type = "dense"
+            units = 1
+            "#
+        )
+    };
+    // a projection shortcut: 4x8x8 brought to 8x4x4 by a 1x1 convolution of stride 2
+    let spec = ModelSpec::parse(&block(r#"["body", "stem"]"#, "")).unwrap();
+    let layers = spec.layers().unwrap();
+    assert_eq!(layers[2].sources, [Some(1), Some(0)]);
+    assert_eq!(layers[2].output, [8, 4, 4]);
+    assert_eq!(layers[2].trainable_params, 4 * 8 + 8);
+    // the TOML that `model spec` writes reads back to the same graph
+    assert_eq!(ModelSpec::parse(&spec.to_toml().unwrap()).unwrap(), spec);
+    for (inputs, extra, message) in [
+        (
+            r#"["body", "nowhere"]"#,
+            "",
+            "input 'nowhere' is not the name of an earlier layer",
+        ),
+        (r#"["body"]"#, "", "takes 2 input(s), 1 given"),
+        (
+            r#"["body", "stem", "input"]"#,
+            "",
+            "takes 2 input(s), 3 given",
+        ),
+        (
+            r#"["stem", "input"]"#,
+            "",
+            "layer 1 (conv2d 3x3/2x2 same, 8): its output is used by no later layer",
+        ),
+        (
+            r#"["body", "stem"]"#,
+            "[[layers]]\ntype = \"relu\"\nname = \"stem\"",
+            "the name 'stem' is taken",
+        ),
+        (
+            r#"["flat", "stem"]"#,
+            "[[layers]]\ntype = \"flatten\"\nname = \"flat\"",
+            "cannot add [4, 8, 8] to [128]",
+        ),
+        (r#"["body", 3]"#, "", "inputs must be a list of layer names"),
+    ] {
+        let err = ModelSpec::parse(&block(inputs, extra))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "{inputs} {extra}: {err}");
+    }
 }

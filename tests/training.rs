@@ -33,6 +33,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
             schedule: Schedule::Cosine,
             ..Callbacks::default()
         },
+        fold: None,
     }
 }
 

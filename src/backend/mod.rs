@@ -201,6 +201,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> (Self::Tensor, Self::Tensor);
 
     // ---- element-wise -------------------------------------------------------------------------
+    /// `y` = `a` + `b`, of one shape (the merge of a residual block; gradients of a tensor used
+    /// twice are summed with it too).
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// A copy of `t` (a tensor that feeds two layers, each of which keeps its input).
+    fn copy(&self, t: &Self::Tensor) -> Self::Tensor;
     /// y = max(x, 0)
     fn relu_forward(&self, x: &Self::Tensor) -> Self::Tensor;
     /// dx = dy where x > 0, else 0

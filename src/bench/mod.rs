@@ -204,6 +204,17 @@ pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<
                     move || drop(be.depthwise_conv2d_backward_weight(&x3, &dy3, &g)),
                 ));
             }
+            LayerSpec::Add => {
+                // the sum itself; a projection's 1x1 convolution is timed within whole steps
+                let (a, b) = (x(), x());
+                ops.push(Op::new(format!("{label} forward"), None, move || {
+                    drop(be.add(&a, &b))
+                }));
+                let dy2 = dy();
+                ops.push(Op::new(format!("{label} backward"), None, move || {
+                    drop(be.copy(&dy2))
+                }));
+            }
             LayerSpec::GlobalAvgPool => {
                 let x1 = x();
                 ops.push(Op::new(format!("{label} forward"), None, move || {
@@ -479,7 +490,7 @@ pub fn steps(cfg: &BenchConfig) -> usize {
         LayerSpec::Flatten => 0,
         _ => 2,
     };
-    let layers: usize = cfg.spec.layers.iter().map(per_layer).sum();
+    let layers: usize = cfg.spec.layers.iter().map(|n| per_layer(&n.layer)).sum();
     2 + layers + 2
 }
 
@@ -535,7 +546,7 @@ mod tests {
         let convs = spec
             .layers
             .iter()
-            .filter(|l| matches!(l, LayerSpec::Conv2d { .. }))
+            .filter(|l| matches!(l.layer, LayerSpec::Conv2d { .. }))
             .count();
         let conv_ops = report
             .ops

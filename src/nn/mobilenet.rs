@@ -13,7 +13,7 @@
 //! FLOPs by about α². The preset `mobilenet` is α = 0.5 on 1×128×128; `mobilenet-0.25`,
 //! `mobilenet-0.75`, `mobilenet-1.0` (any α in (0, 4]) are the others.
 
-use super::spec::{LayerSpec, ModelSpec, Size2, SpecError};
+use super::spec::{LayerSpec, ModelSpec, Node, Size2, SpecError};
 use crate::backend::Padding;
 
 /// The width multiplier of the `mobilenet` preset.
@@ -36,8 +36,8 @@ const BLOCKS: [(usize, usize); 13] = [
     (1, 1024),
 ];
 
-/// batch norm then ReLU, after every convolution
-fn bn_relu() -> [LayerSpec; 2] {
+/// Batch norm then ReLU, after every convolution.
+pub(super) fn bn_relu() -> [LayerSpec; 2] {
     [
         LayerSpec::BatchNorm {
             momentum: 0.1,
@@ -47,7 +47,8 @@ fn bn_relu() -> [LayerSpec; 2] {
     ]
 }
 
-fn conv(filters: usize, kernel: usize, stride: usize) -> LayerSpec {
+/// A convolution with same padding.
+pub(super) fn conv(filters: usize, kernel: usize, stride: usize) -> LayerSpec {
     LayerSpec::Conv2d {
         filters,
         kernel: Size2::Square(kernel),
@@ -90,7 +91,7 @@ pub fn mobilenet_v1(width: f32, size: usize) -> Result<ModelSpec, SpecError> {
     let spec = ModelSpec {
         name,
         input: [1, size, size],
-        layers,
+        layers: layers.into_iter().map(Node::from).collect(),
     };
     spec.layers()?;
     Ok(spec)

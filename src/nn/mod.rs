@@ -3,8 +3,10 @@
 //! Every layer has an explicit `forward` that keeps what its backward pass needs, and a `backward`
 //! that takes the gradient of the loss with respect to the layer's output (`dy`), stores the
 //! gradients of its parameters, and returns the gradient with respect to its input (`dx`).
-//! A model ([`Model`]) is a sequence of layers built from a text spec ([`spec::ModelSpec`]).
+//! A model ([`Model`]) is a graph of layers built from a text spec ([`spec::ModelSpec`]): a
+//! sequence, where a layer may also take the output of an earlier one (residual networks).
 
+pub mod add;
 pub mod avgpool;
 pub mod batchnorm;
 pub mod conv2d;
@@ -18,10 +20,11 @@ pub mod maxpool;
 pub mod mobilenet;
 pub mod model;
 pub mod relu;
+pub mod resnet;
 pub mod spec;
 
 pub use model::Model;
-pub use spec::{LayerSpec, ModelSpec};
+pub use spec::{LayerSpec, ModelSpec, Node};
 
 use crate::backend::Backend;
 
@@ -84,6 +87,21 @@ pub trait Layer<B: Backend>: Send {
     /// Stores the parameters' gradients and returns dx, or `None` when `want_dx` is false (the
     /// first layer of a model need not compute the gradient with respect to the image).
     fn backward(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Option<B::Tensor>;
+    /// How many inputs the layer takes: 1, or 2 for a merge (`add`).
+    fn arity(&self) -> usize {
+        1
+    }
+    /// y = layer(x₀, x₁, …), as a model calls every layer: a merge layer takes its inputs here,
+    /// any other layer its one input through `forward`.
+    fn forward_inputs(&mut self, be: &B, mut xs: Vec<B::Tensor>, mode: Mode) -> B::Tensor {
+        assert_eq!(xs.len(), 1, "{} takes one input", self.kind());
+        let x = xs.pop().expect("one input");
+        self.forward(be, x, mode)
+    }
+    /// The gradient with respect to each input (`None`s when `want_dx` is false).
+    fn backward_inputs(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Vec<Option<B::Tensor>> {
+        vec![self.backward(be, dy, want_dx)]
+    }
     /// A fingerprint of the linear piece the last training forward pass landed on (which inputs
     /// of a ReLU were positive, which element won each pooling window); 0 for smooth layers.
     /// Gradient checks use it to skip finite differences that straddle a kink.

@@ -1,7 +1,9 @@
-//! A model: the layers of a [`ModelSpec`], run in order forward and in reverse order backward.
+//! A model: the layers of a [`ModelSpec`] as a graph. Forward runs the layers in order, each on
+//! the outputs its spec names (the layer before, by default); backward runs them in reverse and
+//! sums the gradients of an output that several layers read (a residual block's input).
 
 use super::{
-    avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense,
+    add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense,
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
     Layer, LayerSpec, Mode, ModelSpec, Param,
 };
@@ -13,12 +15,19 @@ use rand::{rngs::StdRng, SeedableRng};
 pub struct Model<B: Backend> {
     pub spec: ModelSpec,
     pub layers: Vec<Box<dyn Layer<B>>>,
+    /// Where each layer's inputs come from: `Some(j)` for layer j's output, `None` for the image.
+    sources: Vec<Vec<Option<usize>>>,
 }
 
 /// A parameter with its checkpoint name, e.g. `"04.conv2d.weight"`.
 pub struct NamedParam<'a, B: Backend> {
     pub name: String,
     pub param: &'a Param<B>,
+}
+
+/// The slot of a source in the per-output tables below: 0 for the image, j + 1 for layer j.
+fn slot(source: Option<usize>) -> usize {
+    source.map_or(0, |j| j + 1)
 }
 
 impl<B: Backend> Model<B> {
@@ -30,29 +39,101 @@ impl<B: Backend> Model<B> {
             .layers
             .iter()
             .zip(&infos)
-            .map(|(layer, info)| build_layer(be, layer, &info.input, info.index, &mut rng))
+            .map(|(node, info)| {
+                let branch = info.branch.as_deref();
+                build_layer(be, &node.layer, &info.input, branch, info.index, &mut rng)
+            })
             .collect();
         Ok(Model {
             spec: spec.clone(),
             layers,
+            sources: infos.into_iter().map(|i| i.sources).collect(),
         })
+    }
+
+    /// How many layers read each output (by [`slot`]); the last layer's is read by the caller.
+    fn readers(&self) -> Vec<usize> {
+        let mut readers = vec![0; self.layers.len() + 1];
+        for s in self.sources.iter().flatten() {
+            readers[slot(*s)] += 1;
+        }
+        readers[self.layers.len()] += 1;
+        readers
+    }
+
+    /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
+    /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
+    fn run_forward(
+        &mut self,
+        be: &B,
+        x: B::Tensor,
+        mode: Mode,
+        mut each: impl FnMut(usize, &B::Tensor),
+    ) -> B::Tensor {
+        let mut left = self.readers();
+        let mut values: Vec<Option<B::Tensor>> = (0..left.len()).map(|_| None).collect();
+        values[0] = Some(x);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let mut inputs = Vec::with_capacity(self.sources[i].len());
+            for &s in &self.sources[i] {
+                let k = slot(s);
+                left[k] -= 1;
+                let value = if left[k] == 0 {
+                    values[k].take()
+                } else {
+                    values[k].as_ref().map(|v| be.copy(v))
+                };
+                inputs.push(value.expect("sources come before their readers"));
+            }
+            let y = layer.forward_inputs(be, inputs, mode);
+            each(i, &y);
+            values[i + 1] = Some(y);
+        }
+        values.pop().flatten().expect("the last layer's output")
+    }
+
+    /// Backpropagates `dy` (at the last layer's output) through layers `stop..` in reverse,
+    /// summing the gradients of outputs that several layers read. Returns the gradient at each
+    /// output by [`slot`] from `stop` on (and at the image when `image` and `stop` is 0).
+    fn run_backward(
+        &mut self,
+        be: &B,
+        dy: B::Tensor,
+        stop: usize,
+        image: bool,
+    ) -> Vec<Option<B::Tensor>> {
+        let n = self.layers.len();
+        let mut grads: Vec<Option<B::Tensor>> = (0..=n).map(|_| None).collect();
+        grads[n] = Some(dy);
+        let wanted = |s: &Option<usize>| s.map_or(image && stop == 0, |j| j + 1 >= stop);
+        for i in (stop..n).rev() {
+            let dy = grads[i + 1]
+                .take()
+                .expect("every output leads to the logits (checked by ModelSpec::layers)");
+            let want = self.sources[i].iter().any(wanted);
+            let dxs = self.layers[i].backward_inputs(be, dy, want);
+            for (&s, dx) in self.sources[i].iter().zip(dxs) {
+                if let (true, Some(dx)) = (wanted(&s), dx) {
+                    let k = slot(s);
+                    grads[k] = Some(match grads[k].take() {
+                        Some(g) => be.add(&g, &dx),
+                        None => dx,
+                    });
+                }
+            }
+        }
+        grads
     }
 
     /// `logits[N,1]` = model(`x[N,C,H,W]`).
     pub fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
-        self.layers
-            .iter_mut()
-            .fold(x, |h, layer| layer.forward(be, h, mode))
+        self.run_forward(be, x, mode, |_, _| {})
     }
 
     /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in
     /// `Param::grad`; returns dloss/dx when `want_dx` (for input-gradient checks and saliency).
     pub fn backward(&mut self, be: &B, dlogits: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
-        let mut grad = dlogits;
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
-            grad = layer.backward(be, grad, i > 0 || want_dx)?;
-        }
-        Some(grad)
+        self.run_backward(be, dlogits, 0, want_dx).swap_remove(0)
     }
 
     /// For explanations: with inference statistics (Mode::Explain), the logits for x, the
@@ -70,20 +151,18 @@ impl<B: Backend> Model<B> {
             "layer {at} of {}",
             self.layers.len()
         );
-        let mut h = x;
         let mut activation = None;
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            h = layer.forward(be, h, Mode::Explain);
+        let logits = self.run_forward(be, x, Mode::Explain, |i, y| {
             if i == at {
-                activation = Some(be.download(&h));
+                activation = Some(be.download(y));
             }
-        }
-        let logits = be.download(&h);
-        let ones = Tensor::full(logits.shape.clone(), 1.0);
-        let mut grad = be.upload(&ones);
-        for layer in self.layers[at + 1..].iter_mut().rev() {
-            grad = layer.backward(be, grad, true).expect("dx was asked for");
-        }
+        });
+        let logits = be.download(&logits);
+        let ones = be.upload(&Tensor::full(logits.shape.clone(), 1.0));
+        let mut grads = self.run_backward(be, ones, at + 1, false);
+        let grad = grads[at + 1]
+            .take()
+            .expect("layer `at` leads to the logits");
         let activation = activation.expect("at is a layer index");
         (logits, activation, be.download(&grad))
     }
@@ -93,12 +172,8 @@ impl<B: Backend> Model<B> {
     /// respect to every parameter, which `Param::grad` holds afterwards.
     pub fn outputs_and_parameter_gradients(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
         let mut outputs = Vec::with_capacity(self.layers.len());
-        let mut h = x;
-        for layer in self.layers.iter_mut() {
-            h = layer.forward(be, h, Mode::Explain);
-            outputs.push(be.download(&h));
-        }
-        let ones = Tensor::full(be.shape(&h).clone(), 1.0);
+        let logits = self.run_forward(be, x, Mode::Explain, |_, y| outputs.push(be.download(y)));
+        let ones = Tensor::full(be.shape(&logits).clone(), 1.0);
         self.backward(be, be.upload(&ones), false);
         outputs
     }
@@ -134,11 +209,13 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// One layer of `layer`'s kind for a sample of shape `input` (already checked to fit).
+/// One layer of `layer`'s kind for a sample of shape `input` (and `branch`, a merge's second
+/// input), already checked to fit.
 pub fn build_layer<B: Backend>(
     be: &B,
     layer: &LayerSpec,
     input: &[usize],
+    branch: Option<&[usize]>,
     index: usize,
     rng: &mut StdRng,
 ) -> Box<dyn Layer<B>> {
@@ -170,5 +247,11 @@ pub fn build_layer<B: Backend>(
         LayerSpec::Relu => Box::new(Relu::default()),
         LayerSpec::Dropout { rate } => Box::new(Dropout::new(*rate, index)),
         LayerSpec::Flatten => Box::new(Flatten::default()),
+        LayerSpec::Add => {
+            let branch = branch.unwrap_or(input);
+            let projection =
+                LayerSpec::projection_geom(input, branch).expect("checked by ModelSpec::layers");
+            Box::new(Add::new(be, projection, rng))
+        }
     }
 }

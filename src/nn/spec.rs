@@ -32,6 +32,27 @@
 //! type = "dense"
 //! units = 1                    # the last layer must give one value: the logit of "fractured"
 //! ```
+//!
+//! A layer takes the output of the layer before it. A spec can also be a graph, as residual
+//! networks are: any layer may be given a `name`, and a later layer may list the names whose
+//! outputs it takes in `inputs` (`"input"` is the image). The merge layer `add` takes two:
+//!
+//! ```toml
+//! [[layers]]
+//! type = "relu"
+//! name = "block1"              # this output feeds the next layer and the add below
+//! [[layers]]
+//! type = "conv2d"
+//! filters = 32
+//! kernel = 3
+//! stride = 2
+//! [[layers]]
+//! type = "batchnorm"
+//! name = "body"
+//! [[layers]]
+//! type = "add"                 # y = body + shortcut; when the shapes differ, the shortcut goes
+//! inputs = ["body", "block1"]  # through a learned 1x1 convolution (stride 2 here) first
+//! ```
 
 use crate::backend::{Conv2dGeom, Padding, Pool2dGeom};
 use serde::{Deserialize, Serialize};
@@ -120,6 +141,82 @@ pub enum LayerSpec {
     /// `[C, H, W]` → `[C]`: the mean of each channel.
     #[serde(rename = "global_avgpool")]
     GlobalAvgPool,
+    /// y = a + b of its two inputs, a residual block's merge; when b's shape differs from a's, b
+    /// first goes through a learned 1×1 convolution (a projection, strided to a's size).
+    Add,
+}
+
+/// One node of a model's graph: a layer, the name later layers may use for its output, and the
+/// names of the outputs it takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub layer: LayerSpec,
+    pub name: Option<String>,
+    /// Names of earlier layers, or [`INPUT`]; empty: the layer just before (the image for the
+    /// first layer).
+    pub inputs: Vec<String>,
+}
+
+/// The name of the model's input image in `inputs`.
+pub const INPUT: &str = "input";
+
+impl From<LayerSpec> for Node {
+    fn from(layer: LayerSpec) -> Self {
+        Node {
+            layer,
+            name: None,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+// A node is written as its layer's table with `name` and `inputs` beside `type`, so that a plain
+// list of layers stays a valid spec.
+impl Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut table = match serde_json::to_value(&self.layer).map_err(S::Error::custom)? {
+            serde_json::Value::Object(table) => table,
+            _ => return Err(S::Error::custom("a layer is a table")),
+        };
+        // an option left out (a pooling stride) is absent from the table, as TOML has no null
+        table.retain(|_, v| !v.is_null());
+        if let Some(name) = &self.name {
+            table.insert("name".into(), name.clone().into());
+        }
+        if !self.inputs.is_empty() {
+            table.insert("inputs".into(), self.inputs.clone().into());
+        }
+        table.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let name = match table.remove("name") {
+            None => None,
+            Some(serde_json::Value::String(n)) => Some(n),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "name must be a string, got {other}"
+                )))
+            }
+        };
+        let inputs = match table.remove("inputs") {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|_| D::Error::custom("inputs must be a list of layer names"))?,
+        };
+        let layer =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(Node {
+            layer,
+            name,
+            inputs,
+        })
+    }
 }
 
 /// A whole model: the shape of one input image and its layers in order.
@@ -129,7 +226,7 @@ pub struct ModelSpec {
     pub name: String,
     /// `[channels, height, width]` of one image.
     pub input: [usize; 3],
-    pub layers: Vec<LayerSpec>,
+    pub layers: Vec<Node>,
 }
 
 /// A spec that cannot be built, with the reason (naming the layer where there is one).
@@ -164,6 +261,10 @@ pub struct LayerInfo {
     /// Values of working memory per sample beside input and output: a convolution's unfolded
     /// input (im2col).
     pub workspace: usize,
+    /// Where the layer's inputs come from: `Some(j)` for layer j's output, `None` for the image.
+    pub sources: Vec<Option<usize>>,
+    /// The shape of an `add` layer's second input.
+    pub branch: Option<Vec<usize>>,
 }
 
 /// The built-in models: (name, spec text).
@@ -207,6 +308,27 @@ impl LayerSpec {
         Pool2dGeom::new(1, *c, *h, *w, size.hw(), stride.unwrap_or(*size).hw())
     }
 
+    /// The 1×1 convolution that brings an `add` layer's second input, of shape `branch`, to the
+    /// shape `main` of its first: `None` when the shapes are equal; an error when no such
+    /// convolution exists (flat inputs, or sizes no stride maps).
+    pub fn projection_geom(main: &[usize], branch: &[usize]) -> Result<Option<Conv2dGeom>, String> {
+        if main == branch {
+            return Ok(None);
+        }
+        let (&[c, h, w], &[cb, hb, wb]) = (main, branch) else {
+            return Err(format!(
+                "cannot add {branch:?} to {main:?}: shapes differ and are not both images"
+            ));
+        };
+        let (sh, sw) = (hb.div_ceil(h), wb.div_ceil(w));
+        Conv2dGeom::new(1, cb, hb, wb, c, (1, 1), (sh, sw), Padding::Valid)
+            .filter(|g| (g.out_h, g.out_w) == (h, w))
+            .map(Some)
+            .ok_or_else(|| {
+                format!("cannot add {branch:?} to {main:?}: no 1x1 convolution maps {hb}x{wb} to {h}x{w}")
+            })
+    }
+
     /// Short description for tables: "conv2d 3x3/1 same, 32".
     pub fn describe(&self) -> String {
         match self {
@@ -237,11 +359,17 @@ impl LayerSpec {
             LayerSpec::Relu => "relu".into(),
             LayerSpec::Dropout { rate } => format!("dropout {rate}"),
             LayerSpec::Flatten => "flatten".into(),
+            LayerSpec::Add => "add".into(),
         }
     }
 
     /// The layer's output shape, parameter counts and FLOPs for one sample of shape `input`.
-    fn infer(&self, index: usize, input: &[usize]) -> Result<LayerInfo, SpecError> {
+    fn infer(
+        &self,
+        index: usize,
+        input: &[usize],
+        branch: Option<&[usize]>,
+    ) -> Result<LayerInfo, SpecError> {
         let err = |msg: String| SpecError(format!("layer {index} ({}): {msg}", self.describe()));
         let image = |what: &str| match input {
             [c, h, w] => Ok((*c, *h, *w)),
@@ -343,6 +471,17 @@ impl LayerSpec {
             }
             LayerSpec::Relu => input.to_vec(),
             LayerSpec::Flatten => vec![input.iter().product()],
+            LayerSpec::Add => {
+                let branch = branch.ok_or_else(|| err("add needs two inputs".into()))?;
+                let values = input.iter().product::<usize>();
+                flops = values as u64;
+                if let Some(g) = Self::projection_geom(input, branch).map_err(err)? {
+                    trainable = g.c_in * g.c_out + g.c_out;
+                    largest_param = g.c_in * g.c_out;
+                    flops += g.forward_flops();
+                }
+                input.to_vec()
+            }
         };
         // Sizes that no machine could hold are refused here, before anything is allocated (the
         // products are taken in u128, where they cannot overflow).
@@ -380,6 +519,8 @@ impl LayerSpec {
             flops,
             largest_param,
             workspace,
+            sources: Vec::new(),
+            branch: branch.map(<[usize]>::to_vec),
         })
     }
 }
@@ -403,13 +544,15 @@ impl ModelSpec {
         }
         let path = Path::new(name_or_path);
         if !path.exists() {
-            if let Some(spec) = super::mobilenet::from_preset_name(name_or_path) {
+            if let Some(spec) = super::mobilenet::from_preset_name(name_or_path)
+                .or_else(|| super::resnet::from_preset_name(name_or_path))
+            {
                 return spec;
             }
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             return Err(SpecError(format!(
                 "no built-in model and no file named '{name_or_path}' (built-in models: {}, \
-                 mobilenet, mobilenet-WIDTH)",
+                 mobilenet, mobilenet-WIDTH, resnet, resnet-WIDTH, resnet-WIDTH-DEPTH)",
                 names.join(", ")
             )));
         }
@@ -445,13 +588,59 @@ impl ModelSpec {
         if self.layers.is_empty() {
             return Err(SpecError("the model has no layers".into()));
         }
-        let mut shape = self.input.to_vec();
-        let mut infos = Vec::with_capacity(self.layers.len());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let info = layer.infer(i, &shape)?;
-            shape = info.output.clone();
+        let mut infos: Vec<LayerInfo> = Vec::with_capacity(self.layers.len());
+        let mut names = std::collections::HashMap::from([(INPUT, None)]);
+        let mut used = vec![false; self.layers.len()];
+        for (i, node) in self.layers.iter().enumerate() {
+            let at =
+                |msg: String| SpecError(format!("layer {i} ({}): {msg}", node.layer.describe()));
+            let sources: Vec<Option<usize>> = if node.inputs.is_empty() {
+                vec![i.checked_sub(1)]
+            } else {
+                node.inputs
+                    .iter()
+                    .map(|n| {
+                        names.get(n.as_str()).copied().ok_or_else(|| {
+                            at(format!(
+                                "input '{n}' is not the name of an earlier layer nor '{INPUT}'"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let wanted = if node.layer == LayerSpec::Add { 2 } else { 1 };
+            if sources.len() != wanted {
+                return Err(at(format!(
+                    "takes {wanted} input(s), {} given",
+                    sources.len()
+                )));
+            }
+            let shape_of =
+                |s: &Option<usize>| s.map_or(self.input.to_vec(), |j| infos[j].output.clone());
+            let branch = sources.get(1).map(shape_of);
+            let mut info = node
+                .layer
+                .infer(i, &shape_of(&sources[0]), branch.as_deref())?;
+            for s in sources.iter().flatten() {
+                used[*s] = true;
+            }
+            info.sources = sources;
+            if let Some(name) = &node.name {
+                if names.insert(name.as_str(), Some(i)).is_some() {
+                    return Err(at(format!(
+                        "the name '{name}' is taken (by an earlier layer or the input)"
+                    )));
+                }
+            }
             infos.push(info);
         }
+        if let Some(unused) = used[..used.len() - 1].iter().position(|u| !u) {
+            return Err(SpecError(format!(
+                "layer {unused} ({}): its output is used by no later layer",
+                self.layers[unused].layer.describe()
+            )));
+        }
+        let shape = infos.last().map(|l| l.output.clone()).unwrap_or_default();
         if shape != [1] {
             return Err(SpecError(format!(
                 "the last layer outputs {shape:?}, but a binary classifier must output [1] \

@@ -331,10 +331,48 @@ macro_rules! gradcheck_suite {
             ];
             for (spec, sample, batch) in cases {
                 assert_all(
-                    &gc::layer(be, &spec, batch, &sample, gc::Probe::op($samples)),
+                    &gc::layer(be, &spec, batch, &sample, None, gc::Probe::op($samples)),
                     OP_TOL,
                 );
             }
+            // the residual merge: the same shapes; a projection of stride 2; an odd size
+            for (main, branch) in [
+                (vec![3, 4, 4], vec![3, 4, 4]),
+                (vec![4, 2, 2], vec![3, 4, 4]),
+                (vec![4, 3, 3], vec![2, 5, 5]),
+            ] {
+                let reports = gc::layer(
+                    be,
+                    &LayerSpec::Add,
+                    2,
+                    &main,
+                    Some(&branch),
+                    gc::Probe::op($samples),
+                );
+                let checked: Vec<&str> = reports.iter().map(|r| r.wrt.as_str()).collect();
+                let projected = main != branch;
+                let expected: &[&str] = if projected {
+                    &["a", "b", "weight", "bias"]
+                } else {
+                    &["a", "b"]
+                };
+                assert_eq!(checked, expected);
+                assert_all(&reports, OP_TOL);
+            }
+        }
+        #[test]
+        fn whole_resnet_at_32x32() {
+            let Some(be) = $backend else { return };
+            // width 4, one block per stage: 32 -> 16 (stem conv) -> 8 (pool) -> 4 -> 2 -> 1,
+            // three projections
+            let spec = ModelSpec::load("resnet-4-1")
+                .unwrap()
+                .with_image_size(32)
+                .unwrap();
+            assert_model(
+                &gc::model(be, &spec, 3, gc::Probe::model($samples / 3)),
+                MODEL_TOL,
+            );
         }
         #[test]
         fn whole_fracturenet_at_32x32() {

@@ -20,6 +20,11 @@ pub fn zip_map(a: &[f32], b: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) 
     out
 }
 
+/// y = a + b.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    zip_map(a, b, |_, u, v| u + v)
+}
+
 pub fn relu_forward(x: &[f32]) -> Vec<f32> {
     zip_map(x, x, |_, v, _| v.max(0.0))
 }

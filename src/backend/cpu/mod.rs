@@ -255,6 +255,13 @@ impl Backend for Cpu {
         (t([o, i], dw), t([o], db))
     }
 
+    fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        assert_eq!(a.shape, b.shape, "add of two shapes");
+        t(a.shape.clone(), elementwise::add(&a.data, &b.data))
+    }
+    fn copy(&self, x: &Tensor) -> Tensor {
+        x.clone()
+    }
     fn relu_forward(&self, x: &Tensor) -> Tensor {
         t(x.shape.clone(), elementwise::relu_forward(&x.data))
     }

@@ -21,6 +21,8 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
         "elementwise",
         include_str!("../../../shaders/elementwise.wgsl"),
         &[
+            "add",
+            "copy",
             "relu_forward",
             "relu_backward",
             "dropout",

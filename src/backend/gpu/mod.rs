@@ -1004,6 +1004,24 @@ impl Backend for Gpu {
         (dw, db)
     }
 
+    fn add(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
+        assert_eq!(a.shape, b.shape, "add of two shapes");
+        let y = self.alloc(a.shape.clone());
+        self.per_window(a.shape.dims()[0], &[a, b], &[&y], |win, i, o| {
+            let len = win.count * a.len() / a.shape.dims()[0];
+            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
+            self.elementwise("add", len, [0; 4], [0.0; 2], &bind);
+        });
+        y
+    }
+    fn copy(&self, x: &GpuTensor) -> GpuTensor {
+        let y = self.alloc(x.shape.clone());
+        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
+            let len = win.count * x.len() / x.shape.dims()[0];
+            self.elementwise("copy", len, [0; 4], [0.0; 2], &[(1, i[0]), (3, o[0])]);
+        });
+        y
+    }
     fn relu_forward(&self, x: &GpuTensor) -> GpuTensor {
         let y = self.alloc(x.shape.clone());
         self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
