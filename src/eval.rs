@@ -4,15 +4,40 @@
 //! with the model.
 
 use crate::backend::Backend;
-use crate::checkpoint::{self, CheckpointInfo};
+use crate::checkpoint;
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::{Dataset, Sample, Split};
 use crate::metrics::{Bootstrap, Report};
-use crate::nn::Model;
-use crate::train;
+use crate::nn::{Mode, Model};
+use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+/// The model trained on FracAtlas that ships with the source (see the README).
+pub fn shipped_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fracatlas.safetensors")
+}
+
+/// The models given with `--model`, or else the shipped model, saying so on standard error.
+pub fn models_or_shipped(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    let shipped = shipped_model();
+    if !shipped.exists() {
+        bail!(
+            "no --model given, and the shipped model {} is missing: pass --model RUN_DIR or a \
+             .safetensors file",
+            shipped.display()
+        );
+    }
+    eprintln!(
+        "using the shipped model {} (trained on FracAtlas; --model to choose another)",
+        shipped.display()
+    );
+    Ok(vec![shipped])
+}
 
 /// A checkpoint file, or a run folder (whose `best.safetensors` is taken).
 pub fn checkpoint_path(model: &Path) -> PathBuf {
@@ -23,15 +48,21 @@ pub fn checkpoint_path(model: &Path) -> PathBuf {
     }
 }
 
-fn load<B: Backend>(be: &B, model: &Path) -> Result<(Model<B>, CheckpointInfo)> {
-    let path = checkpoint_path(model);
-    if !path.exists() {
-        bail!(
-            "{} does not exist: --model takes a checkpoint (.safetensors) or a run folder",
-            path.display()
-        );
-    }
-    checkpoint::load(be, &path)
+/// The checkpoint of each model, or an error naming the first that does not exist.
+fn checkpoints(models: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    models
+        .iter()
+        .map(|model| {
+            let path = checkpoint_path(model);
+            if !path.exists() {
+                bail!(
+                    "{} does not exist: --model takes a checkpoint (.safetensors) or a run folder",
+                    path.display()
+                );
+            }
+            Ok(path)
+        })
+        .collect()
 }
 
 /// The labelled images under `dir`: `dir` itself if it holds class folders, else its test/
@@ -59,6 +90,9 @@ pub type Skipped = Vec<(PathBuf, String)>;
 pub struct Evaluation {
     pub folder: PathBuf,
     pub images: usize,
+    /// The checkpoints whose probabilities were averaged (one for a single model).
+    pub models: Vec<PathBuf>,
+    pub tta: bool,
     pub threshold: f32,
     #[serde(flatten)]
     pub report: Report,
@@ -70,6 +104,8 @@ pub struct Evaluation {
 #[derive(Clone, Debug, Default)]
 pub struct EvalOptions {
     pub batch: usize,
+    /// Average each image's probability over [`tta_views`].
+    pub tta: bool,
     /// Also write one line per image (file, label, probability, prediction) here.
     pub csv: Option<PathBuf>,
     /// Write `reliability.png` and `roc.png` into this folder.
@@ -78,51 +114,173 @@ pub struct EvalOptions {
     pub quiet: bool,
 }
 
-/// All the metrics of the model in `model` on the labelled images under `data`, with bootstrap
-/// intervals, calibration and the figures of [`EvalOptions`].
+/// All the metrics of the models in `models` (their probabilities averaged: an ensemble) on the
+/// labelled images under `data`, with bootstrap intervals, calibration and the figures of
+/// [`EvalOptions`].
 pub fn evaluate<B: Backend>(
     be: &B,
-    model: &Path,
+    models: &[PathBuf],
     data: &Path,
     o: &EvalOptions,
 ) -> Result<Evaluation> {
-    let (batch, quiet, csv) = (o.batch, o.quiet, o.csv.as_deref());
-    let (mut net, info) = load(be, model)?;
+    checkpoints(models)?;
     let (folder, split) = labelled_split(data)?;
-    let ds = Dataset::decode(&split.samples, info.spec.input[1], "eval", quiet);
     let mut skipped: Skipped = split
         .skipped
         .iter()
         .map(|p| (p.clone(), "not an image file".to_string()))
         .collect();
-    skipped.extend(ds.failed.iter().cloned());
-    if ds.is_empty() {
+    let scored = ensemble(be, models, &split.samples, o.batch, o.tta, o.quiet)?;
+    skipped.extend(scored.failed.iter().cloned());
+    if scored.paths.is_empty() {
         bail!("no readable images in {}", folder.display());
     }
-    let (loss, probs) = train::predict(be, &mut net, &ds, batch.max(1));
-    if let Some(csv) = csv {
+    let (probs, labels, threshold) = (&scored.probs, &scored.labels, scored.threshold);
+    if let Some(csv) = &o.csv {
         let mut text = String::from("file,label,probability,prediction\n");
-        for ((path, &label), &p) in ds.paths.iter().zip(&ds.labels).zip(&probs) {
+        for ((path, &label), &p) in scored.paths.iter().zip(labels).zip(probs) {
             text.push_str(&format!(
                 "{},{},{p:.6},{}\n",
                 csv_field(&path.display().to_string()),
                 class_name(label >= 0.5),
-                class_name(p >= info.threshold)
+                class_name(p >= threshold)
             ));
         }
         checkpoint::write_atomic(csv, text.as_bytes())?;
     }
-    let report = Report::new(&probs, &ds.labels, info.threshold, loss, o.bootstrap);
+    let report = Report::new(probs, labels, threshold, bce(probs, labels), o.bootstrap);
     if let Some(dir) = &o.figures {
-        write_figures(dir, &report, &probs, &ds.labels)?;
+        write_figures(dir, &report, probs, labels)?;
     }
     Ok(Evaluation {
         folder,
-        images: ds.len(),
-        threshold: info.threshold,
+        images: probs.len(),
+        models: models.to_vec(),
+        tta: o.tta,
+        threshold,
         report,
         skipped,
     })
+}
+
+/// Mean binary cross-entropy of probabilities (clamped away from 0 and 1) against labels.
+fn bce(probs: &[f32], labels: &[f32]) -> f64 {
+    let sum: f64 = probs
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = (p as f64).clamp(1e-7, 1.0 - 1e-7);
+            -(y as f64 * p.ln() + (1.0 - y as f64) * (1.0 - p).ln())
+        })
+        .sum();
+    sum / probs.len().max(1) as f64
+}
+
+/// The views of a batch `x[N,1,S,S]` that test-time augmentation averages over: the images as
+/// they are, mirrored left-right (training mirrors them too), and shifted by 1/32 of the side
+/// up-left and down-right (edges repeated).
+pub fn tta_views(x: &Tensor) -> Vec<Tensor> {
+    let &[n, c, h, w] = x.dims() else {
+        panic!("a batch of images, got {}", x.shape)
+    };
+    let view = |f: &dyn Fn(usize, usize) -> (usize, usize)| {
+        let mut data = Vec::with_capacity(x.data.len());
+        for plane in x.data.chunks(h * w).take(n * c) {
+            for i in 0..h {
+                for j in 0..w {
+                    let (si, sj) = f(i, j);
+                    data.push(plane[si * w + sj]);
+                }
+            }
+        }
+        Tensor::new(x.shape.clone(), data)
+    };
+    let d = (h.min(w) / 32).max(1);
+    vec![
+        view(&|i, j| (i, j)),
+        view(&|i, j| (i, w - 1 - j)),
+        view(&|i, j| ((i + d).min(h - 1), (j + d).min(w - 1))),
+        view(&|i, j| (i.saturating_sub(d), j.saturating_sub(d))),
+    ]
+}
+
+/// Probabilities of a fracture for `ds` by one model, averaged over [`tta_views`] with `tta`.
+fn model_probabilities<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    ds: &Dataset,
+    batch: usize,
+    tta: bool,
+) -> Vec<f32> {
+    let mut probs = Vec::with_capacity(ds.len());
+    for idx in ds.batches(batch.max(1), None) {
+        let (x, _) = ds.batch(&idx);
+        let views = if tta { tta_views(&x) } else { vec![x] };
+        let mut sum = vec![0.0f32; idx.len()];
+        for v in &views {
+            let logits = be.download(&model.forward(be, be.upload(v), Mode::Eval));
+            for (s, &z) in sum.iter_mut().zip(&logits.data) {
+                *s += crate::nn::loss::sigmoid(z);
+            }
+        }
+        probs.extend(sum.iter().map(|s| s / views.len() as f32));
+    }
+    probs
+}
+
+/// What an ensemble answers for a list of images.
+pub struct Scored {
+    pub paths: Vec<PathBuf>,
+    pub labels: Vec<f32>,
+    /// The mean of the models' probabilities.
+    pub probs: Vec<f32>,
+    /// The mean of the models' decision thresholds.
+    pub threshold: f32,
+    pub failed: Skipped,
+}
+
+/// Each model's probabilities for `samples` (each model at its own input size), averaged.
+/// Images that cannot be read are left out (and listed in `failed`).
+pub fn ensemble<B: Backend>(
+    be: &B,
+    models: &[PathBuf],
+    samples: &[Sample],
+    batch: usize,
+    tta: bool,
+    quiet: bool,
+) -> Result<Scored> {
+    if models.is_empty() {
+        bail!("no model given");
+    }
+    let mut scored: Option<Scored> = None;
+    for path in checkpoints(models)? {
+        let (mut net, info) = checkpoint::load(be, &path)?;
+        let ds = Dataset::decode(samples, info.spec.input[1], "images", quiet);
+        let probs = model_probabilities(be, &mut net, &ds, batch, tta);
+        match &mut scored {
+            None => {
+                scored = Some(Scored {
+                    paths: ds.paths,
+                    labels: ds.labels,
+                    probs,
+                    threshold: info.threshold,
+                    failed: ds.failed,
+                })
+            }
+            Some(s) => {
+                // the same files decode at any size: the image lists agree
+                for (a, b) in s.probs.iter_mut().zip(probs) {
+                    *a += b;
+                }
+                s.threshold += info.threshold;
+            }
+        }
+    }
+    let mut s = scored.expect("at least one model");
+    let k = models.len() as f32;
+    s.probs.iter_mut().for_each(|p| *p /= k);
+    s.threshold /= k;
+    Ok(s)
 }
 
 /// `reliability.png` and `roc.png` of an evaluation, in `dir`.
@@ -259,15 +417,16 @@ pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The probability of a fracture for each image under `paths`, and the images that could not be
-/// read (with the reason).
+/// The probability of a fracture for each image under `paths` by the models in `models`
+/// (averaged, with test-time augmentation when `tta`), and the images that could not be read.
 pub fn predict<B: Backend>(
     be: &B,
-    model: &Path,
+    models: &[PathBuf],
     paths: &[PathBuf],
     batch: usize,
+    tta: bool,
 ) -> Result<(Vec<Prediction>, Skipped)> {
-    let (mut net, info) = load(be, model)?;
+    checkpoints(models)?;
     let files = image_files(paths)?;
     if files.is_empty() {
         bail!("no image files among the paths given");
@@ -276,17 +435,50 @@ pub fn predict<B: Backend>(
         .into_iter()
         .map(|path| Sample { path, label: 0.0 })
         .collect();
-    let ds = Dataset::decode(&samples, info.spec.input[1], "predict", true);
-    let (_, probs) = train::predict(be, &mut net, &ds, batch.max(1));
-    let predictions = ds
+    let s = ensemble(be, models, &samples, batch, tta, true)?;
+    let predictions = s
         .paths
         .iter()
-        .zip(probs)
-        .map(|(path, probability)| Prediction {
+        .zip(&s.probs)
+        .map(|(path, &probability)| Prediction {
             file: path.display().to_string(),
             probability,
-            label: class_name(probability >= info.threshold),
+            label: class_name(probability >= s.threshold),
         })
         .collect();
-    Ok((predictions, ds.failed))
+    Ok((predictions, s.failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_time_views_mirror_and_shift_each_plane() {
+        // two images of 1x32x32, values i*32+j (+1000 for the second)
+        let data: Vec<f32> = (0..2)
+            .flat_map(|n| (0..32 * 32).map(move |k| (k + 1000 * n) as f32))
+            .collect();
+        let x = Tensor::new([2, 1, 32, 32], data);
+        let v = tta_views(&x);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[0], x);
+        let at = |t: &Tensor, n: usize, i: usize, j: usize| t.data[n * 1024 + i * 32 + j];
+        assert_eq!(at(&v[1], 1, 3, 0), at(&x, 1, 3, 31), "mirrored left-right");
+        assert_eq!(
+            at(&v[2], 0, 5, 5),
+            at(&x, 0, 6, 6),
+            "shifted by one pixel of 32"
+        );
+        assert_eq!(at(&v[2], 0, 31, 31), at(&x, 0, 31, 31), "edges repeated");
+        assert_eq!(at(&v[3], 1, 5, 5), at(&x, 1, 4, 4));
+        assert_eq!(at(&v[3], 1, 0, 0), at(&x, 1, 0, 0));
+    }
+
+    #[test]
+    fn bce_of_probabilities() {
+        let l = bce(&[0.9, 0.2], &[1.0, 0.0]);
+        assert!((l - (-(0.9f64.ln()) - 0.8f64.ln()) / 2.0).abs() < 1e-6);
+        assert!(bce(&[0.0], &[1.0]).is_finite(), "clamped");
+    }
 }

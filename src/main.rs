@@ -75,9 +75,11 @@ enum DataCommand {
 /// All the metrics of a trained model on a labelled folder.
 #[derive(Args)]
 struct EvalArgs {
-    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used); several
+    /// --model average their probabilities (an ensemble) [default: the shipped model,
+    /// models/fracatlas.safetensors].
     #[arg(long)]
-    model: PathBuf,
+    model: Vec<PathBuf>,
     /// A folder with fractured/ and not_fractured/ inside, or a data folder (its test/ split, or
     /// else its val/ split, is used).
     #[arg(long, default_value = "data")]
@@ -88,6 +90,10 @@ struct EvalArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Test-time augmentation: average each image's probability over the image, its mirror
+    /// image and two small shifts.
+    #[arg(long)]
+    tta: bool,
     /// Folder for reliability.png (the calibration diagram) and roc.png [default: RUN_DIR/eval
     /// when --model is a run folder, else none].
     #[arg(long)]
@@ -122,9 +128,10 @@ struct GradcheckArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used) [default: the
+    /// shipped model, models/fracatlas.safetensors].
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The X-ray.
     image: PathBuf,
     /// Folder for the PNG files.
@@ -196,15 +203,21 @@ struct RunModelArgs {
 /// The probability that each image shows a fracture.
 #[derive(Args)]
 struct PredictArgs {
-    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used).
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used); several
+    /// --model average their probabilities (an ensemble) [default: the shipped model,
+    /// models/fracatlas.safetensors].
     #[arg(long)]
-    model: PathBuf,
+    model: Vec<PathBuf>,
     /// Image files, or folders searched for images.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
     #[arg(long)]
     json: bool,
+    /// Test-time augmentation: average each image's probability over the image, its mirror
+    /// image and two small shifts.
+    #[arg(long)]
+    tta: bool,
     /// Also draw where the model looked (Grad-CAM of its last convolutional block over the
     /// X-ray) into this PNG; with several images, this is a folder that gets one PNG per image,
     /// named FOLDER-NAME.heatmap.png after the image's folder and name.
@@ -658,13 +671,15 @@ fn eval(a: EvalArgs) -> Result<()> {
         "--bootstrap must be at least 1000 resamples, got {}",
         a.bootstrap
     );
+    let models = eval::models_or_shipped(&a.model)?;
     let opts = eval::EvalOptions {
         batch: a.run.batch_size,
+        tta: a.tta,
         csv: a.csv.clone(),
         figures: a
             .figures
             .clone()
-            .or_else(|| a.model.is_dir().then(|| a.model.join("eval"))),
+            .or_else(|| models[0].is_dir().then(|| models[0].join("eval"))),
         bootstrap: fracture_cnn::metrics::Bootstrap {
             resamples: a.bootstrap,
             seed: a.seed,
@@ -672,8 +687,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         quiet: a.json,
     };
     let e = match pick_backend_quietly(a.run.backend, a.json)? {
-        Some(gpu) => eval::evaluate(&gpu, &a.model, &a.data, &opts),
-        None => eval::evaluate(&Cpu, &a.model, &a.data, &opts),
+        Some(gpu) => eval::evaluate(&gpu, &models, &a.data, &opts),
+        None => eval::evaluate(&Cpu, &models, &a.data, &opts),
     }?;
     for (p, why) in &e.skipped {
         eprintln!("warning: skipping {}: {why}", p.display());
@@ -780,7 +795,8 @@ fn inspect(a: InspectArgs) -> Result<()> {
 
 fn inspect_on<B: Backend>(be: &B, a: &InspectArgs) -> Result<()> {
     use fracture_cnn::{checkpoint, data::image, inspect};
-    let (mut net, _) = checkpoint::load(be, &eval::checkpoint_path(&a.model))?;
+    let model = eval::models_or_shipped(a.model.as_slice())?.remove(0);
+    let (mut net, _) = checkpoint::load(be, &eval::checkpoint_path(&model))?;
     let img = image::open(&a.image)?;
     for path in inspect::inspect(be, &mut net, &img, &a.out)? {
         println!("{}", path.display());
@@ -952,9 +968,10 @@ fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
 
 fn predict(a: PredictArgs) -> Result<()> {
     let batch = a.run.batch_size;
+    let models = eval::models_or_shipped(&a.model)?;
     let (predictions, failed) = match pick_backend_quietly(a.run.backend, true)? {
-        Some(gpu) => eval::predict(&gpu, &a.model, &a.paths, batch),
-        None => eval::predict(&Cpu, &a.model, &a.paths, batch),
+        Some(gpu) => eval::predict(&gpu, &models, &a.paths, batch, a.tta),
+        None => eval::predict(&Cpu, &models, &a.paths, batch, a.tta),
     }?;
     for (p, why) in &failed {
         eprintln!("warning: skipping {}: {why}", p.display());
@@ -972,8 +989,8 @@ fn predict(a: PredictArgs) -> Result<()> {
     if let Some(out) = &a.heatmap {
         let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
         match pick_backend_quietly(a.run.backend, true)? {
-            Some(gpu) => heatmaps(&gpu, &a.model, &files, out),
-            None => heatmaps(&Cpu, &a.model, &files, out),
+            Some(gpu) => heatmaps(&gpu, &models[0], &files, out),
+            None => heatmaps(&Cpu, &models[0], &files, out),
         }?;
     }
     Ok(())

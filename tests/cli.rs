@@ -210,6 +210,39 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
         );
         assert!(a["file"].as_str().unwrap().ends_with(".png"));
     }
+    // an ensemble of the model with itself answers as the model; test-time augmentation
+    // averages other views of each image, so its answers move, within [0, 1]
+    let best = run_dir.join("best.safetensors");
+    let val = data.join("val");
+    let probabilities = |extra: &[&str]| -> Vec<f64> {
+        let mut args = vec!["predict", val.to_str().unwrap(), "--json"];
+        args.extend_from_slice(&["--backend", "cpu"]);
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o)
+            .0
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["probability"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let b = best.to_str().unwrap();
+    let single = probabilities(&["--model", b]);
+    let twice = probabilities(&["--model", b, "--model", run_dir.to_str().unwrap()]);
+    for (s, t) in single.iter().zip(&twice) {
+        assert!((s - t).abs() < 1e-6, "{single:?} against {twice:?}");
+    }
+    let tta = probabilities(&["--model", b, "--tta"]);
+    assert_eq!(tta.len(), 12);
+    assert!(tta.iter().all(|p| (0.0..=1.0).contains(p)));
+    assert!(
+        tta.iter().zip(&single).any(|(t, s)| (t - s).abs() > 1e-7),
+        "{tta:?}"
+    );
     // where the model looked: one image gets the PNG named, several a folder of PNGs
     let one = answers[0]["file"].as_str().unwrap();
     let png = dir.path().join("look.png");
