@@ -2,7 +2,8 @@
 //!
 //! The training and validation images are pooled and dealt into k folds (stratified by class,
 //! near-duplicates kept in one fold: [`crate::data::folds`]). Fold i's run trains on the other
-//! folds with the recipe and is judged on fold i by its **final** weights: no epoch is picked on
+//! folds with the recipe and is judged on fold i by its **final** weights (averaged, with
+//! `--ema`): no epoch is picked on
 //! the images that judge it. Thresholded figures use a threshold chosen on the other folds'
 //! out-of-fold predictions, never on the fold's own. The folds' figures are given one by one,
 //! as mean ± standard deviation, and pooled over all out-of-fold predictions with bootstrap
@@ -233,8 +234,7 @@ fn predict_fold<B: Backend>(
     cv: &CvConfig,
     fold: usize,
 ) -> Result<FoldPredictions> {
-    let last = cv_dir.join(format!("fold-{fold}")).join("last.safetensors");
-    let (mut model, info) = checkpoint::load(be, &last)?;
+    let (mut model, info) = train::load_final(be, &cv_dir.join(format!("fold-{fold}")))?;
     let cfg = TrainConfig {
         quiet: true,
         ..fold_config(cv_dir, cv, fold)

@@ -326,6 +326,20 @@ struct TrainArgs {
     /// Scale the gradients down whenever their global L2 norm exceeds this.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
+    /// Validate, save and judge an exponential moving average of the weights with this decay
+    /// (e.g. 0.999).
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f32>,
+    /// Train towards 1 - EPS/2 and EPS/2 instead of 1 and 0 (e.g. 0.1).
+    #[arg(long, value_name = "EPS", default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Mixup: blend each training image and its label with another of the batch, by a weight
+    /// drawn from Beta(ALPHA, ALPHA) (e.g. 0.2; 0 = off).
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.0)]
+    mixup: f32,
+    /// Raise the learning rate linearly from 0 over this many epochs' steps first.
+    #[arg(long, value_name = "EPOCHS", default_value_t = 0)]
+    warmup: usize,
     /// Continue the run in this folder (runs/<model>-NNN) from its last.safetensors, with the
     /// run's own options (only --epochs, --backend, --threads and --quiet apply).
     #[arg(long, value_name = "RUN_DIR")]
@@ -545,6 +559,12 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         },
         callbacks: a.callbacks.callbacks()?,
         fold: None,
+        regularise: train::Regularise {
+            ema: a.ema,
+            label_smoothing: a.label_smoothing,
+            mixup: a.mixup,
+            warmup: a.warmup,
+        },
     })
 }
 

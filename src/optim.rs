@@ -171,3 +171,127 @@ mod tests {
         assert!((p[0] - 0.71).abs() < 1e-6 && (vel[0] - 1.9).abs() < 1e-6);
     }
 }
+
+/// An exponential moving average of a model's weights (Polyak averaging): after each optimiser
+/// step t, shadow ← d·shadow + (1 − d)·value with d = min(decay, (1 + t) / (10 + t)), so that the
+/// first steps, far from any good weights, fade quickly. The average of the last few hundred
+/// steps usually generalises better than the last step's weights, which jitter with each batch.
+/// Batch norm's running statistics are averaged too.
+pub struct WeightAverage<B: Backend> {
+    pub decay: f32,
+    /// Per parameter, in `Model::named_params` order.
+    shadow: Vec<B::Tensor>,
+}
+
+/// Prefix of the averaged weights in a resumable checkpoint (training state, like the
+/// optimiser's).
+const EMA_PREFIX: &str = "optimizer.ema.";
+
+impl<B: Backend> WeightAverage<B> {
+    /// Starts the average at the model's weights.
+    pub fn new(be: &B, model: &Model<B>, decay: f32) -> Self {
+        let shadow = model
+            .named_params()
+            .iter()
+            .map(|p| be.copy(&p.param.value))
+            .collect();
+        WeightAverage { decay, shadow }
+    }
+
+    /// Folds the weights after optimiser step `t` (1-based) into the average.
+    pub fn update(&mut self, be: &B, model: &Model<B>, t: u64) {
+        let d = self.decay.min((1 + t) as f32 / (10 + t) as f32);
+        for (s, p) in self.shadow.iter_mut().zip(model.named_params()) {
+            be.ema_update(s, &p.param.value, 1.0 - d, 1.0);
+        }
+    }
+
+    /// Exchanges the averaged weights with the model's: the model then runs with the average;
+    /// a second call puts its own weights back.
+    pub fn swap(&mut self, model: &mut Model<B>) {
+        for (s, p) in self.shadow.iter_mut().zip(model.params_mut()) {
+            std::mem::swap(s, &mut p.value);
+        }
+    }
+
+    /// The averaged weights for a checkpoint, named `optimizer.ema.<param>`.
+    pub fn named_state(&self, be: &B, model: &Model<B>) -> Vec<(String, Tensor)> {
+        model
+            .named_params()
+            .into_iter()
+            .zip(&self.shadow)
+            .map(|(p, s)| (format!("{EMA_PREFIX}{}", p.name), be.download(s)))
+            .collect()
+    }
+
+    /// Puts back the average [`WeightAverage::named_state`] saved, taking its tensors out of
+    /// `tensors`.
+    pub fn restore(
+        be: &B,
+        model: &Model<B>,
+        decay: f32,
+        tensors: &mut HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let shadow = model
+            .named_params()
+            .into_iter()
+            .map(
+                |p| match tensors.remove(&format!("{EMA_PREFIX}{}", p.name)) {
+                    Some(t) if &t.shape == be.shape(&p.param.value) => Ok(be.upload(&t)),
+                    _ => bail!("the averaged weight {} is missing or misshapen", p.name),
+                },
+            )
+            .collect::<Result<_>>()?;
+        Ok(WeightAverage { decay, shadow })
+    }
+
+    /// The averaged weights in `tensors` (a resumable checkpoint's), by parameter name, if it
+    /// holds them.
+    pub fn saved(tensors: &HashMap<String, Tensor>, name: &str) -> Option<Tensor> {
+        tensors.get(&format!("{EMA_PREFIX}{name}")).cloned()
+    }
+}
+
+#[cfg(test)]
+mod weight_average_tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::nn::ModelSpec;
+
+    #[test]
+    fn the_average_follows_the_weights_and_swaps_in_and_out() {
+        let spec = ModelSpec::parse(
+            "name = \"t\"\ninput = [1, 2, 2]\nlayers = [{ type = \"flatten\" }, { type = \"dense\", units = 1 }]",
+        )
+        .unwrap();
+        let be = Cpu;
+        let mut model = Model::new(&be, &spec, 1).unwrap();
+        let w0 = be.download(&model.named_params()[0].param.value);
+        let mut avg = WeightAverage::new(&be, &model, 0.9);
+        // the weights jump by +1; step 1 uses d = min(0.9, 2/11)
+        for p in model.params_mut() {
+            p.value.data.iter_mut().for_each(|v| *v += 1.0);
+        }
+        avg.update(&be, &model, 1);
+        let d = 2.0f32 / 11.0;
+        avg.swap(&mut model);
+        let averaged = be.download(&model.named_params()[0].param.value);
+        for (a, w) in averaged.data.iter().zip(&w0.data) {
+            assert!((a - (w + (1.0 - d))).abs() < 1e-6, "{a} vs {w}");
+        }
+        avg.swap(&mut model);
+        let back = be.download(&model.named_params()[0].param.value);
+        assert_eq!(
+            back.data,
+            w0.data.iter().map(|w| w + 1.0).collect::<Vec<_>>()
+        );
+        // saved and restored, the average is the same
+        let mut saved: HashMap<String, Tensor> = avg.named_state(&be, &model).into_iter().collect();
+        let mut again = WeightAverage::restore(&be, &model, 0.9, &mut saved).unwrap();
+        assert!(saved.is_empty());
+        again.swap(&mut model);
+        assert_eq!(be.download(&model.named_params()[0].param.value), averaged);
+        let err = WeightAverage::restore(&be, &model, 0.9, &mut HashMap::new());
+        assert!(format!("{:#}", err.err().unwrap()).contains("averaged weight 01.dense.weight"));
+    }
+}

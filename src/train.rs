@@ -7,7 +7,7 @@ use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{augment, Augment, DataDir, Dataset, Split};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::optim::{Optimizer, OptimizerKind, WeightAverage};
 use crate::plots;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +51,25 @@ pub struct TrainConfig {
     /// A fold of a cross-validation: train and val pooled, this fold validates, the rest trains.
     #[serde(default)]
     pub fold: Option<FoldPlan>,
+    /// Ingredients of a recipe that generalises; each off by default.
+    #[serde(default)]
+    pub regularise: Regularise,
+}
+
+/// Training ingredients meant to make a model hold on images it has not seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Regularise {
+    /// Validate, save and judge an exponential moving average of the weights with this decay
+    /// (e.g. 0.999), see [`WeightAverage`].
+    pub ema: Option<f32>,
+    /// Train towards y(1 − ε) + ε/2 instead of y ∈ {0, 1}: the model is not pushed to infinite
+    /// logits on images whose label a radiologist might dispute.
+    pub label_smoothing: f32,
+    /// Mixup with Beta(α, α): each training image is blended with another of the batch, and so
+    /// is its label (0 = off).
+    pub mixup: f32,
+    /// Epochs over which the learning rate rises linearly from 0 (per step) before its schedule.
+    pub warmup: usize,
 }
 
 /// Which images a cross-validation fold's run trains and validates on.
@@ -216,6 +235,28 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         if !(w.is_finite() && w > 0.0) {
             bail!("--pos-weight must be a positive number or 'auto', got {w}");
         }
+    }
+    let r = &cfg.regularise;
+    if let Some(d) = r.ema {
+        if !(d > 0.0 && d < 1.0) {
+            bail!("--ema takes a decay between 0 and 1 (e.g. 0.999), got {d}");
+        }
+    }
+    if !(0.0..0.5).contains(&r.label_smoothing) {
+        bail!(
+            "--label-smoothing must be at least 0 and below 0.5, got {}",
+            r.label_smoothing
+        );
+    }
+    if !(r.mixup >= 0.0 && r.mixup.is_finite()) {
+        bail!("--mixup takes an alpha of 0 (off) or more, got {}", r.mixup);
+    }
+    if r.warmup >= cfg.epochs {
+        bail!(
+            "--warmup ({} epochs) must be shorter than the run ({} epochs)",
+            r.warmup,
+            cfg.epochs
+        );
     }
     if let Some(c) = cfg.clip_grad_norm {
         if !(c.is_finite() && c > 0.0) {
@@ -471,6 +512,8 @@ fn fold_split(pooled: &Dataset, plan: &FoldPlan) -> Result<(Dataset, Dataset)> {
 struct RunState<B: Backend> {
     model: Model<B>,
     opt: Optimizer<B>,
+    /// The averaged weights, with `--ema`.
+    ema: Option<WeightAverage<B>>,
     progress: Progress,
     /// metrics.csv as written so far.
     csv: String,
@@ -505,8 +548,13 @@ fn start<B: Backend>(
     run_dir: &Path,
 ) -> Result<RunSummary> {
     write_config(run_dir, be, cfg, spec, pos_weight)?;
+    let model = Model::new(be, spec, cfg.seed)?;
     let state = RunState {
-        model: Model::new(be, spec, cfg.seed)?,
+        ema: cfg
+            .regularise
+            .ema
+            .map(|d| WeightAverage::new(be, &model, d)),
+        model,
         opt: Optimizer::new(cfg.optimizer, cfg.weight_decay),
         progress: Progress::default(),
         csv: format!("{CSV_HEADER}\n"),
@@ -580,6 +628,12 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
     let mut opt = Optimizer::new(cfg.optimizer, cfg.weight_decay);
     opt.restore(be, &model, progress.steps, &mut extra)
         .with_context(|| format!("cannot resume from {}", last.display()))?;
+    let ema = cfg
+        .regularise
+        .ema
+        .map(|d| WeightAverage::restore(be, &model, d, &mut extra))
+        .transpose()
+        .with_context(|| format!("cannot resume from {}", last.display()))?;
     let csv_path = run_dir.join("metrics.csv");
     let csv = std::fs::read_to_string(&csv_path).unwrap_or_else(|_| format!("{CSV_HEADER}\n"));
     // Rows of epochs after the checkpoint's (none, unless a write was cut short) are dropped.
@@ -603,6 +657,7 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
     let state = RunState {
         model,
         opt,
+        ema,
         progress,
         csv,
     };
@@ -642,7 +697,10 @@ fn save_last<B: Backend>(
         epoch: state.progress.epochs_done,
         progress: Some(serde_json::to_string(&state.progress)?),
     };
-    let extra = state.opt.named_state(be, &state.model);
+    let mut extra = state.opt.named_state(be, &state.model);
+    if let Some(ema) = &state.ema {
+        extra.extend(ema.named_state(be, &state.model));
+    }
     checkpoint::save(
         be,
         &state.model,
@@ -650,6 +708,45 @@ fn save_last<B: Backend>(
         extra,
         &run_dir.join("last.safetensors"),
     )
+}
+
+/// Saves the model as training left it (its averaged weights with `--ema`) as
+/// `final.safetensors`: the model that cross-validation judges, chosen by no validation figure.
+fn save_final<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    state: &mut RunState<B>,
+    run_dir: &Path,
+) -> Result<()> {
+    let info = CheckpointInfo {
+        spec: spec.clone(),
+        threshold: state.progress.threshold.unwrap_or(0.5),
+        epoch: state.progress.epochs_done,
+        progress: None,
+    };
+    let path = run_dir.join("final.safetensors");
+    if let Some(ema) = &mut state.ema {
+        ema.swap(&mut state.model);
+    }
+    let saved = checkpoint::save(be, &state.model, &info, Vec::new(), &path);
+    if let Some(ema) = &mut state.ema {
+        ema.swap(&mut state.model);
+    }
+    saved
+}
+
+/// The final model of the run in `run_dir` from its `last.safetensors`: its averaged weights
+/// where the run kept an average (`--ema`), else its last weights.
+pub fn load_final<B: Backend>(be: &B, run_dir: &Path) -> Result<(Model<B>, CheckpointInfo)> {
+    let (mut model, info, extra) =
+        checkpoint::load_with_extra(be, &run_dir.join("last.safetensors"))?;
+    let names: Vec<String> = model.named_params().into_iter().map(|p| p.name).collect();
+    for (name, p) in names.iter().zip(model.params_mut()) {
+        if let Some(t) = WeightAverage::<B>::saved(&extra, name) {
+            p.value = be.upload(&t);
+        }
+    }
+    Ok((model, info))
 }
 
 /// The epochs of a run from where `state` stands.
@@ -720,6 +817,10 @@ fn run<B: Backend>(
         }
         bar.finish_and_clear();
         let train_secs = start.elapsed().as_secs_f64();
+        // with --ema, the averaged weights are the model: validated, and saved as the best
+        if let Some(ema) = &mut state.ema {
+            ema.swap(&mut state.model);
+        }
         let (val_loss, probs) = predict(be, &mut state.model, val_ds, cfg.batch_size);
         let p = &mut state.progress;
         let threshold = metrics::best_threshold(&probs, &val_ds.labels);
@@ -767,6 +868,9 @@ fn run<B: Backend>(
             ));
             warn_on_error(plots::confusion(run_dir, &at.confusion, threshold));
         }
+        if let Some(ema) = &mut state.ema {
+            ema.swap(&mut state.model);
+        }
         let best_epoch = p.best.map_or(0, |(_, e)| e);
         if let Some(pl) = cb
             .plateau
@@ -799,6 +903,7 @@ fn run<B: Backend>(
         save_last(be, spec, &state, run_dir)?;
         reports.push(report);
     }
+    save_final(be, spec, &mut state, run_dir)?;
     let best = state.progress.best;
     println!(
         "best validation {} {:.4} at epoch {}; saved {}",
@@ -869,13 +974,19 @@ fn train_step<B: Backend>(
 ) -> Result<()> {
     let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| augment::key(cfg.seed, epoch, i));
     let step = state.progress.steps + 1;
+    let r = &cfg.regularise;
+    let (x, y) = match r.mixup {
+        0.0 => (x, y),
+        alpha => augment::mixup(&x, &y, alpha, step_seed(!cfg.seed, step)),
+    };
+    let targets = augment::smooth_labels(&y, r.label_smoothing);
     let last_good = match state.progress.epochs_done {
         0 => "no checkpoint had been written yet".to_string(),
         n => format!("the run's last.safetensors, after epoch {n}, is the last good checkpoint"),
     };
     let seed = step_seed(cfg.seed, step);
     let logits = state.model.forward(be, be.upload(&x), Mode::Train { seed });
-    let (l, dlogits) = loss::bce_with_logits(be, &logits, &be.upload(&y), pos_weight);
+    let (l, dlogits) = loss::bce_with_logits(be, &logits, &be.upload(&targets), pos_weight);
     if !l.is_finite() {
         bail!(
             "the training loss became {l} at epoch {epoch}, step {step}: lower --lr ({last_good})"
@@ -886,7 +997,7 @@ fn train_step<B: Backend>(
     p.epoch_correct += z
         .iter()
         .zip(&y.data)
-        .filter(|(z, y)| (**z >= 0.0) == (**y == 1.0))
+        .filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5))
         .count();
     state.model.backward(be, dlogits, false);
     check_and_clip_gradients(be, &mut state.model, cfg.clip_grad_norm).with_context(|| {
@@ -895,7 +1006,13 @@ fn train_step<B: Backend>(
              ({last_good})"
         )
     })?;
-    state.opt.step(be, &mut state.model, lr);
+    // warm-up: the learning rate rises linearly over the first `warmup` epochs' steps
+    let warmup_steps = (r.warmup * ds.len().div_ceil(cfg.batch_size)) as f32;
+    let warm = (step as f32 / warmup_steps).min(1.0);
+    state.opt.step(be, &mut state.model, lr * warm);
+    if let Some(ema) = &mut state.ema {
+        ema.update(be, &state.model, state.opt.t);
+    }
     p.steps = state.opt.t;
     p.epoch_loss_sum += l as f64 * idx.len() as f64;
     p.epoch_seen += idx.len();

@@ -34,6 +34,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
             ..Callbacks::default()
         },
         fold: None,
+        regularise: Default::default(),
     }
 }
 
@@ -139,6 +140,55 @@ fn a_resumed_run_ends_as_an_uninterrupted_one() {
 }
 
 #[test]
+fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 12, 20);
+    let recipe = |out: &str, epochs| TrainConfig {
+        regularise: train::Regularise {
+            ema: Some(0.9),
+            label_smoothing: 0.1,
+            mixup: 0.4,
+            warmup: 1,
+        },
+        // a schedule that does not depend on the run's length, so that a 2-epoch run is the
+        // start of a 5-epoch one
+        callbacks: Callbacks {
+            schedule: Schedule::Constant,
+            ..Callbacks::default()
+        },
+        ..config(&data, &dir.path().join(out), 4, epochs)
+    };
+    let whole = train::train(&Cpu, &recipe("a", 5)).unwrap();
+    let last = whole.epochs.last().unwrap();
+    assert!(last.val.roc_auc > 0.9, "val ROC-AUC {}", last.val.roc_auc);
+    // the averaged weights, the mixup draws and the warm-up all carry over a resume
+    let part = train::train(&Cpu, &recipe("b", 2)).unwrap();
+    let rest = train::resume(&Cpu, &part.run_dir, Some(5)).unwrap();
+    let losses = |epochs: &[train::EpochReport]| -> Vec<(f64, f64)> {
+        epochs.iter().map(|e| (e.train_loss, e.val.loss)).collect()
+    };
+    let mut joined = losses(&part.epochs);
+    joined.extend(losses(&rest.epochs));
+    assert_eq!(joined, losses(&whole.epochs));
+    // validation ran on the averaged weights, which final.safetensors holds and load_final
+    // rebuilds from last.safetensors; the raw last weights differ from them
+    let val = DataDir::open(&data).unwrap().val;
+    let ds = Dataset::decode(&val.samples, 16, "val", true);
+    let (mut fin, _) = checkpoint::load(&Cpu, &whole.run_dir.join("final.safetensors")).unwrap();
+    let (loss, _) = train::predict(&Cpu, &mut fin, &ds, 8);
+    assert!(
+        (loss - last.val.loss).abs() < 1e-9,
+        "{loss} vs {}",
+        last.val.loss
+    );
+    let (mut rebuilt, _) = train::load_final(&Cpu, &whole.run_dir).unwrap();
+    assert_eq!(train::predict(&Cpu, &mut rebuilt, &ds, 8).0, loss);
+    let (mut raw, _) = checkpoint::load(&Cpu, &whole.run_dir.join("last.safetensors")).unwrap();
+    assert_ne!(train::predict(&Cpu, &mut raw, &ds, 8).0, loss);
+}
+
+#[test]
 fn bad_options_are_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -155,6 +205,10 @@ fn bad_options_are_refused_before_any_work() {
     assert!(refusal(&|c| c.lr = -0.1).contains("--lr"));
     let e = refusal(&|c| c.image_size = Some(8));
     assert!(e.contains("image size 8") && e.contains("maxpool"), "{e}");
+    assert!(refusal(&|c| c.regularise.ema = Some(1.0)).contains("--ema takes a decay"));
+    assert!(refusal(&|c| c.regularise.label_smoothing = 0.5).contains("--label-smoothing"));
+    assert!(refusal(&|c| c.regularise.mixup = -1.0).contains("--mixup"));
+    assert!(refusal(&|c| c.regularise.warmup = 1).contains("--warmup (1 epochs) must be shorter"));
     assert!(!out.exists(), "a refused run must not leave a run folder");
 }
 

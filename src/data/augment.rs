@@ -7,6 +7,8 @@
 //! generator, so a resumed run sees exactly the images an uninterrupted one would.
 
 use crate::backend::hash;
+use crate::tensor::Tensor;
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// How much each image may be changed; 0 (or `false`) turns a transform off.
@@ -120,9 +122,81 @@ pub fn key(seed: u64, epoch: usize, index: usize) -> u32 {
     hash::key(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64) << 40)
 }
 
+/// A draw from Beta(α, α) by Jöhnk's method: with U, V uniform, X = U^(1/α), Y = V^(1/α), the
+/// first pair with X + Y ≤ 1 gives X / (X + Y).
+fn beta(alpha: f32, rng: &mut impl Rng) -> f32 {
+    loop {
+        let x = rng.gen::<f32>().powf(1.0 / alpha);
+        let y = rng.gen::<f32>().powf(1.0 / alpha);
+        if x + y <= 1.0 && x + y > 0.0 {
+            return x / (x + y);
+        }
+    }
+}
+
+/// Mixup (Zhang et al., 2018): one λ ~ Beta(α, α) per batch, and every image of `x[N,…]` blended
+/// with another of the batch (a seeded shuffle): x' = λ x + (1 − λ) x_other, and so its label
+/// in `y[N]`. The model learns to answer in proportion between two X-rays.
+pub fn mixup(x: &Tensor, y: &Tensor, alpha: f32, seed: u64) -> (Tensor, Tensor) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let lambda = beta(alpha, &mut rng);
+    let n = y.data.len();
+    let mut other: Vec<usize> = (0..n).collect();
+    other.shuffle(&mut rng);
+    let per = x.data.len() / n.max(1);
+    let mut xm = Vec::with_capacity(x.data.len());
+    for (i, &j) in other.iter().enumerate() {
+        let (a, b) = (
+            &x.data[i * per..(i + 1) * per],
+            &x.data[j * per..(j + 1) * per],
+        );
+        xm.extend(
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| lambda * a + (1.0 - lambda) * b),
+        );
+    }
+    let ym = (0..n)
+        .map(|i| lambda * y.data[i] + (1.0 - lambda) * y.data[other[i]])
+        .collect();
+    (
+        Tensor::new(x.shape.clone(), xm),
+        Tensor::new(y.shape.clone(), ym),
+    )
+}
+
+/// Label smoothing: targets y(1 − ε) + ε/2, so 0 → ε/2 and 1 → 1 − ε/2.
+pub fn smooth_labels(y: &Tensor, eps: f32) -> Tensor {
+    let data = y.data.iter().map(|v| v * (1.0 - eps) + eps / 2.0).collect();
+    Tensor::new(y.shape.clone(), data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mixup_blends_images_and_labels_alike_and_beta_has_its_mean() {
+        let x = Tensor::new([3, 1, 1, 2], vec![0.0, 0.0, 1.0, 1.0, 0.5, 0.5]);
+        let y = Tensor::new([3], vec![0.0, 1.0, 0.5]);
+        let (xm, ym) = mixup(&x, &y, 0.4, 7);
+        // each blended image is λ·own + (1-λ)·other; its pixels equal its label here
+        for i in 0..3 {
+            assert!((xm.data[2 * i] - ym.data[i]).abs() < 1e-6, "{xm:?} {ym:?}");
+        }
+        assert_eq!(mixup(&x, &y, 0.4, 7), (xm, ym), "seeded");
+        let mut rng = StdRng::seed_from_u64(1);
+        let draws: Vec<f32> = (0..20000).map(|_| beta(0.4, &mut rng)).collect();
+        let mean = draws.iter().sum::<f32>() / draws.len() as f32;
+        let var = draws.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / draws.len() as f32;
+        // Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)) = 0.1389 at a = 0.4
+        assert!(
+            (mean - 0.5).abs() < 0.01 && (var - 0.1389).abs() < 0.005,
+            "{mean} {var}"
+        );
+        let s = smooth_labels(&Tensor::new([2], vec![0.0, 1.0]), 0.1);
+        assert_eq!(s.data, vec![0.05, 0.95]);
+    }
 
     fn gradient(size: usize) -> Vec<f32> {
         (0..size * size)
