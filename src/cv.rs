@@ -351,40 +351,59 @@ fn write_plots(cv_dir: &Path, preds: &[FoldPredictions], folds: &[FoldFigures]) 
     )
 }
 
-const COLUMNS: &str = "fold,images,fractured,threshold,roc_auc,average_precision,\
-balanced_accuracy,sensitivity,specificity,brier,epochs";
+impl FoldFigures {
+    /// ROC-AUC, average precision, balanced accuracy, sensitivity, specificity, Brier.
+    fn figures(&self) -> [f64; 6] {
+        [
+            self.roc_auc,
+            self.average_precision,
+            self.balanced_accuracy,
+            self.sensitivity,
+            self.specificity,
+            self.brier,
+        ]
+    }
+}
+
+impl CvSummary {
+    /// The mean and standard deviation of each of [`FoldFigures::figures`].
+    fn over_folds(&self) -> [MeanSd; 6] {
+        [
+            self.roc_auc,
+            self.average_precision,
+            self.balanced_accuracy,
+            self.sensitivity,
+            self.specificity,
+            self.brier,
+        ]
+    }
+}
+
+/// Rows "mean" and "sd": (name, the six figures).
+fn mean_and_sd_rows(s: &CvSummary) -> [(&'static str, [f64; 6]); 2] {
+    let over = s.over_folds();
+    [("mean", over.map(|m| m.mean)), ("sd", over.map(|m| m.sd))]
+}
 
 fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
-    let mut csv = format!("{COLUMNS}\n");
+    let join = |v: [f64; 6]| v.map(|x| format!("{x:.6}")).join(",");
+    let mut csv = String::from(
+        "fold,images,fractured,threshold,roc_auc,average_precision,balanced_accuracy,\
+         sensitivity,specificity,brier,epochs\n",
+    );
     for f in &s.folds {
         csv.push_str(&format!(
-            "{},{},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{}\n",
+            "{},{},{},{:.4},{},{}\n",
             f.fold,
             f.images,
             f.fractured,
             f.threshold,
-            f.roc_auc,
-            f.average_precision,
-            f.balanced_accuracy,
-            f.sensitivity,
-            f.specificity,
-            f.brier,
+            join(f.figures()),
             f.epochs
         ));
     }
-    for (name, pick) in [
-        ("mean", (|m: MeanSd| m.mean) as fn(MeanSd) -> f64),
-        ("sd", |m: MeanSd| m.sd),
-    ] {
-        csv.push_str(&format!(
-            "{name},,,,{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},\n",
-            pick(s.roc_auc),
-            pick(s.average_precision),
-            pick(s.balanced_accuracy),
-            pick(s.sensitivity),
-            pick(s.specificity),
-            pick(s.brier)
-        ));
+    for (name, v) in mean_and_sd_rows(s) {
+        csv.push_str(&format!("{name},,,,{},\n", join(v)));
     }
     write_atomic(&cv_dir.join("summary.csv"), csv.as_bytes())?;
     write_atomic(
@@ -393,52 +412,38 @@ fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
     )
 }
 
+/// The six figures as columns of the printed table.
+fn columns(v: [f64; 6]) -> String {
+    v.map(|x| format!("{x:>10.4}")).concat()
+}
+
 /// The summary as the text `cv` prints.
 pub fn render(s: &CvSummary) -> String {
+    let heads =
+        ["ROC-AUC", "avg prec", "bal-acc", "sens", "spec", "Brier"].map(|h| format!("{h:>10}"));
     let mut out = format!(
         "\ncross-validation of {} ({} folds, final weights of each fold, thresholds chosen on \
-         the other folds)\n{:<6}{:>7}{:>10}{:>10}{:>10}{:>10}{:>9}{:>9}{:>9}{:>8}\n",
+         the other folds)\n{:<6}{:>7}{:>10}{}{:>8}\n",
         s.model,
         s.folds.len(),
         "fold",
         "images",
         "fractured",
-        "ROC-AUC",
-        "avg prec",
-        "bal-acc",
-        "sens",
-        "spec",
-        "Brier",
+        heads.concat(),
         "thresh"
     );
     for f in &s.folds {
         out.push_str(&format!(
-            "{:<6}{:>7}{:>10}{:>10.4}{:>10.4}{:>10.4}{:>9.3}{:>9.3}{:>9.4}{:>8.3}\n",
+            "{:<6}{:>7}{:>10}{}{:>8.3}\n",
             f.fold,
             f.images,
             f.fractured,
-            f.roc_auc,
-            f.average_precision,
-            f.balanced_accuracy,
-            f.sensitivity,
-            f.specificity,
-            f.brier,
+            columns(f.figures()),
             f.threshold
         ));
     }
-    for (name, pick) in [
-        ("mean", (|m: MeanSd| m.mean) as fn(MeanSd) -> f64),
-        ("sd", |m: MeanSd| m.sd),
-    ] {
-        out.push_str(&format!(
-            "{name:<23}{:>10.4}{:>10.4}{:>10.4}{:>9.3}{:>9.3}{:>9.4}\n",
-            pick(s.roc_auc),
-            pick(s.average_precision),
-            pick(s.balanced_accuracy),
-            pick(s.sensitivity),
-            pick(s.specificity),
-            pick(s.brier)
-        ));
+    for (name, v) in mean_and_sd_rows(s) {
+        out.push_str(&format!("{name:<23}{}\n", columns(v)));
     }
     let p = &s.pooled;
     out.push_str(&format!(

@@ -183,6 +183,40 @@ pub fn roc_curves(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]
     roc_chart(path, title, curves, None)
 }
 
+/// Draws with `draw` on a chart of [0, 1]² with its axes named and the diagonal drawn faintly.
+fn unit_square<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    draw: impl FnOnce(&mut UnitChart<'a, DB>) -> Result<()>,
+) -> Result<()> {
+    let mut chart = drawn(
+        ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64),
+    )?;
+    drawn(
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 13))
+            .draw(),
+    )?;
+    drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
+    draw(&mut chart)
+}
+
+/// A chart over [0, 1]².
+type UnitChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
 /// ROC curves over the chance diagonal, with a point marked at `at` if given.
 fn roc_chart(
     path: &Path,
@@ -191,50 +225,39 @@ fn roc_chart(
     at: Option<(f64, f64)>,
 ) -> Result<()> {
     write_png(path, (560, 560), |area| {
-        let mut chart = drawn(
-            ChartBuilder::on(area)
-                .caption(title, ("sans-serif", 20))
-                .margin(15)
-                .x_label_area_size(40)
-                .y_label_area_size(50)
-                .build_cartesian_2d(0f64..1f64, 0f64..1f64),
-        )?;
-        drawn(
-            chart
-                .configure_mesh()
-                .x_desc("false-positive rate (1 - specificity)")
-                .y_desc("true-positive rate (sensitivity)")
-                .label_style(("sans-serif", 13))
-                .draw(),
-        )?;
-        drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
-        for (i, (name, points)) in curves.iter().enumerate() {
-            let colour = Palette99::pick(if curves.len() == 1 { 3 } else { i }).to_rgba();
-            let series = drawn(chart.draw_series(LineSeries::new(
-                points.iter().copied(),
-                colour.stroke_width(2),
-            )))?;
-            if !name.is_empty() {
-                series.label(name.as_str()).legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
+        let axes = (
+            "false-positive rate (1 - specificity)",
+            "true-positive rate (sensitivity)",
+        );
+        unit_square(area, title, axes, |chart| {
+            for (i, (name, points)) in curves.iter().enumerate() {
+                let colour = Palette99::pick(if curves.len() == 1 { 3 } else { i }).to_rgba();
+                let series = drawn(chart.draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                )))?;
+                if !name.is_empty() {
+                    series.label(name.as_str()).legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+                }
             }
-        }
-        if let Some(at) = at {
-            drawn(chart.draw_series([Circle::new(at, 6, BLUE.filled())]))?;
-        }
-        if curves.iter().any(|(name, _)| !name.is_empty()) {
-            drawn(
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerRight)
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .label_font(("sans-serif", 13))
-                    .draw(),
-            )?;
-        }
-        Ok(())
+            if let Some(at) = at {
+                drawn(chart.draw_series([Circle::new(at, 6, BLUE.filled())]))?;
+            }
+            if curves.iter().any(|(name, _)| !name.is_empty()) {
+                drawn(
+                    chart
+                        .configure_series_labels()
+                        .position(SeriesLabelPosition::LowerRight)
+                        .background_style(WHITE.mix(0.8))
+                        .border_style(BLACK)
+                        .label_font(("sans-serif", 13))
+                        .draw(),
+                )?;
+            }
+            Ok(())
+        })
     })
 }
 
@@ -242,40 +265,27 @@ fn roc_chart(
 /// are fractured (a calibrated model sits on the diagonal), each point labelled with its count.
 pub fn reliability(path: &Path, bins: &[CalibrationBin], ece: f64) -> Result<()> {
     write_png(path, (560, 560), |area| {
-        let mut chart = drawn(
-            ChartBuilder::on(area)
-                .caption(
-                    format!("Reliability diagram, ECE {ece:.3}"),
-                    ("sans-serif", 20),
+        let title = format!("Reliability diagram, ECE {ece:.3}");
+        let axes = (
+            "mean predicted probability of the bin",
+            "share of the bin that is fractured",
+        );
+        unit_square(area, &title, axes, |chart| {
+            let filled: Vec<_> = bins.iter().filter(|b| b.count > 0).collect();
+            let points = filled
+                .iter()
+                .map(|b| (b.mean_probability, b.fraction_fractured));
+            drawn(chart.draw_series(LineSeries::new(points.clone(), RED.stroke_width(2))))?;
+            drawn(chart.draw_series(points.map(|p| Circle::new(p, 4, RED.filled()))))?;
+            drawn(chart.draw_series(filled.iter().map(|b| {
+                Text::new(
+                    format!("{}", b.count),
+                    (b.mean_probability, (b.fraction_fractured + 0.03).min(0.97)),
+                    ("sans-serif", 12),
                 )
-                .margin(15)
-                .x_label_area_size(40)
-                .y_label_area_size(50)
-                .build_cartesian_2d(0f64..1f64, 0f64..1f64),
-        )?;
-        drawn(
-            chart
-                .configure_mesh()
-                .x_desc("mean predicted probability of the bin")
-                .y_desc("share of the bin that is fractured")
-                .label_style(("sans-serif", 13))
-                .draw(),
-        )?;
-        drawn(chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))))?;
-        let filled: Vec<_> = bins.iter().filter(|b| b.count > 0).collect();
-        let points = filled
-            .iter()
-            .map(|b| (b.mean_probability, b.fraction_fractured));
-        drawn(chart.draw_series(LineSeries::new(points.clone(), RED.stroke_width(2))))?;
-        drawn(chart.draw_series(points.map(|p| Circle::new(p, 4, RED.filled()))))?;
-        drawn(chart.draw_series(filled.iter().map(|b| {
-            Text::new(
-                format!("{}", b.count),
-                (b.mean_probability, (b.fraction_fractured + 0.03).min(0.97)),
-                ("sans-serif", 12),
-            )
-        })))?;
-        Ok(())
+            })))?;
+            Ok(())
+        })
     })
 }
 
