@@ -391,7 +391,7 @@ fn mobilenet_trains_explains_and_inspects_on_each_backend() {
 
 #[test]
 fn gradcheck_proves_every_layer_of_every_preset() {
-    for model in ["fracturenet", "xray-bone-classifier", "mobilenet"] {
+    for model in ["fracturenet", "xray-bone-classifier", "mobilenet", "resnet"] {
         let o = run(&["gradcheck", "--model", model, "--backend", "cpu"]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}{err}");
@@ -406,6 +406,15 @@ fn gradcheck_proves_every_layer_of_every_preset() {
         assert!(rows
             .iter()
             .any(|r| r.contains("dense") && r.contains("bias")));
+        if model == "resnet" {
+            // the merges, with and without a projection: both inputs, and the 1x1 weights
+            assert!(rows
+                .iter()
+                .any(|r| r.contains("add of") && r.contains(" b ")));
+            assert!(rows
+                .iter()
+                .any(|r| r.contains("add of") && r.contains("weight")));
+        }
         assert!(!out.contains("FAIL"), "{out}");
         let summary = out.lines().last().unwrap();
         let n = rows.len();
