@@ -62,7 +62,10 @@ pub fn save<B: Backend>(
         ("epoch".to_string(), info.epoch.to_string()),
         (
             "preprocessing".to_string(),
-            "gray [0,1], resized to input (no aspect kept)".into(),
+            format!(
+                "gray [0,1], framed in the input square by {}",
+                info.spec.framing.name()
+            ),
         ),
     ]);
     if let Some(p) = &info.progress {

@@ -239,7 +239,7 @@ fn predict_fold<B: Backend>(
         quiet: true,
         ..fold_config(cv_dir, cv, fold)
     };
-    let (_, val, _) = train::load_data(&cfg, info.spec.input[1])?;
+    let (_, val, _) = train::load_data(&cfg, info.spec.square())?;
     let (_, probs) = train::predict(be, &mut model, &val, cfg.batch_size);
     Ok(FoldPredictions {
         paths: val.paths,

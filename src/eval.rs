@@ -255,7 +255,7 @@ pub fn ensemble<B: Backend>(
     let mut scored: Option<Scored> = None;
     for path in checkpoints(models)? {
         let (mut net, info) = checkpoint::load(be, &path)?;
-        let ds = Dataset::decode(samples, info.spec.input[1], "images", quiet);
+        let ds = Dataset::decode(samples, info.spec.square(), "images", quiet);
         let probs = model_probabilities(be, &mut net, &ds, batch, tta);
         match &mut scored {
             None => {

@@ -9,7 +9,7 @@
 //! The map is `H × W` (16 × 16 for fracturenet at 128 px) and is stretched over the X-ray.
 
 use crate::backend::Backend;
-use crate::data::image::to_gray_square;
+use crate::data::image::{to_gray_square, Framing};
 use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -57,6 +57,8 @@ pub struct Explanation {
     /// The map, `side × side`, row-major, in [0, 1].
     pub cam: Vec<f32>,
     pub side: usize,
+    /// How the X-ray was framed in the model's input, to lay the map back over it.
+    pub framing: Framing,
 }
 
 /// Runs `model` on `image` and explains its score.
@@ -70,12 +72,13 @@ pub fn explain<B: Backend>(
         bail!("heatmaps need a model of one gray channel on square images");
     }
     let at = target_layer(&model.spec)?;
-    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h));
+    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h, model.spec.framing));
     let (logits, activation, gradient) = model.activation_and_gradient(be, be.upload(&x), at);
     Ok(Explanation {
         probability: 1.0 / (1.0 + (-logits.data[0]).exp()),
         cam: grad_cam(&activation, &gradient),
         side: activation.shape.nchw().2,
+        framing: model.spec.framing,
     })
 }
 
@@ -97,10 +100,14 @@ pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> i
     );
     let gray = image::imageops::resize(&gray, w, h, image::imageops::FilterType::Triangle);
     let s = e.side;
+    let (left, top, cw, ch) = e.framing.content(w0, h0);
     let heat = |x: u32, y: u32| {
-        // pixel centre in map coordinates, clamped to the outer cells' centres
-        let u = ((x as f32 + 0.5) / w as f32 * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
-        let v = ((y as f32 + 0.5) / h as f32 * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
+        // pixel centre in the model's square, then in map coordinates, clamped to the outer
+        // cells' centres
+        let fx = left + (x as f32 + 0.5) / w as f32 * cw;
+        let fy = top + (y as f32 + 0.5) / h as f32 * ch;
+        let u = (fx * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
+        let v = (fy * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
         let (x0, y0) = (u.floor() as usize, v.floor() as usize);
         let (x1, y1) = ((x0 + 1).min(s - 1), (y0 + 1).min(s - 1));
         let (fx, fy) = (u - x0 as f32, v - y0 as f32);

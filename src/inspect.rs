@@ -107,7 +107,7 @@ pub fn inspect<B: Backend>(
         bail!("inspect needs a model of one gray channel on square images");
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h));
+    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h, model.spec.framing));
     let outputs = model.outputs_and_parameter_gradients(be, be.upload(&x));
     let mut written = Vec::new();
     let mut save = |name: String, img: image::RgbImage| -> Result<()> {

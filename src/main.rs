@@ -291,6 +291,11 @@ struct TrainArgs {
     /// Side of the square input image (default: the model's own, 128 for fracturenet).
     #[arg(long)]
     image_size: Option<usize>,
+    /// How an X-ray becomes square: squash (resize, aspect not kept), pad-edge or pad-reflect
+    /// (aspect kept, the rest filled with the edge repeated or the image mirrored)
+    /// [default: the model's own, squash].
+    #[arg(long, value_enum)]
+    framing: Option<fracture_cnn::data::Framing>,
     /// Seed of the weight initialisation, shuffling and dropout: the same seed gives the same run.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -542,6 +547,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         data: a.data.clone(),
         model: a.model.clone(),
         image_size: a.image_size,
+        framing: a.framing,
         epochs: a.epochs.unwrap_or(10),
         batch_size: a.batch_size,
         lr: a.lr,

@@ -4,7 +4,7 @@
 use crate::backend::{hash, Backend};
 use crate::callbacks::Callbacks;
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::data::{augment, Augment, DataDir, Dataset, Split};
+use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind, WeightAverage};
@@ -24,6 +24,9 @@ pub struct TrainConfig {
     pub model: String,
     /// Side of the square input; `None` keeps the spec's.
     pub image_size: Option<usize>,
+    /// How X-rays are made square; `None` keeps the spec's.
+    #[serde(default)]
+    pub framing: Option<Framing>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f32,
@@ -332,7 +335,7 @@ pub fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
 
 fn load_split(
     split: &Split,
-    size: usize,
+    size: (usize, Framing),
     what: &str,
     quiet: bool,
     cache_file: Option<PathBuf>,
@@ -422,6 +425,9 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
     if let Some(size) = cfg.image_size {
         spec = spec.with_image_size(size)?;
     }
+    if let Some(framing) = cfg.framing {
+        spec.framing = framing;
+    }
     if spec.input[0] != 1 || spec.input[1] != spec.input[2] {
         bail!(
             "model {} takes {:?} inputs; X-rays are loaded as 1 channel, square",
@@ -434,7 +440,7 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
 }
 
 /// The decoded training and validation images, and the positive-class weight of the loss.
-pub fn load_data(cfg: &TrainConfig, size: usize) -> Result<(Dataset, Dataset, f32)> {
+pub fn load_data(cfg: &TrainConfig, size: (usize, Framing)) -> Result<(Dataset, Dataset, f32)> {
     let dir = DataDir::open(&cfg.data)?;
     let cache_dir = cfg.out.join(".cache");
     let cache = |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, size));
@@ -524,7 +530,7 @@ struct RunState<B: Backend> {
 pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     validate(cfg)?;
     let spec = run_spec(be, cfg)?;
-    let data = load_data(cfg, spec.input[1])?;
+    let data = load_data(cfg, spec.square())?;
     let run_dir = new_run_dir(&cfg.out, &spec.name)?;
     start(be, cfg, &spec, data, &run_dir)
 }
@@ -533,7 +539,7 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
 pub fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, run_dir: &Path) -> Result<RunSummary> {
     validate(cfg)?;
     let spec = run_spec(be, cfg)?;
-    let data = load_data(cfg, spec.input[1])?;
+    let data = load_data(cfg, spec.square())?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
     start(be, cfg, &spec, data, run_dir)
@@ -642,7 +648,7 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
         .take(progress.epochs_done + 1)
         .map(|l| format!("{l}\n"))
         .collect();
-    let (train_ds, val_ds, pos_weight) = load_data(&cfg, spec.input[1])?;
+    let (train_ds, val_ds, pos_weight) = load_data(&cfg, spec.square())?;
     write_config(run_dir, be, &cfg, &spec, pos_weight)?;
     println!(
         "resuming {} after epoch {}{}",

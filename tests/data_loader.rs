@@ -2,7 +2,7 @@
 
 mod common;
 
-use fracture_cnn::data::{folder, DataDir, Dataset};
+use fracture_cnn::data::{folder, DataDir, Dataset, Framing};
 use image::{ImageBuffer, Luma, Rgb, Rgba};
 use std::path::Path;
 
@@ -63,7 +63,7 @@ fn decodes_gray_rgb_rgba_and_16_bit_into_one_channel_in_unit_range() {
         ("tiny.bmp", 128.0 / 255.0),
     ];
     for (name, want) in cases {
-        let px = fracture_cnn::data::image::load_gray(&p.join(name), 4).unwrap();
+        let px = fracture_cnn::data::image::load_gray(&p.join(name), 4, Framing::Squash).unwrap();
         assert_eq!(px.len(), 16, "{name}");
         for v in px {
             assert!((v - want).abs() < 0.01, "{name}: {v} vs {want}");
@@ -82,7 +82,7 @@ fn skips_non_images_and_reports_corrupt_files_by_name() {
     std::fs::write(frac.join("empty.jpg"), b"").unwrap();
     let d = DataDir::open(root).unwrap();
     assert_eq!(d.train.skipped, vec![frac.join("notes.txt")]);
-    let ds = Dataset::decode(&d.train.samples, 8, "train", true);
+    let ds = Dataset::decode(&d.train.samples, (8, Framing::Squash), "train", true);
     assert_eq!(ds.len(), 4);
     let failed: Vec<_> = ds
         .failed
@@ -122,7 +122,7 @@ fn batches_cover_every_sample_once_in_a_seeded_order() {
     let dir = tempfile::tempdir().unwrap();
     common::images::write_separable_dataset(dir.path(), 5, 8);
     let d = DataDir::open(dir.path()).unwrap();
-    let ds = Dataset::decode(&d.train.samples, 8, "train", true);
+    let ds = Dataset::decode(&d.train.samples, (8, Framing::Squash), "train", true);
     let a = ds.batches(4, Some(7));
     assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
     let mut all: Vec<usize> = a.concat();
@@ -194,12 +194,19 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     let root = dir.path().join("data");
     common::images::write_separable_dataset(&root, 3, 12);
     let split = DataDir::open(&root).unwrap().train;
-    let cache = fracture_cnn::data::cache::file_for(&dir.path().join("cache"), &root, 8);
-    let first = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    let cache =
+        fracture_cnn::data::cache::file_for(&dir.path().join("cache"), &root, (8, Framing::Squash));
+    let first = Dataset::load(
+        &split.samples,
+        (8, Framing::Squash),
+        "train",
+        true,
+        Some(&cache),
+    );
     assert!(cache.is_file());
     assert_eq!(
         first.pixels,
-        Dataset::decode(&split.samples, 8, "train", true).pixels
+        Dataset::decode(&split.samples, (8, Framing::Squash), "train", true).pixels
     );
     // garbage of the same length with the old modification time: the cache still answers
     let victim = &split.samples[0].path;
@@ -209,18 +216,36 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     let f = std::fs::File::options().write(true).open(victim).unwrap();
     f.set_modified(modified).unwrap();
     drop(f);
-    let again = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    let again = Dataset::load(
+        &split.samples,
+        (8, Framing::Squash),
+        "train",
+        true,
+        Some(&cache),
+    );
     assert_eq!(again.pixels, first.pixels, "served from the cache");
     // a newer modification time: read again, and now it fails
     let f = std::fs::File::options().write(true).open(victim).unwrap();
     f.set_modified(modified + std::time::Duration::from_secs(5))
         .unwrap();
     drop(f);
-    let fresh = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    let fresh = Dataset::load(
+        &split.samples,
+        (8, Framing::Squash),
+        "train",
+        true,
+        Some(&cache),
+    );
     assert_eq!(fresh.failed.len(), 1);
     assert_eq!(fresh.len(), first.len() - 1);
     // a damaged cache file is ignored, not trusted
     std::fs::write(&cache, b"FRCACHE1 truncated").unwrap();
-    let rebuilt = Dataset::load(&split.samples, 8, "train", true, Some(&cache));
+    let rebuilt = Dataset::load(
+        &split.samples,
+        (8, Framing::Squash),
+        "train",
+        true,
+        Some(&cache),
+    );
     assert_eq!(rebuilt.len(), first.len() - 1);
 }

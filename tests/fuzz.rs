@@ -200,7 +200,11 @@ fn the_image_loader_survives_damaged_files() {
         let path = dir.path().join(format!("damaged.{ext}"));
         fuzz(&good, 250, 10 + k as u64, |bytes| {
             std::fs::write(&path, bytes).unwrap();
-            match fracture_cnn::data::image::load_gray(&path, 8) {
+            match fracture_cnn::data::image::load_gray(
+                &path,
+                8,
+                fracture_cnn::data::Framing::PadReflect,
+            ) {
                 Ok(px) => assert!(px.len() == 64 && px.iter().all(|v| (0.0..=1.0).contains(v))),
                 Err(e) => assert!(format!("{e:#}").contains("damaged"), "{e:#}"),
             }

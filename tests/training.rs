@@ -6,7 +6,7 @@ mod common;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::callbacks::{Callbacks, Plateau, Schedule};
 use fracture_cnn::checkpoint;
-use fracture_cnn::data::{Augment, DataDir, Dataset};
+use fracture_cnn::data::{Augment, DataDir, Dataset, Framing};
 use fracture_cnn::metrics::roc_auc;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -17,6 +17,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         data: data.to_path_buf(),
         model: "fracturenet".into(),
         image_size: Some(16),
+        framing: None,
         epochs,
         batch_size: 8,
         lr: 2e-3,
@@ -74,7 +75,7 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
     let (mut model, info) = checkpoint::load(&Cpu, &run.run_dir.join("last.safetensors")).unwrap();
     assert_eq!(info.epoch, 6);
     let val = DataDir::open(&data).unwrap().val;
-    let ds = Dataset::decode(&val.samples, 16, "val", true);
+    let ds = Dataset::decode(&val.samples, (16, Framing::Squash), "val", true);
     let (loss, probs) = train::predict(&Cpu, &mut model, &ds, 8);
     assert_eq!(roc_auc(&probs, &ds.labels), last.val.roc_auc);
     assert!((loss - last.val.loss).abs() < 1e-9);
@@ -174,7 +175,7 @@ fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model()
     // validation ran on the averaged weights, which final.safetensors holds and load_final
     // rebuilds from last.safetensors; the raw last weights differ from them
     let val = DataDir::open(&data).unwrap().val;
-    let ds = Dataset::decode(&val.samples, 16, "val", true);
+    let ds = Dataset::decode(&val.samples, (16, Framing::Squash), "val", true);
     let (mut fin, _) = checkpoint::load(&Cpu, &whole.run_dir.join("final.safetensors")).unwrap();
     let (loss, _) = train::predict(&Cpu, &mut fin, &ds, 8);
     assert!(
@@ -223,7 +224,7 @@ fn balanced_sampling_draws_both_classes_alike_and_learns() {
         std::fs::remove_file(frac.join(format!("img{i:03}.png"))).unwrap();
     }
     let split = DataDir::open(&data).unwrap().train;
-    let ds = Dataset::decode(&split.samples, 16, "train", true);
+    let ds = Dataset::decode(&split.samples, (16, Framing::Squash), "train", true);
     let drawn: Vec<usize> = ds.balanced_batches(8, 3).into_iter().flatten().collect();
     assert_eq!(drawn.len(), 20);
     let positives = drawn.iter().filter(|&&i| ds.labels[i] == 1.0).count();
@@ -268,4 +269,37 @@ fn early_stopping_and_reduce_on_plateau_act_on_the_monitored_figure() {
         .unwrap()
         .to_string();
     assert!(e.contains("stopped early at epoch 3"), "{e}");
+}
+
+#[test]
+fn the_framing_travels_with_the_model_to_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // images of 20..22 x 20: not square
+    common::images::write_separable_dataset(&data, 6, 20);
+    let cfg = TrainConfig {
+        framing: Some(Framing::PadReflect),
+        ..config(&data, &dir.path().join("runs"), 2, 1)
+    };
+    let run = train::train(&Cpu, &cfg).unwrap();
+    let best = run.run_dir.join("best.safetensors");
+    let (mut model, info) = checkpoint::load(&Cpu, &best).unwrap();
+    assert_eq!(info.spec.framing, Framing::PadReflect);
+    let val = DataDir::open(&data).unwrap().val;
+    let mut framed = |f| {
+        let ds = Dataset::decode(&val.samples, (16, f), "val", true);
+        train::predict(&Cpu, &mut model, &ds, 8).1
+    };
+    let (reflected, squashed) = (framed(Framing::PadReflect), framed(Framing::Squash));
+    assert_ne!(
+        reflected, squashed,
+        "the framing changes what the model sees"
+    );
+    let paths: Vec<_> = val.samples.iter().map(|s| s.path.clone()).collect();
+    let (answers, _) = fracture_cnn::eval::predict(&Cpu, &[best], &paths, 8, false).unwrap();
+    let predicted: Vec<f32> = answers.iter().map(|a| a.probability).collect();
+    assert_eq!(
+        predicted, reflected,
+        "predict frames as the model was trained"
+    );
 }

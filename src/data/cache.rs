@@ -8,6 +8,7 @@
 //! u32, path bytes (UTF-8), file length u64, mtime (ns since the epoch) u64, size² f32 values.
 
 use super::folder::Sample;
+use super::image::Framing;
 use crate::checkpoint::write_atomic;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -24,11 +25,14 @@ fn stamp(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// The cache file of the images of `split_dir` at `size`.
-pub fn file_for(cache_dir: &Path, split_dir: &Path, size: usize) -> PathBuf {
+pub fn file_for(cache_dir: &Path, split_dir: &Path, (size, framing): (usize, Framing)) -> PathBuf {
     let canonical = split_dir
         .canonicalize()
         .unwrap_or_else(|_| split_dir.to_path_buf());
-    let key = format!("{}|{size}", canonical.display());
+    let key = match framing {
+        Framing::Squash => format!("{}|{size}", canonical.display()),
+        other => format!("{}|{size}|{}", canonical.display(), other.name()),
+    };
     // FNV-1a: a stable name, not a security boundary
     let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)

@@ -10,6 +10,7 @@ pub mod image;
 
 pub use augment::Augment;
 pub use folder::{DataDir, Sample, Split, CLASS_NAMES};
+pub use image::Framing;
 
 use crate::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -31,15 +32,20 @@ pub struct Dataset {
 impl Dataset {
     /// Decodes `samples` in parallel (with a progress bar titled `what`), skipping unreadable
     /// files: they are listed in `failed` for the caller to report.
-    pub fn decode(samples: &[Sample], size: usize, what: &str, quiet: bool) -> Dataset {
-        Self::load(samples, size, what, quiet, None)
+    pub fn decode(
+        samples: &[Sample],
+        (size, framing): (usize, Framing),
+        what: &str,
+        quiet: bool,
+    ) -> Dataset {
+        Self::load(samples, (size, framing), what, quiet, None)
     }
 
     /// Like [`Dataset::decode`], taking the images already in the disk cache `cache_file` (see
     /// [`cache`]) from there, and writing the cache anew when any had to be decoded.
     pub fn load(
         samples: &[Sample],
-        size: usize,
+        (size, framing): (usize, Framing),
         what: &str,
         quiet: bool,
         cache_file: Option<&std::path::Path>,
@@ -65,7 +71,7 @@ impl Dataset {
         let decoded: Vec<_> = todo
             .par_iter()
             .map(|s| {
-                let r = image::load_gray(&s.path, size);
+                let r = image::load_gray(&s.path, size, framing);
                 bar.inc(1);
                 r
             })

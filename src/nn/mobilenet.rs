@@ -91,6 +91,7 @@ pub fn mobilenet_v1(width: f32, size: usize) -> Result<ModelSpec, SpecError> {
     let spec = ModelSpec {
         name,
         input: [1, size, size],
+        framing: Default::default(),
         layers: layers.into_iter().map(Node::from).collect(),
     };
     spec.layers()?;

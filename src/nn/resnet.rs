@@ -78,6 +78,7 @@ pub fn resnet(width: usize, depth: usize, size: usize) -> Result<ModelSpec, Spec
     let spec = ModelSpec {
         name,
         input: [1, size, size],
+        framing: Default::default(),
         layers,
     };
     spec.layers()?;

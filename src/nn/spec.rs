@@ -55,6 +55,7 @@
 //! ```
 
 use crate::backend::{Conv2dGeom, Padding, Pool2dGeom};
+use crate::data::image::Framing;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -226,7 +227,14 @@ pub struct ModelSpec {
     pub name: String,
     /// `[channels, height, width]` of one image.
     pub input: [usize; 3],
+    /// How an X-ray of any shape is made square for `input` (written only when not `squash`).
+    #[serde(default, skip_serializing_if = "is_squash")]
+    pub framing: Framing,
     pub layers: Vec<Node>,
+}
+
+fn is_squash(f: &Framing) -> bool {
+    *f == Framing::Squash
 }
 
 /// A spec that cannot be built, with the reason (naming the layer where there is one).
@@ -565,6 +573,11 @@ impl ModelSpec {
     pub fn to_toml(&self) -> Result<String, SpecError> {
         toml::to_string(self)
             .map_err(|e| SpecError(format!("cannot write {} as TOML: {e}", self.name)))
+    }
+
+    /// The side of the square input and how an X-ray is framed in it.
+    pub fn square(&self) -> (usize, Framing) {
+        (self.input[1], self.framing)
     }
 
     /// The same model for square input images of side `size`.
