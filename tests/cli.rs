@@ -640,3 +640,60 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--early-stopping"), "{}", text(&o).1);
 }
+
+#[test]
+fn predict_eval_and_inspect_use_the_shipped_model_without_model() {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fracatlas.safetensors");
+    assert!(
+        shipped.is_file(),
+        "the repository ships {}",
+        shipped.display()
+    );
+    let xray = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/val/fractured");
+    let o = run(&[
+        "predict",
+        xray.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("using the shipped model"), "{err}");
+    let answers: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!answers.is_empty());
+    for a in &answers {
+        let p = a["probability"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "{a}");
+    }
+    let o = run(&[
+        "eval",
+        "--data",
+        "data",
+        "--json",
+        "--backend",
+        "cpu",
+        "--figures",
+        "/dev/null/x",
+    ]);
+    // a folder that cannot be made is named in the error, after the figures are computed
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("/dev/null/x"), "{}", text(&o).1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = answers[0]["file"].as_str().unwrap();
+    let o = run(&[
+        "inspect",
+        first,
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).1.contains("using the shipped model"));
+    assert!(dir.path().join("filters-00-conv2d.png").is_file());
+}
