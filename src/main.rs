@@ -273,13 +273,15 @@ enum OptimizerName {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Data folder: train/ and val/ (or valid/), each holding fractured/ and not_fractured/.
-    #[arg(long, default_value = "data")]
-    data: PathBuf,
+    /// Data folder: train/ and val/ (or valid/), each holding fractured/ and not_fractured/
+    /// [default: data].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// A built-in model (fracturenet, xray-bone-classifier, mobilenet = MobileNet v1 at width 0.5,
-    /// mobilenet-WIDTH for another width) or a spec file (.toml or .json).
-    #[arg(long, default_value = "fracturenet")]
-    model: String,
+    /// mobilenet-WIDTH for another width, resnet, resnet-WIDTH, resnet-WIDTH-DEPTH) or a spec
+    /// file (.toml or .json) [default: fracturenet].
+    #[arg(long)]
+    model: Option<String>,
     /// Epochs to train [default: 10]; with --resume, the run's new total.
     #[arg(long)]
     epochs: Option<usize>,
@@ -502,6 +504,7 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
     set_threads(a.threads)?;
     train::stop_on_signals()?;
     if let Some(dir) = &a.resume {
+        refuse_resume_conflicts(&a, &dir.join("config.json"))?;
         let (dir, epochs) = (dir.clone(), a.epochs);
         let summary = match pick_backend(a.backend)? {
             Some(gpu) => on_gpu(a.backend, || train::resume(&gpu, &dir, epochs), &|| {
@@ -528,6 +531,36 @@ fn run_train(a: TrainArgs) -> Result<Outcome> {
     Ok(outcome(&summary))
 }
 
+/// With `--resume`, a run goes on as it was started: `--model`, `--image-size` or `--data` that
+/// differ from the run's (in `config`, its config.json or cv.json) are refused, naming the flag.
+fn refuse_resume_conflicts(a: &TrainArgs, config: &std::path::Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return Ok(()); // resuming says what is missing
+    };
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let run = &saved["config"];
+    let same_path = |given: &PathBuf, saved: &serde_json::Value| {
+        let saved = PathBuf::from(saved.as_str().unwrap_or_default());
+        given.canonicalize().ok() == saved.canonicalize().ok()
+    };
+    let conflict = if a.model.as_deref().is_some_and(|m| run["model"] != m) {
+        Some(("--model", run["model"].to_string()))
+    } else if a.image_size.is_some_and(|s| run["image_size"] != s) {
+        Some(("--image-size", run["image_size"].to_string()))
+    } else if a.data.as_ref().is_some_and(|d| !same_path(d, &run["data"])) {
+        Some(("--data", run["data"].to_string()))
+    } else {
+        None
+    };
+    match conflict {
+        Some((flag, was)) => anyhow::bail!(
+            "{flag} differs from the run's ({was}): --resume continues a run as it was started \
+             (only --epochs, --backend, --threads and --quiet apply); start a new run instead"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// The training configuration that `train`'s options describe.
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let pos_weight = match a.pos_weight.as_str() {
@@ -543,9 +576,13 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             momentum: a.momentum,
         },
     };
+    // stored absolute, so that a run resumed from another folder finds its data
+    let data = a.data.clone().unwrap_or_else(|| "data".into());
+    let data = std::path::absolute(&data)
+        .with_context(|| format!("data folder {} has no absolute path", data.display()))?;
     Ok(TrainConfig {
-        data: a.data.clone(),
-        model: a.model.clone(),
+        data,
+        model: a.model.clone().unwrap_or_else(|| "fracturenet".into()),
         image_size: a.image_size,
         framing: a.framing,
         epochs: a.epochs.unwrap_or(10),
@@ -593,7 +630,10 @@ fn run_cv(a: CvArgs) -> Result<Outcome> {
 
 fn cv_on<B: Backend>(be: &B, a: &CvArgs) -> Result<cv::CvOutcome> {
     match &a.train.resume {
-        Some(dir) => cv::resume(be, dir, a.train.epochs),
+        Some(dir) => {
+            refuse_resume_conflicts(&a.train, &dir.join("cv.json"))?;
+            cv::resume(be, dir, a.train.epochs)
+        }
         None => cv::start(be, &train_config(&a.train)?, a.folds),
     }
 }

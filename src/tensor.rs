@@ -118,13 +118,44 @@ impl Tensor {
         self.shape = shape;
         self
     }
-    /// Largest absolute difference between two tensors of the same shape.
+    /// Largest absolute difference between two tensors of the same shape; infinite when either
+    /// holds a NaN or an infinity, so that no tolerance accepts one. (`f32::max` alone would drop
+    /// a NaN difference, and a kernel that writes NaN would pass.)
     pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
         assert_eq!(self.shape, other.shape);
         self.data
             .iter()
             .zip(&other.data)
-            .map(|(a, b)| (a - b).abs())
+            .map(|(a, b)| {
+                if a.is_finite() && b.is_finite() {
+                    (a - b).abs()
+                } else {
+                    f32::INFINITY
+                }
+            })
             .fold(0.0, f32::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_abs_diff_catches_every_kind_of_wrong_answer() {
+        let right = Tensor::new([4], vec![1.0, -2.0, 0.5, 3.0]);
+        assert_eq!(right.max_abs_diff(&right), 0.0);
+        let wrong = |data: Vec<f32>| right.max_abs_diff(&Tensor::new([4], data));
+        assert_eq!(wrong(vec![-1.0, 2.0, -0.5, -3.0]), 6.0, "a sign flip");
+        assert_eq!(wrong(vec![2.0, -4.0, 1.0, 6.0]), 3.0, "a factor of 2");
+        assert_eq!(wrong(vec![1.0, -2.0, 0.75, 3.0]), 0.25, "one wrong entry");
+        assert_eq!(wrong(vec![1.0, f32::NAN, 0.5, 3.0]), f32::INFINITY, "a NaN");
+        assert_eq!(
+            wrong(vec![1.0, -2.0, f32::INFINITY, 3.0]),
+            f32::INFINITY,
+            "an infinity"
+        );
+        let nan = Tensor::new([1], vec![f32::NAN]);
+        assert_eq!(nan.max_abs_diff(&nan), f32::INFINITY, "NaN on both sides");
     }
 }

@@ -697,3 +697,62 @@ fn predict_eval_and_inspect_use_the_shipped_model_without_model() {
     assert!(text(&o).1.contains("using the shipped model"));
     assert!(dir.path().join("filters-00-conv2d.png").is_file());
 }
+
+#[test]
+fn resume_refuses_flags_that_would_change_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 4, 16);
+    let out = dir.path().join("runs");
+    assert!(run(&train_args(&data, &out, &["--epochs", "1"]))
+        .status
+        .success());
+    let run_dir = out.join("fracturenet-001");
+    // the data path is stored absolute, so a resume from another folder finds it
+    let config = std::fs::read_to_string(run_dir.join("config.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(std::path::Path::new(saved["config"]["data"].as_str().unwrap()).is_absolute());
+    let other = dir.path().join("other");
+    common::images::write_separable_dataset(&other, 2, 16);
+    let r = run_dir.to_str().unwrap();
+    for (flag, value) in [
+        ("--model", "mobilenet"),
+        ("--image-size", "32"),
+        ("--data", other.to_str().unwrap()),
+    ] {
+        let o = run(&[
+            "train",
+            "--resume",
+            r,
+            flag,
+            value,
+            "--epochs",
+            "2",
+            "--backend",
+            "cpu",
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = text(&o).1;
+        assert!(
+            err.contains(&format!("{flag} differs from the run's")),
+            "{err}"
+        );
+    }
+    // the run's own values are no conflict
+    let d = data.to_str().unwrap();
+    let o = run(&[
+        "train",
+        "--resume",
+        r,
+        "--model",
+        "fracturenet",
+        "--data",
+        d,
+        "--epochs",
+        "2",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+}
