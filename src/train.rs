@@ -690,6 +690,16 @@ fn write_config<B: Backend>(
     checkpoint::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())
 }
 
+/// What a checkpoint of the run says about itself where it stands (no training state).
+fn run_info(spec: &ModelSpec, progress: &Progress) -> CheckpointInfo {
+    CheckpointInfo {
+        spec: spec.clone(),
+        threshold: progress.threshold.unwrap_or(0.5),
+        epoch: progress.epochs_done,
+        progress: None,
+    }
+}
+
 /// Saves the model with the optimiser's state and `progress` as `last.safetensors`.
 fn save_last<B: Backend>(
     be: &B,
@@ -698,10 +708,8 @@ fn save_last<B: Backend>(
     run_dir: &Path,
 ) -> Result<()> {
     let info = CheckpointInfo {
-        spec: spec.clone(),
-        threshold: state.progress.threshold.unwrap_or(0.5),
-        epoch: state.progress.epochs_done,
         progress: Some(serde_json::to_string(&state.progress)?),
+        ..run_info(spec, &state.progress)
     };
     let mut extra = state.opt.named_state(be, &state.model);
     if let Some(ema) = &state.ema {
@@ -724,12 +732,7 @@ fn save_final<B: Backend>(
     state: &mut RunState<B>,
     run_dir: &Path,
 ) -> Result<()> {
-    let info = CheckpointInfo {
-        spec: spec.clone(),
-        threshold: state.progress.threshold.unwrap_or(0.5),
-        epoch: state.progress.epochs_done,
-        progress: None,
-    };
+    let info = run_info(spec, &state.progress);
     let path = run_dir.join("final.safetensors");
     if let Some(ema) = &mut state.ema {
         ema.swap(&mut state.model);

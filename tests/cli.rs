@@ -532,23 +532,14 @@ fn bench_without_a_gpu_adapter_measures_the_cpu_and_says_so() {
     assert!(stderr.contains("no GPU adapter found"), "{stderr}");
 }
 
-/// `cv` as its arguments for the small test set: 16×16, batch 4, CPU, quiet.
-fn cv_args<'a>(data: &'a str, out: &'a str, more: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "cv",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--image-size",
-        "16",
-        "--batch-size",
-        "4",
-        "--backend",
-        "cpu",
-        "--quiet",
-    ];
-    args.extend_from_slice(more);
+/// `cv` with `train_args`' options for the small test set (16×16, batch 4, CPU, quiet).
+fn cv_args<'a>(
+    data: &'a std::path::Path,
+    out: &'a std::path::Path,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = train_args(data, out, more);
+    args[0] = "cv";
     args
 }
 
@@ -561,8 +552,7 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     let original = data.join("train/fractured/img000.png");
     std::fs::copy(&original, data.join("val/fractured/copy.png")).unwrap();
     let out = dir.path().join("runs");
-    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let args = cv_args(d, o, &["--folds", "3", "--epochs", "4"]);
+    let args = cv_args(&data, &out, &["--folds", "3", "--epochs", "4"]);
     let first = run(&args);
     let (stdout, err) = text(&first);
     assert!(first.status.success(), "{stdout}\n{err}");
@@ -636,7 +626,7 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     assert_eq!(resumed["folds"], summary["folds"]);
 
     // selecting by the fold that judges the model is refused
-    let o = run(&cv_args(d, o, &["--early-stopping", "2"]));
+    let o = run(&cv_args(&data, &out, &["--early-stopping", "2"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--early-stopping"), "{}", text(&o).1);
 }
