@@ -12,10 +12,11 @@
 //! |g − n| / max(|g|, |n|, floor), where the floor (1 % of the largest |g| of that tensor) stops
 //! entries whose true gradient is ~0 from dividing noise by noise.
 
-use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
+use crate::backend::cases::{away_from_kinks, Input, Op};
+use crate::backend::Backend;
 use crate::nn::{self, Layer, LayerSpec, Mode, Model, ModelSpec};
 use crate::tensor::{Shape, Tensor};
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 /// The outcome of checking one gradient.
 #[derive(Clone, Debug)]
@@ -163,228 +164,50 @@ pub fn project(y: &Tensor, r: &Tensor) -> f64 {
         .sum()
 }
 
-/// Values of magnitude 0.1, 0.13, 0.16, ... (128 levels, so at most 3.9) in random order and with
-/// random signs: never near 0 and, within any small window, no two closer than 3 op steps, so
-/// that no perturbation crosses a ReLU kink, changes which element of a pooling window wins, or
-/// is large next to the spread of a batch-norm channel. (Larger tensors repeat the levels: the
-/// rare window holding a repeat is caught by the layer's kink fingerprint and skipped. Unbounded
-/// levels would make f32 rounding of large inputs swamp the finite differences.)
-pub fn away_from_kinks(shape: impl Into<Shape>, seed: u64) -> Tensor {
-    const LEVELS: usize = 128;
-    let shape = shape.into();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut levels: Vec<usize> = (0..shape.numel()).collect();
-    levels.shuffle(&mut rng);
-    let gap = 3.0 * Probe::op(0).steps[0];
-    let data = levels
-        .iter()
-        .map(|&l| {
-            let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
-            sign * (0.1 + (l % LEVELS) as f32 * gap)
-        })
-        .collect();
-    Tensor::new(shape, data)
-}
-
 fn rand(shape: impl Into<Shape>, seed: u64) -> Tensor {
     Tensor::rand_uniform(shape, -1.0, 1.0, seed)
 }
 
-/// Checks an op y = f(inputs) against `backward(inputs, dy)`, which returns one gradient per input.
-pub fn check_op<B: Backend>(
-    be: &B,
-    case: &str,
-    names: &[&str],
-    inputs: Vec<Tensor>,
-    forward: impl Fn(&B, &[B::Tensor]) -> B::Tensor,
-    backward: impl Fn(&B, &[B::Tensor], &B::Tensor) -> Vec<B::Tensor>,
-    probe: Probe,
-) -> Vec<Report> {
-    let up = |ts: &[Tensor]| ts.iter().map(|t| be.upload(t)).collect::<Vec<_>>();
-    let y = be.download(&forward(be, &up(&inputs)));
-    let r = rand(y.shape.clone(), 99);
-    let grads = backward(be, &up(&inputs), &be.upload(&r));
-    (0..inputs.len())
-        .map(|k| {
+/// Every backward pass of an op case against central differences of its forward pass, with
+/// L = Σ r ⊙ y (r = 1 when y is a scalar: the loss itself): one report per differentiable
+/// input x, whose analytic gradient is the output `dx` of one of the op's backward passes.
+pub fn op_case<B: Backend>(be: &B, op: &Op, probe: Probe) -> Vec<Report> {
+    let inputs = op.inputs(1);
+    let shape = op.output_shape();
+    let r = if shape.numel() == 1 {
+        Tensor::full(shape, 1.0)
+    } else {
+        rand(shape, 99)
+    };
+    let mut state = op.prepare(be, &inputs, &r);
+    let grads: Vec<(&str, Tensor)> = (0..op.passes().len())
+        .flat_map(|pass| op.run(be, pass, &mut state))
+        .map(|(name, t)| (name, be.download(&t)))
+        .collect();
+    let base_argmax = op.argmax(be, &state);
+    let case = op.name();
+    let differentiable = inputs.iter().enumerate().filter(|(_, i)| i.differentiable);
+    differentiable
+        .map(|(k, x)| {
+            let wanted = format!("d{}", x.name);
+            let (_, grad) = grads
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .unwrap_or_else(|| panic!("{case}: no pass returns {wanted}"));
+            // None when a step moved a pooling window's maximum: the slope across it is neither
             let loss = |probe: &Tensor| {
-                let mut ins = inputs.clone();
-                ins[k] = probe.clone();
-                Some(project(&be.download(&forward(be, &up(&ins))), &r))
+                let mut probed: Vec<Input> = op.inputs(1);
+                probed[k].value = probe.clone();
+                let mut st = op.prepare(be, &probed, &r);
+                let (_, y) = op.run(be, 0, &mut st).swap_remove(0);
+                if op.argmax(be, &st) != base_argmax {
+                    return None;
+                }
+                Some(project(&be.download(&y), &r))
             };
-            let g = be.download(&grads[k]);
-            compare(case, names[k], &inputs[k], &g, loss, probe, k as u64)
+            compare(&case, x.name, &x.value, grad, loss, probe, k as u64)
         })
         .collect()
-}
-
-/// conv2d: gradients wrt x, w and b.
-pub fn conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
-    let case = format!(
-        "conv2d {}x{} s{}x{} pad{}/{} {}x{}",
-        g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.h, g.w
-    );
-    let inputs = vec![
-        rand(g.input_shape(), 1),
-        rand(g.weight_shape(), 2),
-        rand([g.c_out], 3),
-    ];
-    check_op(
-        be,
-        &case,
-        &["x", "w", "b"],
-        inputs,
-        |be, t| be.conv2d_forward(&t[0], &t[1], &t[2], &g),
-        |be, t, dy| {
-            let (dw, db) = be.conv2d_backward_weight(&t[0], dy, &g);
-            vec![be.conv2d_backward_input(dy, &t[1], &g), dw, db]
-        },
-        probe,
-    )
-}
-
-/// Depthwise convolution (`g.c_out == g.c_in`): gradients wrt x, w and b.
-pub fn depthwise_conv2d<B: Backend>(be: &B, g: Conv2dGeom, probe: Probe) -> Vec<Report> {
-    let case = format!(
-        "depthwise {}x{} s{}x{} pad{}/{} {}x{}",
-        g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.h, g.w
-    );
-    let inputs = vec![
-        rand(g.input_shape(), 31),
-        rand(g.depthwise_weight_shape(), 32),
-        rand([g.c_in], 33),
-    ];
-    check_op(
-        be,
-        &case,
-        &["x", "w", "b"],
-        inputs,
-        |be, t| be.depthwise_conv2d_forward(&t[0], &t[1], &t[2], &g),
-        |be, t, dy| {
-            let (dw, db) = be.depthwise_conv2d_backward_weight(&t[0], dy, &g);
-            vec![be.depthwise_conv2d_backward_input(dy, &t[1], &g), dw, db]
-        },
-        probe,
-    )
-}
-
-/// Global average pooling of `[N, C, H, W]`: gradient wrt x.
-pub fn global_avgpool<B: Backend>(be: &B, shape: [usize; 4], probe: Probe) -> Vec<Report> {
-    let hw = (shape[2], shape[3]);
-    check_op(
-        be,
-        &format!("global avgpool {shape:?}"),
-        &["x"],
-        vec![rand(shape, 34)],
-        |be, t| be.global_avgpool_forward(&t[0]),
-        |be, _, dy| vec![be.global_avgpool_backward(dy, hw)],
-        probe,
-    )
-}
-
-/// Training-mode batch norm over `shape` (`[N,C,H,W]` or `[N,F]`): gradients wrt x, gamma and beta.
-pub fn batchnorm<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
-    let c = shape[1];
-    // Spread out (|x| up to ~30) so that even a channel of two values has a variance far above
-    // the step: batch norm is very curved at the scale of the channel's standard deviation.
-    let x = away_from_kinks(shape, 4);
-    let inputs = vec![
-        Tensor::new(x.shape, x.data.iter().map(|v| 10.0 * v).collect()),
-        Tensor::rand_uniform([c], 0.5, 1.5, 5),
-        rand([c], 6),
-    ];
-    check_op(
-        be,
-        &format!("batchnorm {shape:?}"),
-        &["x", "gamma", "beta"],
-        inputs,
-        |be, t| be.batchnorm_forward_train(&t[0], &t[1], &t[2], 1e-5).0,
-        |be, t, dy| {
-            let (_, stats) = be.batchnorm_forward_train(&t[0], &t[1], &t[2], 1e-5);
-            let (dx, dg, db) = be.batchnorm_backward(&t[0], dy, &t[1], &stats);
-            vec![dx, dg, db]
-        },
-        probe,
-    )
-}
-
-/// Max pooling: gradient wrt x.
-pub fn maxpool<B: Backend>(be: &B, g: Pool2dGeom, probe: Probe) -> Vec<Report> {
-    let case = format!(
-        "maxpool {}x{} s{}x{} {}x{}",
-        g.kh, g.kw, g.stride_h, g.stride_w, g.h, g.w
-    );
-    check_op(
-        be,
-        &case,
-        &["x"],
-        vec![away_from_kinks(g.input_shape(), 7)],
-        |be, t| be.maxpool_forward(&t[0], &g).0,
-        |be, t, dy| {
-            let (_, idx) = be.maxpool_forward(&t[0], &g);
-            vec![be.maxpool_backward(dy, &idx, &g)]
-        },
-        probe,
-    )
-}
-
-/// Dense layer [n, i] → [n, o]: gradients wrt x, w and b.
-pub fn dense<B: Backend>(be: &B, n: usize, i: usize, o: usize, probe: Probe) -> Vec<Report> {
-    check_op(
-        be,
-        &format!("dense {n}x{i} -> {o}"),
-        &["x", "w", "b"],
-        vec![rand([n, i], 8), rand([o, i], 9), rand([o], 10)],
-        |be, t| be.dense_forward(&t[0], &t[1], &t[2]),
-        |be, t, dy| {
-            let (dw, db) = be.dense_backward_weight(&t[0], dy);
-            vec![be.dense_backward_input(dy, &t[1]), dw, db]
-        },
-        probe,
-    )
-}
-
-pub fn relu<B: Backend>(be: &B, shape: &[usize], probe: Probe) -> Vec<Report> {
-    check_op(
-        be,
-        &format!("relu {shape:?}"),
-        &["x"],
-        vec![away_from_kinks(shape, 11)],
-        |be, t| be.relu_forward(&t[0]),
-        |be, t, dy| vec![be.relu_backward(&t[0], dy)],
-        probe,
-    )
-}
-
-pub fn dropout<B: Backend>(be: &B, shape: &[usize], p: f32, probe: Probe) -> Vec<Report> {
-    check_op(
-        be,
-        &format!("dropout p={p} {shape:?}"),
-        &["x"],
-        vec![rand(shape, 12)],
-        |be, t| be.dropout_forward(&t[0], p, 1234),
-        |be, _, dy| vec![be.dropout_backward(dy, p, 1234)],
-        probe,
-    )
-}
-
-/// The fused sigmoid-BCE at the given logits: gradient of the mean loss wrt the logits.
-pub fn bce<B: Backend>(be: &B, logits: &[f32], targets: &[f32], pos_weight: f32) -> Report {
-    let z = Tensor::new([logits.len(), 1], logits.to_vec());
-    let y = be.upload(&Tensor::new([targets.len()], targets.to_vec()));
-    let (_, grad) = be.bce_with_logits(&be.upload(&z), &y, pos_weight);
-    let loss = |probe: &Tensor| {
-        let (l, _) = be.bce_with_logits(&be.upload(probe), &y, pos_weight);
-        Some(be.download(&l).data[0] as f64)
-    };
-    compare(
-        &format!("bce pos_weight={pos_weight} {logits:?}"),
-        "logits",
-        &z,
-        &be.download(&grad),
-        loss,
-        Probe::op(logits.len()),
-        13,
-    )
 }
 
 /// One layer of the model zoo, run through its `Layer` implementation (so the layer's wiring of

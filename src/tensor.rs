@@ -123,17 +123,44 @@ impl Tensor {
     /// a NaN difference, and a kernel that writes NaN would pass.)
     pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
         assert_eq!(self.shape, other.shape);
-        self.data
-            .iter()
-            .zip(&other.data)
-            .map(|(a, b)| {
-                if a.is_finite() && b.is_finite() {
-                    (a - b).abs()
-                } else {
-                    f32::INFINITY
-                }
-            })
+        (0..self.numel())
+            .map(|i| self.abs_diff_at(other, i))
             .fold(0.0, f32::max)
+    }
+
+    /// Whether `self` is `expected` within `rel_tol` of `expected`'s own scale (its largest
+    /// |value|): `Err` names the worst entry. A NaN or an infinity on either side, or a shape
+    /// that differs, is never close. The scale has no floor, so a tensor of small values (a
+    /// gradient of 1e-6) is held to its own size, not to 1.
+    pub fn check_close(&self, expected: &Tensor, rel_tol: f32) -> Result<(), String> {
+        if self.shape != expected.shape {
+            return Err(format!(
+                "shape {} where {} was expected",
+                self.shape, expected.shape
+            ));
+        }
+        let scale = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let allowed = rel_tol * scale.max(f32::MIN_POSITIVE);
+        let worst = (0..self.numel())
+            .map(|i| (i, self.abs_diff_at(expected, i)))
+            .fold((0, 0f32), |w, d| if d.1 > w.1 { d } else { w });
+        match worst {
+            (i, diff) if diff > allowed => Err(format!(
+                "entry {i} is {} where {} was expected: off by {diff:.3e}, more than {rel_tol:e} of the scale {scale:.3e}",
+                self.data[i], expected.data[i]
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// |a − b| at entry `i`; infinite when either is NaN or infinite.
+    fn abs_diff_at(&self, other: &Tensor, i: usize) -> f32 {
+        let (a, b) = (self.data[i], other.data[i]);
+        if a.is_finite() && b.is_finite() {
+            (a - b).abs()
+        } else {
+            f32::INFINITY
+        }
     }
 }
 
@@ -157,5 +184,62 @@ mod tests {
         );
         let nan = Tensor::new([1], vec![f32::NAN]);
         assert_eq!(nan.max_abs_diff(&nan), f32::INFINITY, "NaN on both sides");
+    }
+
+    /// Negative controls: each kind of wrong answer is refused at a tolerance that accepts
+    /// rounding, also for a tensor of tiny values, which a scale floored at 1 would accept.
+    #[test]
+    fn check_close_refuses_every_kind_of_wrong_answer_at_any_scale() {
+        type Entrywise = dyn Fn(usize, f32) -> f32;
+        for scale in [1.0f32, 1e-6, 1e4] {
+            let right = Tensor::new(
+                [4],
+                [1.0, -2.0, 0.5, 3.0].iter().map(|v| v * scale).collect(),
+            );
+            let with = |f: &dyn Fn(usize, f32) -> f32| {
+                let data = right
+                    .data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| f(i, v))
+                    .collect();
+                Tensor::new([4], data).check_close(&right, 1e-5)
+            };
+            assert_eq!(
+                with(&|_, v| v * (1.0 + 1e-7)),
+                Ok(()),
+                "rounding at scale {scale}"
+            );
+            let wrongs: [(&str, &Entrywise); 6] = [
+                ("a sign flip", &|_, v| -v),
+                ("a factor of 2", &|_, v| 2.0 * v),
+                ("one wrong entry", &|i, v| if i == 2 { 1.01 * v } else { v }),
+                ("a NaN", &|i, v| if i == 1 { f32::NAN } else { v }),
+                ("an infinity", &|i, v| {
+                    if i == 3 {
+                        f32::INFINITY
+                    } else {
+                        v
+                    }
+                }),
+                ("all zeros", &|_, _| 0.0),
+            ];
+            for (what, f) in wrongs {
+                let err = with(f).expect_err(what);
+                assert!(err.contains("entry"), "{what}: {err}");
+            }
+        }
+        let nan = Tensor::new([1], vec![f32::NAN]);
+        assert!(nan.check_close(&nan, 1.0).is_err(), "NaN on both sides");
+        let zeros = Tensor::zeros([3]);
+        assert_eq!(zeros.check_close(&zeros, 0.0), Ok(()), "exact zeros");
+        assert!(
+            Tensor::full([3], 1e-30).check_close(&zeros, 1e-5).is_err(),
+            "zero is held exactly"
+        );
+        let err = Tensor::zeros([2, 2])
+            .check_close(&Tensor::zeros([4]), 1.0)
+            .unwrap_err();
+        assert!(err.contains("shape"), "{err}");
     }
 }

@@ -1,12 +1,12 @@
-//! Every GPU op against the CPU op on the same random inputs, forward and backward, over shapes
-//! that include odd sizes, batch 1 and sizes that are not multiples of the kernels' tiles; then
-//! whole training steps and every gradient of the presets, and repeatability.
+//! Every GPU op against the CPU op on the op cases (`backend::cases`: odd sizes, batch 1, batches
+//! that cross the kernels' grouping constants, sizes that are not multiples of a tile), on every
+//! GPU variant; then whole training steps and every gradient of the presets, and repeatability.
 
 mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::{GemmKernel, Gpu};
-use fracture_cnn::backend::{AdamStep, Backend, Conv2dGeom, Padding, Pool2dGeom, SgdStep};
+use fracture_cnn::backend::{cases, Backend};
 use fracture_cnn::nn::{loss, Mode, Model, ModelSpec};
 use fracture_cnn::optim::{Optimizer, OptimizerKind};
 use fracture_cnn::tensor::Tensor;
@@ -19,18 +19,12 @@ fn rand(shape: impl Into<fracture_cnn::tensor::Shape>, seed: u64) -> Tensor {
     Tensor::rand_uniform(shape, -1.0, 1.0, seed)
 }
 
-/// GPU and CPU results agree to `tol` relative to the largest CPU value.
+/// GPU and CPU results agree to `tol` relative to the CPU tensor's own scale.
 fn same(what: &str, cpu: &Tensor, gpu: &Tensor, tol: f32) {
-    assert_eq!(cpu.shape, gpu.shape, "{what}: shapes differ");
-    let scale = cpu.data.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let diff = cpu.max_abs_diff(gpu);
-    assert!(
-        diff <= tol * scale,
-        "{what}: GPU differs from CPU by {diff:e} (scale {scale})"
-    );
+    if let Err(e) = gpu.check_close(cpu, tol) {
+        panic!("{what}: GPU differs from CPU: {e}");
+    }
 }
-
-const TOL: f32 = 1e-5;
 
 /// The GPU with each GEMM kernel, and with bindings that hold only `values` f32s, so that the
 /// batch tensors of a case run in windows of a few images, as large batches do on real adapters.
@@ -42,335 +36,55 @@ fn variants(gpu: &Gpu, values: usize) -> [(&'static str, Gpu); 3] {
     ]
 }
 
-fn conv_cases() -> Vec<Conv2dGeom> {
-    let g = |n, ci, h, w, co, k, s, p| Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap();
-    vec![
-        g(1, 1, 7, 5, 3, (3, 3), (1, 1), Padding::Same),
-        g(3, 4, 9, 11, 5, (3, 3), (1, 1), Padding::Same),
-        g(2, 3, 10, 9, 67, (3, 3), (2, 2), Padding::Same),
-        g(2, 2, 8, 7, 4, (2, 3), (1, 2), Padding::Valid),
-        g(5, 6, 4, 4, 9, (1, 1), (1, 1), Padding::Same),
-        g(9, 2, 13, 13, 3, (5, 5), (3, 3), Padding::Valid),
-    ]
-}
-
+/// Every op case of `backend::cases` (the list that `tests/ops.rs` checks against the reference
+/// and the gradient checks differentiate), each output of each pass, on every GPU variant.
 #[test]
-fn conv2d_all_three_passes() {
+fn every_op_case_matches_the_cpu_on_every_gpu_variant() {
     let Some(gpu) = gpu() else { return };
-    let cases = conv_cases().into_iter().enumerate();
-    let per_image = |g: &Conv2dGeom| {
-        let col = g.patch_len() * g.out_h * g.out_w;
-        [
-            g.c_in * g.h * g.w,
-            g.c_out * col / g.patch_len(),
-            col,
-            g.c_out * g.patch_len(),
-        ]
-    };
-    let runs = cases.flat_map(|(k, g)| {
-        variants(gpu, per_image(&g).into_iter().max().unwrap()).map(|r| (k, g, r))
-    });
-    for (k, g, (how, gpu)) in runs {
-        let gpu = &gpu;
-        let s = k as u64 * 10;
-        let (x, w, b) = (
-            rand(g.input_shape(), s),
-            rand(g.weight_shape(), s + 1),
-            rand([g.c_out], s + 2),
-        );
-        let dy = rand(g.output_shape(), s + 3);
-        let (gx, gw, gb, gdy) = (
-            gpu.upload(&x),
-            gpu.upload(&w),
-            gpu.upload(&b),
-            gpu.upload(&dy),
-        );
-        let tag = format!("conv{how} {g:?}");
-        same(
-            &tag,
-            &Cpu.conv2d_forward(&x, &w, &b, &g),
-            &gpu.download(&gpu.conv2d_forward(&gx, &gw, &gb, &g)),
-            TOL,
-        );
-        same(
-            &tag,
-            &Cpu.conv2d_backward_input(&dy, &w, &g),
-            &gpu.download(&gpu.conv2d_backward_input(&gdy, &gw, &g)),
-            TOL,
-        );
-        let (cw, cb) = Cpu.conv2d_backward_weight(&x, &dy, &g);
-        let (dw, db) = gpu.conv2d_backward_weight(&gx, &gdy, &g);
-        same(&tag, &cw, &gpu.download(&dw), TOL);
-        same(&tag, &cb, &gpu.download(&db), TOL);
-    }
-}
-
-#[test]
-fn depthwise_conv2d_all_three_passes() {
-    let Some(gpu) = gpu() else { return };
-    let dw = |n, c, h, w, k, s, p| Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap();
-    let cases = [
-        dw(1, 1, 7, 5, (3, 3), (1, 1), Padding::Same),
-        dw(3, 4, 9, 11, (3, 3), (2, 2), Padding::Same),
-        dw(2, 3, 8, 7, (2, 3), (1, 2), Padding::Valid),
-        dw(2, 5, 6, 6, (5, 5), (1, 1), Padding::Same),
-        // more weights than one row of workgroups holds (65,535): the weight gradient's 2-D grid
-        dw(2, 7300, 2, 3, (3, 3), (1, 1), Padding::Same),
-        // in windows of one image, the weight gradient's partial sums grow longer than 256 pixels
-        // so that they fit one binding
-        dw(30, 2, 4, 4, (3, 3), (1, 1), Padding::Same),
-    ];
-    for (k, g) in cases.into_iter().enumerate() {
-        let s = 50 + k as u64 * 10;
-        let (x, w, b) = (
-            rand(g.input_shape(), s),
-            rand(g.depthwise_weight_shape(), s + 1),
-            rand([g.c_in], s + 2),
-        );
-        let dy = rand(g.output_shape(), s + 3);
-        // whole, and in windows of one image (the weights must fit one binding)
-        let one_image = (g.c_in * g.h * g.w).max(w.numel());
-        for (how, gpu) in [
-            ("", gpu.clone()),
-            (" in windows", gpu.with_binding_limit(one_image)),
-        ] {
-            let gpu = &gpu;
-            let (gx, gw, gb, gdy) = (
-                gpu.upload(&x),
-                gpu.upload(&w),
-                gpu.upload(&b),
-                gpu.upload(&dy),
-            );
-            let tag = format!("depthwise{how} {g:?}");
-            same(
-                &tag,
-                &Cpu.depthwise_conv2d_forward(&x, &w, &b, &g),
-                &gpu.download(&gpu.depthwise_conv2d_forward(&gx, &gw, &gb, &g)),
-                TOL,
-            );
-            same(
-                &tag,
-                &Cpu.depthwise_conv2d_backward_input(&dy, &w, &g),
-                &gpu.download(&gpu.depthwise_conv2d_backward_input(&gdy, &gw, &g)),
-                TOL,
-            );
-            let (cw, cb) = Cpu.depthwise_conv2d_backward_weight(&x, &dy, &g);
-            let (dw, db) = gpu.depthwise_conv2d_backward_weight(&gx, &gdy, &g);
-            same(&tag, &cw, &gpu.download(&dw), TOL);
-            same(&tag, &cb, &gpu.download(&db), TOL);
+    let (mut failed, mut compared) = (Vec::new(), 0);
+    for op in cases::suite() {
+        let want = op.outputs(&Cpu, 3);
+        for (how, gpu) in variants(gpu, op.largest_piece()) {
+            for ((name, w), (_, g)) in want.iter().zip(op.outputs(&gpu, 3)) {
+                compared += 1;
+                // batch norm's input gradient is a difference of terms that nearly cancel
+                let tol = if matches!(op, cases::Op::BatchNorm(_)) {
+                    1e-4
+                } else {
+                    1e-5
+                };
+                if let Err(e) = g.check_close(w, tol) {
+                    failed.push(format!("{}{how} {name}: {e}", op.name()));
+                }
+            }
         }
     }
-}
-
-#[test]
-fn global_avgpool_forward_and_backward() {
-    let Some(gpu) = gpu() else { return };
-    for (k, shape) in [[1, 1, 1, 1], [3, 5, 4, 7], [2, 300, 2, 2]]
-        .into_iter()
-        .enumerate()
-    {
-        let x = rand(shape, 90 + k as u64);
-        let dy = rand([shape[0], shape[1]], 95 + k as u64);
-        let hw = (shape[2], shape[3]);
-        let one_image = shape[1..].iter().product();
-        for (how, gpu) in [
-            ("", gpu.clone()),
-            (" in windows", gpu.with_binding_limit(one_image)),
-        ] {
-            let tag = format!("global avgpool{how} {shape:?}");
-            same(
-                &tag,
-                &Cpu.global_avgpool_forward(&x),
-                &gpu.download(&gpu.global_avgpool_forward(&gpu.upload(&x))),
-                TOL,
-            );
-            same(
-                &tag,
-                &Cpu.global_avgpool_backward(&dy, hw),
-                &gpu.download(&gpu.global_avgpool_backward(&gpu.upload(&dy), hw)),
-                TOL,
-            );
-        }
-    }
-}
-
-#[test]
-fn batchnorm_train_infer_backward_and_running_stats() {
-    let Some(gpu) = gpu() else { return };
-    for (k, shape, (how, gpu)) in [
-        vec![1, 3, 5, 7],
-        vec![4, 6, 3, 3],
-        vec![2, 5],
-        vec![7, 300],
-        vec![3, 2, 40, 33],
-    ]
-    .into_iter()
-    .enumerate()
-    .flat_map(|(k, shape)| {
-        let per_image = shape[1..].iter().product();
-        variants(gpu, per_image).map(|r| (k, shape.clone(), r))
-    }) {
-        let gpu = &gpu;
-        let c = shape[1];
-        let s = 100 + k as u64 * 10;
-        let x = Tensor::rand_uniform(shape.as_slice(), -2.0, 3.0, s);
-        let (gamma, beta, dy) = (
-            Tensor::rand_uniform([c], 0.5, 1.5, s + 1),
-            rand([c], s + 2),
-            rand(shape.as_slice(), s + 3),
-        );
-        let up = |t: &Tensor| gpu.upload(t);
-        let (cy, cs) = Cpu.batchnorm_forward_train(&x, &gamma, &beta, 1e-5);
-        let (gy, gs) = gpu.batchnorm_forward_train(&up(&x), &up(&gamma), &up(&beta), 1e-5);
-        let tag = format!("batchnorm{how} {shape:?}");
-        same(&tag, &cy, &gpu.download(&gy), 1e-4);
-        same(&tag, &cs.mean, &gpu.download(&gs.mean), 1e-5);
-        same(&tag, &cs.var, &gpu.download(&gs.var), 1e-4);
-        same(&tag, &cs.inv_std, &gpu.download(&gs.inv_std), 1e-4);
-        let (cdx, cdg, cdb) = Cpu.batchnorm_backward(&x, &dy, &gamma, &cs);
-        let (gdx, gdg, gdb) = gpu.batchnorm_backward(&up(&x), &up(&dy), &up(&gamma), &gs);
-        same(&tag, &cdx, &gpu.download(&gdx), 1e-3);
-        same(&tag, &cdg, &gpu.download(&gdg), 1e-4);
-        same(&tag, &cdb, &gpu.download(&gdb), 1e-5);
-        let (rm, rv) = (rand([c], s + 4), Tensor::rand_uniform([c], 0.5, 2.0, s + 5));
-        let cy = Cpu.batchnorm_forward_infer(&x, &gamma, &beta, &rm, &rv, 1e-3);
-        let gy =
-            gpu.batchnorm_forward_infer(&up(&x), &up(&gamma), &up(&beta), &up(&rm), &up(&rv), 1e-3);
-        same(&tag, &cy, &gpu.download(&gy), 1e-5);
-        let (mut crm, mut grm) = (rm.clone(), up(&rm));
-        Cpu.ema_update(&mut crm, &cs.mean, 0.1, 1.5);
-        gpu.ema_update(&mut grm, &gs.mean, 0.1, 1.5);
-        same(&tag, &crm, &gpu.download(&grm), 1e-5);
-    }
-}
-
-#[test]
-fn maxpool_forward_backward_and_argmax() {
-    let Some(gpu) = gpu() else { return };
-    let cases = [
-        Pool2dGeom::new(1, 1, 4, 4, (2, 2), (2, 2)).unwrap(),
-        Pool2dGeom::new(3, 5, 11, 9, (2, 2), (2, 2)).unwrap(),
-        Pool2dGeom::new(2, 3, 9, 10, (3, 3), (2, 2)).unwrap(),
-        Pool2dGeom::new(2, 2, 7, 7, (3, 2), (1, 1)).unwrap(),
-    ];
-    let runs = cases
-        .into_iter()
-        .enumerate()
-        .flat_map(|(k, g)| variants(gpu, g.c * g.h * g.w).map(|r| (k, g, r)));
-    for (k, g, (how, gpu)) in runs {
-        let gpu = &gpu;
-        let x = rand(g.input_shape(), 200 + k as u64);
-        let dy = rand(g.output_shape(), 300 + k as u64);
-        let (cy, ci) = Cpu.maxpool_forward(&x, &g);
-        let (gy, gi) = gpu.maxpool_forward(&gpu.upload(&x), &g);
-        same(&format!("maxpool{how}"), &cy, &gpu.download(&gy), 0.0);
-        assert_eq!(ci, gpu.download_indices(&gi), "argmax{how} {g:?}");
-        same(
-            &format!("maxpool backward{how}"),
-            &Cpu.maxpool_backward(&dy, &ci, &g),
-            &gpu.download(&gpu.maxpool_backward(&gpu.upload(&dy), &gi, &g)),
-            1e-6,
-        );
-    }
-}
-
-#[test]
-fn dense_forward_and_both_gradients() {
-    let Some(gpu) = gpu() else { return };
-    let runs = [(1, 1, 1), (1, 13, 3), (7, 70, 5), (33, 130, 65)]
-        .into_iter()
-        .enumerate()
-        .flat_map(|(k, (n, i, o))| variants(gpu, i * o).map(|r| (k, (n, i, o), r)));
-    for (k, (n, i, o), (how, gpu)) in runs {
-        let gpu = &gpu;
-        let s = 400 + 10 * k as u64;
-        let (x, w, b, dy) = (
-            rand([n, i], s),
-            rand([o, i], s + 1),
-            rand([o], s + 2),
-            rand([n, o], s + 3),
-        );
-        let up = |t: &Tensor| gpu.upload(t);
-        same(
-            &format!("dense{how}"),
-            &Cpu.dense_forward(&x, &w, &b),
-            &gpu.download(&gpu.dense_forward(&up(&x), &up(&w), &up(&b))),
-            TOL,
-        );
-        same(
-            &format!("dense dx{how}"),
-            &Cpu.dense_backward_input(&dy, &w),
-            &gpu.download(&gpu.dense_backward_input(&up(&dy), &up(&w))),
-            TOL,
-        );
-        let (cw, cb) = Cpu.dense_backward_weight(&x, &dy);
-        let (gw, gb) = gpu.dense_backward_weight(&up(&x), &up(&dy));
-        same(&format!("dense dw{how}"), &cw, &gpu.download(&gw), TOL);
-        same(&format!("dense db{how}"), &cb, &gpu.download(&gb), TOL);
-    }
-}
-
-#[test]
-fn relu_dropout_loss_and_optimisers() {
-    let Some(gpu) = gpu() else { return };
-    for (how, gpu) in &variants(gpu, 1001) {
-        relu_and_dropout(how, gpu);
-    }
-    let z = Tensor::new(
-        [600, 1],
-        (0..600).map(|i| (i as f32 - 300.0) / 10.0).collect(),
+    println!("{}: {compared} outputs compared", gpu.name());
+    assert!(
+        failed.is_empty(),
+        "GPU differs from CPU:\n{}",
+        failed.join("\n")
     );
-    let y = Tensor::new([600], (0..600).map(|i| (i % 3 == 0) as u8 as f32).collect());
-    for w in [1.0, 4.7] {
-        let (cl, cg) = Cpu.bce_with_logits(&z, &y, w);
-        let (gl, gg) = gpu.bce_with_logits(&gpu.upload(&z), &gpu.upload(&y), w);
-        same("bce loss", &cl, &gpu.download(&gl), 1e-5);
-        same("bce grad", &cg, &gpu.download(&gg), 1e-5);
-    }
+}
 
-    let (p, g) = (rand([777], 502), rand([777], 503));
-    let (mut cp, mut cm, mut cv) = (p.clone(), Tensor::zeros([777]), Tensor::zeros([777]));
-    let (mut gp, mut gm, mut gv) = (
-        gpu.upload(&p),
-        gpu.zeros(&[777].into()),
-        gpu.zeros(&[777].into()),
-    );
-    for t in 1..=3 {
-        let h = AdamStep {
-            lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            t,
-        };
-        Cpu.adam_step(&mut cp, &g, &mut cm, &mut cv, &h);
-        gpu.adam_step(&mut gp, &gpu.upload(&g), &mut gm, &mut gv, &h);
-    }
-    same("adam", &cp, &gpu.download(&gp), 1e-5);
-    same("adam v", &cv, &gpu.download(&gv), 1e-5);
-    let h = SgdStep {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 1e-3,
-    };
-    let (mut cp, mut cvel) = (p.clone(), Tensor::zeros([777]));
-    let (mut gp, mut gvel) = (gpu.upload(&p), gpu.zeros(&[777].into()));
-    for _ in 0..2 {
-        Cpu.sgd_step(&mut cp, &g, &mut cvel, &h);
-        gpu.sgd_step(&mut gp, &gpu.upload(&g), &mut gvel, &h);
-    }
-    same("sgd", &cp, &gpu.download(&gp), 1e-5);
+/// What the cases do not cover: batch norm's running statistics, a copy, and gradient health
+/// (squared norms read back together, NaN kept; in-place scaling).
+#[test]
+fn running_statistics_copies_and_gradient_health() {
+    let Some(gpu) = gpu() else { return };
+    let (rm, batch) = (rand([300], 1), rand([300], 2));
+    let (mut crm, mut grm) = (rm.clone(), gpu.upload(&rm));
+    Cpu.ema_update(&mut crm, &batch, 0.1, 1.5);
+    gpu.ema_update(&mut grm, &gpu.upload(&batch), 0.1, 1.5);
+    same("running statistics", &crm, &gpu.download(&grm), 1e-6);
+    let x = rand([3, 1001], 500);
+    same("copy", &x, &gpu.download(&gpu.copy(&gpu.upload(&x))), 0.0);
 
-    // gradient health: squared norms (one read for all) and in-place scaling
     let (a, b) = (rand([1], 504), rand([70_001], 505));
     let want = Cpu.squared_norms(&[&a, &b]);
     let got = gpu.squared_norms(&[&gpu.upload(&a), &gpu.upload(&b)]);
     for (w, g) in want.iter().zip(&got) {
-        assert!(
-            (w - g).abs() <= 1e-5 * w.abs().max(1.0),
-            "{want:?} vs {got:?}"
-        );
+        assert!((w - g).abs() <= 1e-5 * w.abs(), "{want:?} vs {got:?}");
     }
     let mut nan = b.clone();
     nan.data[123] = f32::NAN;
@@ -379,51 +93,6 @@ fn relu_dropout_loss_and_optimisers() {
     Cpu.scale(&mut cb, 0.25);
     gpu.scale(&mut gb, 0.25);
     same("scale", &cb, &gpu.download(&gb), 0.0);
-}
-
-fn relu_and_dropout(how: &str, gpu: &Gpu) {
-    let x = rand([3, 1001], 500);
-    let dy = rand([3, 1001], 501);
-    let gx = gpu.upload(&x);
-    same(
-        &format!("relu{how}"),
-        &Cpu.relu_forward(&x),
-        &gpu.download(&gpu.relu_forward(&gx)),
-        0.0,
-    );
-    same(
-        &format!("relu dx{how}"),
-        &Cpu.relu_backward(&x, &dy),
-        &gpu.download(&gpu.relu_backward(&gx, &gpu.upload(&dy))),
-        0.0,
-    );
-    same(
-        &format!("add{how}"),
-        &Cpu.add(&x, &dy),
-        &gpu.download(&gpu.add(&gx, &gpu.upload(&dy))),
-        0.0,
-    );
-    same(
-        &format!("copy{how}"),
-        &x,
-        &gpu.download(&gpu.copy(&gx)),
-        0.0,
-    );
-    // the dropout mask is a hash of (seed, index): bit-identical on both backends
-    for seed in [0, 1, 1 << 40] {
-        same(
-            &format!("dropout{how}"),
-            &Cpu.dropout_forward(&x, 0.3, seed),
-            &gpu.download(&gpu.dropout_forward(&gx, 0.3, seed)),
-            1e-7,
-        );
-    }
-    same(
-        &format!("dropout dx{how}"),
-        &Cpu.dropout_backward(&dy, 0.5, 9),
-        &gpu.download(&gpu.dropout_backward(&gpu.upload(&dy), 0.5, 9)),
-        1e-7,
-    );
 }
 
 /// Losses of `steps` optimiser steps on a fixed random batch.

@@ -9,10 +9,12 @@
 //! - conv weights are `[C_out, C_in, KH, KW]`, dense weights are `[out, in]` (as in PyTorch);
 //! - losses are means over the batch, so gradients already carry the `1/N`.
 
+pub mod cases;
 pub mod cpu;
 pub mod geometry;
 pub mod gpu;
 pub mod hash;
+pub mod reference;
 
 pub use geometry::{Conv2dGeom, Padding, Pool2dGeom};
 

@@ -11,8 +11,8 @@ pub mod report;
 pub use report::{Backends, ChildResult, Report};
 
 use crate::backend::gpu::{Gpu, KernelTime};
-use crate::backend::{AdamStep, Backend};
-use crate::nn::{loss, LayerSpec, Mode, Model, ModelSpec};
+use crate::backend::{cases, AdamStep, Backend};
+use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::tensor::Tensor;
 use anyhow::Result;
@@ -144,163 +144,58 @@ fn batched(batch: usize, sample: &[usize]) -> Vec<usize> {
 }
 
 /// Every op of `spec`'s layers at the model's shapes with a batch of `batch`, then the loss and
-/// an Adam update of every parameter. Each op runs the backend's kernel on random inputs.
+/// an Adam update of every parameter. Each pass of each op (`backend::cases`, the list the tests
+/// check against the reference) runs the backend's kernel on the case's inputs.
 pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Vec<Op<'a>>> {
-    let infos = spec.layers()?;
     let mut ops = Vec::new();
-    for info in &infos {
-        let seed = 100 * info.index as u64;
-        // each op gets its own tensors (the backend's tensors are not `Clone`)
-        let x = || random(be, batched(batch, &info.input), seed);
-        let dy = || random(be, batched(batch, &info.output), seed + 1);
+    for info in spec.layers()? {
+        let Some(case) = cases::Op::for_layer(&info, batch) else {
+            continue; // a flatten moves no data
+        };
         let label = format!("{:02} {}", info.index, info.spec.describe());
-        let flops = Some(info.flops * batch as u64);
-        match info.spec {
-            LayerSpec::Conv2d { filters, .. } => {
-                let g = info
-                    .spec
-                    .conv_geom(&info.input)
-                    .expect("checked by ModelSpec::layers");
-                let g = g.with_batch(batch);
-                let weight = || random(be, g.weight_shape().to_vec(), seed + 2);
-                let (x1, w1, b1) = (x(), weight(), be.zeros(&[filters].into()));
-                ops.push(Op::new(format!("{label} forward"), flops, move || {
-                    drop(be.conv2d_forward(&x1, &w1, &b1, &g))
-                }));
-                let (dy2, w2) = (dy(), weight());
-                ops.push(Op::new(
-                    format!("{label} backward input"),
-                    flops,
-                    move || drop(be.conv2d_backward_input(&dy2, &w2, &g)),
-                ));
-                let (x3, dy3) = (x(), dy());
-                ops.push(Op::new(
-                    format!("{label} backward weight"),
-                    flops,
-                    move || drop(be.conv2d_backward_weight(&x3, &dy3, &g)),
-                ));
-            }
-            LayerSpec::DepthwiseConv2d { .. } => {
-                let g = info
-                    .spec
-                    .conv_geom(&info.input)
-                    .expect("checked by ModelSpec::layers");
-                let g = g.with_batch(batch);
-                let weight = || random(be, g.depthwise_weight_shape().to_vec(), seed + 2);
-                let (x1, w1, b1) = (x(), weight(), be.zeros(&[g.c_in].into()));
-                ops.push(Op::new(format!("{label} forward"), flops, move || {
-                    drop(be.depthwise_conv2d_forward(&x1, &w1, &b1, &g))
-                }));
-                let (dy2, w2) = (dy(), weight());
-                ops.push(Op::new(
-                    format!("{label} backward input"),
-                    flops,
-                    move || drop(be.depthwise_conv2d_backward_input(&dy2, &w2, &g)),
-                ));
-                let (x3, dy3) = (x(), dy());
-                ops.push(Op::new(
-                    format!("{label} backward weight"),
-                    flops,
-                    move || drop(be.depthwise_conv2d_backward_weight(&x3, &dy3, &g)),
-                ));
-            }
-            LayerSpec::Add => {
-                // the sum itself; a projection's 1x1 convolution is timed within whole steps
-                let (a, b) = (x(), x());
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.add(&a, &b))
-                }));
-                let dy2 = dy();
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.copy(&dy2))
-                }));
-            }
-            LayerSpec::GlobalAvgPool => {
-                let x1 = x();
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.global_avgpool_forward(&x1))
-                }));
-                let dy2 = dy();
-                let hw = (info.input[1], info.input[2]);
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.global_avgpool_backward(&dy2, hw))
-                }));
-            }
-            LayerSpec::BatchNorm { eps, .. } => {
-                let c = info.input[0];
-                let gamma = || be.upload(&Tensor::full([c], 1.0));
-                let (x1, g1, b1) = (x(), gamma(), be.zeros(&[c].into()));
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.batchnorm_forward_train(&x1, &g1, &b1, eps))
-                }));
-                let (x2, dy2, g2) = (x(), dy(), gamma());
-                let (_, stats) = be.batchnorm_forward_train(&x2, &g2, &be.zeros(&[c].into()), eps);
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.batchnorm_backward(&x2, &dy2, &g2, &stats))
-                }));
-            }
-            LayerSpec::MaxPool { .. } => {
-                let g = info
-                    .spec
-                    .pool_geom(&info.input)
-                    .expect("checked by ModelSpec::layers");
-                let g = g.with_batch(batch);
-                let x1 = x();
-                let (_, argmax) = be.maxpool_forward(&x1, &g);
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.maxpool_forward(&x1, &g))
-                }));
-                let dy2 = dy();
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.maxpool_backward(&dy2, &argmax, &g))
-                }));
-            }
-            LayerSpec::Dense { units } => {
-                let weight = || random(be, vec![units, info.input[0]], seed + 2);
-                let (x1, w1, b1) = (x(), weight(), be.zeros(&[units].into()));
-                ops.push(Op::new(format!("{label} forward"), flops, move || {
-                    drop(be.dense_forward(&x1, &w1, &b1))
-                }));
-                let (x2, dy2, w2) = (x(), dy(), weight());
-                // dx and dw: two products of the forward one's size
-                let both = flops.map(|f| 2 * f);
-                ops.push(Op::new(format!("{label} backward"), both, move || {
-                    drop(be.dense_backward_input(&dy2, &w2));
-                    drop(be.dense_backward_weight(&x2, &dy2));
-                }));
-            }
-            LayerSpec::Relu => {
-                let x1 = x();
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.relu_forward(&x1))
-                }));
-                let (x2, dy2) = (x(), dy());
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.relu_backward(&x2, &dy2))
-                }));
-            }
-            LayerSpec::Dropout { rate } => {
-                let (x1, dy2) = (x(), dy());
-                ops.push(Op::new(format!("{label} forward"), None, move || {
-                    drop(be.dropout_forward(&x1, rate, 1))
-                }));
-                ops.push(Op::new(format!("{label} backward"), None, move || {
-                    drop(be.dropout_backward(&dy2, rate, 1))
-                }));
-            }
-            LayerSpec::Flatten => {}
-        }
+        // the FLOPs of the layer itself, which for an `add` include its projection's
+        let flops = case.flops(0).map(|_| info.flops * batch as u64);
+        ops.extend(timed_passes(
+            be,
+            &case,
+            &label,
+            flops,
+            100 * info.index as u64,
+        ));
     }
-    let logits = random(be, vec![batch, 1], 1);
-    let targets = be.upload(&Tensor::new(
-        [batch],
-        (0..batch).map(|i| (i % 2) as f32).collect(),
-    ));
-    ops.push(Op::new("loss (BCE with logits)".into(), None, move || {
-        drop(be.bce_with_logits(&logits, &targets, 1.0))
-    }));
+    let loss = cases::Op::Bce {
+        n: batch,
+        pos_weight: 1.0,
+    };
+    ops.extend(timed_passes(be, &loss, "loss (BCE with logits)", None, 1));
     ops.push(adam_op(be, spec)?);
     Ok(ops)
+}
+
+/// Each pass of `case` as one op to time, each with inputs of its own (the backend's tensors
+/// are not `Clone`), labelled "<label> <pass>" ("forward" alone for a one-pass op).
+fn timed_passes<'a, B: Backend>(
+    be: &'a B,
+    case: &cases::Op,
+    label: &str,
+    flops: Option<u64>,
+    seed: u64,
+) -> Vec<Op<'a>> {
+    let inputs = case.inputs(seed);
+    let dy = Tensor::rand_uniform(case.output_shape(), -1.0, 1.0, seed + 1);
+    let passes = case.passes();
+    (0..passes.len())
+        .map(|pass| {
+            let mut state = case.prepare(be, &inputs, &dy);
+            let case = case.clone();
+            let name = if passes.len() == 1 {
+                label.to_string()
+            } else {
+                format!("{label} {}", passes[pass])
+            };
+            Op::new(name, flops, move || drop(case.run(be, pass, &mut state)))
+        })
+        .collect()
 }
 
 /// One Adam update of every trainable parameter of the model.
@@ -485,13 +380,16 @@ pub fn profile_training_step(gpu: &Gpu, cfg: &BenchConfig) -> Result<Vec<KernelT
 
 /// How many timed items [`run`] reports through `tick` for this config.
 pub fn steps(cfg: &BenchConfig) -> usize {
-    let per_layer = |spec: &LayerSpec| match spec {
-        LayerSpec::Conv2d { .. } | LayerSpec::DepthwiseConv2d { .. } => 3,
-        LayerSpec::Flatten => 0,
-        _ => 2,
-    };
-    let layers: usize = cfg.spec.layers.iter().map(|n| per_layer(&n.layer)).sum();
-    2 + layers + 2
+    let layer_passes: usize = cfg
+        .spec
+        .layers()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|info| cases::Op::for_layer(info, cfg.batch))
+        .map(|op| op.passes().len())
+        .sum();
+    // the training step and the inference batch; the ops; the loss and the Adam update
+    2 + layer_passes + 2
 }
 
 /// The CPU's measured FMA peak and our GEMM's rate on 1024×1024 matrices.
@@ -523,6 +421,7 @@ pub fn peak_rss_mib() -> f64 {
 mod tests {
     use super::*;
     use crate::backend::cpu::Cpu;
+    use crate::nn::LayerSpec;
 
     #[test]
     fn every_layer_op_runs_and_is_counted() {

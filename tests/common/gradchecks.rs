@@ -27,6 +27,13 @@ pub fn assert_all(reports: &[Report], tol: f64) {
     );
 }
 
+/// As [`assert_all`], for an op that may have no differentiable input (an optimiser step).
+pub fn assert_all_or_none(reports: &[Report], tol: f64) {
+    if !reports.is_empty() {
+        assert_all(reports, tol);
+    }
+}
+
 /// For whole models: in early layers, moving one weight shifts thousands of units and nearly
 /// every step crosses some ReLU kink or pooling switch, so a tensor may have no entry that can be
 /// compared (each layer is checked entry by entry on its own above). Nine in ten compared entries
@@ -69,191 +76,18 @@ pub fn assert_model(reports: &[Report], (tol90, tol_max): (f64, f64)) {
 macro_rules! gradcheck_suite {
     // $backend: an Option<&Backend> (None skips the tests); $samples: entries checked per tensor.
     ($backend:expr, $samples:expr) => {
-        use fracture_cnn::backend::{Conv2dGeom, Padding, Pool2dGeom};
+        use fracture_cnn::backend::Padding;
         use fracture_cnn::gradcheck as gc;
         use fracture_cnn::gradcheck::{LAYER_TOL as OP_TOL, MODEL_TOL};
         use fracture_cnn::nn::spec::Size2;
         use fracture_cnn::nn::{LayerSpec, ModelSpec};
-        use $crate::common::gradchecks::{assert_all, assert_model};
-
-        #[allow(clippy::too_many_arguments)]
-        fn conv(
-            n: usize,
-            ci: usize,
-            h: usize,
-            w: usize,
-            co: usize,
-            k: (usize, usize),
-            s: (usize, usize),
-            p: Padding,
-        ) -> Conv2dGeom {
-            Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap()
-        }
+        use $crate::common::gradchecks::{assert_all, assert_all_or_none, assert_model};
 
         #[test]
-        fn conv2d_3x3_same_stride1() {
+        fn every_op_case_against_finite_differences() {
             let Some(be) = $backend else { return };
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(2, 3, 6, 5, 4, (3, 3), (1, 1), Padding::Same),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn conv2d_3x3_stride2_same_and_valid() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(2, 2, 7, 6, 3, (3, 3), (2, 2), Padding::Same),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(1, 2, 7, 7, 3, (3, 3), (2, 2), Padding::Valid),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn conv2d_non_square_kernel_no_padding() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(2, 2, 5, 6, 3, (2, 3), (1, 1), Padding::Valid),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(1, 2, 5, 6, 2, (2, 4), (1, 2), Padding::Same),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn conv2d_pointwise_1x1() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::conv2d(
-                    be,
-                    conv(2, 5, 3, 4, 3, (1, 1), (1, 1), Padding::Same),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn depthwise_conv2d_strides_paddings_and_kernels() {
-            let Some(be) = $backend else { return };
-            let dw = |n, c, h, w, k, s, p| Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap();
-            for g in [
-                dw(2, 3, 6, 5, (3, 3), (1, 1), Padding::Same),
-                dw(2, 2, 7, 6, (3, 3), (2, 2), Padding::Same),
-                dw(1, 3, 7, 7, (3, 3), (2, 2), Padding::Valid),
-                dw(2, 2, 5, 6, (2, 4), (1, 2), Padding::Same),
-                dw(1, 2, 3, 3, (5, 5), (1, 1), Padding::Same),
-            ] {
-                assert_all(
-                    &gc::depthwise_conv2d(be, g, gc::Probe::op($samples)),
-                    OP_TOL,
-                );
-            }
-        }
-        #[test]
-        fn global_avgpool_planes_of_one_and_many() {
-            let Some(be) = $backend else { return };
-            for shape in [[2, 3, 4, 5], [3, 2, 1, 1]] {
-                assert_all(
-                    &gc::global_avgpool(be, shape, gc::Probe::op($samples)),
-                    OP_TOL,
-                );
-            }
-        }
-        #[test]
-        fn batchnorm_conv_features_batch_1_and_2() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::batchnorm(be, &[1, 3, 4, 5], gc::Probe::op($samples)),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::batchnorm(be, &[2, 3, 3, 3], gc::Probe::op($samples)),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn batchnorm_dense_features_batch_2_and_8() {
-            let Some(be) = $backend else { return };
-            // [N, F]: statistics over the batch only (2 values per feature is the hardest case).
-            assert_all(&gc::batchnorm(be, &[2, 5], gc::Probe::op($samples)), OP_TOL);
-            assert_all(&gc::batchnorm(be, &[8, 6], gc::Probe::op($samples)), OP_TOL);
-        }
-        #[test]
-        fn maxpool_2x2_on_odd_sizes_and_overlapping_3x3() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::maxpool(
-                    be,
-                    Pool2dGeom::new(2, 2, 5, 7, (2, 2), (2, 2)).unwrap(),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::maxpool(
-                    be,
-                    Pool2dGeom::new(1, 2, 7, 6, (3, 3), (2, 2)).unwrap(),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::maxpool(
-                    be,
-                    Pool2dGeom::new(1, 1, 5, 5, (3, 2), (1, 1)).unwrap(),
-                    gc::Probe::op($samples),
-                ),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn dense_forward_backward() {
-            let Some(be) = $backend else { return };
-            assert_all(&gc::dense(be, 3, 7, 5, gc::Probe::op($samples)), OP_TOL);
-            assert_all(&gc::dense(be, 1, 17, 1, gc::Probe::op($samples)), OP_TOL);
-        }
-        #[test]
-        fn relu_and_dropout() {
-            let Some(be) = $backend else { return };
-            assert_all(
-                &gc::relu(be, &[2, 3, 4, 4], gc::Probe::op($samples)),
-                OP_TOL,
-            );
-            assert_all(
-                &gc::dropout(be, &[4, 50], 0.5, gc::Probe::op($samples)),
-                OP_TOL,
-            );
-        }
-        #[test]
-        fn bce_with_logits_including_saturated_logits() {
-            let Some(be) = $backend else { return };
-            let logits = [-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0, 30.0];
-            let targets = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
-            for w in [1.0, 4.5] {
-                let r = gc::bce(be, &logits, &targets, w);
-                assert_all(&[r], OP_TOL);
+            for op in fracture_cnn::backend::cases::suite() {
+                assert_all_or_none(&gc::op_case(be, &op, gc::Probe::op($samples)), OP_TOL);
             }
         }
         #[test]

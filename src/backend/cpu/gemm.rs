@@ -83,25 +83,71 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this processor runs.
+    /// The kernel the CPU backend runs: the fastest this processor runs, or the one named by
+    /// `FRACTURE_CPU_KERNEL` (portable, avx2 or avx512), so that tests and benchmarks can run
+    /// every path on one machine. A name this processor cannot run is reported once and the
+    /// fastest kernel is used instead.
     pub fn detect() -> Kernel {
-        *Kernel::available().last().expect("the portable kernel")
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let fastest = *Kernel::available().last().expect("the portable kernel");
+            let Ok(name) = std::env::var("FRACTURE_CPU_KERNEL") else {
+                return fastest;
+            };
+            match Kernel::available().into_iter().find(|k| k.name() == name) {
+                Some(k) => k,
+                None => {
+                    eprintln!(
+                        "warning: FRACTURE_CPU_KERNEL={name} is not a GEMM kernel this processor runs \
+                         (it runs: {}); using {}",
+                        Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+                        fastest.name()
+                    );
+                    fastest
+                }
+            }
+        })
+    }
+
+    /// The name `FRACTURE_CPU_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Every kernel of this build, slowest first, whether this processor runs it or not.
+    pub fn all() -> Vec<Kernel> {
+        vec![
+            Kernel::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512,
+        ]
     }
 
     /// Every kernel this processor runs, slowest first.
     pub fn available() -> Vec<Kernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                kernels.push(Kernel::Avx2Fma);
-            }
-            if is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::Avx512);
-            }
+        Kernel::all()
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
+    }
+
+    /// Whether this processor has the instructions the kernel uses.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
         }
-        kernels
     }
 }
 
@@ -119,6 +165,12 @@ pub fn gemm_with(
     ldc: usize,
     accumulate: bool,
 ) {
+    // The SIMD kernels are `unsafe` to run without their instructions: refuse, whoever asked.
+    assert!(
+        kernel.runs_here(),
+        "gemm: the {} kernel needs instructions this processor does not have",
+        kernel.name()
+    );
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: A is {m}x{k} but B has {} rows", b.rows);
     assert!(
@@ -288,8 +340,8 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<
 fn run_kernel(kernel: Kernel, kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
     match kernel {
         Kernel::Portable => kernel_portable(kc, a, b, acc),
-        // SAFETY: `Kernel::Avx2Fma` is only constructed after run-time detection of AVX2 and FMA
-        // (or by a test that checks for them), and the packed strips hold `kc * MR` / `kc * NR` floats.
+        // SAFETY: `gemm_with` refuses a kernel whose instructions this processor lacks
+        // (`Kernel::runs_here`), and the packed strips hold `kc * MR` / `kc * NR` floats.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => unsafe { kernel_avx2_fma(kc, a, b, acc) },
         // SAFETY: as above, for AVX-512F.
@@ -413,6 +465,30 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_kernel_this_processor_cannot_run_is_refused() {
+        // On a processor that runs every kernel (Zen 4), there is nothing to refuse.
+        let (a, b) = (vec![1.0; 4], vec![1.0; 4]);
+        for kernel in Kernel::all().into_iter().filter(|k| !k.runs_here()) {
+            let refused = std::panic::catch_unwind(|| {
+                let mut c = vec![0.0; 4];
+                gemm_with(
+                    kernel,
+                    MatRef::rows(&a, 2, 2),
+                    MatRef::rows(&b, 2, 2),
+                    &mut c,
+                    2,
+                    false,
+                );
+            });
+            let message = *refused.expect_err("ran").downcast::<String>().unwrap();
+            assert!(
+                message.contains("instructions this processor does not have"),
+                "{message}"
+            );
         }
     }
 

@@ -1,0 +1,152 @@
+//! Every op of every backend against the reference backend (`backend::reference`, plain loops),
+//! on the cases of `backend::cases`: each pass's every output, forward and backward, and the
+//! optimisers' updates. A bug made the same way in a forward and its backward pass (padding on
+//! the wrong side of both, say) passes the finite-difference checks; here it fails.
+//! The CPU runs under each GEMM kernel this processor has; the GPU under each of its variants.
+
+mod common;
+
+use fracture_cnn::backend::cases::{suite, Op};
+use fracture_cnn::backend::cpu::gemm::Kernel;
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::gpu::GemmKernel;
+use fracture_cnn::backend::reference::Reference;
+use fracture_cnn::backend::Backend;
+use fracture_cnn::tensor::Tensor;
+
+/// Relative to each tensor's own largest value: f32 sums in another order than the reference's
+/// f64 ones, over at most a few hundred terms.
+const TOL: f32 = 1e-5;
+/// Batch norm's input gradient is a difference of terms that nearly cancel.
+const BN_TOL: f32 = 1e-4;
+
+const SEED: u64 = 7;
+
+fn tolerance(op: &Op) -> f32 {
+    match op {
+        Op::BatchNorm(_) => BN_TOL,
+        _ => TOL,
+    }
+}
+
+/// Each output of `got` within the op's tolerance of the same output of `want`.
+fn mismatches(op: &Op, want: &[(String, Tensor)], got: &[(String, Tensor)]) -> Vec<String> {
+    assert_eq!(
+        want.len(),
+        got.len(),
+        "{}: outputs differ in number",
+        op.name()
+    );
+    want.iter()
+        .zip(got)
+        .filter_map(|((name, w), (_, g))| {
+            g.check_close(w, tolerance(op))
+                .err()
+                .map(|e| format!("{} {name}: {e}", op.name()))
+        })
+        .collect()
+}
+
+/// Every case on `be` against the reference; panics listing every output that differs.
+fn assert_matches_reference<B: Backend>(be: &B) {
+    let mut failed = Vec::new();
+    for op in suite() {
+        let want = op.outputs(&Reference, SEED);
+        failed.extend(mismatches(&op, &want, &op.outputs(be, SEED)));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} differs from the reference:\n{}",
+        be.name(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn cpu_matches_the_reference() {
+    println!("{}", Cpu.name());
+    assert_matches_reference(&Cpu);
+}
+
+/// The CPU backend picks its GEMM kernel once per process: each other kernel this processor has
+/// runs `cpu_matches_the_reference` in a process of its own (`FRACTURE_CPU_KERNEL`).
+#[test]
+fn cpu_matches_the_reference_with_every_gemm_kernel() {
+    let others = Kernel::available()
+        .into_iter()
+        .filter(|k| *k != Kernel::detect());
+    for kernel in others {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
+            .env("FRACTURE_CPU_KERNEL", kernel.name())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "with the {kernel:?} kernel:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{kernel:?} GEMM kernel")) && stdout.contains("1 passed"),
+            "the {kernel:?} kernel did not run:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn gpu_matches_the_reference_with_each_gemm_kernel() {
+    let Some(gpu) = common::gpu::backend() else {
+        return;
+    };
+    for kernel in [GemmKernel::Registers, GemmKernel::Tiled] {
+        assert_matches_reference(&gpu.with_gemm(kernel));
+    }
+}
+
+/// Negative controls: for every case and every output, a wrong answer of each kind is refused
+/// at the tolerance the tests use, so no case's tolerance is loose enough to hide a bug.
+#[test]
+fn every_case_refuses_wrong_answers() {
+    type Wrong = fn(&mut Tensor);
+    let wrongs: [(&str, Wrong); 5] = [
+        ("a sign flip", |t| t.data.iter_mut().for_each(|v| *v = -*v)),
+        ("a factor of 2", |t| {
+            t.data.iter_mut().for_each(|v| *v *= 2.0)
+        }),
+        ("one wrong entry", |t| {
+            let i = largest(t);
+            t.data[i] *= 1.01;
+        }),
+        ("a NaN", |t| {
+            let i = t.numel() / 2;
+            t.data[i] = f32::NAN;
+        }),
+        ("an infinity", |t| t.data[0] = f32::INFINITY),
+    ];
+    for op in suite() {
+        let want = op.outputs(&Reference, SEED);
+        for k in 0..want.len() {
+            for (what, wrong) in wrongs {
+                let mut got = want.clone();
+                wrong(&mut got[k].1);
+                let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                if bits(&got[k].1) == bits(&want[k].1) {
+                    continue; // an all-zero output is its own negation and double
+                }
+                assert!(
+                    !mismatches(&op, &want, &got).is_empty(),
+                    "{} {}: {what} was accepted",
+                    op.name(),
+                    want[k].0
+                );
+            }
+        }
+    }
+}
+
+fn largest(t: &Tensor) -> usize {
+    (0..t.numel())
+        .max_by(|&a, &b| t.data[a].abs().total_cmp(&t.data[b].abs()))
+        .unwrap_or(0)
+}
