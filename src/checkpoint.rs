@@ -93,6 +93,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     ));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Some(k) = crate::faults::cut_write_at(path).filter(|&k| k < data.len()) {
+            f.write_all(&data[..k])?;
+            f.sync_all()?;
+            crate::faults::die_mid_write(path, k);
+        }
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -12,6 +12,7 @@ pub mod cv;
 pub mod data;
 pub mod eval;
 pub mod explain;
+pub mod faults;
 pub mod gradcheck;
 pub mod inspect;
 pub mod metrics;

@@ -820,6 +820,9 @@ fn run<B: Backend>(
             // Batch norm needs two samples to have a variance; a last batch of one is dropped.
             if idx.len() >= 2 {
                 train_step(be, cfg, &mut state, train_ds, idx, (pos_weight, lr), epoch)?;
+                if crate::faults::stop_after_step(state.progress.steps) {
+                    STOP.store(true, Ordering::SeqCst);
+                }
             }
             state.progress.batches_done = i + 1;
             bar.inc(idx.len() as u64);

@@ -6,9 +6,9 @@ mod common;
 
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::Backend;
-use fracture_cnn::checkpoint;
 use fracture_cnn::nn::{Model, ModelSpec};
 use fracture_cnn::train;
+use fracture_cnn::{checkpoint, faults};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -365,18 +365,112 @@ fn figures(run_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `train --resume RUN` on the CPU, quietly, with an optional fault hook.
+fn resume(run_dir: &Path, more: &[&str], hook: Option<(&str, &str)>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["train", "--resume", run_dir.to_str().unwrap()])
+        .args(["--backend", "cpu", "--quiet"])
+        .args(more);
+    if let Some((var, value)) = hook {
+        cmd.env(var, value);
+    }
+    cmd.output().unwrap()
+}
+
+fn steps_saved(last: &Path) -> u64 {
+    let (info, _) = checkpoint::read(last).expect("a loadable checkpoint");
+    let progress = info.progress.expect("a run's progress");
+    serde_json::from_str::<train::Progress>(&progress)
+        .unwrap()
+        .steps
+}
+
+/// 16 training images in batches of 4: 4 steps an epoch. A stop after step k, anywhere in an
+/// epoch (its first step, its middle, its last), saves the run with k steps done, and the resumed
+/// run ends with every figure of a run that was never stopped.
 #[test]
-fn ctrl_c_and_sigterm_save_the_run_and_resume_continues_it_exactly() {
+fn a_stop_after_any_step_saves_the_run_and_resume_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path(), 8);
-    let epochs = ["--epochs", "30"];
+    let epochs = ["--epochs", "3"];
     let whole = dir.path().join("whole");
     assert!(run(&train_args(&data, &whole, &epochs)).status.success());
+    for k in [1u64, 6, 8, 11] {
+        let out = dir.path().join(format!("stopped-at-{k}"));
+        let o = Command::new(BIN)
+            .args(train_args(&data, &out, &epochs))
+            .env("FRACTURE_FAULT_STOP_AFTER_STEP", k.to_string())
+            .output()
+            .unwrap();
+        let (code, err) = failure(&o);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(code, Some(130), "step {k}: {stdout}{err}");
+        // a stop after an epoch's last step is seen at the next epoch's first
+        let (epoch, batch) = (k / 4 + 1, k % 4);
+        assert!(
+            stdout.contains(&format!(
+                "stopped during epoch {epoch} after {batch} of 4 batches"
+            )),
+            "step {k}: {stdout}"
+        );
+        assert_eq!(steps_saved(&run_dir(&out).join("last.safetensors")), k);
+        let o = resume(&run_dir(&out), &[], None);
+        assert!(o.status.success(), "{}", failure(&o).1);
+        assert_eq!(
+            figures(&run_dir(&out)),
+            figures(&run_dir(&whole)),
+            "step {k}"
+        );
+    }
+}
+
+/// A kill in the middle of a checkpoint's write, at any byte of it, leaves the previous
+/// checkpoint as it was, byte for byte; the run resumes from it to the figures of a run that
+/// was never killed.
+#[test]
+fn a_kill_at_any_byte_of_a_checkpoint_write_leaves_the_previous_one_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 8);
+    let whole = dir.path().join("whole");
+    assert!(run(&train_args(&data, &whole, &["--epochs", "2"]))
+        .status
+        .success());
+    let out = dir.path().join("runs");
+    assert!(run(&train_args(&data, &out, &["--epochs", "1"]))
+        .status
+        .success());
+    let last = run_dir(&out).join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    for k in [0, 1, 4096, before.len() / 2, before.len() - 1] {
+        let hook = format!("last.safetensors:{k}");
+        let o = resume(
+            &run_dir(&out),
+            &["--epochs", "2"],
+            Some(("FRACTURE_FAULT_CUT_WRITE", &hook)),
+        );
+        let (code, err) = failure(&o);
+        assert_eq!(code, Some(faults::CUT_WRITE_EXIT), "byte {k}: {err}");
+        assert!(err.contains(&format!("killed after {k} bytes")), "{err}");
+        assert!(
+            std::fs::read(&last).unwrap() == before,
+            "byte {k}: last.safetensors changed"
+        );
+        assert_eq!(steps_saved(&last), 4);
+    }
+    let o = resume(&run_dir(&out), &["--epochs", "2"], None);
+    assert!(o.status.success(), "{}", failure(&o).1);
+    assert_eq!(figures(&run_dir(&out)), figures(&run_dir(&whole)));
+}
+
+/// Ctrl-C and SIGTERM (whenever they land in a long run) stop it cleanly, saved and resumable.
+#[test]
+fn ctrl_c_and_sigterm_stop_a_run_cleanly_and_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path(), 8);
     for (i, sig) in [libc::SIGINT, libc::SIGTERM].into_iter().enumerate() {
         let out = dir.path().join(format!("stopped{i}"));
-        let child = start(&data, &out, &epochs);
+        let child = start(&data, &out, &["--epochs", "100000"]);
         wait_for(&run_dir(&out).join("last.safetensors"));
-        std::thread::sleep(Duration::from_millis(30 + 40 * i as u64));
         signal(&child, sig);
         let o = child.wait_with_output().unwrap();
         let (code, err) = failure(&o);
@@ -386,53 +480,12 @@ fn ctrl_c_and_sigterm_save_the_run_and_resume_continues_it_exactly() {
             stdout.contains("continue it with: fracture-cnn train --resume"),
             "{stdout}"
         );
-        let o = run(&[
-            "train",
-            "--resume",
-            run_dir(&out).to_str().unwrap(),
-            "--backend",
-            "cpu",
-            "--quiet",
-        ]);
+        let last = run_dir(&out).join("last.safetensors");
+        let done = steps_saved(&last) / 4;
+        let o = resume(&run_dir(&out), &["--epochs", &(done + 1).to_string()], None);
         assert!(o.status.success(), "{}", failure(&o).1);
-        assert_eq!(figures(&run_dir(&out)), figures(&run_dir(&whole)));
+        assert_eq!(steps_saved(&last), 4 * (done + 1));
     }
-}
-
-#[test]
-fn a_killed_run_always_leaves_a_loadable_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dataset(dir.path(), 8);
-    let out = dir.path().join("runs");
-    let folder = run_dir(&out);
-    let last = folder.join("last.safetensors");
-    let mut child = start(&data, &out, &["--epochs", "1000"]);
-    wait_for(&last);
-    for round in 0..6u64 {
-        // kill at a point that moves through the epoch (and its checkpoint writes) each round
-        std::thread::sleep(Duration::from_millis(17 + round * 23));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let (info, _) = checkpoint::read(&last).expect("a loadable checkpoint remains");
-        assert!(info.progress.is_some());
-        let resume = [
-            "train",
-            "--resume",
-            folder.to_str().unwrap(),
-            "--backend",
-            "cpu",
-            "--quiet",
-        ];
-        child = Command::new(BIN)
-            .args(resume)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    checkpoint::read(&last).expect("a loadable checkpoint remains");
 }
 
 /// `train` with the GPU made to fail at its `sync`-th wait for the device (as if it were lost).
