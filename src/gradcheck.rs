@@ -380,7 +380,9 @@ pub fn model<B: Backend>(be: &B, spec: &ModelSpec, batch: usize, probe: Probe) -
     // The rounding noise of this model's loss: how much L moves when one weight moves by a
     // step far too small to matter (1e-5 relative). Slopes are not trusted below 4× that / h.
     let mut noise = 0f64;
-    let base = loss_at(&mut model, &x).unwrap_or(0.0);
+    // the point itself is on its own side of every kink, unless the forward pass is not
+    // deterministic, which would make every slope below meaningless
+    let base = loss_at(&mut model, &x).expect("the same forward pass twice lands on other kinks");
     let trainable: Vec<usize> = model
         .named_params()
         .iter()

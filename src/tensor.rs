@@ -133,13 +133,25 @@ impl Tensor {
     /// that differs, is never close. The scale has no floor, so a tensor of small values (a
     /// gradient of 1e-6) is held to its own size, not to 1.
     pub fn check_close(&self, expected: &Tensor, rel_tol: f32) -> Result<(), String> {
+        let scale = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        self.check_close_at_scale(expected, rel_tol, scale)
+    }
+
+    /// [`Tensor::check_close`] with the scale given: for a tensor that is zero in exact
+    /// arithmetic (the bias gradient of a convolution that batch norm follows), whose own values
+    /// are rounding noise, the scale of the computation that produced it.
+    pub fn check_close_at_scale(
+        &self,
+        expected: &Tensor,
+        rel_tol: f32,
+        scale: f32,
+    ) -> Result<(), String> {
         if self.shape != expected.shape {
             return Err(format!(
                 "shape {} where {} was expected",
                 self.shape, expected.shape
             ));
         }
-        let scale = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         let allowed = rel_tol * scale.max(f32::MIN_POSITIVE);
         let worst = (0..self.numel())
             .map(|i| (i, self.abs_diff_at(expected, i)))

@@ -245,8 +245,23 @@ fn gradients_match(name: &str, size: usize, batch: usize) {
         "{name}: a ReLU or pooling window switched between CPU and GPU: choose another input"
     );
     assert_eq!(cpu.len(), on_gpu.len());
+    let largest = |t: &Tensor| t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
     for ((name, c), (_, g)) in cpu.iter().zip(&on_gpu) {
-        same(&format!("{name} gradient of {}", spec.name), c, g, 1e-3);
+        // A convolution's bias that batch norm follows has a true gradient of 0 (the batch mean
+        // absorbs any shift): its values are rounding noise of its layer's weight gradient.
+        let weight = name
+            .strip_suffix(".bias")
+            .map(|layer| format!("{layer}.weight"));
+        let weight = cpu.iter().find(|(n, _)| Some(n) == weight.as_ref());
+        let scale = largest(c).max(weight.map_or(0.0, |(_, w)| 1e-2 * largest(w)));
+        // f32 rounding, in another order on each backend, compounds over dozens of layers
+        // (batch norm's backward pass cancels terms at each): 1 % of each tensor's own scale
+        if let Err(e) = g.check_close_at_scale(c, 1e-2, scale) {
+            panic!(
+                "{name} gradient of {}: GPU differs from CPU: {e}",
+                spec.name
+            );
+        }
     }
 }
 

@@ -344,12 +344,13 @@ impl Context {
         }
     }
 
-    /// Records one kernel launch: `kernel` is "file::entry", `params` the uniform block,
-    /// `bindings` the storage buffers, `groups` the workgroup grid.
-    pub fn launch(
+    /// Records one kernel launch: `kernel` is "file::entry", `params` the uniform block (the
+    /// `Params` struct of the kernel's family, field for field its WGSL twin), `bindings` the
+    /// storage buffers, `groups` the workgroup grid.
+    pub fn launch<P: bytemuck::Pod>(
         &self,
         kernel: &str,
-        params: &[u32],
+        params: &P,
         bindings: &[Binding],
         groups: (u32, u32, u32),
     ) {
@@ -364,7 +365,7 @@ impl Context {
         );
         let mut rec = self.recording.lock().expect("recording");
         let slot = rec.launches as u32;
-        let bytes: &[u8] = bytemuck::cast_slice(params);
+        let bytes: &[u8] = bytemuck::bytes_of(params);
         assert!(
             bytes.len() as u64 <= PARAMS_BYTES,
             "{kernel}: parameter block too large"

@@ -8,11 +8,27 @@
 //! buffer that fits a binding (see `Gpu::per_window`). Reductions over the batch (batch-norm
 //! statistics, weight and bias gradients) add up across windows.
 
+//!
+//! The files mirror `cpu/`, one op family each, beside its shader (`shaders/<family>.wgsl`):
+//! `gemm`, `conv`, `depthwise`, `batchnorm`, `pool`, `elementwise`, `reduce`, `loss`, `optim`.
+//! Each declares its kernels' parameter block as a `Params` struct, field for field the WGSL
+//! struct of its shader (`params.rs` checks them against each other).
+
+mod batchnorm;
 mod context;
+mod conv;
+mod depthwise;
+mod elementwise;
+mod gemm;
+mod loss;
+mod optim;
+mod params;
+mod pool;
+mod reduce;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
-use self::context::{grid_1d, Binding};
+use self::gemm::Gemm;
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
@@ -86,65 +102,6 @@ impl Window {
     fn is_first(&self) -> bool {
         self.first == 0
     }
-}
-
-/// Parameters of one `gemm.wgsl` launch (see the layout comment there).
-#[derive(Clone, Copy, Default)]
-struct Gemm {
-    m: usize,
-    n: usize,
-    k_hi: usize,
-    k_lo: usize,
-    a_off: usize,
-    a_rs: usize,
-    a_khi: usize,
-    a_klo: usize,
-    b_off: usize,
-    b_cs: usize,
-    b_khi: usize,
-    b_klo: usize,
-    c_off: usize,
-    c_rs: usize,
-    a_batch: usize,
-    b_batch: usize,
-    c_batch: usize,
-    accumulate: bool,
-    batch: usize,
-}
-
-impl Gemm {
-    /// A single `m × k` by `k × n` product, row-major C, with A and B given by their
-    /// (row, column) strides, as the dense layers need.
-    fn matmul(
-        m: usize,
-        n: usize,
-        k: usize,
-        (a_rs, a_cs): (usize, usize),
-        (b_rs, b_cs): (usize, usize),
-    ) -> Gemm {
-        Gemm {
-            m,
-            n,
-            k_hi: 1,
-            k_lo: k,
-            a_rs,
-            a_klo: a_cs,
-            b_cs,
-            b_klo: b_rs,
-            c_rs: n,
-            batch: 1,
-            ..Default::default()
-        }
-    }
-}
-
-/// Values of one unfolded chunk of images at most (keeps `col` well under binding limits).
-const COL_BUDGET: usize = 1 << 24;
-/// Output pixels summed by one invocation of depthwise.wgsl's weight gradient.
-const DEPTHWISE_RUN: usize = 256;
-
-fn u(v: usize) -> u32 {
-    u32::try_from(v).expect("a GPU index beyond 32 bits")
 }
 
 impl Gpu {
@@ -286,330 +243,6 @@ impl Gpu {
             }
         }
     }
-
-    fn gemm(&self, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer) {
-        let params = [
-            g.m,
-            g.n,
-            g.k_hi,
-            g.k_lo,
-            g.a_off,
-            g.a_rs,
-            g.a_khi,
-            g.a_klo,
-            g.b_off,
-            g.b_cs,
-            g.b_khi,
-            g.b_klo,
-            g.c_off,
-            g.c_rs,
-            g.a_batch,
-            g.b_batch,
-            g.c_batch,
-            g.accumulate as usize,
-            0,
-            0,
-        ]
-        .map(u);
-        let groups = (u(g.n.div_ceil(64)), u(g.m.div_ceil(64)), u(g.batch));
-        let aligned = [g.n, g.b_off, g.b_klo, g.b_khi, g.b_batch]
-            .iter()
-            .all(|v| v % 4 == 0);
-        let kernel = match self.gemm {
-            GemmKernel::Tiled => "gemm::gemm_tiled",
-            GemmKernel::Registers if g.b_cs == 1 && aligned => "gemm::gemm_vec4b",
-            GemmKernel::Registers => "gemm::gemm",
-        };
-        // The register kernel binds B twice (as f32s and as vec4s), each variant reading through
-        // one of them; the tiled kernel reads f32s.
-        let bind = [(1, a), (2, b), (3, c), (4, b)];
-        let bind = if self.gemm == GemmKernel::Tiled {
-            &bind[..3]
-        } else {
-            &bind[..]
-        };
-        self.ctx.launch(kernel, &params, bind, groups);
-    }
-
-    /// An element-wise kernel of `elementwise.wgsl` over `n` values.
-    fn elementwise(&self, entry: &str, n: usize, extra: [u32; 4], f: [f32; 2], bind: &[Binding]) {
-        let params = [
-            u(n),
-            extra[0],
-            extra[1],
-            extra[2],
-            f[0].to_bits(),
-            f[1].to_bits(),
-            extra[3],
-            0,
-        ];
-        self.ctx
-            .launch(&format!("elementwise::{entry}"), &params, bind, grid_1d(n));
-    }
-
-    /// `dst[c]` (+)= Σ over n, q of `src[n, c, q]` for an [N, C, Q] view.
-    fn channel_sum(
-        &self,
-        src: &wgpu::Buffer,
-        dst: &wgpu::Buffer,
-        (n, c, q): (usize, usize, usize),
-        accumulate: bool,
-    ) {
-        let params = [u(n), u(c), u(q), accumulate as u32];
-        self.ctx.launch(
-            "reduce::channel_sum",
-            &params,
-            &[(1, src), (2, dst)],
-            (u(c), 1, 1),
-        );
-    }
-
-    fn conv_params(g: &Conv2dGeom, images: usize, first: usize) -> [u32; 16] {
-        [
-            g.c_in, g.h, g.w, g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.out_h,
-            g.out_w, images, first, 0, 0, 0,
-        ]
-        .map(u)
-    }
-
-    /// The parameter block of depthwise.wgsl for a window of `images` images (`run`: output
-    /// pixels per partial sum of the weight gradient).
-    fn depthwise_params(g: &Conv2dGeom, images: usize, run: usize) -> [u32; 16] {
-        [
-            g.c_in, g.h, g.w, g.kh, g.kw, g.stride_h, g.stride_w, g.pad_top, g.pad_left, g.out_h,
-            g.out_w, images, run, 0, 0, 0,
-        ]
-        .map(u)
-    }
-
-    /// Chunks of images (first, count) of `g`'s batch whose unfolded columns fit the budget.
-    /// (A pointwise convolution unfolds nothing: one chunk.)
-    fn conv_chunks(&self, g: &Conv2dGeom) -> Vec<(usize, usize)> {
-        if g.is_pointwise() {
-            return vec![(0, g.n)];
-        }
-        let per_image = g.patch_len() * g.out_h * g.out_w;
-        let budget = COL_BUDGET.max(per_image).min(self.window);
-        assert!(
-            per_image <= budget,
-            "one image's unfolded convolution input needs {per_image} values, more than this GPU \
-             can bind; train::check_fits should have refused this image size"
-        );
-        let step = (budget / per_image).clamp(1, g.n.max(1));
-        (0..g.n)
-            .step_by(step)
-            .map(|f| (f, step.min(g.n - f)))
-            .collect()
-    }
-
-    fn im2col(
-        &self,
-        x: &wgpu::Buffer,
-        g: &Conv2dGeom,
-        (first, images): (usize, usize),
-        col: &GpuTensor,
-    ) {
-        let n = images * g.patch_len() * g.out_h * g.out_w;
-        let params = Self::conv_params(g, images, first);
-        // four values per invocation (IM2COL_RUN in conv.wgsl)
-        self.ctx.launch(
-            "conv::im2col",
-            &params,
-            &[(1, x), (2, col.buf())],
-            grid_1d(n.div_ceil(4)),
-        );
-    }
-
-    /// The unfolded input of a chunk of images as (buffer, offset of the chunk's first column):
-    /// `col`, filled by im2col, or for a pointwise convolution `x` itself, which needs none.
-    fn unfolded<'a>(
-        &self,
-        x: &'a wgpu::Buffer,
-        g: &Conv2dGeom,
-        (first, images): (usize, usize),
-        col: &'a Option<GpuTensor>,
-    ) -> (&'a wgpu::Buffer, usize) {
-        match col {
-            Some(col) => {
-                self.im2col(x, g, (first, images), col);
-                (col.buf(), 0)
-            }
-            None => (x, first * g.c_in * g.h * g.w),
-        }
-    }
-
-    /// A buffer for one chunk's unfolded input, or none for a pointwise convolution.
-    fn col_buffer(&self, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTensor> {
-        (!g.is_pointwise()).then(|| self.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
-    }
-
-    /// Forward convolution of one window: y = w ⊛ x + b, `g` with the window's batch.
-    fn conv_forward_window(
-        &self,
-        x: &wgpu::Buffer,
-        w: &wgpu::Buffer,
-        b: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        g: &Conv2dGeom,
-    ) {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
-        let chunks = self.conv_chunks(g);
-        let col = self.col_buffer(g, chunks[0].1);
-        for (first, images) in chunks {
-            let (cols, b_off) = self.unfolded(x, g, (first, images), &col);
-            // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
-            let gm = Gemm {
-                m: g.c_out,
-                n: q,
-                k_hi: 1,
-                k_lo: k,
-                a_rs: k,
-                a_klo: 1,
-                b_off,
-                b_cs: 1,
-                b_klo: q,
-                b_batch: k * q,
-                c_off: first * g.c_out * q,
-                c_rs: q,
-                c_batch: g.c_out * q,
-                batch: images,
-                ..Default::default()
-            };
-            self.gemm(gm, w, cols, y);
-        }
-        let n = g.n * g.c_out * q;
-        self.elementwise(
-            "add_channel_bias",
-            n,
-            [u(g.c_out), u(q), 0, 0],
-            [0.0; 2],
-            &[(1, b), (3, y)],
-        );
-    }
-
-    /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy) (for a pointwise
-    /// convolution the product is dx itself).
-    fn conv_backward_input_window(
-        &self,
-        dy: &wgpu::Buffer,
-        w: &wgpu::Buffer,
-        dx: &wgpu::Buffer,
-        g: &Conv2dGeom,
-    ) {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
-        let chunks = self.conv_chunks(g);
-        let col = self.col_buffer(g, chunks[0].1);
-        for (first, images) in chunks {
-            let (dst, c_off) = match &col {
-                Some(col) => (col.buf(), 0),
-                None => (dx, first * k * q),
-            };
-            // dcol[n] [K × Q] = wᵀ [K × Co] · dy[n] [Co × Q]
-            let gm = Gemm {
-                m: k,
-                n: q,
-                k_hi: 1,
-                k_lo: g.c_out,
-                a_rs: 1,
-                a_klo: k,
-                b_off: first * g.c_out * q,
-                b_cs: 1,
-                b_klo: q,
-                b_batch: g.c_out * q,
-                c_off,
-                c_rs: q,
-                c_batch: k * q,
-                batch: images,
-                ..Default::default()
-            };
-            self.gemm(gm, w, dy, dst);
-            if let Some(col) = &col {
-                let n = images * g.c_in * g.h * g.w;
-                let params = Self::conv_params(g, images, first);
-                self.ctx.launch(
-                    "conv::col2im",
-                    &params,
-                    &[(1, col.buf()), (2, dx)],
-                    grid_1d(n),
-                );
-            }
-        }
-    }
-
-    /// dw (+)= dy ⊛ x over one window's images (added to dw unless `window` is the batch's first).
-    fn conv_backward_weight_window(
-        &self,
-        x: &wgpu::Buffer,
-        dy: &wgpu::Buffer,
-        dw: &GpuTensor,
-        g: &Conv2dGeom,
-        window: Window,
-    ) {
-        let (k, q) = (g.patch_len(), g.out_h * g.out_w);
-        let chunks = self.conv_chunks(g);
-        let col = self.col_buffer(g, chunks[0].1);
-        // Each chunk is summed in `groups` independent partial products (more parallel work for
-        // the GPU than one long sum), which are then added up.
-        let max_groups = (1..=8)
-            .rev()
-            .find(|d| chunks[0].1.is_multiple_of(*d))
-            .unwrap_or(1);
-        let partials = self.alloc([max_groups * g.c_out * k]);
-        for (i, (first, images)) in chunks.into_iter().enumerate() {
-            let (cols, b_off) = self.unfolded(x, g, (first, images), &col);
-            let groups = (1..=max_groups)
-                .rev()
-                .find(|d| images % d == 0)
-                .unwrap_or(1);
-            let per_group = images / groups;
-            // partial[z] [Co × K] = Σ over its images n and pixels p of dy[n][co][p] · col[n][r][p]
-            let gm = Gemm {
-                m: g.c_out,
-                n: k,
-                k_hi: per_group,
-                k_lo: q,
-                a_off: first * g.c_out * q,
-                a_rs: q,
-                a_khi: g.c_out * q,
-                a_klo: 1,
-                a_batch: per_group * g.c_out * q,
-                b_off,
-                b_cs: q,
-                b_khi: k * q,
-                b_klo: 1,
-                b_batch: per_group * k * q,
-                c_rs: k,
-                c_batch: g.c_out * k,
-                batch: groups,
-                ..Default::default()
-            };
-            self.gemm(gm, dy, cols, partials.buf());
-            let accumulate = i > 0 || !window.is_first();
-            let params = [u(groups), u(g.c_out * k), 0, accumulate as u32];
-            let n = g.c_out * k;
-            self.ctx.launch(
-                "reduce::sum_leading",
-                &params,
-                &[(1, partials.buf()), (2, dw.buf())],
-                grid_1d(n),
-            );
-        }
-    }
-
-    fn bn_params(x: &GpuTensor, window: Window, eps: f32) -> [u32; 8] {
-        let (n, c, h, w) = x.shape.nchw();
-        let flags = u32::from(!window.is_first()) | (u32::from(window.last) << 1);
-        [
-            u(window.count),
-            u(c),
-            u(h * w),
-            flags,
-            eps.to_bits(),
-            u(n * h * w),
-            0,
-            0,
-        ]
-    }
 }
 
 impl Backend for Gpu {
@@ -675,37 +308,18 @@ impl Backend for Gpu {
         b: &GpuTensor,
         g: &Conv2dGeom,
     ) -> GpuTensor {
-        let y = self.alloc(g.output_shape());
-        let (w, b) = (self.whole(w), self.whole(b));
-        self.per_window(g.n, &[x], &[&y], |win, i, o| {
-            self.conv_forward_window(i[0], w, b, o[0], &g.with_batch(win.count));
-        });
-        y
+        conv::forward(self, x, w, b, g)
     }
-
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, g: &Conv2dGeom) -> GpuTensor {
-        let dx = self.alloc(g.input_shape());
-        let w = self.whole(w);
-        self.per_window(g.n, &[dy], &[&dx], |win, i, o| {
-            self.conv_backward_input_window(i[0], w, o[0], &g.with_batch(win.count));
-        });
-        dx
+        conv::backward_input(self, dy, w, g)
     }
-
     fn conv2d_backward_weight(
         &self,
         x: &GpuTensor,
         dy: &GpuTensor,
         g: &Conv2dGeom,
     ) -> (GpuTensor, GpuTensor) {
-        let dw = self.alloc(g.weight_shape());
-        let db = self.alloc([g.c_out]);
-        let q = g.out_h * g.out_w;
-        self.per_window(g.n, &[x, dy], &[], |win, i, _| {
-            self.conv_backward_weight_window(i[0], i[1], &dw, &g.with_batch(win.count), win);
-            self.channel_sum(i[1], db.buf(), (win.count, g.c_out, q), !win.is_first());
-        });
-        (dw, db)
+        conv::backward_weight(self, x, dy, g)
     }
 
     fn depthwise_conv2d_forward(
@@ -715,71 +329,23 @@ impl Backend for Gpu {
         b: &GpuTensor,
         g: &Conv2dGeom,
     ) -> GpuTensor {
-        let y = self.alloc(g.output_shape());
-        let (w, b) = (self.whole(w), self.whole(b));
-        self.per_window(g.n, &[x], &[&y], |win, i, o| {
-            let params = Self::depthwise_params(g, win.count, 0);
-            let len = win.count * g.c_in * g.out_h * g.out_w;
-            let bind = [(1, i[0]), (2, w), (3, b), (4, o[0])];
-            self.ctx
-                .launch("depthwise::forward", &params, &bind, grid_1d(len));
-        });
-        y
+        depthwise::forward(self, x, w, b, g)
     }
-
     fn depthwise_conv2d_backward_input(
         &self,
         dy: &GpuTensor,
         w: &GpuTensor,
         g: &Conv2dGeom,
     ) -> GpuTensor {
-        let dx = self.alloc(g.input_shape());
-        let w = self.whole(w);
-        self.per_window(g.n, &[dy], &[&dx], |win, i, o| {
-            let params = Self::depthwise_params(g, win.count, 0);
-            let len = win.count * g.c_in * g.h * g.w;
-            let bind = [(1, i[0]), (2, w), (4, o[0])];
-            self.ctx
-                .launch("depthwise::backward_input", &params, &bind, grid_1d(len));
-        });
-        dx
+        depthwise::backward_input(self, dy, w, g)
     }
-
     fn depthwise_conv2d_backward_weight(
         &self,
         x: &GpuTensor,
         dy: &GpuTensor,
         g: &Conv2dGeom,
     ) -> (GpuTensor, GpuTensor) {
-        let dw = self.alloc(g.depthwise_weight_shape());
-        let db = self.alloc([g.c_in]);
-        let (q, weights) = (g.out_h * g.out_w, g.c_in * g.kh * g.kw);
-        // output pixels per partial sum: DEPTHWISE_RUN, or more where the partial sums of all
-        // weights would not fit one binding
-        let run = DEPTHWISE_RUN.max((g.n * q).div_ceil((self.window / weights).max(1)));
-        let runs = |images: usize| (images * q).div_ceil(run);
-        let partials = self.alloc([runs(g.n) * weights]);
-        let partials = self.whole(&partials);
-        self.per_window(g.n, &[x, dy], &[], |win, i, _| {
-            let params = Self::depthwise_params(g, win.count, run);
-            let runs = runs(win.count);
-            let bind = [(1, i[0]), (4, partials), (5, i[1])];
-            self.ctx.launch(
-                "depthwise::backward_weight",
-                &params,
-                &bind,
-                grid_1d(runs * weights),
-            );
-            let sum = [u(runs), u(weights), 0, u32::from(!win.is_first())];
-            self.ctx.launch(
-                "reduce::sum_leading",
-                &sum,
-                &[(1, partials), (2, dw.buf())],
-                grid_1d(weights),
-            );
-            self.channel_sum(i[1], db.buf(), (win.count, g.c_in, q), !win.is_first());
-        });
-        (dw, db)
+        depthwise::backward_weight(self, x, dy, g)
     }
 
     fn batchnorm_forward_train(
@@ -789,31 +355,8 @@ impl Backend for Gpu {
         beta: &GpuTensor,
         eps: f32,
     ) -> (GpuTensor, BatchNormStats<GpuTensor>) {
-        let (n, c, _, _) = x.shape.nchw();
-        // packed = [mean | var | inv_std], built in two passes over the batch
-        let packed = self.alloc([3 * c]);
-        for pass in ["batchnorm::stats_sum", "batchnorm::stats_var"] {
-            self.per_window(n, &[x], &[], |win, i, _| {
-                let params = Self::bn_params(x, win, eps);
-                let bind = [(1, i[0]), (8, packed.buf())];
-                self.ctx.launch(pass, &params, &bind, (u(c), 1, 1));
-            });
-        }
-        let part = |i: u64| {
-            let t = self.alloc([c]);
-            self.ctx
-                .copy(packed.buf(), i * 4 * c as u64, t.buf(), 0, 4 * c as u64);
-            t
-        };
-        let stats = BatchNormStats {
-            mean: part(0),
-            var: part(1),
-            inv_std: part(2),
-        };
-        let y = self.batchnorm_forward_infer(x, gamma, beta, &stats.mean, &stats.var, eps);
-        (y, stats)
+        batchnorm::forward_train(self, x, gamma, beta, eps)
     }
-
     fn batchnorm_forward_infer(
         &self,
         x: &GpuTensor,
@@ -823,26 +366,8 @@ impl Backend for Gpu {
         var: &GpuTensor,
         eps: f32,
     ) -> GpuTensor {
-        let (n, c, h, w) = x.shape.nchw();
-        let y = self.alloc(x.shape.clone());
-        let per_channel = [gamma, beta, mean, var].map(|t| self.whole(t));
-        self.per_window(n, &[x], &[&y], |win, i, o| {
-            let params = Self::bn_params(x, win, eps);
-            let bind = [
-                (1, i[0]),
-                (3, per_channel[0]),
-                (4, per_channel[1]),
-                (5, per_channel[2]),
-                (6, per_channel[3]),
-                (7, o[0]),
-            ];
-            let len = win.count * c * h * w;
-            self.ctx
-                .launch("batchnorm::normalize", &params, &bind, grid_1d(len));
-        });
-        y
+        batchnorm::forward_infer(self, x, gamma, beta, mean, var, eps)
     }
-
     fn batchnorm_backward(
         &self,
         x: &GpuTensor,
@@ -850,114 +375,23 @@ impl Backend for Gpu {
         gamma: &GpuTensor,
         stats: &BatchNormStats<GpuTensor>,
     ) -> (GpuTensor, GpuTensor, GpuTensor) {
-        let (n, c, h, w) = x.shape.nchw();
-        let sums = self.alloc([2 * c]);
-        let (mean, inv_std, gamma) = (
-            self.whole(&stats.mean),
-            self.whole(&stats.inv_std),
-            self.whole(gamma),
-        );
-        self.per_window(n, &[x, dy], &[], |win, i, _| {
-            let params = Self::bn_params(x, win, 0.0);
-            let bind = [
-                (1, i[0]),
-                (2, i[1]),
-                (5, mean),
-                (6, inv_std),
-                (8, sums.buf()),
-            ];
-            self.ctx
-                .launch("batchnorm::backward_reduce", &params, &bind, (u(c), 1, 1));
-        });
-        let dx = self.alloc(x.shape.clone());
-        self.per_window(n, &[x, dy], &[&dx], |win, i, o| {
-            let params = Self::bn_params(x, win, 0.0);
-            let bind = [
-                (1, i[0]),
-                (2, i[1]),
-                (3, gamma),
-                (5, mean),
-                (6, inv_std),
-                (7, o[0]),
-                (8, sums.buf()),
-            ];
-            let len = win.count * c * h * w;
-            self.ctx
-                .launch("batchnorm::backward_dx", &params, &bind, grid_1d(len));
-        });
-        let (dgamma, dbeta) = (self.alloc([c]), self.alloc([c]));
-        self.ctx.copy(sums.buf(), 0, dbeta.buf(), 0, 4 * c as u64);
-        self.ctx
-            .copy(sums.buf(), 4 * c as u64, dgamma.buf(), 0, 4 * c as u64);
-        (dx, dgamma, dbeta)
+        batchnorm::backward(self, x, dy, gamma, stats)
     }
-
     fn ema_update(&self, running: &mut GpuTensor, batch: &GpuTensor, momentum: f32, scale: f32) {
-        let n = running.len();
-        self.elementwise(
-            "ema",
-            n,
-            [0; 4],
-            [momentum, scale],
-            &[(1, self.whole(batch)), (3, self.whole(running))],
-        );
+        elementwise::ema(self, running, batch, momentum, scale);
     }
 
     fn maxpool_forward(&self, x: &GpuTensor, g: &Pool2dGeom) -> (GpuTensor, GpuTensor) {
-        let y = self.alloc(g.output_shape());
-        let idx = self.alloc(g.output_shape());
-        self.per_window(g.n, &[x], &[&y, &idx], |win, i, o| {
-            let g = g.with_batch(win.count);
-            let bind = [(1, i[0]), (2, o[1]), (3, o[0])];
-            let len = g.n * g.c * g.out_h * g.out_w;
-            self.ctx
-                .launch("pool::forward", &pool_params(&g), &bind, grid_1d(len));
-        });
-        (y, idx)
+        pool::max_forward(self, x, g)
     }
     fn maxpool_backward(&self, dy: &GpuTensor, argmax: &GpuTensor, g: &Pool2dGeom) -> GpuTensor {
-        let dx = self.alloc(g.input_shape());
-        self.per_window(g.n, &[dy, argmax], &[&dx], |win, i, o| {
-            let g = g.with_batch(win.count);
-            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
-            let len = g.n * g.c * g.h * g.w;
-            self.ctx
-                .launch("pool::backward", &pool_params(&g), &bind, grid_1d(len));
-        });
-        dx
+        pool::max_backward(self, dy, argmax, g)
     }
-
     fn global_avgpool_forward(&self, x: &GpuTensor) -> GpuTensor {
-        let (n, c, h, w) = x.shape.nchw();
-        let y = self.alloc([n, c]);
-        self.per_window(n, &[x], &[&y], |win, i, o| {
-            let g = Pool2dGeom::new(win.count, c, h, w, (h, w), (h, w)).expect("the whole plane");
-            let bind = [(1, i[0]), (3, o[0])];
-            let params = pool_params(&g);
-            self.ctx.launch(
-                "pool::global_avg_forward",
-                &params,
-                &bind,
-                grid_1d(win.count * c),
-            );
-        });
-        y
+        pool::global_avg_forward(self, x)
     }
-    fn global_avgpool_backward(&self, dy: &GpuTensor, (h, w): (usize, usize)) -> GpuTensor {
-        let (n, c) = (dy.shape.dims()[0], dy.shape.dims()[1]);
-        let dx = self.alloc([n, c, h, w]);
-        self.per_window(n, &[dy], &[&dx], |win, i, o| {
-            let g = Pool2dGeom::new(win.count, c, h, w, (h, w), (h, w)).expect("the whole plane");
-            let bind = [(1, i[0]), (3, o[0])];
-            let params = pool_params(&g);
-            self.ctx.launch(
-                "pool::global_avg_backward",
-                &params,
-                &bind,
-                grid_1d(win.count * c * h * w),
-            );
-        });
-        dx
+    fn global_avgpool_backward(&self, dy: &GpuTensor, hw: (usize, usize)) -> GpuTensor {
+        pool::global_avg_backward(self, dy, hw)
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
@@ -967,14 +401,8 @@ impl Backend for Gpu {
         self.per_window(n, &[x], &[&y], |win, xs, ys| {
             // y [N × O] = x [N × I] · wᵀ [I × O]
             let gm = Gemm::matmul(win.count, o, i, (i, 1), (1, i));
-            self.gemm(gm, xs[0], w, ys[0]);
-            self.elementwise(
-                "add_channel_bias",
-                win.count * o,
-                [u(o), 1, 0, 0],
-                [0.0; 2],
-                &[(1, b), (3, ys[0])],
-            );
+            gemm::gemm(self, gm, xs[0], w, ys[0]);
+            elementwise::add_channel_bias(self, win.count * o, (o, 1), b, ys[0]);
         });
         y
     }
@@ -985,7 +413,7 @@ impl Backend for Gpu {
         self.per_window(n, &[dy], &[&dx], |win, dys, dxs| {
             // dx [N × I] = dy [N × O] · w [O × I]
             let gm = Gemm::matmul(win.count, i, o, (o, 1), (i, 1));
-            self.gemm(gm, dys[0], w, dxs[0]);
+            gemm::gemm(self, gm, dys[0], w, dxs[0]);
         });
         dx
     }
@@ -998,67 +426,29 @@ impl Backend for Gpu {
                 accumulate: !win.is_first(),
                 ..Gemm::matmul(o, i, win.count, (1, o), (i, 1))
             };
-            self.gemm(gm, t[1], t[0], dw.buf());
-            self.channel_sum(t[1], db.buf(), (win.count, o, 1), !win.is_first());
+            gemm::gemm(self, gm, t[1], t[0], dw.buf());
+            reduce::channel_sum(self, t[1], db.buf(), (win.count, o, 1), !win.is_first());
         });
         (dw, db)
     }
 
     fn add(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
-        assert_eq!(a.shape, b.shape, "add of two shapes");
-        let y = self.alloc(a.shape.clone());
-        self.per_window(a.shape.dims()[0], &[a, b], &[&y], |win, i, o| {
-            let len = win.count * a.len() / a.shape.dims()[0];
-            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
-            self.elementwise("add", len, [0; 4], [0.0; 2], &bind);
-        });
-        y
+        elementwise::add(self, a, b)
     }
     fn copy(&self, x: &GpuTensor) -> GpuTensor {
-        let y = self.alloc(x.shape.clone());
-        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
-            let len = win.count * x.len() / x.shape.dims()[0];
-            self.elementwise("copy", len, [0; 4], [0.0; 2], &[(1, i[0]), (3, o[0])]);
-        });
-        y
+        elementwise::copy(self, x)
     }
     fn relu_forward(&self, x: &GpuTensor) -> GpuTensor {
-        let y = self.alloc(x.shape.clone());
-        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
-            let len = win.count * x.len() / x.shape.dims()[0];
-            self.elementwise(
-                "relu_forward",
-                len,
-                [0; 4],
-                [0.0; 2],
-                &[(1, i[0]), (3, o[0])],
-            );
-        });
-        y
+        elementwise::relu_forward(self, x)
     }
     fn relu_backward(&self, x: &GpuTensor, dy: &GpuTensor) -> GpuTensor {
-        let dx = self.alloc(x.shape.clone());
-        self.per_window(x.shape.dims()[0], &[x, dy], &[&dx], |win, i, o| {
-            let len = win.count * x.len() / x.shape.dims()[0];
-            let bind = [(1, i[0]), (2, i[1]), (3, o[0])];
-            self.elementwise("relu_backward", len, [0; 4], [0.0; 2], &bind);
-        });
-        dx
+        elementwise::relu_backward(self, x, dy)
     }
     fn dropout_forward(&self, x: &GpuTensor, p: f32, seed: u64) -> GpuTensor {
-        let y = self.alloc(x.shape.clone());
-        let key = super::hash::key(seed);
-        let per_image = x.len() / x.shape.dims()[0];
-        self.per_window(x.shape.dims()[0], &[x], &[&y], |win, i, o| {
-            // the mask of element e of the whole tensor is uniform(key, e), whatever the window
-            let extra = [0, 0, key, u(win.first * per_image)];
-            let bind = [(1, i[0]), (3, o[0])];
-            self.elementwise("dropout", win.count * per_image, extra, [p, 0.0], &bind);
-        });
-        y
+        elementwise::dropout(self, x, p, seed)
     }
     fn dropout_backward(&self, dy: &GpuTensor, p: f32, seed: u64) -> GpuTensor {
-        self.dropout_forward(dy, p, seed)
+        elementwise::dropout(self, dy, p, seed)
     }
 
     fn bce_with_logits(
@@ -1067,18 +457,7 @@ impl Backend for Gpu {
         targets: &GpuTensor,
         pos_weight: f32,
     ) -> (GpuTensor, GpuTensor) {
-        let grad = self.alloc(logits.shape.clone());
-        let loss = self.alloc([1]);
-        let params = [u(logits.len()), pos_weight.to_bits(), 0, 0];
-        let bind = [
-            (1, self.whole(logits)),
-            (2, self.whole(targets)),
-            (3, grad.buf()),
-            (4, loss.buf()),
-        ];
-        self.ctx
-            .launch("loss::bce_with_logits", &params, &bind, (1, 1, 1));
-        (loss, grad)
+        loss::bce_with_logits(self, logits, targets, pos_weight)
     }
 
     fn adam_step(
@@ -1089,73 +468,20 @@ impl Backend for Gpu {
         v: &mut GpuTensor,
         h: &AdamStep,
     ) {
-        let bc1 = 1.0 - h.beta1.powi(h.t as i32);
-        let bc2 = 1.0 - h.beta2.powi(h.t as i32);
-        let f = [h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, bc1, bc2];
-        self.optim("adam", p, g, m, Some(v), f);
+        optim::adam(self, p, g, m, v, h);
     }
     fn sgd_step(&self, p: &mut GpuTensor, g: &GpuTensor, velocity: &mut GpuTensor, h: &SgdStep) {
-        let f = [h.lr, h.momentum, 0.0, 0.0, h.weight_decay, 1.0, 1.0];
-        self.optim("sgd", p, g, velocity, None, f);
+        optim::sgd(self, p, g, velocity, h);
     }
 
     fn squared_norms(&self, ts: &[&GpuTensor]) -> Vec<f32> {
-        let sums = self.alloc([ts.len().max(1)]);
-        for (i, t) in ts.iter().enumerate() {
-            let params = [u(t.len()), u(i), 0, 0];
-            let bind = [(1, self.whole(t)), (2, sums.buf())];
-            self.ctx
-                .launch("reduce::sum_squares", &params, &bind, (1, 1, 1));
-        }
-        let mut out = self.download(&sums).data;
-        out.truncate(ts.len());
-        out
+        reduce::squared_norms(self, ts)
     }
     fn scale(&self, t: &mut GpuTensor, s: f32) {
-        let bind = [(3, self.whole(t))];
-        self.elementwise("scale", t.len(), [0; 4], [s, 0.0], &bind);
-    }
-}
-
-impl Gpu {
-    fn optim(
-        &self,
-        entry: &str,
-        p: &GpuTensor,
-        g: &GpuTensor,
-        a: &GpuTensor,
-        b: Option<&GpuTensor>,
-        f: [f32; 7],
-    ) {
-        let mut params = vec![u(p.len())];
-        params.extend(f.iter().map(|v| v.to_bits()));
-        let mut bind = vec![(1, self.whole(g)), (2, self.whole(p)), (3, self.whole(a))];
-        if let Some(b) = b {
-            bind.push((4, self.whole(b)));
-        }
-        self.ctx
-            .launch(&format!("optim::{entry}"), &params, &bind, grid_1d(p.len()));
+        elementwise::scale(self, t, s);
     }
 }
 
 fn buffers<'a>(ts: &[&'a GpuTensor]) -> Vec<&'a wgpu::Buffer> {
     ts.iter().map(|t| t.buf()).collect()
-}
-
-fn pool_params(g: &Pool2dGeom) -> [u32; 12] {
-    [
-        g.n * g.c,
-        g.h,
-        g.w,
-        g.kh,
-        g.kw,
-        g.stride_h,
-        g.stride_w,
-        g.out_h,
-        g.out_w,
-        0,
-        0,
-        0,
-    ]
-    .map(u)
 }

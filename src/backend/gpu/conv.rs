@@ -1,0 +1,299 @@
+//! Convolution on the GPU (`shaders/conv.wgsl`), as on the CPU (`cpu/conv.rs`): im2col + GEMM
+//! forward, GEMM + col2im for the input gradient, and for the weight gradient GEMMs summed over
+//! groups of images, in chunks of images whose unfolded columns fit the budget.
+
+use super::context::grid_1d;
+use super::gemm::{gemm, Gemm};
+use super::params::{u, wgsl_params};
+use super::{elementwise, reduce, Gpu, GpuTensor, Window};
+use crate::backend::Conv2dGeom;
+
+wgsl_params!(
+    /// `conv.wgsl`'s parameter block: the geometry, and the window's images from `first`.
+    Params {
+        c_in: u32, h: u32, w: u32, kh: u32,
+        kw: u32, sh: u32, sw: u32, pt: u32,
+        pl: u32, oh: u32, ow: u32, images: u32,
+        first: u32, pad0: u32, pad1: u32, pad2: u32,
+    }
+);
+
+/// Values of one unfolded chunk of images at most (keeps `col` well under binding limits).
+const COL_BUDGET: usize = 1 << 24;
+
+fn params(g: &Conv2dGeom, images: usize, first: usize) -> Params {
+    Params {
+        c_in: u(g.c_in),
+        h: u(g.h),
+        w: u(g.w),
+        kh: u(g.kh),
+        kw: u(g.kw),
+        sh: u(g.stride_h),
+        sw: u(g.stride_w),
+        pt: u(g.pad_top),
+        pl: u(g.pad_left),
+        oh: u(g.out_h),
+        ow: u(g.out_w),
+        images: u(images),
+        first: u(first),
+        ..Params::default()
+    }
+}
+
+/// `y[N,Co,Ho,Wo]` = conv(`x[N,Ci,H,W]`, `w[Co,Ci,KH,KW]`) + `b[Co]`
+pub(super) fn forward(
+    gpu: &Gpu,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    g: &Conv2dGeom,
+) -> GpuTensor {
+    let y = gpu.alloc(g.output_shape());
+    let (w, b) = (gpu.whole(w), gpu.whole(b));
+    gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
+        forward_window(gpu, i[0], w, b, o[0], &g.with_batch(win.count));
+    });
+    y
+}
+
+/// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]`
+pub(super) fn backward_input(
+    gpu: &Gpu,
+    dy: &GpuTensor,
+    w: &GpuTensor,
+    g: &Conv2dGeom,
+) -> GpuTensor {
+    let dx = gpu.alloc(g.input_shape());
+    let w = gpu.whole(w);
+    gpu.per_window(g.n, &[dy], &[&dx], |win, i, o| {
+        backward_input_window(gpu, i[0], w, o[0], &g.with_batch(win.count));
+    });
+    dx
+}
+
+/// (`dw[Co,Ci,KH,KW]`, `db[Co]`) from `x[N,Ci,H,W]` and `dy[N,Co,Ho,Wo]`
+pub(super) fn backward_weight(
+    gpu: &Gpu,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    g: &Conv2dGeom,
+) -> (GpuTensor, GpuTensor) {
+    let dw = gpu.alloc(g.weight_shape());
+    let db = gpu.alloc([g.c_out]);
+    let q = g.out_h * g.out_w;
+    gpu.per_window(g.n, &[x, dy], &[], |win, i, _| {
+        backward_weight_window(gpu, i[0], i[1], &dw, &g.with_batch(win.count), win);
+        reduce::channel_sum(
+            gpu,
+            i[1],
+            db.buf(),
+            (win.count, g.c_out, q),
+            !win.is_first(),
+        );
+    });
+    (dw, db)
+}
+
+/// Chunks of images (first, count) of `g`'s batch whose unfolded columns fit the budget.
+/// (A pointwise convolution unfolds nothing: one chunk.)
+fn chunks(gpu: &Gpu, g: &Conv2dGeom) -> Vec<(usize, usize)> {
+    if g.is_pointwise() {
+        return vec![(0, g.n)];
+    }
+    let per_image = g.patch_len() * g.out_h * g.out_w;
+    let budget = COL_BUDGET.max(per_image).min(gpu.window);
+    assert!(
+        per_image <= budget,
+        "one image's unfolded convolution input needs {per_image} values, more than this GPU \
+         can bind; train::check_fits should have refused this image size"
+    );
+    let step = (budget / per_image).clamp(1, g.n.max(1));
+    (0..g.n)
+        .step_by(step)
+        .map(|f| (f, step.min(g.n - f)))
+        .collect()
+}
+
+fn im2col(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    g: &Conv2dGeom,
+    (first, images): (usize, usize),
+    col: &GpuTensor,
+) {
+    let n = images * g.patch_len() * g.out_h * g.out_w;
+    // four values per invocation (IM2COL_RUN in conv.wgsl)
+    gpu.ctx.launch(
+        "conv::im2col",
+        &params(g, images, first),
+        &[(1, x), (2, col.buf())],
+        grid_1d(n.div_ceil(4)),
+    );
+}
+
+/// The unfolded input of a chunk of images as (buffer, offset of the chunk's first column):
+/// `col`, filled by im2col, or for a pointwise convolution `x` itself, which needs none.
+fn unfolded<'a>(
+    gpu: &Gpu,
+    x: &'a wgpu::Buffer,
+    g: &Conv2dGeom,
+    (first, images): (usize, usize),
+    col: &'a Option<GpuTensor>,
+) -> (&'a wgpu::Buffer, usize) {
+    match col {
+        Some(col) => {
+            im2col(gpu, x, g, (first, images), col);
+            (col.buf(), 0)
+        }
+        None => (x, first * g.c_in * g.h * g.w),
+    }
+}
+
+/// A buffer for one chunk's unfolded input, or none for a pointwise convolution.
+fn col_buffer(gpu: &Gpu, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTensor> {
+    (!g.is_pointwise()).then(|| gpu.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
+}
+
+/// Forward convolution of one window: y = w ⊛ x + b, `g` with the window's batch.
+fn forward_window(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    g: &Conv2dGeom,
+) {
+    let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+    let chunks = chunks(gpu, g);
+    let col = col_buffer(gpu, g, chunks[0].1);
+    for (first, images) in chunks {
+        let (cols, b_off) = unfolded(gpu, x, g, (first, images), &col);
+        // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
+        let gm = Gemm {
+            m: g.c_out,
+            n: q,
+            k_hi: 1,
+            k_lo: k,
+            a_rs: k,
+            a_klo: 1,
+            b_off,
+            b_cs: 1,
+            b_klo: q,
+            b_batch: k * q,
+            c_off: first * g.c_out * q,
+            c_rs: q,
+            c_batch: g.c_out * q,
+            batch: images,
+            ..Default::default()
+        };
+        gemm(gpu, gm, w, cols, y);
+    }
+    elementwise::add_channel_bias(gpu, g.n * g.c_out * q, (g.c_out, q), b, y);
+}
+
+/// Input gradient of one window's convolution: dx = col2im(wᵀ · dy) (for a pointwise
+/// convolution the product is dx itself).
+fn backward_input_window(
+    gpu: &Gpu,
+    dy: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    dx: &wgpu::Buffer,
+    g: &Conv2dGeom,
+) {
+    let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+    let chunks = chunks(gpu, g);
+    let col = col_buffer(gpu, g, chunks[0].1);
+    for (first, images) in chunks {
+        let (dst, c_off) = match &col {
+            Some(col) => (col.buf(), 0),
+            None => (dx, first * k * q),
+        };
+        // dcol[n] [K × Q] = wᵀ [K × Co] · dy[n] [Co × Q]
+        let gm = Gemm {
+            m: k,
+            n: q,
+            k_hi: 1,
+            k_lo: g.c_out,
+            a_rs: 1,
+            a_klo: k,
+            b_off: first * g.c_out * q,
+            b_cs: 1,
+            b_klo: q,
+            b_batch: g.c_out * q,
+            c_off,
+            c_rs: q,
+            c_batch: k * q,
+            batch: images,
+            ..Default::default()
+        };
+        gemm(gpu, gm, w, dy, dst);
+        if let Some(col) = &col {
+            let n = images * g.c_in * g.h * g.w;
+            gpu.ctx.launch(
+                "conv::col2im",
+                &params(g, images, first),
+                &[(1, col.buf()), (2, dx)],
+                grid_1d(n),
+            );
+        }
+    }
+}
+
+/// dw (+)= dy ⊛ x over one window's images (added to dw unless `window` is the batch's first).
+fn backward_weight_window(
+    gpu: &Gpu,
+    x: &wgpu::Buffer,
+    dy: &wgpu::Buffer,
+    dw: &GpuTensor,
+    g: &Conv2dGeom,
+    window: Window,
+) {
+    let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+    let chunks = chunks(gpu, g);
+    let col = col_buffer(gpu, g, chunks[0].1);
+    // Each chunk is summed in `groups` independent partial products (more parallel work for
+    // the GPU than one long sum), which are then added up.
+    let max_groups = (1..=8)
+        .rev()
+        .find(|d| chunks[0].1.is_multiple_of(*d))
+        .unwrap_or(1);
+    let partials = gpu.alloc([max_groups * g.c_out * k]);
+    for (i, (first, images)) in chunks.into_iter().enumerate() {
+        let (cols, b_off) = unfolded(gpu, x, g, (first, images), &col);
+        let groups = (1..=max_groups)
+            .rev()
+            .find(|d| images % d == 0)
+            .unwrap_or(1);
+        let per_group = images / groups;
+        // partial[z] [Co × K] = Σ over its images n and pixels p of dy[n][co][p] · col[n][r][p]
+        let gm = Gemm {
+            m: g.c_out,
+            n: k,
+            k_hi: per_group,
+            k_lo: q,
+            a_off: first * g.c_out * q,
+            a_rs: q,
+            a_khi: g.c_out * q,
+            a_klo: 1,
+            a_batch: per_group * g.c_out * q,
+            b_off,
+            b_cs: q,
+            b_khi: k * q,
+            b_klo: 1,
+            b_batch: per_group * k * q,
+            c_rs: k,
+            c_batch: g.c_out * k,
+            batch: groups,
+            ..Default::default()
+        };
+        gemm(gpu, gm, dy, cols, partials.buf());
+        let accumulate = i > 0 || !window.is_first();
+        reduce::sum_leading(
+            gpu,
+            partials.buf(),
+            dw.buf(),
+            (groups, g.c_out * k),
+            accumulate,
+        );
+    }
+}
