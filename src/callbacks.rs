@@ -139,9 +139,154 @@ impl Default for Callbacks {
     }
 }
 
+/// Where the between-epochs rules stand: saved with a run's progress, so that a resumed run
+/// goes on deciding as the uninterrupted one would.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Standing {
+    /// Best value of the monitored validation figure so far, and its epoch.
+    pub best: Option<(f64, usize)>,
+    /// Multiplier of the learning rate left by reduce-on-plateau.
+    #[serde(default = "one")]
+    pub lr_scale: f32,
+    /// The last epoch that improved the monitored figure or reduced the learning rate.
+    #[serde(default)]
+    pub plateau_from: usize,
+    /// Early stopping ended the run.
+    #[serde(default)]
+    pub stopped_early: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl Default for Standing {
+    fn default() -> Self {
+        Standing {
+            best: None,
+            lr_scale: 1.0,
+            plateau_from: 0,
+            stopped_early: false,
+        }
+    }
+}
+
+/// What the rules decided after an epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The epoch's figure is the best so far: its weights are the run's best.
+    pub improved: bool,
+    /// Reduce-on-plateau lowered the learning rate to this.
+    pub lr_reduced_to: Option<f32>,
+    /// Early stopping ends the run here.
+    pub stop: bool,
+}
+
+impl Callbacks {
+    /// The learning rate of `epoch` of `epochs`: the schedule's, times what reduce-on-plateau
+    /// left.
+    pub fn lr(&self, base_lr: f32, epoch: usize, epochs: usize, s: &Standing) -> f32 {
+        base_lr * self.schedule.factor(epoch, epochs) * s.lr_scale
+    }
+
+    /// Applies every rule to the figure `value` of `epoch`: the best so far is kept; after
+    /// `patience` epochs without a better one reduce-on-plateau lowers the learning rate (never
+    /// below its minimum) and early stopping ends the run.
+    pub fn after_epoch(
+        &self,
+        s: &mut Standing,
+        epoch: usize,
+        value: f64,
+        base_lr: f32,
+    ) -> Decision {
+        let improved = s.best.is_none_or(|(b, _)| self.monitor.better(value, b));
+        if improved {
+            s.best = Some((value, epoch));
+            s.plateau_from = epoch;
+        }
+        let mut lr_reduced_to = None;
+        if let Some(pl) = self
+            .plateau
+            .filter(|pl| epoch - s.plateau_from >= pl.patience)
+        {
+            let next = (base_lr * s.lr_scale * pl.factor).max(pl.min_lr);
+            s.lr_scale = next / base_lr;
+            s.plateau_from = epoch;
+            lr_reduced_to = Some(next);
+        }
+        let best_epoch = s.best.map_or(0, |(_, e)| e);
+        s.stopped_early = self
+            .early_stopping
+            .is_some_and(|patience| epoch - best_epoch >= patience);
+        Decision {
+            improved,
+            lr_reduced_to,
+            stop: s.stopped_early,
+        }
+    }
+
+    /// The lines a run prints for `decision`, as "validation roc_auc has not improved ...".
+    pub fn explain(&self, decision: &Decision, s: &Standing) -> Vec<String> {
+        let name = self.monitor.name();
+        let mut lines = Vec::new();
+        if let (Some(lr), Some(pl)) = (decision.lr_reduced_to, self.plateau) {
+            lines.push(format!(
+                "validation {name} has not improved for {} epochs: learning rate now {lr:.3e}",
+                pl.patience
+            ));
+        }
+        if decision.stop {
+            let best_epoch = s.best.map_or(0, |(_, e)| e);
+            lines.push(format!(
+                "validation {name} has not improved since epoch {best_epoch}: stopping early"
+            ));
+        }
+        lines
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's AUCs 0.70, 0.75, 0.74, 0.73, 0.72 with patience 2 for both rules: epoch 2 is the
+    /// best; at epoch 4 the learning rate halves and the run stops.
+    #[test]
+    fn after_epoch_keeps_the_best_reduces_on_plateau_and_stops() {
+        let cb = Callbacks {
+            early_stopping: Some(2),
+            plateau: Some(Plateau {
+                patience: 2,
+                factor: 0.5,
+                min_lr: 1e-4,
+            }),
+            ..Callbacks::default()
+        };
+        let mut s = Standing::default();
+        let decide = |s: &mut Standing, epoch, auc| cb.after_epoch(s, epoch, auc, 1e-3);
+        assert!(decide(&mut s, 1, 0.70).improved);
+        assert!(decide(&mut s, 2, 0.75).improved);
+        let third = decide(&mut s, 3, 0.74);
+        assert_eq!(
+            (third.improved, third.lr_reduced_to, third.stop),
+            (false, None, false)
+        );
+        let fourth = decide(&mut s, 4, 0.73);
+        assert_eq!(fourth.lr_reduced_to, Some(5e-4));
+        assert!(fourth.stop && s.stopped_early);
+        assert_eq!(s.best, Some((0.75, 2)));
+        assert_eq!(cb.lr(1e-3, 5, 10, &s), 5e-4);
+        let said = cb.explain(&fourth, &s).join("\n");
+        assert!(
+            said.contains("learning rate now 5.000e-4") && said.contains("since epoch 2"),
+            "{said}"
+        );
+        // never below the minimum
+        let fifth = decide(&mut s, 6, 0.72);
+        assert_eq!(fifth.lr_reduced_to, Some(2.5e-4));
+        decide(&mut s, 8, 0.71);
+        assert_eq!(decide(&mut s, 10, 0.70).lr_reduced_to, Some(1e-4));
+    }
 
     #[test]
     fn schedules_and_their_names() {

@@ -308,8 +308,9 @@ pub const LAYER_TOL: f64 = 1e-2;
 
 /// Relative error allowed through whole models for 90 % of the compared entries, and for all of
 /// them: f32 rounding accumulates over dozens of layers (the loss itself is only good to ~5e-7)
-/// and a few entries sit near a kink that the step did not quite cross.
-pub const MODEL_TOL: (f64, f64) = (5e-2, 0.3);
+/// and a few entries sit near a kink that the step did not quite cross. (Measured over the four
+/// presets' checks in the tests: 90 % within 4e-3, the worst 1.4e-2.)
+pub const MODEL_TOL: (f64, f64) = (1e-2, 5e-2);
 
 /// Every layer of `spec`, each through [`layer`] at its own input shape in the model (a layer
 /// that repeats with the same input shape is checked once), paired with the layer's index.

@@ -17,6 +17,25 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Runs `$body` with `$be` bound to the backend that `$picked` (from [`pick_backend`]) chose:
+/// the GPU it returned, or else the CPU. Backends are types, so a command's code is compiled once
+/// for each; this is the one place a command goes from the choice to the backend. (Training
+/// names both itself, for its fall-back from a failed GPU to the CPU: see `on_gpu`.)
+macro_rules! on_backend {
+    ($picked:expr, |$be:ident| $body:expr) => {
+        match $picked.as_ref() {
+            Some(gpu) => {
+                let $be: &Gpu = gpu;
+                $body
+            }
+            None => {
+                let $be = &Cpu;
+                $body
+            }
+        }
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "fracture-cnn",
@@ -615,10 +634,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 fn run_cv(a: CvArgs) -> Result<Outcome> {
     set_threads(a.train.threads)?;
     train::stop_on_signals()?;
-    let outcome = match pick_backend(a.train.backend)? {
-        Some(gpu) => cv_on(&gpu, &a),
-        None => cv_on(&Cpu, &a),
-    }?;
+    let outcome = on_backend!(pick_backend(a.train.backend)?, |be| cv_on(be, &a))?;
     Ok(match outcome {
         cv::CvOutcome::Done(summary) => {
             print!("{}", cv::render(&summary));
@@ -752,10 +768,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         },
         quiet: a.json,
     };
-    let e = match pick_backend_quietly(a.run.backend, a.json)? {
-        Some(gpu) => eval::evaluate(&gpu, &models, &a.data, &opts),
-        None => eval::evaluate(&Cpu, &models, &a.data, &opts),
-    }?;
+    let picked = pick_backend_quietly(a.run.backend, a.json)?;
+    let e = on_backend!(picked, |be| eval::evaluate(be, &models, &a.data, &opts))?;
     for (p, why) in &e.skipped {
         eprintln!("warning: skipping {}: {why}", p.display());
     }
@@ -787,10 +801,7 @@ fn gradcheck(a: GradcheckArgs) -> Result<bool> {
             .find_map(|&s| spec.clone().with_image_size(s).ok())
             .unwrap_or(spec),
     };
-    match pick_backend(a.backend)? {
-        Some(gpu) => gradcheck_on(&gpu, &spec, &a),
-        None => gradcheck_on(&Cpu, &spec, &a),
-    }
+    on_backend!(pick_backend(a.backend)?, |be| gradcheck_on(be, &spec, &a))
 }
 
 /// Prints one row per gradient checked; true when all pass.
@@ -853,10 +864,9 @@ fn gradcheck_on<B: Backend>(be: &B, spec: &ModelSpec, a: &GradcheckArgs) -> Resu
 }
 
 fn inspect(a: InspectArgs) -> Result<()> {
-    match pick_backend_quietly(a.backend, true)? {
-        Some(gpu) => inspect_on(&gpu, &a),
-        None => inspect_on(&Cpu, &a),
-    }
+    on_backend!(pick_backend_quietly(a.backend, true)?, |be| inspect_on(
+        be, &a
+    ))
 }
 
 fn inspect_on<B: Backend>(be: &B, a: &InspectArgs) -> Result<()> {
@@ -1035,10 +1045,10 @@ fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
 fn predict(a: PredictArgs) -> Result<()> {
     let batch = a.run.batch_size;
     let models = eval::models_or_shipped(&a.model)?;
-    let (predictions, failed) = match pick_backend_quietly(a.run.backend, true)? {
-        Some(gpu) => eval::predict(&gpu, &models, &a.paths, batch, a.tta),
-        None => eval::predict(&Cpu, &models, &a.paths, batch, a.tta),
-    }?;
+    let picked = pick_backend_quietly(a.run.backend, true)?;
+    let (predictions, failed) = on_backend!(picked, |be| eval::predict(
+        be, &models, &a.paths, batch, a.tta
+    ))?;
     for (p, why) in &failed {
         eprintln!("warning: skipping {}: {why}", p.display());
     }
@@ -1054,10 +1064,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     }
     if let Some(out) = &a.heatmap {
         let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
-        match pick_backend_quietly(a.run.backend, true)? {
-            Some(gpu) => heatmaps(&gpu, &models[0], &files, out),
-            None => heatmaps(&Cpu, &models[0], &files, out),
-        }?;
+        on_backend!(picked, |be| heatmaps(be, &models[0], &files, out))?;
     }
     Ok(())
 }

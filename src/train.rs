@@ -2,7 +2,7 @@
 //! validation metrics, a line of figures and checkpoints after every epoch.
 
 use crate::backend::{hash, Backend};
-use crate::callbacks::Callbacks;
+use crate::callbacks::{Callbacks, Standing};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split};
 use crate::metrics::{self, Metrics};
@@ -114,24 +114,12 @@ pub struct Progress {
     pub epoch_loss_sum: f64,
     pub epoch_correct: usize,
     pub epoch_seen: usize,
-    /// Best value of the monitored validation figure so far, and its epoch.
-    pub best: Option<(f64, usize)>,
-    /// Multiplier of the learning rate left by reduce-on-plateau.
-    #[serde(default = "one")]
-    pub lr_scale: f32,
-    /// The last epoch that improved the monitored figure or reduced the learning rate.
-    #[serde(default)]
-    pub plateau_from: usize,
-    /// Early stopping ended the run.
-    #[serde(default)]
-    pub stopped_early: bool,
+    /// Where the between-epochs rules (best epoch, reduce-on-plateau, early stopping) stand.
+    #[serde(flatten)]
+    pub standing: Standing,
     /// The decision threshold chosen on validation after the last epoch.
     #[serde(default)]
     pub threshold: Option<f32>,
-}
-
-fn one() -> f32 {
-    1.0
 }
 
 impl Default for Progress {
@@ -143,10 +131,7 @@ impl Default for Progress {
             epoch_loss_sum: 0.0,
             epoch_correct: 0,
             epoch_seen: 0,
-            best: None,
-            lr_scale: 1.0,
-            plateau_from: 0,
-            stopped_early: false,
+            standing: Standing::default(),
             threshold: None,
         }
     }
@@ -616,7 +601,7 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
         .as_deref()
         .and_then(|p| serde_json::from_str(p).ok())
         .with_context(|| format!("{} holds no training state to resume from", last.display()))?;
-    if progress.stopped_early {
+    if progress.standing.stopped_early {
         bail!(
             "the run in {} stopped early at epoch {} (its validation {} stopped improving)",
             run_dir.display(),
@@ -792,9 +777,9 @@ fn run<B: Backend>(
         interrupted,
     };
     let cb = cfg.callbacks;
-    while state.progress.epochs_done < cfg.epochs && !state.progress.stopped_early {
+    while state.progress.epochs_done < cfg.epochs && !state.progress.standing.stopped_early {
         let epoch = state.progress.epochs_done + 1;
-        let lr = cfg.lr * cb.schedule.factor(epoch, cfg.epochs) * state.progress.lr_scale;
+        let lr = cb.lr(cfg.lr, epoch, cfg.epochs, &state.progress.standing);
         let start = Instant::now();
         let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
         bar.inc(state.progress.epoch_seen as u64);
@@ -815,7 +800,7 @@ fn run<B: Backend>(
                     run_dir.join("last.safetensors").display(),
                     run_dir.display()
                 );
-                return Ok(summary(reports, state.progress.best, true));
+                return Ok(summary(reports, state.progress.standing.best, true));
             }
             // Batch norm needs two samples to have a variance; a last batch of one is dropped.
             if idx.len() >= 2 {
@@ -851,62 +836,27 @@ fn run<B: Backend>(
         *p = Progress {
             epochs_done: epoch,
             steps: p.steps,
-            best: p.best,
-            lr_scale: p.lr_scale,
-            plateau_from: p.plateau_from,
+            standing: p.standing.clone(),
             threshold: Some(threshold),
             ..Progress::default()
         };
         let value = cb.monitor.value(&report.val);
-        if p.best.is_none_or(|(b, _)| cb.monitor.better(value, b)) {
-            p.best = Some((value, epoch));
-            p.plateau_from = epoch;
-            let info = CheckpointInfo {
-                spec: spec.clone(),
-                threshold,
-                epoch,
-                progress: None,
-            };
-            let best = run_dir.join("best.safetensors");
-            checkpoint::save(be, &state.model, &info, Vec::new(), &best)?;
-            let at = &report.at_threshold;
-            let point = (1.0 - at.specificity, at.recall);
-            warn_on_error(plots::roc(
+        let decision = cb.after_epoch(&mut p.standing, epoch, value, cfg.lr);
+        if decision.improved {
+            save_best(
+                be,
+                spec,
+                &state.model,
+                &report,
+                (&probs, &val_ds.labels),
                 run_dir,
-                &probs,
-                &val_ds.labels,
-                at.roc_auc,
-                point,
-            ));
-            warn_on_error(plots::confusion(run_dir, &at.confusion, threshold));
+            )?;
         }
         if let Some(ema) = &mut state.ema {
             ema.swap(&mut state.model);
         }
-        let best_epoch = p.best.map_or(0, |(_, e)| e);
-        if let Some(pl) = cb
-            .plateau
-            .filter(|pl| epoch - p.plateau_from >= pl.patience)
-        {
-            p.lr_scale *= pl.factor;
-            p.plateau_from = epoch;
-            let next = (cfg.lr * p.lr_scale).max(pl.min_lr);
-            p.lr_scale = next / cfg.lr;
-            println!(
-                "validation {} has not improved for {} epochs: learning rate now {next:.3e}",
-                cb.monitor.name(),
-                pl.patience
-            );
-        }
-        if cb
-            .early_stopping
-            .is_some_and(|patience| epoch - best_epoch >= patience)
-        {
-            p.stopped_early = true;
-            println!(
-                "validation {} has not improved since epoch {best_epoch}: stopping early",
-                cb.monitor.name()
-            );
+        for line in cb.explain(&decision, &p.standing) {
+            println!("{line}");
         }
         state.csv.push_str(&csv_row(&report));
         state.csv.push('\n');
@@ -916,7 +866,7 @@ fn run<B: Backend>(
         reports.push(report);
     }
     save_final(be, spec, &mut state, run_dir)?;
-    let best = state.progress.best;
+    let best = state.progress.standing.best;
     println!(
         "best validation {} {:.4} at epoch {}; saved {}",
         cb.monitor.name(),
@@ -925,6 +875,36 @@ fn run<B: Backend>(
         run_dir.join("best.safetensors").display()
     );
     Ok(summary(reports, best, false))
+}
+
+/// The epoch's weights as the run's best (`best.safetensors`), with the ROC curve and the
+/// confusion matrix of its validation `(probabilities, labels)`.
+fn save_best<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    model: &Model<B>,
+    report: &EpochReport,
+    (probs, labels): (&[f32], &[f32]),
+    run_dir: &Path,
+) -> Result<()> {
+    let info = CheckpointInfo {
+        spec: spec.clone(),
+        threshold: report.threshold,
+        epoch: report.epoch,
+        progress: None,
+    };
+    checkpoint::save(
+        be,
+        model,
+        &info,
+        Vec::new(),
+        &run_dir.join("best.safetensors"),
+    )?;
+    let at = &report.at_threshold;
+    let point = (1.0 - at.specificity, at.recall);
+    warn_on_error(plots::roc(run_dir, probs, labels, at.roc_auc, point));
+    warn_on_error(plots::confusion(run_dir, &at.confusion, report.threshold));
+    Ok(())
 }
 
 /// A figure that cannot be drawn is not worth stopping a run for.
