@@ -32,17 +32,23 @@ pub fn peak_gflops(time: Duration) -> f64 {
 /// `trips` rounds of 12 independent multiply-adds as wide as the GEMM kernel `kernel` uses;
 /// returns the FLOPs done.
 fn fma_loop(kernel: Kernel, trips: usize) -> u64 {
+    assert!(
+        kernel.runs_here(),
+        "the {} kernel cannot run here",
+        kernel.name()
+    );
     let lanes = match kernel {
         Kernel::Portable => {
             fma_loop_portable(trips);
             8
         }
-        // SAFETY: `Kernel::available` lists these only when the processor has their features.
+        // SAFETY: checked above (`Kernel::runs_here`).
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => {
             unsafe { fma_loop_avx2(trips) };
             8
         }
+        // SAFETY: as above, for AVX-512F.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
             unsafe { fma_loop_avx512(trips) };
@@ -70,6 +76,8 @@ fn fma_loop_portable(trips: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The processor must have AVX2 and FMA.
 unsafe fn fma_loop_avx2(trips: usize) {
     use std::arch::x86_64::*;
     let a = _mm256_set1_ps(std::hint::black_box(0.999));
@@ -85,6 +93,8 @@ unsafe fn fma_loop_avx2(trips: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// # Safety
+/// The processor must have AVX-512F.
 unsafe fn fma_loop_avx512(trips: usize) {
     use std::arch::x86_64::*;
     let a = _mm512_set1_ps(std::hint::black_box(0.999));

@@ -7,8 +7,10 @@
 //! - input gradient:   dcol               = wᵀ · dy,  then folded back ("col2im") into dx,
 //!   each patch element adding into the input pixel it was copied from.
 //!
-//! Only one image's `col` exists at a time per thread, so memory stays at
-//! `threads × Ci·KH·KW × Ho·Wo` floats, whatever the batch size.
+//! Each image is unfolded into its thread's reused buffer (`with_col`), so memory stays near
+//! `threads × Ci·KH·KW × Ho·Wo` floats whatever the batch size (a thread that starts another
+//! image while it waits inside the parallel GEMM takes a second buffer). The weight gradient
+//! sums its products over groups of `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
 
 use super::gemm::{gemm, MatRef};
 use crate::backend::Conv2dGeom;

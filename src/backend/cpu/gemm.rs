@@ -211,9 +211,13 @@ fn even_split(len: usize, max: usize, unit: usize) -> usize {
         .min(max)
 }
 
+/// C's data, shared by the tasks that write its tiles.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the pointer is only written through by `gemm_tile`, each task to its own tile, and C
+// outlives the tasks (`gemm_with` returns after all of them).
 unsafe impl Send for SendPtr {}
+// SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
 #[derive(Clone, Copy)]
@@ -230,6 +234,11 @@ thread_local! {
 }
 
 /// Computes one `mc × nc` tile of C, looping over K in `KC` slices.
+///
+/// # Safety
+/// `c` must point to a C of at least `(t.i0 + t.mc - 1) * ldc + t.j0 + t.nc` floats that no
+/// other thread reads or writes inside the tile while this runs, and `kernel` must run here
+/// (`Kernel::runs_here`).
 unsafe fn gemm_tile(
     kernel: Kernel,
     a: &MatRef,
@@ -273,6 +282,10 @@ unsafe fn gemm_tile(
 }
 
 /// Adds (or, on the first slice without `accumulate`, writes) a register block into C.
+///
+/// # Safety
+/// `c0` must point to the block's first element of a C with row stride `ldc` holding at least
+/// `rows` rows of `cols` floats from there, which no other thread touches.
 unsafe fn store_block(
     acc: &[f32; MR * NR],
     c0: *mut f32,
@@ -369,6 +382,8 @@ fn kernel_portable(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
 /// done as two `MR × 16` halves of 12 accumulators each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// # Safety
+/// The processor must have AVX2 and FMA; `a` and `b` must hold `kc * MR` and `kc * NR` floats.
 unsafe fn kernel_avx2_fma(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
@@ -394,6 +409,8 @@ unsafe fn kernel_avx2_fma(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * 
 /// The whole `MR × NR` block in 12 AVX-512 accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// # Safety
+/// The processor must have AVX-512F; `a` and `b` must hold `kc * MR` and `kc * NR` floats.
 unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
