@@ -1,0 +1,191 @@
+//! `eval`, `predict` (with Grad-CAM heatmaps) and `data check`.
+
+use super::*;
+
+/// All the metrics of a trained model on a labelled folder.
+#[derive(Args)]
+pub(super) struct EvalArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used); several
+    /// --model average their probabilities (an ensemble) [default: the shipped model,
+    /// models/fracatlas.safetensors].
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// A folder with fractured/ and not_fractured/ inside, or a data folder (its test/ split, or
+    /// else its val/ split, is used).
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Also write each image's label, probability and prediction to this CSV file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Test-time augmentation: average each image's probability over the image, its mirror
+    /// image and two small shifts.
+    #[arg(long)]
+    tta: bool,
+    /// Folder for reliability.png (the calibration diagram) and roc.png [default: RUN_DIR/eval
+    /// when --model is a run folder, else none].
+    #[arg(long)]
+    figures: Option<PathBuf>,
+    /// Resamples of the stratified bootstrap behind the 95 % intervals (at least 1000).
+    #[arg(long, default_value_t = 2000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap's resampling: the same seed gives the same intervals.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    run: RunModelArgs,
+}
+
+/// The probability that each image shows a fracture.
+#[derive(Args)]
+pub(super) struct PredictArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors is used); several
+    /// --model average their probabilities (an ensemble) [default: the shipped model,
+    /// models/fracatlas.safetensors].
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Image files, or folders searched for images.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
+    #[arg(long)]
+    json: bool,
+    /// Test-time augmentation: average each image's probability over the image, its mirror
+    /// image and two small shifts.
+    #[arg(long)]
+    tta: bool,
+    /// Also draw where the model looked (Grad-CAM of its last convolutional block over the
+    /// X-ray) into this PNG; with several images, this is a folder that gets one PNG per image,
+    /// named FOLDER-NAME.heatmap.png after the image's folder and name.
+    #[arg(long, value_name = "OUT.png")]
+    heatmap: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunModelArgs,
+}
+
+pub(super) fn eval(a: EvalArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.bootstrap >= 1000,
+        "--bootstrap must be at least 1000 resamples, got {}",
+        a.bootstrap
+    );
+    let models = eval::models_or_shipped(&a.model)?;
+    let opts = eval::EvalOptions {
+        batch: a.run.batch_size,
+        tta: a.tta,
+        csv: a.csv.clone(),
+        figures: a
+            .figures
+            .clone()
+            .or_else(|| models[0].is_dir().then(|| models[0].join("eval"))),
+        bootstrap: fracture_cnn::metrics::Bootstrap {
+            resamples: a.bootstrap,
+            seed: a.seed,
+        },
+        quiet: a.json,
+    };
+    let picked = pick_backend_quietly(a.run.backend, a.json)?;
+    let e = on_backend!(picked, |be| eval::evaluate(be, &models, &a.data, &opts))?;
+    for (p, why) in &e.skipped {
+        eprintln!("warning: skipping {}: {why}", p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    print!("{}", eval::render(&e));
+    if let Some(csv) = &a.csv {
+        println!("per-image predictions written to {}", csv.display());
+    }
+    if let Some(dir) = &opts.figures {
+        println!(
+            "figures: {} and {}",
+            dir.join("reliability.png").display(),
+            dir.join("roc.png").display()
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn predict(a: PredictArgs) -> Result<()> {
+    let batch = a.run.batch_size;
+    let models = eval::models_or_shipped(&a.model)?;
+    let picked = pick_backend_quietly(a.run.backend, true)?;
+    let (predictions, failed) = on_backend!(picked, |be| eval::predict(
+        be, &models, &a.paths, batch, a.tta
+    ))?;
+    for (p, why) in &failed {
+        eprintln!("warning: skipping {}: {why}", p.display());
+    }
+    for p in &predictions {
+        if a.json {
+            println!("{}", serde_json::to_string(p)?);
+        } else {
+            println!("{:.4}  {:<13}  {}", p.probability, p.label, p.file);
+        }
+    }
+    if predictions.is_empty() {
+        anyhow::bail!("none of the {} image files could be read", failed.len());
+    }
+    if let Some(out) = &a.heatmap {
+        let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
+        on_backend!(picked, |be| heatmaps(be, &models[0], &files, out))?;
+    }
+    Ok(())
+}
+
+/// Writes a Grad-CAM heatmap of each image: to `out` for one image, else into the folder `out`.
+pub(super) fn heatmaps<B: Backend>(
+    be: &B,
+    model: &std::path::Path,
+    files: &[PathBuf],
+    out: &std::path::Path,
+) -> Result<()> {
+    use fracture_cnn::{checkpoint, data::image, explain, plots};
+    let (mut net, info) = checkpoint::load(be, &eval::checkpoint_path(model))?;
+    if files.len() > 1 {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    }
+    let mut taken = std::collections::HashSet::new();
+    for file in files {
+        let path = if files.len() == 1 {
+            out.to_path_buf()
+        } else {
+            // class folders often hold files of the same name: the folder's name goes first,
+            // and a number after any name already written
+            let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+            let folder = file
+                .parent()
+                .and_then(|p| p.file_name())
+                .unwrap_or_default();
+            let name = format!("{}-{stem}", folder.to_string_lossy());
+            let unique = (1..)
+                .map(|i| {
+                    if i == 1 {
+                        name.clone()
+                    } else {
+                        format!("{name}-{i}")
+                    }
+                })
+                .find(|n| taken.insert(n.clone()))
+                .expect("some name is free");
+            out.join(format!("{unique}.heatmap.png"))
+        };
+        let img = image::open(file)?;
+        let e = explain::explain(be, &mut net, &img)?;
+        let label = eval::class_name(e.probability >= info.threshold);
+        let text = format!("{label}  p = {:.3}", e.probability);
+        plots::write_labelled_png(&path, explain::overlay(&img, &e, 768), &text)?;
+        eprintln!("heatmap of {}: {}", file.display(), path.display());
+    }
+    Ok(())
+}
+
+pub(super) fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
+    let report = fracture_cnn::data::check::check(dir, quiet)?;
+    println!("data check: {}\n", dir.display());
+    print!("{}", report.render());
+    Ok(())
+}
