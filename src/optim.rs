@@ -132,7 +132,7 @@ impl<B: Backend> Optimizer<B> {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::{cpu::elementwise, AdamStep, SgdStep};
+    use crate::backend::{cpu::optim as cpu_optim, AdamStep, SgdStep};
 
     #[test]
     fn adam_first_step_moves_each_weight_by_lr_against_its_gradient() {
@@ -148,7 +148,7 @@ mod tests {
             weight_decay: 0.0,
             t: 1,
         };
-        elementwise::adam(&mut p, &g, &mut m, &mut v, &h);
+        cpu_optim::adam(&mut p, &g, &mut m, &mut v, &h);
         let want = [0.99f32, -1.99, 0.49];
         for (a, b) in p.iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -165,8 +165,8 @@ mod tests {
             momentum: 0.9,
             weight_decay: 0.0,
         };
-        elementwise::sgd(&mut p, &[1.0], &mut vel, &h);
-        elementwise::sgd(&mut p, &[1.0], &mut vel, &h);
+        cpu_optim::sgd(&mut p, &[1.0], &mut vel, &h);
+        cpu_optim::sgd(&mut p, &[1.0], &mut vel, &h);
         // v1 = 1, p1 = 0.9; v2 = 1.9, p2 = 0.71
         assert!((p[0] - 0.71).abs() < 1e-6 && (vel[0] - 1.9).abs() < 1e-6);
     }

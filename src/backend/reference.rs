@@ -186,6 +186,7 @@ impl Backend for Reference {
         t.reshape(shape)
     }
 
+    // ---- conv: nn/conv.rs, cpu/conv.rs, gpu/conv.rs, shaders/conv.wgsl ----
     /// `x[N,Ci,H,W]`, `w[Co,Ci,KH,KW]`, `b[Co]` → `y[N,Co,Ho,Wo]`
     fn conv2d_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom) -> Tensor {
         convolve(x, w, b, g, false)
@@ -202,6 +203,7 @@ impl Backend for Reference {
         (dw, db)
     }
 
+    // ---- depthwise: nn/depthwise.rs, cpu/depthwise.rs, gpu/depthwise.rs, shaders/depthwise.wgsl ----
     /// `x[N,C,H,W]`, `w[C,1,KH,KW]`, `b[C]` → `y[N,C,Ho,Wo]`
     fn depthwise_conv2d_forward(
         &self,
@@ -229,6 +231,7 @@ impl Backend for Reference {
         (dw, db)
     }
 
+    // ---- batchnorm: nn/batchnorm.rs, cpu/batchnorm.rs, gpu/batchnorm.rs, shaders/batchnorm.wgsl ----
     /// `x[N,C,H,W]` or `[N,F]`, `gamma[C]`, `beta[C]` → (y, batch statistics)
     fn batchnorm_forward_train(
         &self,
@@ -311,6 +314,7 @@ impl Backend for Reference {
         }
     }
 
+    // ---- pool: nn/maxpool.rs and nn/avgpool.rs, cpu/pool.rs, gpu/pool.rs, shaders/pool.wgsl ----
     /// `x[N,C,H,W]` → (`y[N,C,Ho,Wo]`, the index `iy·W + ix` in its plane of each maximum, the
     /// first in row order on ties)
     fn maxpool_forward(&self, x: &Tensor, g: &Pool2dGeom) -> (Tensor, Vec<u32>) {
@@ -364,6 +368,7 @@ impl Backend for Reference {
         tensor([n, c, h, w], dx)
     }
 
+    // ---- dense: nn/dense.rs, the GEMM of cpu/mod.rs and gpu/mod.rs (cpu/gemm.rs, shaders/gemm.wgsl) ----
     /// `x[N,I]`, `w[O,I]`, `b[O]` → `y[N,O]`: y[n,o] = b[o] + Σ_i x[n,i]·w[o,i]
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
@@ -408,6 +413,7 @@ impl Backend for Reference {
         (tensor([o, i], dw), tensor([o], db))
     }
 
+    // ---- elementwise: nn/add.rs, nn/relu.rs, nn/dropout.rs, cpu/elementwise.rs, gpu/elementwise.rs, shaders/elementwise.wgsl ----
     fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {
         assert_eq!(a.shape, b.shape, "add of two shapes");
         let y = a.data.iter().zip(&b.data).map(|(&u, &v)| u + v).collect();
@@ -455,6 +461,7 @@ impl Backend for Reference {
         self.dropout_forward(dy, p, seed)
     }
 
+    // ---- loss: nn/loss.rs, cpu/loss.rs, gpu/loss.rs, shaders/loss.wgsl ----
     /// With σ the sigmoid and w = pos_weight, over the N samples:
     ///   loss = mean(−w·y·ln σ(z) − (1−y)·ln(1 − σ(z))),  dz = (w·y·(σ(z) − 1) + (1−y)·σ(z)) / N
     /// (ln σ(z) = −ln(1 + e^−z), written so that no |z| overflows).
@@ -481,6 +488,7 @@ impl Backend for Reference {
         )
     }
 
+    // ---- optim: src/optim.rs, cpu/optim.rs, gpu/optim.rs, shaders/optim.wgsl ----
     /// m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;
     /// p −= lr·((m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε) + wd·p)
     fn adam_step(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: &AdamStep) {
@@ -506,6 +514,7 @@ impl Backend for Reference {
         }
     }
 
+    // ---- gradient health: cpu/mod.rs, gpu/reduce.rs, shaders/reduce.wgsl ----
     fn squared_norms(&self, ts: &[&Tensor]) -> Vec<f32> {
         ts.iter()
             .map(|t| t.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() as f32)

@@ -7,7 +7,7 @@
 //!           dy back unchanged, which is why the first layers of a deep residual network still
 //!           get a gradient of the loss's own size.
 
-use super::{conv2d::Conv2d, Layer, Mode, Param};
+use super::{conv::Conv2d, Layer, Mode, Param};
 use crate::backend::{Backend, Conv2dGeom};
 use rand::rngs::StdRng;
 

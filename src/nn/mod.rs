@@ -9,7 +9,7 @@
 pub mod add;
 pub mod avgpool;
 pub mod batchnorm;
-pub mod conv2d;
+pub mod conv;
 pub mod dense;
 pub mod depthwise;
 pub mod dropout;

@@ -3,7 +3,7 @@
 //! sums the gradients of an output that several layers read (a residual block's input).
 
 use super::{
-    add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv2d::Conv2d, dense::Dense,
+    add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv::Conv2d, dense::Dense,
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
     Layer, LayerSpec, Mode, ModelSpec, Param,
 };

@@ -7,6 +7,8 @@ pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
+pub mod loss;
+pub mod optim;
 pub mod pool;
 
 use self::batchnorm::Dims;
@@ -284,15 +286,15 @@ impl Backend for Cpu {
         targets: &Tensor,
         pos_weight: f32,
     ) -> (Tensor, Tensor) {
-        let (loss, grad) = elementwise::bce_with_logits(&logits.data, &targets.data, pos_weight);
+        let (loss, grad) = loss::bce_with_logits(&logits.data, &targets.data, pos_weight);
         (t([1], vec![loss]), t(logits.shape.clone(), grad))
     }
 
     fn adam_step(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: &AdamStep) {
-        elementwise::adam(&mut p.data, &g.data, &mut m.data, &mut v.data, h);
+        optim::adam(&mut p.data, &g.data, &mut m.data, &mut v.data, h);
     }
     fn sgd_step(&self, p: &mut Tensor, g: &Tensor, velocity: &mut Tensor, h: &SgdStep) {
-        elementwise::sgd(&mut p.data, &g.data, &mut velocity.data, h);
+        optim::sgd(&mut p.data, &g.data, &mut velocity.data, h);
     }
     fn squared_norms(&self, ts: &[&Tensor]) -> Vec<f32> {
         ts.iter()
