@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod callbacks;
 pub mod checkpoint;
+pub mod columns;
 pub mod cv;
 pub mod data;
 pub mod eval;

@@ -4,6 +4,7 @@
 use crate::backend::{hash, Backend};
 use crate::callbacks::{Callbacks, Standing};
 use crate::checkpoint::{self, CheckpointInfo};
+use crate::columns;
 use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
@@ -361,42 +362,6 @@ fn epoch_bar(images: usize, epoch: usize, epochs: usize, quiet: bool) -> Progres
     bar
 }
 
-const CSV_HEADER: &str =
-    "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_balanced_accuracy,\
-val_precision,val_recall,val_specificity,val_f1,val_roc_auc,threshold,\
-val_balanced_accuracy_at_threshold,val_recall_at_threshold,val_specificity_at_threshold,\
-val_tp,val_fp,val_tn,val_fn,lr,seconds,train_images_per_s";
-
-fn csv_row(r: &EpochReport) -> String {
-    let (v, t) = (&r.val, &r.at_threshold);
-    format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},\
-         {},{},{},{},{:.6e},{:.2},{:.2}",
-        r.epoch,
-        r.train_loss,
-        r.train_accuracy,
-        v.loss,
-        v.accuracy,
-        v.balanced_accuracy,
-        v.precision,
-        v.recall,
-        v.specificity,
-        v.f1,
-        v.roc_auc,
-        r.threshold,
-        t.balanced_accuracy,
-        t.recall,
-        t.specificity,
-        t.confusion.tp,
-        t.confusion.fp,
-        t.confusion.tn,
-        t.confusion.fn_,
-        r.lr,
-        r.seconds,
-        r.train_images_per_s
-    )
-}
-
 /// The seed of step `step`'s dropout masks: a hash of the run's seed and the step in the low half
 /// (so that every run and step draws other masks), the step itself in the high half (so that no
 /// two steps of a run can share one).
@@ -548,7 +513,7 @@ fn start<B: Backend>(
         model,
         opt: Optimizer::new(cfg.optimizer, cfg.weight_decay),
         progress: Progress::default(),
-        csv: format!("{CSV_HEADER}\n"),
+        csv: format!("{}\n", columns::csv_header()),
     };
     run(
         be,
@@ -626,7 +591,8 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
         .transpose()
         .with_context(|| format!("cannot resume from {}", last.display()))?;
     let csv_path = run_dir.join("metrics.csv");
-    let csv = std::fs::read_to_string(&csv_path).unwrap_or_else(|_| format!("{CSV_HEADER}\n"));
+    let csv = std::fs::read_to_string(&csv_path)
+        .unwrap_or_else(|_| format!("{}\n", columns::csv_header()));
     // Rows of epochs after the checkpoint's (none, unless a write was cut short) are dropped.
     let csv: String = csv
         .lines()
@@ -781,58 +747,29 @@ fn run<B: Backend>(
         let epoch = state.progress.epochs_done + 1;
         let lr = cb.lr(cfg.lr, epoch, cfg.epochs, &state.progress.standing);
         let start = Instant::now();
-        let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
-        bar.inc(state.progress.epoch_seen as u64);
-        let epoch_seed = cfg.seed.wrapping_add(epoch as u64);
-        let batches = match cfg.sampling {
-            Sampling::Shuffle => train_ds.batches(cfg.batch_size, Some(epoch_seed)),
-            Sampling::Balanced => train_ds.balanced_batches(cfg.batch_size, epoch_seed),
-        };
         let seen_before = state.progress.epoch_seen;
-        for (i, idx) in batches.iter().enumerate().skip(state.progress.batches_done) {
-            if STOP.load(Ordering::SeqCst) {
-                bar.finish_and_clear();
-                save_last(be, spec, &state, run_dir)?;
-                println!(
-                    "stopped during epoch {epoch} after {i} of {} batches; the run is saved in {}.\n\
-                     continue it with: fracture-cnn train --resume {}",
-                    batches.len(),
-                    run_dir.join("last.safetensors").display(),
-                    run_dir.display()
-                );
-                return Ok(summary(reports, state.progress.standing.best, true));
-            }
-            // Batch norm needs two samples to have a variance; a last batch of one is dropped.
-            if idx.len() >= 2 {
-                train_step(be, cfg, &mut state, train_ds, idx, (pos_weight, lr), epoch)?;
-                if crate::faults::stop_after_step(state.progress.steps) {
-                    STOP.store(true, Ordering::SeqCst);
-                }
-            }
-            state.progress.batches_done = i + 1;
-            bar.inc(idx.len() as u64);
+        let data = (train_ds, pos_weight, lr);
+        if let Stopped::Yes = train_epoch(be, cfg, spec, &mut state, data, epoch, run_dir)? {
+            return Ok(summary(reports, state.progress.standing.best, true));
         }
-        bar.finish_and_clear();
-        let train_secs = start.elapsed().as_secs_f64();
+        let images_per_s =
+            (state.progress.epoch_seen - seen_before) as f64 / start.elapsed().as_secs_f64();
         // with --ema, the averaged weights are the model: validated, and saved as the best
         if let Some(ema) = &mut state.ema {
             ema.swap(&mut state.model);
         }
-        let (val_loss, probs) = predict(be, &mut state.model, val_ds, cfg.batch_size);
+        let (mut report, probs) = validate_epoch(
+            be,
+            cfg,
+            (&mut state.model, &state.progress),
+            val_ds,
+            (epoch, lr),
+        );
+        report.seconds = start.elapsed().as_secs_f64();
+        report.train_images_per_s = images_per_s;
         let p = &mut state.progress;
-        let threshold = metrics::best_threshold(&probs, &val_ds.labels);
-        let report = EpochReport {
-            epoch,
-            train_loss: p.epoch_loss_sum / p.epoch_seen.max(1) as f64,
-            train_accuracy: p.epoch_correct as f64 / p.epoch_seen.max(1) as f64,
-            val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
-            threshold,
-            at_threshold: Metrics::new(&probs, &val_ds.labels, threshold, val_loss),
-            lr,
-            seconds: start.elapsed().as_secs_f64(),
-            train_images_per_s: (p.epoch_seen - seen_before) as f64 / train_secs,
-        };
-        print_epoch(&report, cfg.epochs);
+        let threshold = report.threshold;
+        println!("{}", columns::log_line(&report, cfg.epochs));
         *p = Progress {
             epochs_done: epoch,
             steps: p.steps,
@@ -858,7 +795,7 @@ fn run<B: Backend>(
         for line in cb.explain(&decision, &p.standing) {
             println!("{line}");
         }
-        state.csv.push_str(&csv_row(&report));
+        state.csv.push_str(&columns::csv_row(&report));
         state.csv.push('\n');
         checkpoint::write_atomic(&run_dir.join("metrics.csv"), state.csv.as_bytes())?;
         warn_on_error(plots::training_curves(run_dir, &state.csv));
@@ -875,6 +812,83 @@ fn run<B: Backend>(
         run_dir.join("best.safetensors").display()
     );
     Ok(summary(reports, best, false))
+}
+
+/// Whether training stopped inside an epoch (Ctrl-C, SIGTERM), the run saved.
+enum Stopped {
+    Yes,
+    No,
+}
+
+/// Trains epoch `epoch` from the batch `state.progress` stands at, one step per batch of
+/// `train_ds` at the learning rate `lr`; on a stop request, saves the run and says how to resume.
+fn train_epoch<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    state: &mut RunState<B>,
+    (train_ds, pos_weight, lr): (&Dataset, f32, f32),
+    epoch: usize,
+    run_dir: &Path,
+) -> Result<Stopped> {
+    let bar = epoch_bar(train_ds.len(), epoch, cfg.epochs, cfg.quiet);
+    bar.inc(state.progress.epoch_seen as u64);
+    let epoch_seed = cfg.seed.wrapping_add(epoch as u64);
+    let batches = match cfg.sampling {
+        Sampling::Shuffle => train_ds.batches(cfg.batch_size, Some(epoch_seed)),
+        Sampling::Balanced => train_ds.balanced_batches(cfg.batch_size, epoch_seed),
+    };
+    for (i, idx) in batches.iter().enumerate().skip(state.progress.batches_done) {
+        if STOP.load(Ordering::SeqCst) {
+            bar.finish_and_clear();
+            save_last(be, spec, state, run_dir)?;
+            println!(
+                "stopped during epoch {epoch} after {i} of {} batches; the run is saved in {}.\n\
+                 continue it with: fracture-cnn train --resume {}",
+                batches.len(),
+                run_dir.join("last.safetensors").display(),
+                run_dir.display()
+            );
+            return Ok(Stopped::Yes);
+        }
+        // Batch norm needs two samples to have a variance; a last batch of one is dropped.
+        if idx.len() >= 2 {
+            train_step(be, cfg, state, train_ds, idx, (pos_weight, lr), epoch)?;
+            if crate::faults::stop_after_step(state.progress.steps) {
+                STOP.store(true, Ordering::SeqCst);
+            }
+        }
+        state.progress.batches_done = i + 1;
+        bar.inc(idx.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(Stopped::No)
+}
+
+/// The report of epoch `epoch` (trained at `lr`): its training figures, and the model's on
+/// `val_ds` at 0.5 and at the threshold that maximises balanced accuracy there; with the
+/// validation probabilities. (The timings are the caller's.)
+fn validate_epoch<B: Backend>(
+    be: &B,
+    cfg: &TrainConfig,
+    (model, p): (&mut Model<B>, &Progress),
+    val_ds: &Dataset,
+    (epoch, lr): (usize, f32),
+) -> (EpochReport, Vec<f32>) {
+    let (val_loss, probs) = predict(be, model, val_ds, cfg.batch_size);
+    let threshold = metrics::best_threshold(&probs, &val_ds.labels);
+    let report = EpochReport {
+        epoch,
+        train_loss: p.epoch_loss_sum / p.epoch_seen.max(1) as f64,
+        train_accuracy: p.epoch_correct as f64 / p.epoch_seen.max(1) as f64,
+        val: Metrics::new(&probs, &val_ds.labels, 0.5, val_loss),
+        threshold,
+        at_threshold: Metrics::new(&probs, &val_ds.labels, threshold, val_loss),
+        lr,
+        seconds: 0.0,
+        train_images_per_s: 0.0,
+    };
+    (report, probs)
 }
 
 /// The epoch's weights as the run's best (`best.safetensors`), with the ROC curve and the
@@ -1009,29 +1023,4 @@ fn train_step<B: Backend>(
     p.epoch_loss_sum += l as f64 * idx.len() as f64;
     p.epoch_seen += idx.len();
     Ok(())
-}
-
-fn print_epoch(r: &EpochReport, epochs: usize) {
-    let v = &r.val;
-    println!(
-        "epoch {:>3}/{epochs}  train loss {:.4} acc {:.3} | val loss {:.4} acc {:.3} bal-acc {:.3} \
-         prec {:.3} rec {:.3} auc {:.3} | at threshold {:.3}: bal-acc {:.3} sens {:.3} spec {:.3} \
-         | lr {:.2e} | {:.1} s, {:.1} img/s",
-        r.epoch,
-        r.train_loss,
-        r.train_accuracy,
-        v.loss,
-        v.accuracy,
-        v.balanced_accuracy,
-        v.precision,
-        v.recall,
-        v.roc_auc,
-        r.threshold,
-        r.at_threshold.balanced_accuracy,
-        r.at_threshold.recall,
-        r.at_threshold.specificity,
-        r.lr,
-        r.seconds,
-        r.train_images_per_s
-    );
 }
