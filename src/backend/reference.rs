@@ -368,7 +368,7 @@ impl Backend for Reference {
         tensor([n, c, h, w], dx)
     }
 
-    // ---- dense: nn/dense.rs, the GEMM of cpu/mod.rs and gpu/mod.rs (cpu/gemm.rs, shaders/gemm.wgsl) ----
+    // ---- dense: nn/dense.rs, cpu/dense.rs, gpu/dense.rs (on the GEMM: shaders/gemm.wgsl) ----
     /// `x[N,I]`, `w[O,I]`, `b[O]` → `y[N,O]`: y[n,o] = b[o] + Σ_i x[n,i]·w[o,i]
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);

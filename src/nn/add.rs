@@ -6,6 +6,10 @@
 //! Backward: ∂L/∂a = dy and ∂L/∂b = Pᵀ dy (dy itself for the identity). The identity path hands
 //!           dy back unchanged, which is why the first layers of a deep residual network still
 //!           get a gradient of the loss's own size.
+//!
+//! Its op family, elementwise (`add`), by the same names in each: the `elementwise` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/elementwise.rs`,
+//! `backend/gpu/elementwise.rs` and `shaders/elementwise.wgsl`.
 
 use super::{conv::Conv2d, Layer, Mode, Param};
 use crate::backend::{Backend, Conv2dGeom};

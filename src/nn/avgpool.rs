@@ -4,6 +4,10 @@
 //!
 //! Forward:  `y[n,c]` = (1 / H·W) Σ_{i,j} `x[n,c,i,j]`
 //! Backward: every pixel contributes 1/(H·W) of the mean, so `dx[n,c,i,j]` = `dy[n,c]` / (H·W).
+//!
+//! Its op family, pool (`global_avgpool_*`), by the same names in each: the `pool` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/pool.rs`, `backend/gpu/pool.rs` and
+//! `shaders/pool.wgsl`.
 
 use super::{saved, Layer, Mode};
 use crate::backend::Backend;

@@ -10,6 +10,10 @@
 //! Backward (inference statistics, for explanations): y is affine in x per channel, so
 //!   dx = γ / √(running var + ε) · dy, which is the inference forward pass applied to dy with
 //!   β = 0 and mean = 0.
+//!
+//! Its op family, batchnorm, by the same names in each: the `batchnorm` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/batchnorm.rs`, `backend/gpu/batchnorm.rs`
+//! and `shaders/batchnorm.wgsl`.
 
 use super::{saved, Layer, Mode, Param};
 use crate::backend::{Backend, BatchNormStats};

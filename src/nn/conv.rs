@@ -5,6 +5,9 @@
 //!   `dw[o,c,u,v]` = Σ_{n,i,j} `dy[n,o,i,j]` · `x[n, c, i·s + u - pad, j·s + v - pad]`,   `db[o]` = Σ_{n,i,j} `dy[n,o,i,j]`
 //!   `dx[n,c,p,q]` = Σ over every (o,u,v,i,j) with i·s + u - pad = p and j·s + v - pad = q of `w[o,c,u,v]` · `dy[n,o,i,j]`
 //! (the last is a convolution of dy with the flipped kernel, a "transposed convolution").
+//!
+//! Its op family, conv, by the same names in each: the `conv` section of `backend/reference.rs`
+//! (the definition), `backend/cpu/conv.rs`, `backend/gpu/conv.rs` and `shaders/conv.wgsl`.
 
 use super::{init, saved, Layer, Mode, Param};
 use crate::backend::{Backend, Conv2dGeom};

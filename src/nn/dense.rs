@@ -3,6 +3,10 @@
 //! Forward:  `y[n,o]` = Σ_i `x[n,i]` · `w[o,i]` + `b[o]`               (y = x wᵀ + b)
 //! Backward: `dx[n,i]` = Σ_o `dy[n,o]` · `w[o,i]`                    (dx = dy w)
 //!           `dw[o,i]` = Σ_n `dy[n,o]` · `x[n,i]`,  `db[o]` = Σ_n `dy[n,o]`   (dw = dyᵀ x)
+//!
+//! Its op family, dense (on the GEMM: `gemm`), by the same names in each: the `dense` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/dense.rs`, `backend/gpu/dense.rs` and
+//! `shaders/gemm.wgsl`.
 
 use super::{init, saved, Layer, Mode, Param};
 use crate::backend::Backend;

@@ -7,6 +7,10 @@
 //! Backward: as for a full convolution, but each weight only ever meets its own channel:
 //!   `dw[c,u,v]` = Σ_{n,i,j} `dy[n,c,i,j]` · `x[n, c, i·s + u - pad, j·s + v - pad]`,   `db[c]` = Σ_{n,i,j} `dy[n,c,i,j]`
 //!   `dx[n,c,p,q]` = Σ over every (u,v,i,j) with i·s + u - pad = p and j·s + v - pad = q of `w[c,u,v]` · `dy[n,c,i,j]`
+//!
+//! Its op family, depthwise, by the same names in each: the `depthwise` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/depthwise.rs`, `backend/gpu/depthwise.rs`
+//! and `shaders/depthwise.wgsl`.
 
 use super::{init, saved, Layer, Mode, Param};
 use crate::backend::{Backend, Conv2dGeom};

@@ -4,6 +4,10 @@
 //!   1 - p keeps `E[y]` = x, so inference uses the layer as the identity.
 //! Backward: dx = dy · keep / (1 - p), with the same mask. The mask is not stored: it is a hash
 //!   of (seed, element index) (see `backend::hash`), recomputed from the same seed.
+//!
+//! Its op family, elementwise (`dropout`), by the same names in each: the `elementwise` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/elementwise.rs`,
+//! `backend/gpu/elementwise.rs` and `shaders/elementwise.wgsl`.
 
 use super::{saved, Layer, Mode};
 use crate::backend::{hash, Backend};

@@ -6,6 +6,9 @@
 //!   dloss/dz = w·y·(p - 1) + (1 - y)·p                (= p - y when w = 1)
 //! Computing it from z rather than from p avoids log(0) when |z| is large, and the gradient of
 //! the fused form is simpler than the product of the sigmoid's and the log's.
+//!
+//! Its op family, loss, by the same names in each: the `loss` section of `backend/reference.rs`
+//! (the definition), `backend/cpu/loss.rs`, `backend/gpu/loss.rs` and `shaders/loss.wgsl`.
 
 use crate::backend::Backend;
 

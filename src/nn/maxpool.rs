@@ -4,6 +4,10 @@
 //!           where each maximum was.
 //! Backward: the max passes its input through unchanged and ignores the others, so its gradient
 //!           is 1 for the winner and 0 elsewhere: dx gets dy at each argmax, zero everywhere else.
+//!
+//! Its op family, pool (`maxpool_*`), by the same names in each: the `pool` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/pool.rs`, `backend/gpu/pool.rs` and
+//! `shaders/pool.wgsl`.
 
 use super::{saved, Layer, Mode};
 use crate::backend::{Backend, Pool2dGeom};

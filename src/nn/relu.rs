@@ -2,6 +2,10 @@
 //!
 //! Forward:  y = max(x, 0)
 //! Backward: dx = dy where x > 0, else 0 (the slope is 1 on the right of zero and 0 on the left).
+//!
+//! Its op family, elementwise (`relu_*`), by the same names in each: the `elementwise` section of
+//! `backend/reference.rs` (the definition), `backend/cpu/elementwise.rs`,
+//! `backend/gpu/elementwise.rs` and `shaders/elementwise.wgsl`.
 
 use super::{saved, Layer, Mode};
 use crate::backend::Backend;

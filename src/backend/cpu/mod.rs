@@ -4,6 +4,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod dense;
 pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
@@ -12,7 +13,6 @@ pub mod optim;
 pub mod pool;
 
 use self::batchnorm::Dims;
-use self::gemm::{gemm, MatRef};
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
 
@@ -57,12 +57,6 @@ fn t(shape: impl Into<Shape>, data: Vec<f32>) -> Tensor {
 fn bn_dims(x: &Tensor) -> Dims {
     let (n, c, h, w) = x.shape.nchw();
     Dims { n, c, hw: h * w }
-}
-
-/// Adds `b[j]` to every row of a row-major `rows × b.len()` matrix.
-fn add_bias_rows(y: &mut [f32], b: &[f32]) {
-    y.chunks_exact_mut(b.len())
-        .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
 }
 
 impl Backend for Cpu {
@@ -217,44 +211,13 @@ impl Backend for Cpu {
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
-        let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
-        let mut y = vec![0f32; n * o];
-        gemm(
-            MatRef::rows(&x.data, n, i),
-            MatRef::rows(&w.data, o, i).t(),
-            &mut y,
-            o,
-            false,
-        );
-        add_bias_rows(&mut y, &b.data);
-        t([n, o], y)
+        dense::forward(x, w, b)
     }
     fn dense_backward_input(&self, dy: &Tensor, w: &Tensor) -> Tensor {
-        let (n, o, i) = (dy.dims()[0], w.dims()[0], w.dims()[1]);
-        let mut dx = vec![0f32; n * i];
-        gemm(
-            MatRef::rows(&dy.data, n, o),
-            MatRef::rows(&w.data, o, i),
-            &mut dx,
-            i,
-            false,
-        );
-        t([n, i], dx)
+        dense::backward_input(dy, w)
     }
     fn dense_backward_weight(&self, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
-        let (n, i, o) = (x.dims()[0], x.dims()[1], dy.dims()[1]);
-        let mut dw = vec![0f32; o * i];
-        gemm(
-            MatRef::rows(&dy.data, n, o).t(),
-            MatRef::rows(&x.data, n, i),
-            &mut dw,
-            i,
-            false,
-        );
-        let db = (0..o)
-            .map(|j| (0..n).map(|r| dy.data[r * o + j]).sum())
-            .collect();
-        (t([o, i], dw), t([o], db))
+        dense::backward_weight(x, dy)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {

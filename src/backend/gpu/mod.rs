@@ -10,13 +10,14 @@
 
 //!
 //! The files mirror `cpu/`, one op family each, beside its shader (`shaders/<family>.wgsl`):
-//! `gemm`, `conv`, `depthwise`, `batchnorm`, `pool`, `elementwise`, `reduce`, `loss`, `optim`.
+//! `gemm`, `conv`, `dense`, `depthwise`, `batchnorm`, `pool`, `elementwise`, `reduce`, `loss`, `optim`.
 //! Each declares its kernels' parameter block as a `Params` struct, field for field the WGSL
 //! struct of its shader (`params.rs` checks them against each other).
 
 mod batchnorm;
 mod context;
 mod conv;
+mod dense;
 mod depthwise;
 mod elementwise;
 mod gemm;
@@ -28,7 +29,6 @@ mod reduce;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
-use self::gemm::Gemm;
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
@@ -395,41 +395,13 @@ impl Backend for Gpu {
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {
-        let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], w.shape.dims()[0]);
-        let y = self.alloc([n, o]);
-        let (w, b) = (self.whole(w), self.whole(b));
-        self.per_window(n, &[x], &[&y], |win, xs, ys| {
-            // y [N × O] = x [N × I] · wᵀ [I × O]
-            let gm = Gemm::matmul(win.count, o, i, (i, 1), (1, i));
-            gemm::gemm(self, gm, xs[0], w, ys[0]);
-            elementwise::add_channel_bias(self, win.count * o, (o, 1), b, ys[0]);
-        });
-        y
+        dense::forward(self, x, w, b)
     }
     fn dense_backward_input(&self, dy: &GpuTensor, w: &GpuTensor) -> GpuTensor {
-        let (n, o, i) = (dy.shape.dims()[0], w.shape.dims()[0], w.shape.dims()[1]);
-        let dx = self.alloc([n, i]);
-        let w = self.whole(w);
-        self.per_window(n, &[dy], &[&dx], |win, dys, dxs| {
-            // dx [N × I] = dy [N × O] · w [O × I]
-            let gm = Gemm::matmul(win.count, i, o, (o, 1), (i, 1));
-            gemm::gemm(self, gm, dys[0], w, dxs[0]);
-        });
-        dx
+        dense::backward_input(self, dy, w)
     }
     fn dense_backward_weight(&self, x: &GpuTensor, dy: &GpuTensor) -> (GpuTensor, GpuTensor) {
-        let (n, i, o) = (x.shape.dims()[0], x.shape.dims()[1], dy.shape.dims()[1]);
-        let (dw, db) = (self.alloc([o, i]), self.alloc([o]));
-        self.per_window(n, &[x, dy], &[], |win, t, _| {
-            // dw [O × I] (+)= dyᵀ [O × N] · x [N × I]
-            let gm = Gemm {
-                accumulate: !win.is_first(),
-                ..Gemm::matmul(o, i, win.count, (1, o), (i, 1))
-            };
-            gemm::gemm(self, gm, t[1], t[0], dw.buf());
-            reduce::channel_sum(self, t[1], db.buf(), (win.count, o, 1), !win.is_first());
-        });
-        (dw, db)
+        dense::backward_weight(self, x, dy)
     }
 
     fn add(&self, a: &GpuTensor, b: &GpuTensor) -> GpuTensor {
