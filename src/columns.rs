@@ -4,8 +4,8 @@
 
 use crate::train::EpochReport;
 
-/// How a column's value is written in the CSV.
-#[derive(Clone, Copy)]
+/// How a column's value is written.
+#[derive(Clone, Copy, PartialEq)]
 enum Digits {
     /// A count or an epoch number.
     Whole,
@@ -20,8 +20,8 @@ enum Digits {
 enum Log {
     /// Not in the log line (the CSV has it).
     No,
-    /// In `group`, as "label value" with `decimals` decimals.
-    Named(Group, &'static str, usize),
+    /// In `group`, as "label value", the value written as `Digits` says.
+    Named(Group, &'static str, Digits),
     /// In the timing group, as "value unit".
     Unit(&'static str, usize),
 }
@@ -60,109 +60,33 @@ use Digits::{Fixed, Sci, Whole};
 use Group::{AtThreshold, Rate, Train, Val};
 
 /// Every column, in the CSV's order.
+#[rustfmt::skip]
 const COLUMNS: &[Column] = &[
-    col("epoch", |r| r.epoch as f64, Whole, Log::No),
-    col(
-        "train_loss",
-        |r| r.train_loss,
-        Fixed(6),
-        Log::Named(Train, "loss", 4),
-    ),
-    col(
-        "train_accuracy",
-        |r| r.train_accuracy,
-        Fixed(6),
-        Log::Named(Train, "acc", 3),
-    ),
-    col(
-        "val_loss",
-        |r| r.val.loss,
-        Fixed(6),
-        Log::Named(Val, "loss", 4),
-    ),
-    col(
-        "val_accuracy",
-        |r| r.val.accuracy,
-        Fixed(6),
-        Log::Named(Val, "acc", 3),
-    ),
-    col(
-        "val_balanced_accuracy",
-        |r| r.val.balanced_accuracy,
-        Fixed(6),
-        Log::Named(Val, "bal-acc", 3),
-    ),
-    col(
-        "val_precision",
-        |r| r.val.precision,
-        Fixed(6),
-        Log::Named(Val, "prec", 3),
-    ),
-    col(
-        "val_recall",
-        |r| r.val.recall,
-        Fixed(6),
-        Log::Named(Val, "rec", 3),
-    ),
-    col("val_specificity", |r| r.val.specificity, Fixed(6), Log::No),
-    col("val_f1", |r| r.val.f1, Fixed(6), Log::No),
-    col(
-        "val_roc_auc",
-        |r| r.val.roc_auc,
-        Fixed(6),
-        Log::Named(Val, "auc", 3),
-    ),
-    col("threshold", |r| r.threshold as f64, Fixed(6), Log::No),
-    col(
-        "val_balanced_accuracy_at_threshold",
-        |r| r.at_threshold.balanced_accuracy,
-        Fixed(6),
-        Log::Named(AtThreshold, "bal-acc", 3),
-    ),
-    col(
-        "val_recall_at_threshold",
-        |r| r.at_threshold.recall,
-        Fixed(6),
-        Log::Named(AtThreshold, "sens", 3),
-    ),
-    col(
-        "val_specificity_at_threshold",
-        |r| r.at_threshold.specificity,
-        Fixed(6),
-        Log::Named(AtThreshold, "spec", 3),
-    ),
-    col(
-        "val_tp",
-        |r| r.at_threshold.confusion.tp as f64,
-        Whole,
-        Log::No,
-    ),
-    col(
-        "val_fp",
-        |r| r.at_threshold.confusion.fp as f64,
-        Whole,
-        Log::No,
-    ),
-    col(
-        "val_tn",
-        |r| r.at_threshold.confusion.tn as f64,
-        Whole,
-        Log::No,
-    ),
-    col(
-        "val_fn",
-        |r| r.at_threshold.confusion.fn_ as f64,
-        Whole,
-        Log::No,
-    ),
-    col("lr", |r| r.lr as f64, Sci(6), Log::Named(Rate, "lr", 2)),
-    col("seconds", |r| r.seconds, Fixed(2), Log::Unit("s", 1)),
-    col(
-        "train_images_per_s",
-        |r| r.train_images_per_s,
-        Fixed(2),
-        Log::Unit("img/s", 1),
-    ),
+    col("epoch",            |r| r.epoch as f64,      Whole,    Log::No),
+    col("train_loss",       |r| r.train_loss,        Fixed(6), Log::Named(Train, "loss", Fixed(4))),
+    col("train_accuracy",   |r| r.train_accuracy,    Fixed(6), Log::Named(Train, "acc", Fixed(3))),
+    col("val_loss",         |r| r.val.loss,          Fixed(6), Log::Named(Val, "loss", Fixed(4))),
+    col("val_accuracy",     |r| r.val.accuracy,      Fixed(6), Log::Named(Val, "acc", Fixed(3))),
+    col("val_balanced_accuracy", |r| r.val.balanced_accuracy, Fixed(6), Log::Named(Val, "bal-acc", Fixed(3))),
+    col("val_precision",    |r| r.val.precision,     Fixed(6), Log::Named(Val, "prec", Fixed(3))),
+    col("val_recall",       |r| r.val.recall,        Fixed(6), Log::Named(Val, "rec", Fixed(3))),
+    col("val_specificity",  |r| r.val.specificity,   Fixed(6), Log::No),
+    col("val_f1",           |r| r.val.f1,            Fixed(6), Log::No),
+    col("val_roc_auc",      |r| r.val.roc_auc,       Fixed(6), Log::Named(Val, "auc", Fixed(3))),
+    col("threshold",        |r| r.threshold as f64,  Fixed(6), Log::No),
+    col("val_balanced_accuracy_at_threshold", |r| r.at_threshold.balanced_accuracy, Fixed(6),
+        Log::Named(AtThreshold, "bal-acc", Fixed(3))),
+    col("val_recall_at_threshold", |r| r.at_threshold.recall, Fixed(6),
+        Log::Named(AtThreshold, "sens", Fixed(3))),
+    col("val_specificity_at_threshold", |r| r.at_threshold.specificity, Fixed(6),
+        Log::Named(AtThreshold, "spec", Fixed(3))),
+    col("val_tp",           |r| r.at_threshold.confusion.tp as f64,  Whole, Log::No),
+    col("val_fp",           |r| r.at_threshold.confusion.fp as f64,  Whole, Log::No),
+    col("val_tn",           |r| r.at_threshold.confusion.tn as f64,  Whole, Log::No),
+    col("val_fn",           |r| r.at_threshold.confusion.fn_ as f64, Whole, Log::No),
+    col("lr",               |r| r.lr as f64,         Sci(6),   Log::Named(Rate, "lr", Sci(2))),
+    col("seconds",          |r| r.seconds,           Fixed(2), Log::Unit("s", 1)),
+    col("train_images_per_s", |r| r.train_images_per_s, Fixed(2), Log::Unit("img/s", 1)),
 ];
 
 /// The header line of `metrics.csv`.
@@ -172,15 +96,16 @@ pub fn csv_header() -> String {
 
 /// The epoch's line of `metrics.csv`.
 pub fn csv_row(r: &EpochReport) -> String {
-    let cell = |c: &Column| {
-        let v = (c.value)(r);
-        match c.digits {
-            Whole => format!("{v:.0}"),
-            Fixed(d) => format!("{v:.d$}"),
-            Sci(d) => format!("{v:.d$e}"),
-        }
-    };
+    let cell = |c: &Column| written((c.value)(r), c.digits);
     COLUMNS.iter().map(cell).collect::<Vec<_>>().join(",")
+}
+
+fn written(v: f64, digits: Digits) -> String {
+    match digits {
+        Whole => format!("{v:.0}"),
+        Fixed(d) => format!("{v:.d$}"),
+        Sci(d) => format!("{v:.d$e}"),
+    }
 }
 
 /// The epoch's log line: "epoch   3/10  train loss 0.9 acc 0.7 | val ... | at threshold 0.48:
@@ -190,13 +115,8 @@ pub fn log_line(r: &EpochReport, epochs: usize) -> String {
         COLUMNS
             .iter()
             .filter_map(|c| match c.log {
-                Log::Named(g, label, d) if g == group => {
-                    let v = (c.value)(r);
-                    Some(if c.name == "lr" {
-                        format!("{label} {v:.d$e}")
-                    } else {
-                        format!("{label} {v:.d$}")
-                    })
+                Log::Named(g, label, digits) if g == group => {
+                    Some(format!("{label} {}", written((c.value)(r), digits)))
                 }
                 _ => None,
             })
