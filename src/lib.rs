@@ -13,6 +13,7 @@ pub mod cv;
 pub mod data;
 pub mod eval;
 pub mod explain;
+pub mod export;
 pub mod faults;
 pub mod gradcheck;
 pub mod inspect;

@@ -746,3 +746,44 @@ fn resume_refuses_flags_that_would_change_the_run() {
     ]);
     assert!(o.status.success(), "{}", text(&o).1);
 }
+
+#[test]
+fn export_writes_the_shipped_model_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    let o = run(&["export", "--out", onnx.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("using the shipped model"), "{err}");
+    assert!(
+        out.contains("input image [N, 1, 192, 192], output probability [N, 1]"),
+        "{out}"
+    );
+    let written = std::fs::read(&onnx).unwrap();
+    assert!(written.len() > 1_000_000, "{} bytes", written.len());
+
+    // a checkpoint that does not exist, and one that is not a checkpoint: named, and the
+    // file already at --out is left as it was
+    let missing = dir.path().join("missing.safetensors");
+    let o = run(&[
+        "export",
+        "--model",
+        missing.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("missing.safetensors does not exist"));
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    let o = run(&[
+        "export",
+        "--model",
+        junk.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("junk.safetensors"), "{}", text(&o).1);
+    assert_eq!(std::fs::read(&onnx).unwrap(), written);
+}

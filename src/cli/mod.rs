@@ -36,11 +36,13 @@ macro_rules! on_backend {
     };
 }
 mod benchmark;
+mod deploy;
 mod evaluate;
 mod inspect;
 mod training;
 
 use self::benchmark::*;
+use self::deploy::*;
 use self::evaluate::*;
 use self::inspect::*;
 use self::training::*;
@@ -85,6 +87,7 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    Export(ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -286,5 +289,6 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
         Command::Predict(a) => predict(a).map(|_| Outcome::Done),
         Command::Bench(a) => bench(a).map(|_| Outcome::Done),
         Command::Inspect(a) => inspect(a).map(|_| Outcome::Done),
+        Command::Export(a) => export(a).map(|_| Outcome::Done),
     }
 }

@@ -1,0 +1,238 @@
+//! `export`: every preset's ONNX file, run by an independent runtime (tract), gives the
+//! probabilities `predict` gives, within 1e-4, on the X-rays in data/val.
+
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::Backend;
+use fracture_cnn::checkpoint::{self, CheckpointInfo};
+use fracture_cnn::data::image::load_gray;
+use fracture_cnn::eval;
+use fracture_cnn::export;
+use fracture_cnn::nn::{LayerSpec, Mode, Model, ModelSpec};
+use fracture_cnn::tensor::Tensor;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use tract_onnx::prelude::{tvec, Framework, InferenceModelExt, IntoRunnable};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// Eight X-rays of the repo's data/val, both classes.
+fn xrays() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/val");
+    ["fractured", "not_fractured"]
+        .iter()
+        .flat_map(|class| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(class))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            files.truncate(4);
+            files
+        })
+        .collect()
+}
+
+/// A model of `spec` as a trained one would be: biases and batch norm's γ and β not at their
+/// initial values, running statistics of real X-rays (so that no layer's output vanishes), and
+/// the last layer scaled so that the logits of `images` have mean 0 and deviation 1 (so that
+/// their probabilities differ, and an export that got any layer wrong could not agree).
+fn trained_looking_model(spec: &ModelSpec, images: &[Vec<f32>], seed: u64) -> Model<Cpu> {
+    // batch norms that take the statistics of one batch whole: those of the X-rays
+    let mut one_batch = spec.clone();
+    for node in &mut one_batch.layers {
+        if let LayerSpec::BatchNorm { momentum, .. } = &mut node.layer {
+            *momentum = 1.0;
+        }
+    }
+    let mut model = Model::new(&Cpu, &one_batch, seed).unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for p in model.params_mut() {
+        let (lo, hi) = match p.name {
+            "bias" | "beta" => (-0.1, 0.1),
+            "gamma" => (0.5, 1.5),
+            _ => continue,
+        };
+        let shape = Cpu.shape(&p.value).clone();
+        let data = (0..shape.numel()).map(|_| rng.gen_range(lo..hi)).collect();
+        p.value = Cpu.upload(&Tensor::new(shape, data));
+    }
+    let [c, h, w] = spec.input;
+    let x = Tensor::new([images.len(), c, h, w], images.concat());
+    model.forward(&Cpu, Cpu.upload(&x), Mode::Train { seed });
+    let logits = Cpu
+        .download(&model.forward(&Cpu, Cpu.upload(&x), Mode::Eval))
+        .data;
+    let n = logits.len() as f32;
+    let mean = logits.iter().sum::<f32>() / n;
+    let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / n).sqrt();
+    assert!(sd > 0.0, "{}: every image has the same logit", spec.name);
+    let mut params = model.params_mut();
+    let last = params.len() - 2;
+    let [weight, bias] = &mut params[last..] else {
+        unreachable!("the last layer is dense")
+    };
+    let scale = |t: &Tensor, k: f32, shift: f32| {
+        Tensor::new(
+            t.shape.clone(),
+            t.data.iter().map(|v| v * k - shift).collect(),
+        )
+    };
+    weight.value = Cpu.upload(&scale(&Cpu.download(&weight.value), 1.0 / sd, 0.0));
+    bias.value = Cpu.upload(&scale(&Cpu.download(&bias.value), 1.0 / sd, mean / sd));
+    model
+}
+
+/// The probabilities tract computes with the ONNX file for `images` (each `[1, H, W]`), in one
+/// batch of all of them (the batch dimension is free).
+fn tract_probabilities(onnx: &Path, images: &[Vec<f32>], h: usize, w: usize) -> Vec<f32> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(onnx)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let data: Vec<f32> = images.concat();
+    let x = tract_onnx::prelude::Tensor::from_shape(&[images.len(), 1, h, w], &data).unwrap();
+    let out = plan.run(tvec!(x.into())).unwrap();
+    let p = out[0].to_plain_array_view::<f32>().unwrap();
+    assert_eq!(p.shape(), &[images.len(), 1]);
+    p.iter().copied().collect()
+}
+
+/// Exports the checkpoint at `ckpt`, runs it in tract and `predict` on the X-rays, and checks
+/// that they agree.
+fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
+    let onnx = dir.join(format!("{}.onnx", spec.name));
+    export::export(ckpt, &onnx).unwrap();
+    let files = xrays();
+    let [_, h, w] = spec.input;
+    let images: Vec<Vec<f32>> = files
+        .iter()
+        .map(|f| load_gray(f, h, spec.framing).unwrap())
+        .collect();
+    let theirs = tract_probabilities(&onnx, &images, h, w);
+    let (ours, failed) = eval::predict(&Cpu, &[ckpt.to_path_buf()], &files, 3, false).unwrap();
+    assert!(failed.is_empty());
+    let mut worst = 0f32;
+    for (o, t) in ours.iter().zip(&theirs) {
+        worst = worst.max((o.probability - t).abs());
+    }
+    assert!(
+        worst <= TOLERANCE,
+        "{}: tract differs from predict by {worst:e}: ours {:?}, tract {theirs:?}",
+        spec.name,
+        ours.iter().map(|p| p.probability).collect::<Vec<_>>()
+    );
+    // probabilities that hardly differ between images would agree whatever the graph computed
+    let (lo, hi) = ours.iter().fold((1f32, 0f32), |(lo, hi), p| {
+        (lo.min(p.probability), hi.max(p.probability))
+    });
+    assert!(
+        hi - lo > 0.2,
+        "{}: probabilities too alike: {ours:?}",
+        spec.name
+    );
+}
+
+fn check_spec(spec: ModelSpec, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let [_, h, _] = spec.input;
+    let images: Vec<Vec<f32>> = xrays()
+        .iter()
+        .map(|f| load_gray(f, h, spec.framing).unwrap())
+        .collect();
+    let model = trained_looking_model(&spec, &images, seed);
+    let info = CheckpointInfo {
+        spec: spec.clone(),
+        threshold: 0.5,
+        epoch: 1,
+        progress: None,
+    };
+    let ckpt = dir.path().join("model.safetensors");
+    checkpoint::save(&Cpu, &model, &info, Vec::new(), &ckpt).unwrap();
+    assert_export_agrees(&ckpt, &spec, dir.path());
+}
+
+#[test]
+fn fracturenet_exports() {
+    check_spec(ModelSpec::load("fracturenet").unwrap(), 1);
+}
+
+#[test]
+fn xray_bone_classifier_exports() {
+    check_spec(ModelSpec::load("xray-bone-classifier").unwrap(), 2);
+}
+
+#[test]
+fn mobilenet_exports() {
+    check_spec(ModelSpec::load("mobilenet").unwrap(), 3);
+}
+
+#[test]
+fn resnet_with_projections_exports() {
+    check_spec(
+        ModelSpec::load("resnet")
+            .unwrap()
+            .with_image_size(96)
+            .unwrap(),
+        4,
+    );
+}
+
+/// Odd sizes, where `same` pads one more zero at the bottom/right than at the top/left and
+/// `valid` windows and pools drop the last row; reflected framing; dropout (absent in ONNX).
+#[test]
+fn uneven_padding_and_framing_export() {
+    let spec = ModelSpec::parse(
+        r#"
+        name = "uneven"
+        input = [1, 37, 37]
+        framing = "pad-reflect"
+        [[layers]]
+        type = "conv2d"
+        filters = 4
+        kernel = 4
+        stride = 2
+        [[layers]]
+        type = "relu"
+        [[layers]]
+        type = "conv2d"
+        filters = 6
+        kernel = 3
+        padding = "valid"
+        [[layers]]
+        type = "maxpool"
+        size = 3
+        stride = 2
+        [[layers]]
+        type = "depthwise_conv2d"
+        kernel = 3
+        stride = 2
+        [[layers]]
+        type = "flatten"
+        [[layers]]
+        type = "dropout"
+        rate = 0.5
+        [[layers]]
+        type = "dense"
+        units = 5
+        [[layers]]
+        type = "batchnorm"
+        [[layers]]
+        type = "dense"
+        units = 1
+        "#,
+    )
+    .unwrap();
+    check_spec(spec, 5);
+}
+
+/// The shipped, trained model.
+#[test]
+fn the_shipped_model_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = eval::shipped_model();
+    let (_, info) = checkpoint::load(&Cpu, &ckpt).unwrap();
+    assert_export_agrees(&ckpt, &info.spec, dir.path());
+}
