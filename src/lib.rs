@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod plots;
+pub mod serve;
 pub mod tensor;
 pub mod train;

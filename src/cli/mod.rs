@@ -88,6 +88,7 @@ enum Command {
         command: DataCommand,
     },
     Export(ExportArgs),
+    Serve(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -290,5 +291,6 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
         Command::Bench(a) => bench(a).map(|_| Outcome::Done),
         Command::Inspect(a) => inspect(a).map(|_| Outcome::Done),
         Command::Export(a) => export(a).map(|_| Outcome::Done),
+        Command::Serve(a) => serve(a).map(|_| Outcome::Done),
     }
 }

@@ -178,6 +178,14 @@ impl<B: Backend> Model<B> {
         outputs
     }
 
+    /// With inference statistics (Mode::Eval), every layer's output for x, read back (the last
+    /// is the logits): what the page of `serve` shows layer by layer.
+    pub fn outputs(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
+        let mut outputs = Vec::with_capacity(self.layers.len());
+        self.run_forward(be, x, Mode::Eval, |_, y| outputs.push(be.download(y)));
+        outputs
+    }
+
     /// The kink fingerprints of every layer after a training forward pass (see [`Layer::kinks`]).
     pub fn kinks(&self, be: &B) -> u64 {
         super::fingerprint(self.layers.iter().map(|l| {

@@ -2,4 +2,5 @@
 pub mod cli;
 pub mod gpu;
 pub mod gradchecks;
+pub mod http;
 pub mod images;

@@ -1,0 +1,444 @@
+//! The JSON endpoints that compute: the model's description, predictions, Grad-CAM, one layer's
+//! feature maps, and the arithmetic of one output value of a convolution.
+
+use super::multipart::{self, Part};
+use super::{ApiError, Body, State};
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::data::image::to_gray_square;
+use crate::eval::class_name;
+use crate::explain;
+use crate::nn::loss::sigmoid;
+use crate::nn::{LayerSpec, Mode};
+use crate::tensor::Tensor;
+use base64::Engine;
+use image::DynamicImage;
+use serde_json::{json, Value};
+
+/// Images per forward pass, as `predict` runs them.
+const BATCH: usize = 32;
+/// Feature maps sent for one layer (the first ones of a wider layer).
+const MAX_MAPS: usize = 64;
+/// Bins of the weight and gradient histograms.
+const BINS: usize = 40;
+
+/// `GET /api/model`: the checkpoint, its preprocessing and threshold, and each layer with its
+/// inputs, output shape, parameters and FLOPs; the histogram of each parameter's values.
+pub fn model(state: &State) -> Value {
+    let spec = &state.info.spec;
+    let infos = spec.layers().expect("a loaded model's spec is valid");
+    let name = |s: &Option<usize>| s.map_or("input".to_string(), |j| layer_name(state, j));
+    let layers: Vec<Value> = infos
+        .iter()
+        .map(|l| {
+            json!({
+                "index": l.index,
+                "name": layer_name(state, l.index),
+                "kind": kind(&l.spec),
+                "describe": l.spec.describe(),
+                "inputs": l.sources.iter().map(name).collect::<Vec<_>>(),
+                "output": l.output,
+                "params": l.trainable_params + l.fixed_params,
+                "flops": l.flops,
+            })
+        })
+        .collect();
+    let model = state.model();
+    let histograms: Vec<Value> = model
+        .named_params()
+        .iter()
+        .map(|p| histogram(&p.name, &Cpu.download(&p.param.value).data))
+        .collect();
+    json!({
+        "checkpoint": state.checkpoint.display().to_string(),
+        "name": spec.name,
+        "input": spec.input,
+        "framing": spec.framing.name(),
+        "threshold": short(state.info.threshold),
+        "epoch": state.info.epoch,
+        "explain_layer": explain::target_layer(spec).ok(),
+        "layers": layers,
+        "weight_histograms": histograms,
+    })
+}
+
+/// `POST /api/predict`: `{"predictions": [{file, probability, label, threshold}]}`, one per
+/// part named `image`, with `predict`'s numbers.
+pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
+    let images = images(state, body)?;
+    let threshold = state.info.threshold;
+    let mut predictions = Vec::with_capacity(images.len());
+    for chunk in images.chunks(BATCH) {
+        let pictures: Vec<&DynamicImage> = chunk.iter().map(|(_, img)| img).collect();
+        for ((file, _), p) in chunk.iter().zip(probabilities(state, &pictures)) {
+            predictions.push(json!({
+                "file": file,
+                "probability": short(p),
+                "label": class_name(p >= threshold),
+                "threshold": short(threshold),
+            }));
+        }
+    }
+    Ok(json!({ "predictions": predictions }))
+}
+
+/// `POST /api/explain` (one image): its prediction, the gray input the model saw, the Grad-CAM
+/// overlay (PNG data URLs), and the histogram of each parameter's gradient for this image.
+pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
+    let (file, img) = first_image(state, body)?;
+    let p = probabilities(state, &[&img])[0];
+    let (size, framing) = state.info.spec.square();
+    let input = image::GrayImage::from_raw(
+        size as u32,
+        size as u32,
+        to_gray_square(&img, size, framing)
+            .iter()
+            .map(|v| (v * 255.0).round() as u8)
+            .collect(),
+    )
+    .expect("size × size values");
+    let mut model = state.model();
+    let e =
+        explain::explain(&Cpu, &mut model, &img).map_err(|e| ApiError::new(422, e.to_string()))?;
+    let overlay = explain::overlay(&img, &e, 512);
+    let x = Cpu.upload(&input_tensor(state, &[&img]));
+    model.outputs_and_parameter_gradients(&Cpu, x);
+    let gradients: Vec<Value> = model
+        .named_params()
+        .iter()
+        .filter_map(|p| {
+            p.param
+                .grad
+                .as_ref()
+                .map(|g| histogram(&p.name, &Cpu.download(g).data))
+        })
+        .collect();
+    Ok(json!({
+        "file": file,
+        "probability": short(p),
+        "label": class_name(p >= state.info.threshold),
+        "threshold": short(state.info.threshold),
+        "input_png": png_data_url(&DynamicImage::ImageLuma8(input)),
+        "heatmap_png": png_data_url(&DynamicImage::ImageRgb8(overlay)),
+        "gradient_histograms": gradients,
+    }))
+}
+
+/// `POST /api/layer?index=I` (one image): layer I's output for the image: feature maps as PNGs
+/// (each scaled to its own range, the first [`MAX_MAPS`]), or the values of a flat output.
+pub fn layer(state: &State, body: &Body, index: usize) -> Result<Value, ApiError> {
+    let (_, img) = first_image(state, body)?;
+    let outputs = layer_outputs(state, &img, index)?;
+    let y = &outputs[index];
+    let shape = &y.dims()[1..];
+    let mut answer = json!({
+        "index": index,
+        "name": layer_name(state, index),
+        "kind": kind(&state.info.spec.layers[index].layer),
+        "shape": shape,
+    });
+    if let &[c, h, w] = shape {
+        let maps: Vec<Value> = y
+            .data
+            .chunks_exact(h * w)
+            .take(MAX_MAPS)
+            .map(|m| {
+                let (lo, hi) = range(m);
+                json!({ "png": png_data_url(&map_image(m, h, w, lo, hi)), "min": lo, "max": hi })
+            })
+            .collect();
+        answer["channels"] = json!(c);
+        answer["maps"] = json!(maps);
+    } else {
+        answer["values"] = json!(y.data.iter().take(1024).collect::<Vec<_>>());
+    }
+    Ok(answer)
+}
+
+/// Where in a convolution's output to take a value apart.
+pub struct DotAt {
+    pub layer: usize,
+    pub channel: usize,
+    pub y: usize,
+    pub x: usize,
+}
+
+/// `POST /api/dot?layer=L&channel=C&y=Y&x=X` (one image): output value (C, Y, X) of convolution
+/// L as its dot product, input channel by input channel (the window of inputs, zeros where it
+/// overhangs the padding, the filter's weights, their sum), plus the bias; then what the batch
+/// norm and ReLU right after it make of the value.
+pub fn dot(state: &State, body: &Body, at: DotAt) -> Result<Value, ApiError> {
+    let spec = &state.info.spec;
+    let infos = spec.layers().expect("a loaded model's spec is valid");
+    let info = infos
+        .get(at.layer)
+        .ok_or_else(|| ApiError::new(400, format!("the model has no layer {}", at.layer)))?;
+    let g = info
+        .spec
+        .conv_geom(&info.input)
+        .ok_or_else(|| ApiError::new(400, format!("layer {} is not a convolution", at.layer)))?;
+    let depthwise = matches!(info.spec, LayerSpec::DepthwiseConv2d { .. });
+    if at.channel >= g.c_out || at.y >= g.out_h || at.x >= g.out_w {
+        return Err(ApiError::new(
+            400,
+            format!(
+                "channel {}, y {}, x {} is outside layer {}'s output of {}x{}x{}",
+                at.channel, at.y, at.x, at.layer, g.c_out, g.out_h, g.out_w
+            ),
+        ));
+    }
+    let (_, img) = first_image(state, body)?;
+    let outputs = layer_outputs(state, &img, at.layer)?;
+    let input = match info.sources[0] {
+        Some(j) => outputs[j].clone(),
+        None => input_tensor(state, &[&img]),
+    };
+    let (weight, bias) = {
+        let model = state.model();
+        let params = model.layers[at.layer].params();
+        (
+            Cpu.download(&params[0].value),
+            Cpu.download(&params[1].value).data[at.channel],
+        )
+    };
+    let (kh, kw) = (g.kh, g.kw);
+    let in_channels: Vec<usize> = if depthwise {
+        vec![at.channel]
+    } else {
+        (0..g.c_in).collect()
+    };
+    let mut total = bias as f64;
+    let channels: Vec<Value> = in_channels
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| {
+            let mut inputs = Vec::with_capacity(kh * kw);
+            let mut weights = Vec::with_capacity(kh * kw);
+            for u in 0..kh {
+                for v in 0..kw {
+                    let i = (at.y * g.stride_h + u) as isize - g.pad_top as isize;
+                    let j = (at.x * g.stride_w + v) as isize - g.pad_left as isize;
+                    let inside = (0..g.h as isize).contains(&i) && (0..g.w as isize).contains(&j);
+                    inputs.push(if inside {
+                        input.data[(c * g.h + i as usize) * g.w + j as usize]
+                    } else {
+                        0.0
+                    });
+                    let filter = if depthwise {
+                        at.channel
+                    } else {
+                        at.channel * g.c_in + k
+                    };
+                    weights.push(weight.data[filter * kh * kw + u * kw + v]);
+                }
+            }
+            let sum: f64 = inputs
+                .iter()
+                .zip(&weights)
+                .map(|(a, b)| (a * b) as f64)
+                .sum();
+            total += sum;
+            json!({ "channel": c, "inputs": inputs, "weights": weights, "sum": sum })
+        })
+        .collect();
+    let value = outputs[at.layer].data[(at.channel * g.out_h + at.y) * g.out_w + at.x];
+    Ok(json!({
+        "layer": at.layer,
+        "name": layer_name(state, at.layer),
+        "channel": at.channel,
+        "y": at.y,
+        "x": at.x,
+        "kernel": [kh, kw],
+        "stride": [g.stride_h, g.stride_w],
+        "channels": channels,
+        "bias": bias,
+        "sum": total,
+        "value": value,
+        "then": after(state, &outputs, &at, (g.out_h, g.out_w)),
+    }))
+}
+
+/// The batch norm and ReLU layers that take the convolution's output right after it, each with
+/// its arithmetic on the value at `at`.
+fn after(state: &State, outputs: &[Tensor], at: &DotAt, (h, w): (usize, usize)) -> Vec<Value> {
+    let spec = &state.info.spec;
+    let infos = spec.layers().expect("a loaded model's spec is valid");
+    let at_value = |t: &Tensor| t.data[(at.channel * h + at.y) * w + at.x];
+    let mut steps = Vec::new();
+    let mut j = at.layer + 1;
+    while j < outputs.len() && infos[j].sources == [Some(j - 1)] {
+        let step = match &infos[j].spec {
+            LayerSpec::BatchNorm { eps, .. } => {
+                let model = state.model();
+                let p: Vec<f32> = model.layers[j]
+                    .params()
+                    .iter()
+                    .map(|p| Cpu.download(&p.value).data[at.channel])
+                    .collect();
+                json!({ "kind": "batchnorm", "gamma": p[0], "beta": p[1], "mean": p[2],
+                        "var": p[3], "eps": short(*eps), "value": at_value(&outputs[j]) })
+            }
+            LayerSpec::Relu => json!({ "kind": "relu", "value": at_value(&outputs[j]) }),
+            _ => break,
+        };
+        steps.push(step);
+        j += 1;
+    }
+    steps
+}
+
+/// Every layer's output for `img` (Mode::Eval), once `index` is known to be a layer.
+fn layer_outputs(state: &State, img: &DynamicImage, index: usize) -> Result<Vec<Tensor>, ApiError> {
+    let n = state.info.spec.layers.len();
+    if index >= n {
+        return Err(ApiError::new(
+            400,
+            format!("the model has layers 0 to {}, not {index}", n - 1),
+        ));
+    }
+    let x = Cpu.upload(&input_tensor(state, &[img]));
+    Ok(state.model().outputs(&Cpu, x))
+}
+
+/// The model's input for `images`: `[N, 1, S, S]`, framed as in training.
+fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
+    let (size, framing) = state.info.spec.square();
+    let data: Vec<f32> = images
+        .iter()
+        .flat_map(|img| to_gray_square(img, size, framing))
+        .collect();
+    Tensor::new([images.len(), 1, size, size], data)
+}
+
+/// P(fractured) for each image, as `predict` computes it.
+fn probabilities(state: &State, images: &[&DynamicImage]) -> Vec<f32> {
+    let x = Cpu.upload(&input_tensor(state, images));
+    let logits = state.model().forward(&Cpu, x, Mode::Eval);
+    Cpu.download(&logits)
+        .data
+        .iter()
+        .map(|&z| sigmoid(z))
+        .collect()
+}
+
+/// The decoded images of every part named `image`: (file name, image).
+fn images(state: &State, body: &Body) -> Result<Vec<(String, DynamicImage)>, ApiError> {
+    let parts = multipart::parts(&body.bytes, &body.boundary).map_err(|e| ApiError::new(400, e))?;
+    let images: Vec<Part> = parts.into_iter().filter(|p| p.name == "image").collect();
+    if images.is_empty() {
+        return Err(ApiError::new(400, "the upload has no part named 'image'"));
+    }
+    images.iter().map(|p| decode(state, p)).collect()
+}
+
+fn first_image(state: &State, body: &Body) -> Result<(String, DynamicImage), ApiError> {
+    Ok(images(state, body)?.swap_remove(0))
+}
+
+/// One uploaded image, refused with the reason when it is not an image, is larger than the
+/// pixel limit, or is cut short.
+fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError> {
+    let file = part.filename.clone().unwrap_or_else(|| "image".into());
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(part.data))
+            .with_guessed_format()
+            .expect("reading from memory cannot fail")
+    };
+    let not_an_image = || {
+        ApiError::new(
+            415,
+            format!("{file} is not an image this server reads (JPEG, PNG, BMP, TIFF, GIF or WebP)"),
+        )
+    };
+    let format = reader().format().ok_or_else(not_an_image)?;
+    let (w, h) = reader()
+        .into_dimensions()
+        .map_err(|e| ApiError::new(422, format!("{file} cannot be read: {e}")))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > state.max_pixels {
+        return Err(ApiError::new(
+            413,
+            format!(
+                "{file} is {w}x{h} pixels, more than the limit of {}",
+                state.max_pixels
+            ),
+        ));
+    }
+    if format == image::ImageFormat::Jpeg && !part.data.ends_with(&[0xFF, 0xD9]) {
+        // the JPEG decoder fills a cut-off image with gray instead of failing
+        return Err(ApiError::new(
+            422,
+            format!("{file} is truncated: its JPEG data stops before the end marker"),
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(state.max_pixels.saturating_mul(16));
+    let mut r = reader();
+    r.limits(limits);
+    let img = r
+        .decode()
+        .map_err(|e| ApiError::new(422, format!("{file} is truncated or damaged: {e}")))?;
+    Ok((file, img))
+}
+
+/// An f32 as the shortest decimal that reads back to it, as `predict --json` prints it (not the
+/// 17 digits of its widening to f64).
+fn short(v: f32) -> Value {
+    json!(v.to_string().parse::<f64>().unwrap_or(f64::from(v)))
+}
+
+fn layer_name(state: &State, i: usize) -> String {
+    let node = &state.info.spec.layers[i];
+    node.name
+        .clone()
+        .unwrap_or_else(|| format!("{i:02} {}", kind(&node.layer)))
+}
+
+/// The type of a layer as spec files write it.
+fn kind(layer: &LayerSpec) -> String {
+    serde_json::to_value(layer)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn range(values: &[f32]) -> (f32, f32) {
+    values
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// A feature map in gray, `lo` black and `hi` white.
+fn map_image(m: &[f32], h: usize, w: usize, lo: f32, hi: f32) -> DynamicImage {
+    let shade = |v: f32| {
+        if hi > lo {
+            (255.0 * (v - lo) / (hi - lo)).round() as u8
+        } else {
+            0
+        }
+    };
+    let gray =
+        image::GrayImage::from_raw(w as u32, h as u32, m.iter().map(|&v| shade(v)).collect());
+    DynamicImage::ImageLuma8(gray.expect("h × w values"))
+}
+
+fn png_data_url(img: &DynamicImage) -> String {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("PNG encoding to memory");
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// `{"name", "min", "max", "counts"}`: [`BINS`] equal bins from the smallest to the largest value.
+fn histogram(name: &str, values: &[f32]) -> Value {
+    let (lo, hi) = range(values);
+    let mut counts = vec![0u32; BINS];
+    let width = (hi - lo).max(f32::MIN_POSITIVE);
+    for &v in values {
+        counts[(((v - lo) / width * BINS as f32) as usize).min(BINS - 1)] += 1;
+    }
+    json!({ "name": name, "min": lo, "max": hi, "counts": counts })
+}
