@@ -301,3 +301,25 @@ fn twenty_four_uploads_at_once_all_get_an_answer_in_bounded_memory() {
     );
     eprintln!("24 concurrent explanations: peak resident memory {before:.0} -> {after:.0} MiB");
 }
+
+#[test]
+fn a_stalled_upload_frees_its_worker_after_the_timeout() {
+    let s = Server::start(&["--workers", "1", "--timeout", "1"]);
+    // announces 100 kB, sends 10 bytes, and then nothing, holding the connection open
+    let mut stalled = std::net::TcpStream::connect(&s.address).unwrap();
+    let head = "POST /api/predict HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+                Content-Length: 100000\r\n\r\n--b\r\nxxxx";
+    std::io::Write::write_all(&mut stalled, head.as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // the one worker is reading the stalled body; this waits for it to give up
+    let (tx, rx) = std::sync::mpsc::channel();
+    let address = s.address.clone();
+    std::thread::spawn(move || tx.send(get(&address, "/api/model").status));
+    let status = rx.recv_timeout(std::time::Duration::from_secs(15));
+    assert_eq!(
+        status,
+        Ok(200),
+        "the stalled upload still holds the only worker"
+    );
+    drop(stalled);
+}

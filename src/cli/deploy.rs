@@ -65,6 +65,9 @@ pub(super) struct ServeArgs {
     /// Largest decoded image, in megapixels.
     #[arg(long, default_value_t = 50.0)]
     max_megapixels: f64,
+    /// Seconds a connection may stall (send or take nothing) before it is dropped.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
 }
 
 /// The model `serve` shows: the one given, the shipped one, or the newest run's.
@@ -105,6 +108,7 @@ fn serve_model(given: Option<&PathBuf>, runs: &std::path::Path) -> Result<PathBu
 pub(super) fn serve(a: ServeArgs) -> Result<()> {
     anyhow::ensure!(a.max_upload_mb > 0.0, "--max-upload-mb must be positive");
     anyhow::ensure!(a.max_megapixels > 0.0, "--max-megapixels must be positive");
+    anyhow::ensure!(a.timeout > 0.0, "--timeout must be positive");
     let cfg = fracture_cnn::serve::ServeConfig {
         model: serve_model(a.model.as_ref(), &a.runs)?,
         runs: a.runs.clone(),
@@ -113,6 +117,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<()> {
         workers: a.workers,
         max_upload_bytes: (a.max_upload_mb * 1e6) as usize,
         max_pixels: (a.max_megapixels * 1e6) as u64,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
     };
     fracture_cnn::serve::serve(&cfg, |address| {
         println!(

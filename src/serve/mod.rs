@@ -6,7 +6,8 @@
 //! and `max_pixels` decoded: memory stays bounded however many clients connect (the others wait
 //! in the queue). The model sits behind a mutex and runs one request at a time on the CPU
 //! backend, whose threads already use every core. A handler that fails answers a JSON error; one
-//! that panics answers 500, and its worker goes on.
+//! that panics answers 500, and its worker goes on. A connection that stalls is dropped after
+//! `timeout`, so stalled clients cannot hold the workers.
 
 mod api;
 mod multipart;
@@ -32,6 +33,8 @@ pub struct ServeConfig {
     pub max_upload_bytes: usize,
     /// Largest decoded image, in pixels.
     pub max_pixels: u64,
+    /// How long a connection may go without sending (or taking) a byte before it is dropped.
+    pub timeout: std::time::Duration,
 }
 
 /// What every request may use: the model, its description, and the limits.
@@ -128,8 +131,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
 /// listens on.
 pub fn serve(cfg: &ServeConfig, ready: impl FnOnce(&str)) -> Result<()> {
     let state = Arc::new(State::load(cfg)?);
-    let server = Server::http((cfg.host.as_str(), cfg.port))
+    let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .map_err(|e| anyhow!("cannot listen on {}:{}: {e}", cfg.host, cfg.port))?;
+    set_timeouts(&listener, cfg.timeout)?;
+    let server = Server::from_listener(listener, None)
+        .map_err(|e| anyhow!("cannot serve on {}:{}: {e}", cfg.host, cfg.port))?;
     let address = match server.server_addr() {
         tiny_http::ListenAddr::IP(a) => a.to_string(),
         other => format!("{other:?}"),
@@ -148,6 +154,38 @@ pub fn serve(cfg: &ServeConfig, ready: impl FnOnce(&str)) -> Result<()> {
         .collect();
     for w in workers {
         let _ = w.join();
+    }
+    Ok(())
+}
+
+/// Gives every connection the listener accepts a read and a write timeout, so that a client that
+/// announces a body and then stalls frees its worker after `timeout` instead of holding it for
+/// ever. tiny_http sets none and hands out no sockets; Linux copies these options from the
+/// listening socket to each accepted one.
+fn set_timeouts(listener: &std::net::TcpListener, timeout: std::time::Duration) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: the descriptor is the listener's own, open for the call; `tv` is a valid
+        // timeval and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(anyhow!(
+                "cannot set the socket timeout: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }
