@@ -8,6 +8,7 @@ use crate::checkpoint;
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::{Dataset, Sample, Split};
 use crate::metrics::{Bootstrap, Report};
+use crate::nn::fold::fold_batchnorm;
 use crate::nn::{Mode, Model};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -254,7 +255,8 @@ pub fn ensemble<B: Backend>(
     }
     let mut scored: Option<Scored> = None;
     for path in checkpoints(models)? {
-        let (mut net, info) = checkpoint::load(be, &path)?;
+        let (net, info) = checkpoint::load(be, &path)?;
+        let mut net = fold_batchnorm(be, &net)?;
         let ds = Dataset::decode(samples, info.spec.square(), "images", quiet);
         let probs = model_probabilities(be, &mut net, &ds, batch, tta);
         match &mut scored {

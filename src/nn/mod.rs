@@ -14,6 +14,7 @@ pub mod dense;
 pub mod depthwise;
 pub mod dropout;
 pub mod flatten;
+pub mod fold;
 pub mod init;
 pub mod loss;
 pub mod maxpool;

@@ -313,7 +313,7 @@ fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
 /// P(fractured) for each image, as `predict` computes it.
 fn probabilities(state: &State, images: &[&DynamicImage]) -> Vec<f32> {
     let x = Cpu.upload(&input_tensor(state, images));
-    let logits = state.model().forward(&Cpu, x, Mode::Eval);
+    let logits = state.inference().forward(&Cpu, x, Mode::Eval);
     Cpu.download(&logits)
         .data
         .iter()

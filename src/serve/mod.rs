@@ -39,7 +39,10 @@ pub struct ServeConfig {
 
 /// What every request may use: the model, its description, and the limits.
 pub struct State {
+    /// The model as trained, for explanations: layer by layer as the spec has them.
     model: Mutex<Model<Cpu>>,
+    /// The model as `predict` runs it (batch norm folded), for predictions.
+    inference: Mutex<Model<Cpu>>,
     info: CheckpointInfo,
     checkpoint: PathBuf,
     runs: PathBuf,
@@ -51,6 +54,7 @@ impl State {
     pub fn load(cfg: &ServeConfig) -> Result<Self> {
         let (model, info) = checkpoint::load(&Cpu, &cfg.model)?;
         Ok(State {
+            inference: Mutex::new(crate::nn::fold::fold_batchnorm(&Cpu, &model)?),
             model: Mutex::new(model),
             info,
             checkpoint: cfg.model.clone(),
@@ -63,6 +67,9 @@ impl State {
     /// half-changed that the next one reads).
     fn model(&self) -> std::sync::MutexGuard<'_, Model<Cpu>> {
         self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn inference(&self) -> std::sync::MutexGuard<'_, Model<Cpu>> {
+        self.inference.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

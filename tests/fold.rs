@@ -1,0 +1,116 @@
+//! Folding batch norm into convolutions for inference: the folded model gives the plain model's
+//! logits (up to rounding) for every preset, on each backend, with one layer fewer per folded
+//! batch norm, and leaves alone a batch norm that does not follow a convolution directly.
+
+mod common;
+
+use fracture_cnn::backend::cpu::Cpu;
+use fracture_cnn::backend::Backend;
+use fracture_cnn::nn::fold::fold_batchnorm;
+use fracture_cnn::nn::{LayerSpec, Mode, Model, ModelSpec};
+use fracture_cnn::tensor::Tensor;
+
+/// Tolerance relative to the logits' scale: the folded weights round differently.
+const TOL: f32 = 1e-4;
+
+/// A model of `spec` whose batch norms hold the statistics of a random batch (not their initial
+/// zeros and ones, which fold into nothing), and that batch.
+fn model_with_statistics<B: Backend>(be: &B, spec: &ModelSpec, seed: u64) -> (Model<B>, Tensor) {
+    let mut one_batch = spec.clone();
+    for node in &mut one_batch.layers {
+        if let LayerSpec::BatchNorm { momentum, .. } = &mut node.layer {
+            *momentum = 1.0;
+        }
+    }
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([4, c, h, w], 0.0, 1.0, seed);
+    let mut model = Model::new(be, &one_batch, seed).unwrap();
+    model.forward(be, be.upload(&x), Mode::Train { seed });
+    (model, x)
+}
+
+fn batchnorms(spec: &ModelSpec) -> usize {
+    spec.layers
+        .iter()
+        .filter(|n| matches!(n.layer, LayerSpec::BatchNorm { .. }))
+        .count()
+}
+
+/// Folds `spec`'s model on `be`; checks its logits against the plain model's, and returns how
+/// many layers folding removed.
+fn check<B: Backend>(be: &B, spec: ModelSpec) -> usize {
+    let (mut plain, x) = model_with_statistics(be, &spec, 7);
+    let mut folded = fold_batchnorm(be, &plain).unwrap();
+    let want = be.download(&plain.forward(be, be.upload(&x), Mode::Eval));
+    let got = be.download(&folded.forward(be, be.upload(&x), Mode::Eval));
+    if let Err(e) = got.check_close(&want, TOL) {
+        panic!("{}: folded logits differ: {e}", spec.name);
+    }
+    plain.layers.len() - folded.layers.len()
+}
+
+#[test]
+fn every_preset_folds_to_the_same_logits_on_the_cpu() {
+    let fracturenet = ModelSpec::load("fracturenet")
+        .unwrap()
+        .with_image_size(64)
+        .unwrap();
+    assert_eq!(check(&Cpu, fracturenet.clone()), batchnorms(&fracturenet));
+    let mobilenet = ModelSpec::load("mobilenet")
+        .unwrap()
+        .with_image_size(64)
+        .unwrap();
+    assert_eq!(check(&Cpu, mobilenet.clone()), batchnorms(&mobilenet));
+    let resnet = ModelSpec::load("resnet")
+        .unwrap()
+        .with_image_size(64)
+        .unwrap();
+    assert_eq!(check(&Cpu, resnet.clone()), batchnorms(&resnet));
+    // conv -> relu -> batchnorm: the batch norm reads a ReLU, and stays
+    let keras = ModelSpec::load("xray-bone-classifier")
+        .unwrap()
+        .with_image_size(94)
+        .unwrap();
+    assert_eq!(check(&Cpu, keras), 0);
+}
+
+#[test]
+fn a_convolution_read_by_two_layers_keeps_its_batch_norm_apart() {
+    let spec = ModelSpec::parse(
+        r#"
+        name = "two-readers"
+        input = [1, 12, 12]
+        [[layers]]
+        type = "conv2d"
+        filters = 4
+        kernel = 3
+        name = "conv"
+        [[layers]]
+        type = "batchnorm"
+        name = "bn"
+        [[layers]]
+        type = "add"
+        inputs = ["bn", "conv"]
+        [[layers]]
+        type = "global_avgpool"
+        [[layers]]
+        type = "dense"
+        units = 1
+        "#,
+    )
+    .unwrap();
+    // the add reads the convolution too: folding the batch norm would change what it adds
+    assert_eq!(check(&Cpu, spec), 0);
+}
+
+#[test]
+fn folded_models_agree_on_the_gpu() {
+    let Some(gpu) = common::gpu::backend() else {
+        return;
+    };
+    let resnet = ModelSpec::load("resnet")
+        .unwrap()
+        .with_image_size(32)
+        .unwrap();
+    assert_eq!(check(gpu, resnet.clone()), batchnorms(&resnet));
+}
