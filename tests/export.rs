@@ -1,13 +1,15 @@
 //! `export`: every preset's ONNX file, run by an independent runtime (tract), gives the
 //! probabilities `predict` gives, within 1e-4, on the X-rays in data/val.
 
+mod common;
+
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::Backend;
 use fracture_cnn::checkpoint::{self, CheckpointInfo};
 use fracture_cnn::data::image::load_gray;
 use fracture_cnn::eval;
 use fracture_cnn::export;
-use fracture_cnn::nn::{LayerSpec, Mode, Model, ModelSpec};
+use fracture_cnn::nn::{Mode, Model, ModelSpec};
 use fracture_cnn::tensor::Tensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -37,13 +39,7 @@ fn xrays() -> Vec<PathBuf> {
 /// the last layer scaled so that the logits of `images` have mean 0 and deviation 1 (so that
 /// their probabilities differ, and an export that got any layer wrong could not agree).
 fn trained_looking_model(spec: &ModelSpec, images: &[Vec<f32>], seed: u64) -> Model<Cpu> {
-    // batch norms that take the statistics of one batch whole: those of the X-rays
-    let mut one_batch = spec.clone();
-    for node in &mut one_batch.layers {
-        if let LayerSpec::BatchNorm { momentum, .. } = &mut node.layer {
-            *momentum = 1.0;
-        }
-    }
+    let one_batch = common::models::taking_one_batch_statistics(spec);
     let mut model = Model::new(&Cpu, &one_batch, seed).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     for p in model.params_mut() {

@@ -16,12 +16,7 @@ const TOL: f32 = 1e-4;
 /// A model of `spec` whose batch norms hold the statistics of a random batch (not their initial
 /// zeros and ones, which fold into nothing), and that batch.
 fn model_with_statistics<B: Backend>(be: &B, spec: &ModelSpec, seed: u64) -> (Model<B>, Tensor) {
-    let mut one_batch = spec.clone();
-    for node in &mut one_batch.layers {
-        if let LayerSpec::BatchNorm { momentum, .. } = &mut node.layer {
-            *momentum = 1.0;
-        }
-    }
+    let one_batch = common::models::taking_one_batch_statistics(spec);
     let [c, h, w] = spec.input;
     let x = Tensor::rand_uniform([4, c, h, w], 0.0, 1.0, seed);
     let mut model = Model::new(be, &one_batch, seed).unwrap();

@@ -4,3 +4,4 @@ pub mod gpu;
 pub mod gradchecks;
 pub mod http;
 pub mod images;
+pub mod models;
