@@ -14,7 +14,7 @@ struct Params {
     f0: f32,     // dropout: p; ema: momentum; scale: the factor
     f1: f32,     // ema: scale of the batch value
     offset: u32, // dropout: index of element 0 in the whole tensor (when run on a window of it)
-    pad0: u32,
+    relu: u32,   // add_channel_bias: 1 to apply max(0, ·) after the bias (a fused ReLU)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -88,13 +88,14 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     out[i] = select(0.0, a[i] / (1.0 - p.f0), keep);
 }
 
-// out[i] += a[channel of i] for an [N, C, HW] tensor
+// out[i] += a[channel of i] for an [N, C, HW] tensor; then max(0, ·) when p.relu is 1
 @compute @workgroup_size(256)
 fn add_channel_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    out[i] += a[(i / p.hw) % p.c];
+    let v = out[i] + a[(i / p.hw) % p.c];
+    out[i] = select(v, max(v, 0.0), p.relu == 1u);
 }
 
 // out *= f0   (gradient clipping)

@@ -8,7 +8,7 @@ use crate::checkpoint;
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::{Dataset, Sample, Split};
 use crate::metrics::{Bootstrap, Report};
-use crate::nn::fold::fold_batchnorm;
+use crate::nn::fold::inference_model;
 use crate::nn::{Mode, Model};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -256,7 +256,7 @@ pub fn ensemble<B: Backend>(
     let mut scored: Option<Scored> = None;
     for path in checkpoints(models)? {
         let (net, info) = checkpoint::load(be, &path)?;
-        let mut net = fold_batchnorm(be, &net)?;
+        let mut net = inference_model(be, &net)?;
         let ds = Dataset::decode(samples, info.spec.square(), "images", quiet);
         let probs = model_probabilities(be, &mut net, &ds, batch, tta);
         match &mut scored {

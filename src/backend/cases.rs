@@ -37,6 +37,9 @@ const SGD: SgdStep = SgdStep {
 #[derive(Clone, Debug)]
 pub enum Op {
     Conv2d(Conv2dGeom),
+    /// The convolution with its ReLU fused (forward only: a layer's backward pass is the
+    /// convolution's after ReLU's).
+    ConvRelu(Conv2dGeom),
     /// `g.c_out == g.c_in`.
     Depthwise(Conv2dGeom),
     /// Training mode over `[N,C,H,W]` or `[N,F]`.
@@ -161,6 +164,7 @@ impl Op {
         };
         match self {
             Op::Conv2d(g) => conv("conv2d", g),
+            Op::ConvRelu(g) => conv("conv2d+relu", g),
             Op::Depthwise(g) => conv("depthwise", g),
             Op::BatchNorm(s) => format!("batchnorm {s:?}"),
             Op::BatchNormInfer(s) => format!("batchnorm (inference) {s:?}"),
@@ -193,6 +197,12 @@ impl Op {
                 input("x", uniform(g.input_shape(), s)),
                 input("w", uniform(g.weight_shape(), s + 1)),
                 input("b", uniform([g.c_out], s + 2)),
+            ],
+            // forward only: its gradients are the convolution's after ReLU's, checked as a layer
+            Op::ConvRelu(g) => vec![
+                fixed("x", uniform(g.input_shape(), s)),
+                fixed("w", uniform(g.weight_shape(), s + 1)),
+                fixed("b", uniform([g.c_out], s + 2)),
             ],
             Op::Depthwise(g) => vec![
                 input("x", uniform(g.input_shape(), s)),
@@ -253,7 +263,7 @@ impl Op {
     /// The shape of the forward pass's output `y`, and so of the `dy` its backward passes take.
     pub fn output_shape(&self) -> Shape {
         match self {
-            Op::Conv2d(g) | Op::Depthwise(g) => g.output_shape().into(),
+            Op::Conv2d(g) | Op::ConvRelu(g) | Op::Depthwise(g) => g.output_shape().into(),
             Op::MaxPool(g) => g.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
             Op::Dense { n, o, .. } => [*n, *o].into(),
@@ -281,14 +291,16 @@ impl Op {
             | Op::Relu(_)
             | Op::Dropout { .. } => &["forward", "backward"],
             // the fused loss returns its gradient from the forward pass; the rest have none
-            Op::Bce { .. } | Op::BatchNormInfer(_) | Op::Adam(_) | Op::Sgd(_) => &["forward"],
+            Op::ConvRelu(_) | Op::Bce { .. } | Op::BatchNormInfer(_) | Op::Adam(_) | Op::Sgd(_) => {
+                &["forward"]
+            }
         }
     }
 
     /// Multiply-adds times two of a pass, for the ops whose time is their arithmetic.
     pub fn flops(&self, pass: usize) -> Option<u64> {
         match self {
-            Op::Conv2d(g) => Some(g.forward_flops()),
+            Op::Conv2d(g) | Op::ConvRelu(g) => Some(g.forward_flops()),
             Op::Depthwise(g) => Some(g.depthwise_flops()),
             Op::Dense { n, i, o } => Some(2 * (n * i * o) as u64),
             _ => None,
@@ -302,7 +314,7 @@ impl Op {
     pub fn largest_piece(&self) -> usize {
         let per_sample = |shape: &[usize]| shape[1..].iter().product::<usize>();
         match self {
-            Op::Conv2d(g) => {
+            Op::Conv2d(g) | Op::ConvRelu(g) => {
                 let col = g.patch_len() * g.out_h * g.out_w;
                 let out = g.c_out * g.out_h * g.out_w;
                 [g.c_in * g.h * g.w, out, col, g.c_out * g.patch_len()]
@@ -351,6 +363,7 @@ impl Op {
         let (x, dy) = (&st.inputs, &st.dy);
         match (self, pass) {
             (Op::Conv2d(g), 0) => vec![("y", be.conv2d_forward(&x[0], &x[1], &x[2], g))],
+            (Op::ConvRelu(g), _) => vec![("y", be.conv2d_relu_forward(&x[0], &x[1], &x[2], g))],
             (Op::Conv2d(g), 1) => vec![("dx", be.conv2d_backward_input(dy, &x[1], g))],
             (Op::Conv2d(g), _) => {
                 let (dw, db) = be.conv2d_backward_weight(&x[0], dy, g);
@@ -520,6 +533,8 @@ impl Op {
 pub fn suite() -> Vec<Op> {
     let conv =
         |n, ci, h, w, co, k, s, p| Op::Conv2d(Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap());
+    let conv_relu =
+        |n, ci, h, w, co, k, s, p| Op::ConvRelu(Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap());
     let dw =
         |n, c, h, w, k, s, p| Op::Depthwise(Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap());
     let pool = |n, c, h, w, k, s| Op::MaxPool(Pool2dGeom::new(n, c, h, w, k, s).unwrap());
@@ -535,6 +550,8 @@ pub fn suite() -> Vec<Op> {
         conv(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         conv(9, 2, 13, 13, 3, (5, 5), (3, 3), valid),
         conv(2, 3, 10, 9, 67, (3, 3), (2, 2), same),
+        conv_relu(9, 2, 7, 6, 3, (3, 3), (2, 2), same),
+        conv_relu(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         dw(1, 3, 6, 5, (3, 3), (1, 1), same),
         dw(9, 2, 7, 6, (3, 3), (2, 2), same),
         dw(17, 3, 7, 7, (3, 3), (2, 2), valid),

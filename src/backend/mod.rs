@@ -97,6 +97,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
         b: &Self::Tensor,
         g: &Conv2dGeom,
     ) -> Self::Tensor;
+    /// `y` = max(0, conv(`x`, `w`) + `b`): the ReLU applied where the bias is added, so the
+    /// output is written once (a backend without a fused kernel runs the two ops).
+    fn conv2d_relu_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor {
+        self.relu_forward(&self.conv2d_forward(x, w, b, g))
+    }
     /// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]` (a "transposed convolution").
     fn conv2d_backward_input(
         &self,

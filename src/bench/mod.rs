@@ -263,7 +263,7 @@ pub fn train_step<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> 
 /// The model's logits for a fixed random batch, read back, as `predict` runs it: with each
 /// batch norm folded into its convolution.
 pub fn inference<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Op<'a>> {
-    let mut model = crate::nn::fold::fold_batchnorm(be, &Model::new(be, spec, 1)?)?;
+    let mut model = crate::nn::fold::inference_model(be, &Model::new(be, spec, 1)?)?;
     let x = Tensor::rand_uniform(batched(batch, &spec.input), 0.0, 1.0, 5678);
     let flops = spec.layers()?.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
     Ok(Op::new(

@@ -16,6 +16,10 @@ use rand::rngs::StdRng;
 pub struct Conv2d<B: Backend> {
     /// Geometry for a batch of one; the batch size is filled in at each call.
     geom: Conv2dGeom,
+    /// Whether a ReLU follows inside the layer (`activation = "relu"`).
+    relu: bool,
+    /// The output, kept for the ReLU's backward pass.
+    output: Option<B::Tensor>,
     weight: Param<B>, // [Co, Ci, KH, KW]
     bias: Param<B>,   // [Co]
     input: Option<B::Tensor>,
@@ -26,10 +30,17 @@ impl<B: Backend> Conv2d<B> {
         let w = init::uniform_fan_in(&geom.weight_shape(), geom.patch_len(), rng);
         Conv2d {
             geom,
+            relu: false,
+            output: None,
             weight: Param::trainable("weight", be.upload(&w)),
             bias: Param::trainable("bias", be.zeros(&[geom.c_out].into())),
             input: None,
         }
+    }
+    /// The same layer with a ReLU on its output, computed where the bias is added.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
     fn geom_for(&self, be: &B, x: &B::Tensor) -> Conv2dGeom {
         self.geom.with_batch(be.shape(x).dims()[0])
@@ -42,19 +53,37 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let g = self.geom_for(be, &x);
-        let y = be.conv2d_forward(&x, &self.weight.value, &self.bias.value, &g);
+        let (w, b) = (&self.weight.value, &self.bias.value);
+        let y = if self.relu {
+            be.conv2d_relu_forward(&x, w, b, &g)
+        } else {
+            be.conv2d_forward(&x, w, b, &g)
+        };
         if mode.keeps_for_backward() {
             self.input = Some(x);
+            self.output = self.relu.then(|| be.copy(&y));
         }
         y
     }
+    /// With the ReLU, dy first passes where the output is positive (y > 0 exactly where the
+    /// convolution's value was).
     fn backward(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
+        let dy = match self.output.take() {
+            Some(y) => be.relu_backward(&y, &dy),
+            None => dy,
+        };
         let x = saved(&mut self.input, "conv2d");
         let g = self.geom_for(be, &x);
         let (dw, db) = be.conv2d_backward_weight(&x, &dy, &g);
         self.weight.grad = Some(dw);
         self.bias.grad = Some(db);
         want_dx.then(|| be.conv2d_backward_input(&dy, &self.weight.value, &g))
+    }
+    /// With the ReLU, which outputs are positive (the kink that gradient checks step around).
+    fn kinks(&self, be: &B) -> u64 {
+        self.output.as_ref().map_or(0, |y| {
+            super::fingerprint(be.download(y).data.iter().map(|&v| (v > 0.0) as u32))
+        })
     }
     fn params(&self) -> Vec<&Param<B>> {
         vec![&self.weight, &self.bias]

@@ -1,4 +1,6 @@
-//! The inference model: each batch norm folded into the convolution before it.
+//! The inference model: each batch norm folded into the convolution before it, and each ReLU
+//! after a convolution computed inside it (`activation = "relu"`: max(0, ·) where the bias is
+//! added, so the output is written once).
 //!
 //! With its running statistics, batch norm is an affine map of each channel,
 //!   BN(z) = γ (z − μ) / √(σ² + ε) + β = s z + (β − s μ),   s = γ / √(σ² + ε),
@@ -8,32 +10,52 @@
 //! folded model computes the same numbers up to rounding with one pass over the activations
 //! fewer per block. Training cannot fold: it normalises with each batch's own statistics.
 
-use super::{LayerSpec, Model, ModelSpec, Node};
+use super::{Activation, LayerSpec, Model, ModelSpec, Node};
 use crate::backend::Backend;
 use crate::nn::spec::{SpecError, INPUT};
 use crate::tensor::Tensor;
 
 /// `model` for inference, with every batch norm that is the only reader of a convolution's
-/// (full or depthwise) output folded into that convolution. Layers keep their names; unnamed
-/// ones are named `layer-I` after their index in `model`.
-pub fn fold_batchnorm<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>, SpecError> {
+/// (full or depthwise) output folded into that convolution, and every ReLU that is the only
+/// reader of a full convolution's output (or of its folded batch norm's) made the convolution's
+/// activation. Layers keep their names; unnamed ones are named `layer-I` after their index in
+/// `model`.
+pub fn inference_model<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>, SpecError> {
     let infos = model.spec.layers()?;
     let mut readers = vec![0usize; infos.len()];
     for s in infos.iter().flat_map(|l| &l.sources).flatten() {
         readers[*s] += 1;
     }
-    // folded[j] = Some(i): batch norm j is folded into convolution i
-    let folded: Vec<Option<usize>> = infos
-        .iter()
-        .map(|l| match (&l.spec, l.sources.as_slice()) {
-            (LayerSpec::BatchNorm { .. }, &[Some(i)])
-                if readers[i] == 1 && infos[i].spec.conv_geom(&infos[i].input).is_some() =>
+    // folded[j] = Some(i): layer j (a batch norm, or a ReLU) is folded into convolution i
+    let mut folded: Vec<Option<usize>> = vec![None; infos.len()];
+    let mut with_relu = vec![false; infos.len()];
+    for (j, l) in infos.iter().enumerate() {
+        let &[Some(s)] = l.sources.as_slice() else {
+            continue;
+        };
+        let i = folded[s].unwrap_or(s);
+        let only_reader = readers[s] == 1 && !with_relu[i];
+        match (&l.spec, &infos[i].spec) {
+            (LayerSpec::BatchNorm { .. }, conv)
+                if only_reader
+                    && i == s
+                    && conv.conv_geom(&infos[i].input).is_some()
+                    && conv.activation().is_none() =>
             {
-                Some(i)
+                folded[j] = Some(i);
             }
-            _ => None,
-        })
-        .collect();
+            (
+                LayerSpec::Relu,
+                LayerSpec::Conv2d {
+                    activation: None, ..
+                },
+            ) if only_reader => {
+                folded[j] = Some(i);
+                with_relu[i] = true;
+            }
+            _ => {}
+        }
+    }
     let name = |k: usize| {
         let node = &model.spec.layers[k];
         node.name.clone().unwrap_or_else(|| format!("layer-{k}"))
@@ -44,7 +66,22 @@ pub fn fold_batchnorm<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>, 
     let layers: Vec<Node> = kept
         .iter()
         .map(|&k| Node {
-            layer: model.spec.layers[k].layer.clone(),
+            layer: match model.spec.layers[k].layer.clone() {
+                LayerSpec::Conv2d {
+                    activation: None,
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                } if with_relu[k] => LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    activation: Some(Activation::Relu),
+                },
+                layer => layer,
+            },
             name: Some(name(k)),
             inputs: infos[k]
                 .sources
@@ -64,9 +101,12 @@ pub fn fold_batchnorm<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>, 
             .iter()
             .map(|p| be.download(&p.value))
             .collect();
-        if let Some(j) = folded.iter().position(|&f| f == Some(k)) {
+        let batchnorm = (0..infos.len()).find(|&j| {
+            folded[j] == Some(k) && matches!(infos[j].spec, LayerSpec::BatchNorm { .. })
+        });
+        if let Some(j) = batchnorm {
             let LayerSpec::BatchNorm { eps, .. } = infos[j].spec else {
-                unreachable!("only batch norms are folded")
+                unreachable!("found as a batch norm")
             };
             let bn: Vec<Tensor> = model.layers[j]
                 .params()

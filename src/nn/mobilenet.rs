@@ -54,6 +54,7 @@ pub(super) fn conv(filters: usize, kernel: usize, stride: usize) -> LayerSpec {
         kernel: Size2::Square(kernel),
         stride: Size2::Square(stride),
         padding: Padding::Same,
+        activation: None,
     }
 }
 

@@ -25,7 +25,7 @@ pub mod resnet;
 pub mod spec;
 
 pub use model::Model;
-pub use spec::{LayerSpec, ModelSpec, Node};
+pub use spec::{Activation, LayerSpec, ModelSpec, Node};
 
 use crate::backend::Backend;
 

@@ -5,7 +5,7 @@
 use super::{
     add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv::Conv2d, dense::Dense,
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
-    Layer, LayerSpec, Mode, ModelSpec, Param,
+    Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
 use crate::backend::Backend;
 use crate::nn::spec::SpecError;
@@ -229,11 +229,15 @@ pub fn build_layer<B: Backend>(
 ) -> Box<dyn Layer<B>> {
     // `ModelSpec::layers` has checked every shape, so the geometry here always exists.
     match layer {
-        LayerSpec::Conv2d { .. } => {
+        LayerSpec::Conv2d { activation, .. } => {
             let g = layer
                 .conv_geom(input)
                 .expect("checked by ModelSpec::layers");
-            Box::new(Conv2d::new(be, g, rng))
+            let conv = Conv2d::new(be, g, rng);
+            match activation {
+                Some(Activation::Relu) => Box::new(conv.with_relu()),
+                None => Box::new(conv),
+            }
         }
         LayerSpec::DepthwiseConv2d { .. } => {
             let g = layer

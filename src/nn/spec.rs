@@ -96,6 +96,13 @@ fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(v.to_string().parse().unwrap_or(f64::from(*v)))
 }
 
+/// An activation a layer applies to its own output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+}
+
 /// One layer as written in a spec file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -107,6 +114,10 @@ pub enum LayerSpec {
         stride: Size2,
         #[serde(default = "same")]
         padding: Padding,
+        /// Applied to the output inside the convolution (one pass over it fewer than a layer of
+        /// its own): `activation = "relu"`, as in Keras' `Conv2D(activation="relu")`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation: Option<Activation>,
     },
     /// One `kernel` filter per channel, channels not mixed; output channels = input channels.
     #[serde(rename = "depthwise_conv2d")]
@@ -298,6 +309,7 @@ impl LayerSpec {
                 kernel,
                 stride,
                 padding,
+                ..
             } => Conv2dGeom::new(1, c, h, w, *filters, kernel.hw(), stride.hw(), *padding),
             LayerSpec::DepthwiseConv2d {
                 kernel,
@@ -337,6 +349,14 @@ impl LayerSpec {
             })
     }
 
+    /// The activation a layer applies to its own output, if any.
+    pub fn activation(&self) -> Option<Activation> {
+        match self {
+            LayerSpec::Conv2d { activation, .. } => *activation,
+            _ => None,
+        }
+    }
+
     /// Short description for tables: "conv2d 3x3/1 same, 32".
     pub fn describe(&self) -> String {
         match self {
@@ -345,9 +365,14 @@ impl LayerSpec {
                 kernel,
                 stride,
                 padding,
+                activation,
             } => {
                 let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
-                format!("conv2d {kh}x{kw}/{sh}x{sw} {}, {filters}", padding.name())
+                let relu = if activation.is_some() { " + relu" } else { "" };
+                format!(
+                    "conv2d {kh}x{kw}/{sh}x{sw} {}, {filters}{relu}",
+                    padding.name()
+                )
             }
             LayerSpec::DepthwiseConv2d {
                 kernel,

@@ -54,7 +54,7 @@ impl State {
     pub fn load(cfg: &ServeConfig) -> Result<Self> {
         let (model, info) = checkpoint::load(&Cpu, &cfg.model)?;
         Ok(State {
-            inference: Mutex::new(crate::nn::fold::fold_batchnorm(&Cpu, &model)?),
+            inference: Mutex::new(crate::nn::fold::inference_model(&Cpu, &model)?),
             model: Mutex::new(model),
             info,
             checkpoint: cfg.model.clone(),

@@ -79,7 +79,7 @@ macro_rules! gradcheck_suite {
         use fracture_cnn::backend::Padding;
         use fracture_cnn::gradcheck as gc;
         use fracture_cnn::gradcheck::{LAYER_TOL as OP_TOL, MODEL_TOL};
-        use fracture_cnn::nn::spec::Size2;
+        use fracture_cnn::nn::spec::{Activation, Size2};
         use fracture_cnn::nn::{LayerSpec, ModelSpec};
         use $crate::common::gradchecks::{assert_all, assert_all_or_none, assert_model};
 
@@ -101,6 +101,7 @@ macro_rules! gradcheck_suite {
                         kernel: Size2::Square(3),
                         stride: Size2::Square(1),
                         padding: Padding::Same,
+                        activation: None,
                     },
                     image.to_vec(),
                     2,
@@ -111,6 +112,7 @@ macro_rules! gradcheck_suite {
                         kernel: Size2::Rect([3, 2]),
                         stride: Size2::Square(2),
                         padding: Padding::Valid,
+                        activation: Some(Activation::Relu),
                     },
                     image.to_vec(),
                     2,

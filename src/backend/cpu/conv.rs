@@ -83,8 +83,8 @@ pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [f32]) {
     }
 }
 
-/// `y[N,Co,Ho,Wo]` = conv(x, w) + b
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (in the same pass as the bias)
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * g.c_out * p];
     let wm = MatRef::rows(w, g.c_out, k);
@@ -100,7 +100,11 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
                 });
             }
             for (plane, bias) in yn.chunks_exact_mut(p).zip(b) {
-                plane.iter_mut().for_each(|v| *v += bias);
+                if relu {
+                    plane.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+                } else {
+                    plane.iter_mut().for_each(|v| *v += bias);
+                }
             }
         });
     y

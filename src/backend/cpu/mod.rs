@@ -94,7 +94,14 @@ impl Backend for Cpu {
         debug_assert_eq!(x.dims(), g.input_shape());
         t(
             g.output_shape(),
-            conv::forward(&x.data, &w.data, &b.data, g),
+            conv::forward(&x.data, &w.data, &b.data, g, false),
+        )
+    }
+    fn conv2d_relu_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom) -> Tensor {
+        debug_assert_eq!(x.dims(), g.input_shape());
+        t(
+            g.output_shape(),
+            conv::forward(&x.data, &w.data, &b.data, g, true),
         )
     }
     fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {

@@ -47,11 +47,12 @@ pub(super) fn forward(
     w: &GpuTensor,
     b: &GpuTensor,
     g: &Conv2dGeom,
+    relu: bool,
 ) -> GpuTensor {
     let y = gpu.alloc(g.output_shape());
     let (w, b) = (gpu.whole(w), gpu.whole(b));
     gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
-        forward_window(gpu, i[0], w, b, o[0], &g.with_batch(win.count));
+        forward_window(gpu, i[0], (w, b), o[0], &g.with_batch(win.count), relu);
     });
     y
 }
@@ -154,14 +155,15 @@ fn col_buffer(gpu: &Gpu, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTenso
     (!g.is_pointwise()).then(|| gpu.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
 }
 
-/// Forward convolution of one window: y = w ⊛ x + b, `g` with the window's batch.
+/// Forward convolution of one window: y = w ⊛ x + b (then max(0, ·) when `relu`, in the
+/// bias's pass), `g` with the window's batch.
 fn forward_window(
     gpu: &Gpu,
     x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
+    (w, b): (&wgpu::Buffer, &wgpu::Buffer),
     y: &wgpu::Buffer,
     g: &Conv2dGeom,
+    relu: bool,
 ) {
     let (k, q) = (g.patch_len(), g.out_h * g.out_w);
     let chunks = chunks(gpu, g);
@@ -188,7 +190,7 @@ fn forward_window(
         };
         gemm(gpu, gm, w, cols, y);
     }
-    elementwise::add_channel_bias(gpu, g.n * g.c_out * q, (g.c_out, q), b, y);
+    elementwise::add_channel_bias(gpu, g.n * g.c_out * q, (g.c_out, q), b, y, relu);
 }
 
 /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy) (for a pointwise

@@ -13,7 +13,7 @@ pub(super) fn forward(gpu: &Gpu, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) ->
         // y [N × O] = x [N × I] · wᵀ [I × O]
         let gm = Gemm::matmul(win.count, o, i, (i, 1), (1, i));
         gemm(gpu, gm, xs[0], w, ys[0]);
-        elementwise::add_channel_bias(gpu, win.count * o, (o, 1), b, ys[0]);
+        elementwise::add_channel_bias(gpu, win.count * o, (o, 1), b, ys[0], false);
     });
     y
 }

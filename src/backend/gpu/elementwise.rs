@@ -17,7 +17,7 @@ wgsl_params!(
         f0: f32,
         f1: f32,
         offset: u32,
-        pad0: u32,
+        relu: u32,
     }
 );
 
@@ -75,18 +75,21 @@ pub(super) fn dropout(gpu: &Gpu, x: &GpuTensor, p: f32, seed: u64) -> GpuTensor 
     map(gpu, "dropout", &[x], params)
 }
 
-/// `y[n, c, q]` += `b[c]` over the first `n` values of a `[·, channels, plane]` tensor.
+/// `y[n, c, q]` += `b[c]` over the first `n` values of a `[·, channels, plane]` tensor, then
+/// `y` = max(0, `y`) when `relu` (a ReLU fused into the bias's pass).
 pub(super) fn add_channel_bias(
     gpu: &Gpu,
     n: usize,
     (channels, plane): (usize, usize),
     b: &wgpu::Buffer,
     y: &wgpu::Buffer,
+    relu: bool,
 ) {
     let p = Params {
         n: u(n),
         c: u(channels),
         hw: u(plane),
+        relu: u32::from(relu),
         ..Params::default()
     };
     launch(gpu, "add_channel_bias", p, &[(1, b), (3, y)]);

@@ -308,7 +308,16 @@ impl Backend for Gpu {
         b: &GpuTensor,
         g: &Conv2dGeom,
     ) -> GpuTensor {
-        conv::forward(self, x, w, b, g)
+        conv::forward(self, x, w, b, g, false)
+    }
+    fn conv2d_relu_forward(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: &GpuTensor,
+        g: &Conv2dGeom,
+    ) -> GpuTensor {
+        conv::forward(self, x, w, b, g, true)
     }
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, g: &Conv2dGeom) -> GpuTensor {
         conv::backward_input(self, dy, w, g)
