@@ -69,8 +69,9 @@ fn best(epochs: &[Map<String, Value>]) -> Option<&Map<String, Value>> {
     let auc = |e: &Map<String, Value>| e.get("val_roc_auc").and_then(Value::as_f64);
     epochs
         .iter()
-        .filter(|e| auc(e).is_some())
-        .max_by(|a, b| auc(a).partial_cmp(&auc(b)).expect("not NaN"))
+        .filter_map(|e| Some((auc(e)?, e)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, e)| e)
 }
 
 fn read_run(dir: &Path) -> (Value, Vec<Map<String, Value>>) {
