@@ -65,12 +65,21 @@ pub fn model(state: &State) -> Value {
 /// `POST /api/predict`: `{"predictions": [{file, probability, label, threshold}]}`, one per
 /// part named `image`, with `predict`'s numbers.
 pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
-    let images = images(state, body)?;
+    // each image is framed as soon as it is decoded, and the decoded image dropped: a request
+    // holds one image at full size at a time, however many it carries
+    let (size, framing) = state.info.spec.square();
+    let inputs = image_parts(body)?
+        .iter()
+        .map(|part| {
+            let (file, img) = decode(state, part)?;
+            Ok((file, to_gray_square(&img, size, framing)))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let threshold = state.info.threshold;
-    let mut predictions = Vec::with_capacity(images.len());
-    for chunk in images.chunks(BATCH) {
-        let pictures: Vec<&DynamicImage> = chunk.iter().map(|(_, img)| img).collect();
-        for ((file, _), p) in chunk.iter().zip(probabilities(state, &pictures)) {
+    let mut predictions = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(BATCH) {
+        let framed: Vec<&[f32]> = chunk.iter().map(|(_, x)| x.as_slice()).collect();
+        for ((file, _), p) in chunk.iter().zip(probabilities(state, &framed)) {
             predictions.push(json!({
                 "file": file,
                 "probability": short(p),
@@ -86,15 +95,13 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
 /// overlay (PNG data URLs), and the histogram of each parameter's gradient for this image.
 pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
     let (file, img) = first_image(state, body)?;
-    let p = probabilities(state, &[&img])[0];
     let (size, framing) = state.info.spec.square();
+    let framed = to_gray_square(&img, size, framing);
+    let p = probabilities(state, &[&framed])[0];
     let input = image::GrayImage::from_raw(
         size as u32,
         size as u32,
-        to_gray_square(&img, size, framing)
-            .iter()
-            .map(|v| (v * 255.0).round() as u8)
-            .collect(),
+        framed.iter().map(|v| (v * 255.0).round() as u8).collect(),
     )
     .expect("size × size values");
     let mut model = state.model();
@@ -310,9 +317,11 @@ fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
     Tensor::new([images.len(), 1, size, size], data)
 }
 
-/// P(fractured) for each image, as `predict` computes it.
-fn probabilities(state: &State, images: &[&DynamicImage]) -> Vec<f32> {
-    let x = Cpu.upload(&input_tensor(state, images));
+/// P(fractured) for each framed image (`S × S` values), as `predict` computes it.
+fn probabilities(state: &State, framed: &[&[f32]]) -> Vec<f32> {
+    let (size, _) = state.info.spec.square();
+    let x = Tensor::new([framed.len(), 1, size, size], framed.concat());
+    let x = Cpu.upload(&x);
     let logits = state.inference().forward(&Cpu, x, Mode::Eval);
     Cpu.download(&logits)
         .data
@@ -321,18 +330,19 @@ fn probabilities(state: &State, images: &[&DynamicImage]) -> Vec<f32> {
         .collect()
 }
 
-/// The decoded images of every part named `image`: (file name, image).
-fn images(state: &State, body: &Body) -> Result<Vec<(String, DynamicImage)>, ApiError> {
+/// The parts named `image`, or a 400 when there are none.
+fn image_parts(body: &Body) -> Result<Vec<Part<'_>>, ApiError> {
     let parts = multipart::parts(&body.bytes, &body.boundary).map_err(|e| ApiError::new(400, e))?;
     let images: Vec<Part> = parts.into_iter().filter(|p| p.name == "image").collect();
     if images.is_empty() {
         return Err(ApiError::new(400, "the upload has no part named 'image'"));
     }
-    images.iter().map(|p| decode(state, p)).collect()
+    Ok(images)
 }
 
+/// The first image part, decoded (the others are not).
 fn first_image(state: &State, body: &Body) -> Result<(String, DynamicImage), ApiError> {
-    Ok(images(state, body)?.swap_remove(0))
+    decode(state, &image_parts(body)?[0])
 }
 
 /// One uploaded image, refused with the reason when it is not an image, is larger than the
