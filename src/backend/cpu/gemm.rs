@@ -68,6 +68,53 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// The B operand of a product: a `rows × cols` matrix that copies any `kc × nc` block of itself
+/// into the micro-kernel's layout. A [`MatRef`] copies from memory; a convolution's unfolded
+/// input (`conv::Unfolded`) gathers from the image itself, so the unfolded matrix is never
+/// written out whole.
+pub trait PackB: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Writes `B[p0..p0+kc, j0..j0+nc]` into `out` as `NR`-column strips, each `kc × NR`
+    /// (element (p, j) of strip s at `(s·kc + p)·NR + j`). `out` holds
+    /// `nc.div_ceil(NR) · NR · kc` zeros on entry, so a strip's missing columns stay zero.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]);
+}
+
+impl PackB for MatRef<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Reads B along its contiguous direction: row by row for a row-major B, column by column
+    /// for a transposed one (reading across it would touch a new cache line, or page, per value).
+    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+        let strips = nc.div_ceil(NR);
+        if self.cs == 1 {
+            for p in 0..kc {
+                for s in 0..strips {
+                    let cols = NR.min(nc - s * NR);
+                    let dst = &mut out[(s * kc + p) * NR..][..cols];
+                    let start = (p0 + p) * self.rs + j0 + s * NR;
+                    dst.copy_from_slice(&self.data[start..start + cols]);
+                }
+            }
+            return;
+        }
+        for s in 0..strips {
+            let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
+            for j in 0..NR.min(nc - s * NR) {
+                let col = j0 + s * NR + j;
+                for (p, dst) in strip.iter_mut().skip(j).step_by(NR).enumerate() {
+                    *dst = self.at(p0 + p, col);
+                }
+            }
+        }
+    }
+}
+
 /// Which micro-kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -152,7 +199,7 @@ impl Kernel {
 }
 
 /// `C = A · B` (or `C += A · B` when `accumulate`), C row-major `M × N` with row stride `ldc`.
-pub fn gemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm(a: MatRef, b: impl PackB, c: &mut [f32], ldc: usize, accumulate: bool) {
     gemm_with(Kernel::detect(), a, b, c, ldc, accumulate)
 }
 
@@ -160,7 +207,7 @@ pub fn gemm(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
 pub fn gemm_with(
     kernel: Kernel,
     a: MatRef,
-    b: MatRef,
+    b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -171,8 +218,13 @@ pub fn gemm_with(
         "gemm: the {} kernel needs instructions this processor does not have",
         kernel.name()
     );
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm: A is {m}x{k} but B has {} rows", b.rows);
+    let (m, k, n) = (a.rows, a.cols, b.cols());
+    assert_eq!(
+        b.rows(),
+        k,
+        "gemm: A is {m}x{k} but B has {} rows",
+        b.rows()
+    );
     assert!(
         m == 0 || c.len() >= (m - 1) * ldc + n,
         "gemm: C is too small"
@@ -242,7 +294,7 @@ thread_local! {
 unsafe fn gemm_tile(
     kernel: Kernel,
     a: &MatRef,
-    b: &MatRef,
+    b: &impl PackB,
     c: SendPtr,
     ldc: usize,
     t: Tile,
@@ -263,7 +315,9 @@ unsafe fn gemm_tile(
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             pack_a(a, t.i0, t.mc, p0, kc, pa);
-            pack_b(b, p0, kc, t.j0, t.nc, pb);
+            pb.clear();
+            pb.resize(t.nc.div_ceil(NR) * NR * kc, 0.0);
+            b.pack(p0, kc, t.j0, t.nc, pb);
             let first = p0 == 0 && !accumulate;
             for js in 0..t.nc.div_ceil(NR) {
                 for is in 0..t.mc.div_ceil(MR) {
@@ -316,35 +370,6 @@ fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<
         for p in 0..kc {
             for i in 0..rows {
                 strip[p * MR + i] = a.at(i0 + s * MR + i, p0 + p);
-            }
-        }
-    }
-}
-
-/// Packs `B[p0..p0+kc, j0..j0+nc]` as `NR`-column strips, each `kc × NR`, zero-padded.
-/// B is read along its contiguous direction: row by row for a row-major B, column by column for a
-/// transposed one (reading across it would touch a new cache line, or page, for every value).
-fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
-    let strips = nc.div_ceil(NR);
-    out.clear();
-    out.resize(strips * NR * kc, 0.0);
-    if b.cs == 1 {
-        for p in 0..kc {
-            for s in 0..strips {
-                let cols = NR.min(nc - s * NR);
-                let dst = &mut out[(s * kc + p) * NR..][..cols];
-                let start = (p0 + p) * b.rs + j0 + s * NR;
-                dst.copy_from_slice(&b.data[start..start + cols]);
-            }
-        }
-        return;
-    }
-    for s in 0..strips {
-        let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
-        for j in 0..NR.min(nc - s * NR) {
-            let col = j0 + s * NR + j;
-            for (p, dst) in strip.iter_mut().skip(j).step_by(NR).enumerate() {
-                *dst = b.at(p0 + p, col);
             }
         }
     }
