@@ -47,6 +47,8 @@ pub enum Op {
     /// Inference mode (running statistics) over `[N,C,H,W]`.
     BatchNormInfer(Vec<usize>),
     MaxPool(Pool2dGeom),
+    /// Max pooling's forward pass without the positions (inference).
+    MaxPoolInfer(Pool2dGeom),
     GlobalAvgPool([usize; 4]),
     /// `x[n,i]` → `y[n,o]`.
     Dense {
@@ -168,8 +170,13 @@ impl Op {
             Op::Depthwise(g) => conv("depthwise", g),
             Op::BatchNorm(s) => format!("batchnorm {s:?}"),
             Op::BatchNormInfer(s) => format!("batchnorm (inference) {s:?}"),
-            Op::MaxPool(g) => format!(
-                "maxpool {}x{} s{}x{} {:?}",
+            Op::MaxPool(g) | Op::MaxPoolInfer(g) => format!(
+                "maxpool{} {}x{} s{}x{} {:?}",
+                if matches!(self, Op::MaxPoolInfer(_)) {
+                    " (inference)"
+                } else {
+                    ""
+                },
                 g.kh,
                 g.kw,
                 g.stride_h,
@@ -225,6 +232,7 @@ impl Op {
                 ),
             ],
             Op::MaxPool(g) => vec![input("x", away_from_kinks(g.input_shape(), s))],
+            Op::MaxPoolInfer(g) => vec![fixed("x", uniform(g.input_shape(), s))],
             Op::GlobalAvgPool(shape) => vec![input("x", uniform(*shape, s))],
             Op::Dense { n, i, o } => vec![
                 input("x", uniform([*n, *i], s)),
@@ -264,7 +272,7 @@ impl Op {
     pub fn output_shape(&self) -> Shape {
         match self {
             Op::Conv2d(g) | Op::ConvRelu(g) | Op::Depthwise(g) => g.output_shape().into(),
-            Op::MaxPool(g) => g.output_shape().into(),
+            Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
             Op::Dense { n, o, .. } => [*n, *o].into(),
             Op::BatchNorm(s)
@@ -291,9 +299,12 @@ impl Op {
             | Op::Relu(_)
             | Op::Dropout { .. } => &["forward", "backward"],
             // the fused loss returns its gradient from the forward pass; the rest have none
-            Op::ConvRelu(_) | Op::Bce { .. } | Op::BatchNormInfer(_) | Op::Adam(_) | Op::Sgd(_) => {
-                &["forward"]
-            }
+            Op::ConvRelu(_)
+            | Op::MaxPoolInfer(_)
+            | Op::Bce { .. }
+            | Op::BatchNormInfer(_)
+            | Op::Adam(_)
+            | Op::Sgd(_) => &["forward"],
         }
     }
 
@@ -323,7 +334,7 @@ impl Op {
                     .unwrap_or(0)
             }
             Op::Depthwise(g) => (g.c_in * g.h * g.w).max(g.c_in * g.kh * g.kw),
-            Op::MaxPool(g) => g.c * g.h * g.w,
+            Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.c * g.h * g.w,
             Op::GlobalAvgPool(shape) => per_sample(shape),
             Op::Dense { i, o, .. } => i * o,
             Op::BatchNorm(s) | Op::BatchNormInfer(s) | Op::Add(s) | Op::Relu(s) => per_sample(s),
@@ -402,6 +413,7 @@ impl Op {
                 st.saved = Saved::Argmax(argmax);
                 vec![("y", y)]
             }
+            (Op::MaxPoolInfer(g), _) => vec![("y", be.maxpool_forward_infer(&x[0], g))],
             (Op::MaxPool(g), _) => {
                 let Saved::Argmax(argmax) = &st.saved else {
                     unreachable!("prepare saves max pooling's positions")
@@ -571,6 +583,9 @@ pub fn suite() -> Vec<Op> {
         pool(2, 2, 5, 7, (2, 2), (2, 2)),
         pool(9, 2, 7, 6, (3, 3), (2, 2)),
         pool(1, 1, 5, 5, (3, 2), (1, 1)),
+        Op::MaxPoolInfer(Pool2dGeom::new(2, 2, 5, 7, (2, 2), (2, 2)).unwrap()),
+        Op::MaxPoolInfer(Pool2dGeom::new(9, 3, 8, 6, (2, 2), (2, 2)).unwrap()),
+        Op::MaxPoolInfer(Pool2dGeom::new(9, 2, 7, 6, (3, 3), (2, 2)).unwrap()),
         Op::GlobalAvgPool([2, 3, 4, 5]),
         Op::GlobalAvgPool([17, 2, 1, 1]),
         Op::GlobalAvgPool([2, 300, 2, 2]),

@@ -187,6 +187,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     // ---- max pooling ----------------------------------------------------------------------------
     /// `y[N,C,Ho,Wo]` = max over each window of `x[N,C,H,W]`, with the position of each maximum.
     fn maxpool_forward(&self, x: &Self::Tensor, g: &Pool2dGeom) -> (Self::Tensor, Self::Indices);
+    /// The `y` of [`Backend::maxpool_forward`] alone, for a pass that will not go backward (a
+    /// backend without its own kernel computes the positions and drops them).
+    fn maxpool_forward_infer(&self, x: &Self::Tensor, g: &Pool2dGeom) -> Self::Tensor {
+        self.maxpool_forward(x, g).0
+    }
     /// `dx[N,C,H,W]`: each dy goes to the position its maximum came from.
     fn maxpool_backward(
         &self,

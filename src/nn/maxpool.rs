@@ -30,10 +30,12 @@ impl<B: Backend> Layer<B> for MaxPool<B> {
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let n = be.shape(&x).dims()[0];
-        let (y, argmax) = be.maxpool_forward(&x, &self.geom.with_batch(n));
-        if mode.keeps_for_backward() {
-            self.argmax = Some((argmax, n));
+        let g = self.geom.with_batch(n);
+        if !mode.keeps_for_backward() {
+            return be.maxpool_forward_infer(&x, &g);
         }
+        let (y, argmax) = be.maxpool_forward(&x, &g);
+        self.argmax = Some((argmax, n));
         y
     }
     fn kinks(&self, be: &B) -> u64 {

@@ -204,6 +204,9 @@ impl Backend for Cpu {
         let (y, idx) = pool::forward(&x.data, g);
         (t(g.output_shape(), y), idx)
     }
+    fn maxpool_forward_infer(&self, x: &Tensor, g: &Pool2dGeom) -> Tensor {
+        t(g.output_shape(), pool::forward_infer(&x.data, g))
+    }
     fn maxpool_backward(&self, dy: &Tensor, argmax: &Vec<u32>, g: &Pool2dGeom) -> Tensor {
         t(g.input_shape(), pool::backward(&dy.data, argmax, g))
     }
