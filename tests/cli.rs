@@ -458,6 +458,7 @@ fn bench_times_every_op_on_each_backend_and_reports_json() {
     );
     let cpu = &v["backends"]["cpu"];
     for key in [
+        "first_step_ms",
         "train_images_per_s",
         "infer_images_per_s",
         "peak_rss_mib",
@@ -500,6 +501,12 @@ fn bench_times_every_op_on_each_backend_and_reports_json() {
     if gpu.is_object() {
         assert_eq!(names(gpu), ops, "both backends time the same ops");
         assert!(gpu["train_images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            !gpu["device"].as_str().unwrap().is_empty(),
+            "the adapter is named"
+        );
+        // the first step compiles every shader, which no warm step does
+        assert!(gpu["first_step_ms"].as_f64().unwrap() > gpu["train_step_ms"].as_f64().unwrap());
         assert!(gpu["gemm_gflops"].is_null(), "GEMM peak is a CPU figure");
     }
 }

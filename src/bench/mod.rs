@@ -61,6 +61,11 @@ pub struct OpTime {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackendReport {
     pub device: String,
+    /// The first training step alone, wall clock, before any warm-up: on the GPU it includes
+    /// compiling the shaders and allocating the buffers, which the median of the warm steps
+    /// leaves out.
+    #[serde(default)]
+    pub first_step_ms: f64,
     /// How op times were taken: "wall clock" or "gpu timestamps".
     pub timer: String,
     pub train_step_ms: f64,
@@ -283,6 +288,7 @@ fn gflops(flops: Option<u64>, ms: f64) -> Option<f64> {
 /// The training step and the inference batch, timed by the wall clock (what a user waits for),
 /// and the peak resident memory after them.
 pub struct Whole {
+    pub first_step_ms: f64,
     pub train_step_ms: f64,
     pub infer_batch_ms: f64,
     pub peak_rss_mib: f64,
@@ -296,13 +302,16 @@ pub fn run_whole<B: Backend>(
 ) -> Result<Whole> {
     let clock = WallClock(be);
     let mut step = train_step(be, &cfg.spec, cfg.batch)?;
-    let train_step_ms = median_ms(&clock, &mut step.run, cfg.warmup, cfg.repeats);
+    let first_step_ms = clock.ms(&mut step.run);
+    let warm = cfg.warmup.saturating_sub(1);
+    let train_step_ms = median_ms(&clock, &mut step.run, warm, cfg.repeats);
     tick(&step.name);
     drop(step);
     let mut infer = inference(be, &cfg.spec, cfg.infer_batch)?;
     let infer_batch_ms = median_ms(&clock, &mut infer.run, cfg.warmup, cfg.repeats);
     tick(&infer.name);
     Ok(Whole {
+        first_step_ms,
         train_step_ms,
         infer_batch_ms,
         peak_rss_mib: peak_rss_mib(),
@@ -354,6 +363,7 @@ impl BackendReport {
         Ok(BackendReport {
             device,
             timer: timer.into(),
+            first_step_ms: whole.first_step_ms,
             train_step_ms: whole.train_step_ms,
             train_images_per_s: per_s(cfg.batch, whole.train_step_ms),
             train_gflops: (3 * forward * cfg.batch as u64) as f64 / whole.train_step_ms / 1e6,

@@ -119,6 +119,8 @@ impl Report {
             row(name, cells);
         }
         row("", vec![]);
+        let first = cols.iter().map(|(_, b)| (Some(b.first_step_ms), None));
+        row("first training step (with set-up)", first.collect());
         let step = format!("training step, batch {}", self.batch_size);
         let cells = cols
             .iter()
