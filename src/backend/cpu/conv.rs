@@ -14,7 +14,7 @@
 //! takes a second buffer). The weight gradient sums its products over groups of
 //! `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
 
-use super::gemm::{gemm, MatRef, PackB, NR};
+use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, NR};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -205,40 +205,34 @@ impl PackB for Unfolded<'_> {
     }
 }
 
-/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (in the same pass as the bias)
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue, on
+/// each block of y while it is in L1.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * g.c_out * p];
     let wm = MatRef::rows(w, g.c_out, k);
+    let kernel = Kernel::detect();
+    let epilogue = Epilogue {
+        row_bias: Some(b),
+        relu,
+    };
     y.par_chunks_mut(g.c_out * p)
         .zip(x.par_chunks(g.c_in * g.h * g.w))
         .for_each(|(yn, xn)| {
             if g.is_pointwise() {
-                gemm(wm, MatRef::rows(xn, k, p), yn, p, false);
+                gemm_with_epilogue(kernel, wm, MatRef::rows(xn, k, p), yn, p, epilogue);
             } else if Unfolding::detect() == Unfolding::Implicit {
-                gemm(
-                    wm,
-                    Unfolded {
-                        x: xn,
-                        g,
-                        transposed: false,
-                    },
-                    yn,
-                    p,
-                    false,
-                );
+                let col = Unfolded {
+                    x: xn,
+                    g,
+                    transposed: false,
+                };
+                gemm_with_epilogue(kernel, wm, col, yn, p, epilogue);
             } else {
                 with_col(g, |col| {
                     im2col(xn, g, col);
-                    gemm(wm, MatRef::rows(col, k, p), yn, p, false);
+                    gemm_with_epilogue(kernel, wm, MatRef::rows(col, k, p), yn, p, epilogue);
                 });
-            }
-            for (plane, bias) in yn.chunks_exact_mut(p).zip(b) {
-                if relu {
-                    plane.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
-                } else {
-                    plane.iter_mut().for_each(|v| *v += bias);
-                }
             }
         });
     y

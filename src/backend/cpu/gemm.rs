@@ -204,6 +204,54 @@ pub fn gemm(a: MatRef, b: impl PackB, c: &mut [f32], ldc: usize, accumulate: boo
     gemm_with(Kernel::detect(), a, b, c, ldc, accumulate)
 }
 
+/// What is done to each block of C after its last slice of K, while the block is still in L1,
+/// instead of in a pass of its own over the whole of C: a bias per row added (a convolution's
+/// output channel), then max(0, ·).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// `row_bias[i]` is added to every element of row i of C.
+    pub row_bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    fn is_nothing(&self) -> bool {
+        self.row_bias.is_none() && !self.relu
+    }
+
+    /// Applies to the `rows × cols` block at `c0`, whose first row is row `i0` of C.
+    ///
+    /// # Safety
+    /// `c0` must point to `rows` rows of `cols` floats with row stride `ldc` that no other
+    /// thread touches.
+    unsafe fn apply(&self, c0: *mut f32, ldc: usize, i0: usize, rows: usize, cols: usize) {
+        for i in 0..rows {
+            let row = std::slice::from_raw_parts_mut(c0.add(i * ldc), cols);
+            let bias = self.row_bias.map_or(0.0, |b| b[i0 + i]);
+            if self.relu {
+                row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+            } else {
+                row.iter_mut().for_each(|v| *v += bias);
+            }
+        }
+    }
+}
+
+/// `C = A · B`, then the epilogue on each block, with an explicit micro-kernel.
+pub fn gemm_with_epilogue(
+    kernel: Kernel,
+    a: MatRef,
+    b: impl PackB,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    if let Some(bias) = epilogue.row_bias {
+        assert_eq!(bias.len(), a.rows, "gemm: one bias per row of C");
+    }
+    run_gemm(kernel, a, b, c, ldc, false, epilogue)
+}
+
 /// [`gemm`] with an explicit micro-kernel (tests run every kernel against a naive loop).
 pub fn gemm_with(
     kernel: Kernel,
@@ -212,6 +260,18 @@ pub fn gemm_with(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+) {
+    run_gemm(kernel, a, b, c, ldc, accumulate, Epilogue::default())
+}
+
+fn run_gemm(
+    kernel: Kernel,
+    a: MatRef,
+    b: impl PackB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    epilogue: Epilogue,
 ) {
     // The SIMD kernels are `unsafe` to run without their instructions: refuse, whoever asked.
     assert!(
@@ -247,7 +307,7 @@ pub fn gemm_with(
             nc: nc.min(n - j0),
         };
         // SAFETY: tiles are disjoint rectangles of C, each written by exactly one task.
-        unsafe { gemm_tile(kernel, &a, &b, c_ptr, ldc, tile, accumulate) }
+        unsafe { gemm_tile(kernel, &a, &b, c_ptr, ldc, tile, accumulate, epilogue) }
     };
     if m * n * k < PARALLEL_MIN_WORK {
         (0..tiles).for_each(run_tile);
@@ -292,6 +352,7 @@ thread_local! {
 /// `c` must point to a C of at least `(t.i0 + t.mc - 1) * ldc + t.j0 + t.nc` floats that no
 /// other thread reads or writes inside the tile while this runs, and `kernel` must run here
 /// (`Kernel::runs_here`).
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_tile(
     kernel: Kernel,
     a: &MatRef,
@@ -300,15 +361,17 @@ unsafe fn gemm_tile(
     ldc: usize,
     t: Tile,
     accumulate: bool,
+    epilogue: Epilogue,
 ) {
     let k = a.cols;
     if k == 0 {
+        let c0 = c.0.add(t.i0 * ldc + t.j0);
         if !accumulate {
             for i in 0..t.mc {
-                let row = c.0.add((t.i0 + i) * ldc + t.j0);
-                std::ptr::write_bytes(row, 0, t.nc);
+                std::ptr::write_bytes(c0.add(i * ldc), 0, t.nc);
             }
         }
+        epilogue.apply(c0, ldc, t.i0, t.mc, t.nc);
         return;
     }
     // Slices of nearly equal depth (a depth of 288 is two of 144, not 256 and 32): each
@@ -323,6 +386,7 @@ unsafe fn gemm_tile(
             pb.resize(t.nc.div_ceil(NR) * NR * kc, 0.0);
             b.pack(p0, kc, t.j0, t.nc, pb);
             let first = p0 == 0 && !accumulate;
+            let last = p0 + kc == k && !epilogue.is_nothing();
             for js in 0..t.nc.div_ceil(NR) {
                 for is in 0..t.mc.div_ceil(MR) {
                     let pa_strip = &pa[is * MR * kc..(is + 1) * MR * kc];
@@ -339,6 +403,9 @@ unsafe fn gemm_tile(
                         let mut acc = [0f32; MR * NR];
                         run_kernel(kernel, kc, pa_strip, pb_strip, acc.as_mut_ptr(), NR, true);
                         store_block(&acc, c0, ldc, rows, cols, first);
+                    }
+                    if last {
+                        epilogue.apply(c0, ldc, t.i0 + is * MR, rows, cols);
                     }
                 }
             }
@@ -566,6 +633,40 @@ mod tests {
                     gemm_with(kernel, *av, *bv, &mut c, n, true);
                     for (x, y) in c.iter().zip(&want) {
                         assert!((x - 2.0 * y).abs() <= 2.0 * tol);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_epilogue_adds_each_rows_bias_then_relu_on_every_kernel() {
+        // 13 rows straddle MR; k = 0 is a product of nothing plus the bias; 300 takes two slices
+        for &(m, k, n) in &[(13, 300, 37), (7, 3, 70), (5, 0, 4)] {
+            let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 6).data;
+            let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 7).data;
+            let bias = Tensor::rand_uniform([m], -1.0, 1.0, 8).data;
+            let product = naive(&MatRef::rows(&a, m, k), &MatRef::rows(&b, k, n));
+            for kernel in Kernel::available() {
+                for relu in [false, true] {
+                    let mut c = vec![f32::NAN; m * n];
+                    let epilogue = Epilogue {
+                        row_bias: Some(&bias),
+                        relu,
+                    };
+                    let (am, bm) = (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n));
+                    gemm_with_epilogue(kernel, am, bm, &mut c, n, epilogue);
+                    for (idx, (got, p)) in c.iter().zip(&product).enumerate() {
+                        let want = if relu {
+                            (p + bias[idx / n]).max(0.0)
+                        } else {
+                            p + bias[idx / n]
+                        };
+                        let tol = 1e-5 * (k as f32).sqrt() * 4.0 + 1e-6;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{kernel:?} {m}x{k}x{n} relu {relu}: {got} vs {want}"
+                        );
                     }
                 }
             }
