@@ -77,8 +77,8 @@ pub trait PackB: Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     /// Writes `B[p0..p0+kc, j0..j0+nc]` into `out` as `NR`-column strips, each `kc × NR`
-    /// (element (p, j) of strip s at `(s·kc + p)·NR + j`). `out` holds
-    /// `nc.div_ceil(NR) · NR · kc` zeros on entry, so a strip's missing columns stay zero.
+    /// (element (p, j) of strip s at `(s·kc + p)·NR + j`). `out` holds `nc.div_ceil(NR) · NR · kc`
+    /// floats; only the last strip's are zero on entry, so its missing columns stay zero.
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]);
 }
 
@@ -382,8 +382,7 @@ unsafe fn gemm_tile(
         for p0 in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - p0);
             pack_a(a, t.i0, t.mc, p0, kc, pa);
-            pb.clear();
-            pb.resize(t.nc.div_ceil(NR) * NR * kc, 0.0);
+            let pb = strips_buffer(pb, t.nc, NR, kc);
             b.pack(p0, kc, t.j0, t.nc, pb);
             let first = p0 == 0 && !accumulate;
             let last = p0 + kc == k && !epilogue.is_nothing();
@@ -437,11 +436,25 @@ unsafe fn store_block(
     }
 }
 
+/// `buf` as room for `len.div_ceil(width)` strips of `width × kc` floats, reusing what it holds
+/// without clearing it (the packers overwrite every real row and column), except the last strip
+/// when it is partial: zeroed, so that its padding adds nothing.
+fn strips_buffer(buf: &mut Vec<f32>, len: usize, width: usize, kc: usize) -> &mut [f32] {
+    let size = len.div_ceil(width) * width * kc;
+    if buf.len() < size {
+        buf.resize(size, 0.0);
+    }
+    let out = &mut buf[..size];
+    if len % width != 0 {
+        out[size - width * kc..].fill(0.0);
+    }
+    out
+}
+
 /// Packs `A[i0..i0+mc, p0..p0+kc]` as `MR`-row strips, each `kc × MR`, zero-padded to a full strip.
-fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
+fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, buf: &mut Vec<f32>) {
     let strips = mc.div_ceil(MR);
-    out.clear();
-    out.resize(strips * MR * kc, 0.0);
+    let out = strips_buffer(buf, mc, MR, kc);
     for s in 0..strips {
         let strip = &mut out[s * MR * kc..(s + 1) * MR * kc];
         let rows = MR.min(mc - s * MR);
