@@ -445,7 +445,7 @@ fn strips_buffer(buf: &mut Vec<f32>, len: usize, width: usize, kc: usize) -> &mu
         buf.resize(size, 0.0);
     }
     let out = &mut buf[..size];
-    if len % width != 0 {
+    if !len.is_multiple_of(width) {
         out[size - width * kc..].fill(0.0);
     }
     out
