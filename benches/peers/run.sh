@@ -30,9 +30,14 @@ mkdir -p "$OUT"
 results="$OUT/results.jsonl"
 : > "$results"
 
-load=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "warning: load average $load: something else is running, and the timings will show it" >&2
+# The share of the processors busy over three seconds, before anything of ours runs.
+cpu_times() { read -r _ user nice sys idle iowait irq softirq steal _ < /proc/stat
+              echo $((user + nice + sys + irq + softirq + steal)) $((idle + iowait)); }
+read -r busy0 idle0 < <(cpu_times); sleep 3; read -r busy1 idle1 < <(cpu_times)
+busy=$((100 * (busy1 - busy0) / (busy1 - busy0 + idle1 - idle0 + 1)))
+if [ "$busy" -gt 10 ]; then
+    echo "warning: the processors were $busy % busy before the run: something else is running," \
+        "and the timings will show it" >&2
 fi
 for model in $MODELS; do
     for size in $SIZES; do
