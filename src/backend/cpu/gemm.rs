@@ -374,13 +374,10 @@ unsafe fn gemm_tile(
         epilogue.apply(c0, ldc, t.i0, t.mc, t.nc);
         return;
     }
-    // Slices of nearly equal depth (a depth of 288 is two of 144, not 256 and 32): each
-    // micro-kernel call ends by writing its block of C, which a shallow slice barely amortises.
-    let kc_max = even_split(k, KC, 1);
     PACK.with(|bufs| {
         let (ref mut pa, ref mut pb) = *bufs.borrow_mut();
-        for p0 in (0..k).step_by(kc_max) {
-            let kc = kc_max.min(k - p0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
             pack_a(a, t.i0, t.mc, p0, kc, pa);
             let pb = strips_buffer(pb, t.nc, NR, kc);
             b.pack(p0, kc, t.j0, t.nc, pb);
