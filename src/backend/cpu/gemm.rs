@@ -264,6 +264,7 @@ pub fn gemm_with(
     run_gemm(kernel, a, b, c, ldc, accumulate, Epilogue::default())
 }
 
+/// The product behind [`gemm_with`] and [`gemm_with_epilogue`].
 fn run_gemm(
     kernel: Kernel,
     a: MatRef,
