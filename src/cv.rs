@@ -132,21 +132,26 @@ pub fn start<B: Backend>(be: &B, recipe: &TrainConfig, folds: usize) -> Result<C
     run_folds(be, &cv_dir, &cv)
 }
 
-/// Continues the cross-validation in `cv_dir`: unfinished folds resume, missing ones start.
-pub fn resume<B: Backend>(be: &B, cv_dir: &Path, epochs: Option<usize>) -> Result<CvOutcome> {
+/// A cross-validation folder's `cv.json`.
+fn read_config(cv_dir: &Path) -> Result<CvConfig> {
     let path = cv_dir.join("cv.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "cannot read {}: cv --resume takes a folder that `cv` made",
+            "cannot read {}: a cross-validation folder is one that `cv` made",
             path.display()
         )
     })?;
-    let mut cv: CvConfig = serde_json::from_str(&text).with_context(|| {
+    serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a cross-validation's configuration",
             path.display()
         )
-    })?;
+    })
+}
+
+/// Continues the cross-validation in `cv_dir`: unfinished folds resume, missing ones start.
+pub fn resume<B: Backend>(be: &B, cv_dir: &Path, epochs: Option<usize>) -> Result<CvOutcome> {
+    let mut cv = read_config(cv_dir)?;
     if let Some(e) = epochs {
         cv.config.epochs = e;
     }
@@ -215,9 +220,115 @@ fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig) -> Result<CvOutco
             return Ok(CvOutcome::Interrupted(cv_dir.to_path_buf()));
         }
     }
-    let summary = summarise(be, cv_dir, cv, start.elapsed().as_secs_f64())?;
-    write_summary(&summary, cv_dir)?;
+    let preds = (1..=cv.folds)
+        .map(|fold| predict_fold(be, cv_dir, cv, fold, false))
+        .collect::<Result<Vec<_>>>()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = summarise(&preds, cv_dir, &cv.config.model, seconds)?;
     Ok(CvOutcome::Done(Box::new(summary)))
+}
+
+/// What `judge.json` holds: the cross-validations whose fold models a judgement averages.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JudgeConfig {
+    pub members: Vec<PathBuf>,
+    /// Each image's probability averaged over its test-time views ([`crate::eval::tta_views`]).
+    pub tta: bool,
+}
+
+/// Judges finished cross-validations again without training, in a new `cv-judge-NNN` folder
+/// under `out`: each image's out-of-fold probability is averaged over the members' models of
+/// its fold (an ensemble, when there are several) and, with `tta`, over its test-time views.
+/// The members must deal the same folds (the same data, seed and number of folds), so that no
+/// model judges an image it trained on.
+pub fn judge<B: Backend>(be: &B, members: &[PathBuf], tta: bool, out: &Path) -> Result<CvSummary> {
+    let start = Instant::now();
+    let Some(first) = members.first() else {
+        bail!("--judge needs at least one cross-validation folder");
+    };
+    let configs = members
+        .iter()
+        .map(|m| finished_config(m))
+        .collect::<Result<Vec<_>>>()?;
+    let folds_csv = read_folds(first)?;
+    for m in &members[1..] {
+        if read_folds(m)? != folds_csv {
+            bail!(
+                "{} and {} deal different folds: the members of a judgement must share their \
+                 folds.csv (the same data, --seed and --folds)",
+                first.display(),
+                m.display()
+            );
+        }
+    }
+    let dir = train::new_run_dir(out, "cv-judge")?;
+    write_atomic(&dir.join("folds.csv"), &folds_csv)?;
+    let judge = JudgeConfig {
+        members: members.to_vec(),
+        tta,
+    };
+    write_atomic(
+        &dir.join("judge.json"),
+        serde_json::to_string_pretty(&judge)?.as_bytes(),
+    )?;
+    let preds = (1..=configs[0].folds)
+        .map(|fold| {
+            let each = members
+                .iter()
+                .zip(&configs)
+                .map(|(m, cv)| predict_fold(be, m, cv, fold, tta))
+                .collect::<Result<Vec<_>>>()?;
+            average(each)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = configs.iter().map(|c| c.config.model.as_str()).collect();
+    let name = format!(
+        "{}{}",
+        names.join(" + "),
+        if tta { ", test-time augmented" } else { "" }
+    );
+    summarise(&preds, &dir, &name, start.elapsed().as_secs_f64())
+}
+
+/// The configuration of the cross-validation in `cv_dir`, which must have finished every fold.
+fn finished_config(cv_dir: &Path) -> Result<CvConfig> {
+    let cv = read_config(cv_dir)?;
+    for fold in 1..=cv.folds {
+        let fold_dir = cv_dir.join(format!("fold-{fold}"));
+        if !matches!(fold_state(&fold_dir, cv.config.epochs)?, FoldState::Done) {
+            bail!(
+                "fold {fold} of {} has not finished: continue it with fracture-cnn cv --resume {}",
+                cv_dir.display(),
+                cv_dir.display()
+            );
+        }
+    }
+    Ok(cv)
+}
+
+fn read_folds(cv_dir: &Path) -> Result<Vec<u8>> {
+    let path = cv_dir.join("folds.csv");
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The members' predictions of one fold, averaged image by image.
+fn average(each: Vec<FoldPredictions>) -> Result<FoldPredictions> {
+    let n = each.len() as f32;
+    let mut it = each.into_iter();
+    let mut sum = it.next().context("no member")?;
+    for p in it {
+        if p.paths != sum.paths {
+            bail!("the members' folds hold different images (was the data folder changed?)");
+        }
+        for (s, q) in sum.probs.iter_mut().zip(&p.probs) {
+            *s += q;
+        }
+        sum.epochs = sum.epochs.max(p.epochs);
+    }
+    for s in &mut sum.probs {
+        *s /= n;
+    }
+    Ok(sum)
 }
 
 /// One fold's out-of-fold predictions from its final weights.
@@ -225,6 +336,7 @@ struct FoldPredictions {
     paths: Vec<PathBuf>,
     labels: Vec<f32>,
     probs: Vec<f32>,
+    /// Epochs trained (the longest member's, for a judgement of several).
     epochs: usize,
 }
 
@@ -233,6 +345,7 @@ fn predict_fold<B: Backend>(
     cv_dir: &Path,
     cv: &CvConfig,
     fold: usize,
+    tta: bool,
 ) -> Result<FoldPredictions> {
     let (mut model, info) = train::load_final(be, &cv_dir.join(format!("fold-{fold}")))?;
     let cfg = TrainConfig {
@@ -240,7 +353,7 @@ fn predict_fold<B: Backend>(
         ..fold_config(cv_dir, cv, fold)
     };
     let (_, val, _) = train::load_data(&cfg, info.spec.square())?;
-    let (_, probs) = train::predict(be, &mut model, &val, cfg.batch_size);
+    let probs = crate::eval::model_probabilities(be, &mut model, &val, cfg.batch_size, tta);
     Ok(FoldPredictions {
         paths: val.paths,
         labels: val.labels,
@@ -249,10 +362,13 @@ fn predict_fold<B: Backend>(
     })
 }
 
-fn summarise<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, seconds: f64) -> Result<CvSummary> {
-    let preds = (1..=cv.folds)
-        .map(|fold| predict_fold(be, cv_dir, cv, fold))
-        .collect::<Result<Vec<_>>>()?;
+/// The figures of out-of-fold predictions, written (summary, predictions, plots) into `cv_dir`.
+fn summarise(
+    preds: &[FoldPredictions],
+    cv_dir: &Path,
+    model: &str,
+    seconds: f64,
+) -> Result<CvSummary> {
     let all = |f: &dyn Fn(&FoldPredictions) -> &Vec<f32>, skip: Option<usize>| -> Vec<f32> {
         preds
             .iter()
@@ -289,11 +405,11 @@ fn summarise<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, seconds: f64) -> 
     };
     let (probs, labels) = (all(&|p| &p.probs, None), all(&|p| &p.labels, None));
     let threshold = best_threshold(&probs, &labels);
-    write_predictions(cv_dir, &preds)?;
-    write_plots(cv_dir, &preds, &folds)?;
-    Ok(CvSummary {
+    write_predictions(cv_dir, preds)?;
+    write_plots(cv_dir, preds, &folds)?;
+    let summary = CvSummary {
         cv_dir: cv_dir.to_path_buf(),
-        model: cv.config.model.clone(),
+        model: model.to_string(),
         roc_auc: over(|f| f.roc_auc),
         average_precision: over(|f| f.average_precision),
         balanced_accuracy: over(|f| f.balanced_accuracy),
@@ -304,7 +420,9 @@ fn summarise<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, seconds: f64) -> 
         threshold,
         folds,
         seconds,
-    })
+    };
+    write_summary(&summary, cv_dir)?;
+    Ok(summary)
 }
 
 fn write_predictions(cv_dir: &Path, preds: &[FoldPredictions]) -> Result<()> {

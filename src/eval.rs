@@ -206,7 +206,7 @@ pub fn tta_views(x: &Tensor) -> Vec<Tensor> {
 }
 
 /// Probabilities of a fracture for `ds` by one model, averaged over [`tta_views`] with `tta`.
-fn model_probabilities<B: Backend>(
+pub fn model_probabilities<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     ds: &Dataset,

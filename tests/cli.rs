@@ -638,6 +638,103 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     assert!(text(&o).1.contains("--early-stopping"), "{}", text(&o).1);
 }
 
+/// `predictions.csv` of a cross-validation or a judgement: file → probability.
+fn predictions(dir: &std::path::Path) -> std::collections::BTreeMap<String, f64> {
+    std::fs::read_to_string(dir.join("predictions.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split(',').collect();
+            (cols[0].to_string(), cols[3].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn cv_judge_averages_members_over_shared_folds_and_refuses_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    let out = dir.path().join("runs");
+    // two recipes on the same data and seed: the same folds, different models
+    for more in [&["--epochs", "2"][..], &["--epochs", "2", "--lr", "0.01"]] {
+        let mut more = more.to_vec();
+        more.extend(["--folds", "3"]);
+        let o = run(&cv_args(&data, &out, &more));
+        assert!(o.status.success(), "{}", text(&o).1);
+    }
+    let (a, b) = (
+        out.join("cv-fracturenet-001"),
+        out.join("cv-fracturenet-002"),
+    );
+    let judge = |members: &[&std::path::Path], extra: &[&str]| {
+        let mut args = vec!["cv", "--backend", "cpu", "--quiet", "--out"];
+        args.push(out.to_str().unwrap());
+        args.push("--judge");
+        args.extend(members.iter().map(|m| m.to_str().unwrap()));
+        args.extend(extra);
+        run(&args)
+    };
+    let o = judge(&[&a, &b], &[]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("fracturenet + fracturenet"), "{stdout}");
+    let both = out.join("cv-judge-001");
+    let (pa, pb, pab) = (predictions(&a), predictions(&b), predictions(&both));
+    assert_eq!(pab.len(), 24);
+    assert!(pa.iter().zip(&pb).any(|(x, y)| (x.1 - y.1).abs() > 1e-3));
+    for (file, p) in &pab {
+        assert!((p - (pa[file] + pb[file]) / 2.0).abs() < 2e-6, "{file}");
+    }
+    for f in ["judge.json", "folds.csv", "summary.json", "roc.png"] {
+        assert!(both.join(f).is_file(), "{f}");
+    }
+
+    // test-time views move the probabilities; the judgement says so
+    let o = judge(&[&a], &["--tta"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains("test-time augmented"), "{stdout}");
+    let tta = predictions(&out.join("cv-judge-002"));
+    assert!(pa.iter().any(|(f, p)| (p - tta[f]).abs() > 2e-5));
+
+    // other folds, or an unfinished fold, are refused with the folder named
+    let other = dir.path().join("other");
+    copy_dir(&a, &other);
+    let folds = std::fs::read_to_string(other.join("folds.csv")).unwrap();
+    std::fs::write(other.join("folds.csv"), folds.replacen(",1,", ",2,", 1)).unwrap();
+    let o = judge(&[&a, &other], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("deal different folds"),
+        "{}",
+        text(&o).1
+    );
+    std::fs::remove_file(other.join("fold-3/last.safetensors")).unwrap();
+    let o = judge(&[&other], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains("fold 3 of") && err.contains("other"), "{err}");
+    assert!(
+        !out.join("cv-judge-003").exists(),
+        "nothing made for a refusal"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn predict_eval_and_inspect_use_the_shipped_model_without_model() {
     let shipped =

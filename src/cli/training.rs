@@ -110,6 +110,15 @@ pub(super) struct CvArgs {
     /// Number of folds.
     #[arg(long, default_value_t = 5)]
     folds: usize,
+    /// Judge finished cross-validations again instead of training: each image's out-of-fold
+    /// probability averaged over the fold models of every CV_DIR given (an ensemble, when there
+    /// are several: they must share their folds), into a new cv-judge-NNN folder under --out.
+    #[arg(long, value_name = "CV_DIR", num_args = 1.., conflicts_with = "resume")]
+    judge: Vec<PathBuf>,
+    /// With --judge: average each image's probability over its test-time views too (as it is,
+    /// mirrored, and shifted by 1/32 of the side both ways).
+    #[arg(long, requires = "judge")]
+    tta: bool,
     /// Every option of `train`; with --resume, a cross-validation folder (runs/cv-<model>-NNN)
     /// to continue.
     #[command(flatten)]
@@ -342,6 +351,13 @@ pub(super) fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub(super) fn run_cv(a: CvArgs) -> Result<Outcome> {
     set_threads(a.train.threads)?;
     train::stop_on_signals()?;
+    if !a.judge.is_empty() {
+        let summary = on_backend!(pick_backend(a.train.backend)?, |be| {
+            cv::judge(be, &a.judge, a.tta, &a.train.out)
+        })?;
+        print!("{}", cv::render(&summary));
+        return Ok(Outcome::Done);
+    }
     let outcome = on_backend!(pick_backend(a.train.backend)?, |be| cv_on(be, &a))?;
     Ok(match outcome {
         cv::CvOutcome::Done(summary) => {
