@@ -166,7 +166,78 @@ fn xray_bone_classifier_training_steps_match_the_cpu() {
     // gradients that are zero up to f32 rounding (many, in this model's batch-normed dense layers)
     // take steps of random sign that differ between any two implementations.
     let sgd = OptimizerKind::Sgd { momentum: 0.9 };
-    steps_match(gpu, &preset("xray-bone-classifier", 94), sgd, 4, 3);
+    steps_match_from_shared_weights(gpu, &preset("xray-bone-classifier", 94), sgd, 4, 3);
+}
+
+/// As [`steps_match`], but each step starts the GPU from the CPU's weights. Needed where a few
+/// steps amplify rounding: batch norm over 4 images of dense features with almost no variance
+/// divides by almost nothing. On xray-bone-classifier, two correct CPU convolutions (GEMM and
+/// Winograd) reach losses 0.8229 and 0.8308 at step 3 from the same start; from shared weights
+/// each step agrees to 1e-5.
+fn steps_match_from_shared_weights(
+    gpu: &Gpu,
+    spec: &ModelSpec,
+    opt: OptimizerKind,
+    batch: usize,
+    steps: usize,
+) {
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, 600);
+    let y = Tensor::new([batch], (0..batch).map(|i| (i % 2) as f32).collect());
+    let (mut on_cpu, mut on_gpu) = (
+        Model::new(&Cpu, spec, 7).unwrap(),
+        Model::new(gpu, spec, 7).unwrap(),
+    );
+    let (mut cpu_opt, mut gpu_opt) = (Optimizer::new(opt, 0.0), Optimizer::new(opt, 0.0));
+    let weights = |m: &Model<Cpu>| -> Vec<Tensor> {
+        m.named_params()
+            .iter()
+            .map(|p| Cpu.download(&p.param.value))
+            .collect()
+    };
+    let mut before = weights(&on_cpu);
+    for step in 0..steps {
+        let mode = Mode::Train { seed: step as u64 };
+        let logits = on_cpu.forward(&Cpu, Cpu.upload(&x), mode);
+        let (cl, d) = loss::bce_with_logits(&Cpu, &logits, &Cpu.upload(&y), 1.5);
+        on_cpu.backward(&Cpu, d, false);
+        cpu_opt.step(&Cpu, &mut on_cpu, 1e-3);
+        let logits = on_gpu.forward(gpu, gpu.upload(&x), mode);
+        let (gl, d) = loss::bce_with_logits(gpu, &logits, &gpu.upload(&y), 1.5);
+        on_gpu.backward(gpu, d, false);
+        gpu_opt.step(gpu, &mut on_gpu, 1e-3);
+        println!("{}: step {step}: cpu {cl} gpu {gl}", spec.name);
+        assert!(
+            (cl - gl).abs() <= 2e-3 * cl.abs().max(1.0),
+            "{}: step {step}: cpu loss {cl}, gpu {gl}",
+            spec.name
+        );
+        // each weight moved alike (the optimisers' steps: to 1 % of the largest move, give or
+        // take the rounding of the weights themselves), then the next step starts from the CPU's
+        // weights on both
+        let updated = weights(&on_cpu);
+        let named = on_cpu.named_params();
+        let tensors = before.iter().zip(&updated).zip(&named);
+        for (p, ((old, new), name)) in on_gpu.params_mut().into_iter().zip(tensors) {
+            let on_gpu_new = gpu.download(&p.value);
+            let (mut worst, mut largest_move, mut largest) = (0f32, 0f32, 0f32);
+            for ((o, c), g) in old.data.iter().zip(&new.data).zip(&on_gpu_new.data) {
+                worst = worst.max(((g - o) - (c - o)).abs());
+                largest_move = largest_move.max((c - o).abs());
+                largest = largest.max(c.abs());
+            }
+            let allowed = 1e-2 * largest_move + 4.0 * f32::EPSILON * largest;
+            assert!(
+                worst <= allowed,
+                "{}: step {step}: {} moved {worst:e} away from the CPU's move (largest move \
+                 {largest_move:e})",
+                spec.name,
+                name.name
+            );
+            p.value = gpu.upload(new);
+        }
+        before = updated;
+    }
 }
 
 /// Training with every batch tensor split across bindings (as xray-bone-classifier at batch 64

@@ -7,6 +7,7 @@
 mod common;
 
 use fracture_cnn::backend::cases::{suite, Op};
+use fracture_cnn::backend::cpu::conv::Algorithm;
 use fracture_cnn::backend::cpu::gemm::Kernel;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::GemmKernel;
@@ -65,6 +66,7 @@ fn assert_matches_reference<B: Backend>(be: &B) {
 #[test]
 fn cpu_matches_the_reference() {
     println!("{}", Cpu.name());
+    println!("convolutions forced to {:?}", Algorithm::forced());
     assert_matches_reference(&Cpu);
 }
 
@@ -90,6 +92,29 @@ fn cpu_matches_the_reference_with_every_gemm_kernel() {
         assert!(
             stdout.contains(&format!("{kernel:?} GEMM kernel")) && stdout.contains("1 passed"),
             "the {kernel:?} kernel did not run:\n{stdout}"
+        );
+    }
+}
+
+/// Each convolution algorithm on every case it applies to (`FRACTURE_CONV_ALGORITHM`, read once
+/// per process): the GEMM also where Winograd would be chosen, Winograd also on thin layers.
+#[test]
+fn cpu_matches_the_reference_with_each_conv_algorithm() {
+    for (name, forced) in [("gemm", Algorithm::Gemm), ("winograd", Algorithm::Winograd)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
+            .env("FRACTURE_CONV_ALGORITHM", name)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "with {name}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("forced to Some({forced:?})")) && stdout.contains("1 passed"),
+            "{name} was not forced:\n{stdout}"
         );
     }
 }

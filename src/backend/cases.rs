@@ -562,6 +562,11 @@ pub fn suite() -> Vec<Op> {
         conv(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         conv(9, 2, 13, 13, 3, (5, 5), (3, 3), valid),
         conv(2, 3, 10, 9, 67, (3, 3), (2, 2), same),
+        // wide enough for Winograd F(2x2, 3x3) (CPU): odd sides, both paddings, a thin image
+        conv(2, 16, 9, 7, 17, (3, 3), (1, 1), same),
+        conv(3, 17, 6, 5, 16, (3, 3), (1, 1), valid),
+        conv(1, 16, 1, 12, 16, (3, 3), (1, 1), same),
+        conv_relu(2, 16, 8, 9, 16, (3, 3), (1, 1), same),
         conv_relu(9, 2, 7, 6, 3, (3, 3), (2, 2), same),
         conv_relu(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         dw(1, 3, 6, 5, (3, 3), (1, 1), same),

@@ -14,7 +14,8 @@
 //! takes a second buffer). The weight gradient sums its products over groups of
 //! `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
 
-use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, NR};
+use super::conv_winograd;
+use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -105,6 +106,46 @@ impl Unfolding {
             || match std::env::var("FRACTURE_CONV_UNFOLDING").as_deref() {
                 Ok("copy") => Unfolding::Copy,
                 _ => Unfolding::Implicit,
+            },
+        )
+    }
+}
+
+/// How a convolution's output and input gradient are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The filters times the unfolded input ([`Unfolding`]): any kernel, stride and padding.
+    Gemm,
+    /// Winograd F(2×2, 3×3) ([`super::conv_winograd`]): 2.25× fewer multiply-adds for 3×3
+    /// stride-1 layers, which pays for its two transforms once both sides have at least
+    /// [`WINOGRAD_MIN_CHANNELS`] channels (a 1-channel first layer has little to multiply).
+    Winograd,
+}
+
+/// Fewest input and output channels for which [`Algorithm::Winograd`] is chosen.
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+impl Algorithm {
+    /// Winograd where it applies and pays, else the GEMM. `FRACTURE_CONV_ALGORITHM=gemm` keeps
+    /// the GEMM everywhere and `=winograd` takes Winograd wherever it applies (benchmarks, tests).
+    pub fn choose(g: &Conv2dGeom) -> Algorithm {
+        let pays = g.c_in.min(g.c_out) >= WINOGRAD_MIN_CHANNELS;
+        match Algorithm::forced() {
+            _ if !conv_winograd::applies(g) => Algorithm::Gemm,
+            Some(a) => a,
+            None if pays => Algorithm::Winograd,
+            None => Algorithm::Gemm,
+        }
+    }
+
+    /// The algorithm `FRACTURE_CONV_ALGORITHM` forces (read once), if any.
+    pub fn forced() -> Option<Algorithm> {
+        static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
+        *FORCED.get_or_init(
+            || match std::env::var("FRACTURE_CONV_ALGORITHM").as_deref() {
+                Ok("gemm") => Some(Algorithm::Gemm),
+                Ok("winograd") => Some(Algorithm::Winograd),
+                _ => None,
             },
         )
     }
@@ -233,9 +274,13 @@ impl PackB for Unfolded<'_> {
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue, on
 /// each block of y while it is in L1.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
+    if Algorithm::choose(g) == Algorithm::Winograd {
+        return conv_winograd::forward(x, w, Some(b), g, relu);
+    }
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * g.c_out * p];
-    let wm = MatRef::rows(w, g.c_out, k);
+    // packed once for all the images
+    let wm = &PackedA::new(MatRef::rows(w, g.c_out, k));
     let kernel = Kernel::detect();
     let epilogue = Epilogue {
         row_bias: Some(b),
@@ -265,6 +310,9 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
 
 /// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    if Algorithm::choose(g) == Algorithm::Winograd {
+        return conv_winograd::backward_input(dy, w, g);
+    }
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let mut dx = vec![0f32; g.n * g.c_in * g.h * g.w];
     let wt = MatRef::rows(w, g.c_out, k).t();

@@ -199,8 +199,92 @@ impl Kernel {
     }
 }
 
+/// The A operand of a product: a `rows × cols` matrix that hands the micro-kernel its `MR`-row
+/// strips. A [`MatRef`] packs them on every call; a [`PackedA`] has packed them once, for an A
+/// that many products share (a layer's filters, multiplied with image after image).
+pub trait PackA: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The strips of `A[i0..i0+mc, p0..p0+kc]` (`i0` a multiple of `MR`, `p0` of `KC`, `kc` the
+    /// slice's depth), each `kc × MR`, zero-padded to whole strips: packed into `buf`, or
+    /// borrowed from where they were packed before.
+    fn strips<'s>(
+        &'s self,
+        i0: usize,
+        mc: usize,
+        p0: usize,
+        kc: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32];
+}
+
+impl PackA for MatRef<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn strips<'s>(
+        &'s self,
+        i0: usize,
+        mc: usize,
+        p0: usize,
+        kc: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        pack_a(self, i0, mc, p0, kc, buf);
+        &buf[..mc.div_ceil(MR) * MR * kc]
+    }
+}
+
+/// A matrix packed whole into the micro-kernel's A layout: for each `KC` slice of its columns,
+/// all its `MR`-row strips.
+pub struct PackedA {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    pub fn new(a: MatRef) -> PackedA {
+        let padded = a.rows.div_ceil(MR) * MR;
+        let mut data = Vec::with_capacity(padded * a.cols);
+        let mut buf = Vec::new();
+        for p0 in (0..a.cols).step_by(KC) {
+            pack_a(&a, 0, a.rows, p0, KC.min(a.cols - p0), &mut buf);
+            data.extend_from_slice(&buf[..padded * KC.min(a.cols - p0)]);
+        }
+        PackedA {
+            rows: a.rows,
+            cols: a.cols,
+            data,
+        }
+    }
+}
+
+impl PackA for &PackedA {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn strips<'s>(
+        &'s self,
+        i0: usize,
+        mc: usize,
+        p0: usize,
+        kc: usize,
+        _: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        let slice = p0 * self.rows.div_ceil(MR) * MR;
+        &self.data[slice + (i0 / MR) * MR * kc..][..mc.div_ceil(MR) * MR * kc]
+    }
+}
+
 /// `C = A · B` (or `C += A · B` when `accumulate`), C row-major `M × N` with row stride `ldc`.
-pub fn gemm(a: MatRef, b: impl PackB, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm(a: impl PackA, b: impl PackB, c: &mut [f32], ldc: usize, accumulate: bool) {
     gemm_with(Kernel::detect(), a, b, c, ldc, accumulate)
 }
 
@@ -240,14 +324,14 @@ impl Epilogue<'_> {
 /// `C = A · B`, then the epilogue on each block, with an explicit micro-kernel.
 pub fn gemm_with_epilogue(
     kernel: Kernel,
-    a: MatRef,
+    a: impl PackA,
     b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     epilogue: Epilogue,
 ) {
     if let Some(bias) = epilogue.row_bias {
-        assert_eq!(bias.len(), a.rows, "gemm: one bias per row of C");
+        assert_eq!(bias.len(), a.rows(), "gemm: one bias per row of C");
     }
     run_gemm(kernel, a, b, c, ldc, false, epilogue)
 }
@@ -255,7 +339,7 @@ pub fn gemm_with_epilogue(
 /// [`gemm`] with an explicit micro-kernel (tests run every kernel against a naive loop).
 pub fn gemm_with(
     kernel: Kernel,
-    a: MatRef,
+    a: impl PackA,
     b: impl PackB,
     c: &mut [f32],
     ldc: usize,
@@ -267,7 +351,7 @@ pub fn gemm_with(
 /// The product behind [`gemm_with`] and [`gemm_with_epilogue`].
 fn run_gemm(
     kernel: Kernel,
-    a: MatRef,
+    a: impl PackA,
     b: impl PackB,
     c: &mut [f32],
     ldc: usize,
@@ -280,7 +364,7 @@ fn run_gemm(
         "gemm: the {} kernel needs instructions this processor does not have",
         kernel.name()
     );
-    let (m, k, n) = (a.rows, a.cols, b.cols());
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
     assert_eq!(
         b.rows(),
         k,
@@ -356,7 +440,7 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_tile(
     kernel: Kernel,
-    a: &MatRef,
+    a: &impl PackA,
     b: &impl PackB,
     c: SendPtr,
     ldc: usize,
@@ -364,7 +448,7 @@ unsafe fn gemm_tile(
     accumulate: bool,
     epilogue: Epilogue,
 ) {
-    let k = a.cols;
+    let k = a.cols();
     if k == 0 {
         let c0 = c.0.add(t.i0 * ldc + t.j0);
         if !accumulate {
@@ -379,7 +463,7 @@ unsafe fn gemm_tile(
         let (ref mut pa, ref mut pb) = *bufs.borrow_mut();
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            pack_a(a, t.i0, t.mc, p0, kc, pa);
+            let pa = a.strips(t.i0, t.mc, p0, kc, pa);
             let pb = strips_buffer(pb, t.nc, NR, kc);
             b.pack(p0, kc, t.j0, t.nc, pb);
             let first = p0 == 0 && !accumulate;
@@ -455,10 +539,20 @@ fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, buf: &mut Vec<
     let out = strips_buffer(buf, mc, MR, kc);
     for s in 0..strips {
         let strip = &mut out[s * MR * kc..(s + 1) * MR * kc];
-        let rows = MR.min(mc - s * MR);
-        for p in 0..kc {
+        let (first, rows) = (i0 + s * MR, MR.min(mc - s * MR));
+        if a.cs == 1 {
+            // row-major: each row's slice is contiguous, scattered into its lane of the strip
             for i in 0..rows {
-                strip[p * MR + i] = a.at(i0 + s * MR + i, p0 + p);
+                let src = &a.data[(first + i) * a.rs + p0..][..kc];
+                for (dst, &v) in strip.chunks_exact_mut(MR).zip(src) {
+                    dst[i] = v;
+                }
+            }
+        } else {
+            // column-major (a transposed view): each step of k is a contiguous run of rows
+            assert_eq!(a.rs, 1, "gemm: A is a row-major matrix or a transposed one");
+            for (p, dst) in strip.chunks_exact_mut(MR).enumerate() {
+                dst[..rows].copy_from_slice(&a.data[(p0 + p) * a.cs + first..][..rows]);
             }
         }
     }
@@ -646,6 +740,30 @@ mod tests {
                         assert!((x - 2.0 * y).abs() <= 2.0 * tol);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_once_gives_the_products_of_a_packed_per_call_bit_for_bit() {
+        // two slices of K, two tiles of rows (MC = 288) with a partial strip; a transposed A
+        for &(m, k, n, transposed) in
+            &[(13, 300, 37, false), (301, 270, 40, true), (5, 3, 4, false)]
+        {
+            let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 9).data;
+            let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 10).data;
+            let am = if transposed {
+                MatRef::rows(&a, k, m).t()
+            } else {
+                MatRef::rows(&a, m, k)
+            };
+            let packed = PackedA::new(am);
+            for kernel in Kernel::available() {
+                let bm = MatRef::rows(&b, k, n);
+                let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+                gemm_with(kernel, am, bm, &mut want, n, false);
+                gemm_with(kernel, &packed, bm, &mut got, n, false);
+                assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}");
             }
         }
     }

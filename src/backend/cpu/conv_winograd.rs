@@ -1,0 +1,287 @@
+//! 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016): the variant of [`super::conv`] that does
+//! 2.25× fewer multiply-adds.
+//!
+//! Each 2×2 block ("tile") of an output channel comes from the 4×4 input block under it:
+//!   Y = Aᵀ [ Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+//! for the 3×3 filters g and the input blocks d of every input channel. The 16 products of ⊙
+//! replace the 36 multiply-adds of four output pixels. Summed over the input channels they are,
+//! for each position ξ of the transformed 4×4 tile, one matrix product, done by the GEMM:
+//!   M[ξ][Co, tiles] = U[ξ][Co, Ci] · V[ξ][Ci, tiles],   U = G g Gᵀ,  V = Bᵀ d B.
+//! The price is two transforms: of the input (16 floats per tile and input channel, 4 per input
+//! pixel) and of the output. An image's tiles go through in blocks of whole tile rows, sized so
+//! that V and M stay in L2.
+//!
+//! Rounding: B and A add and subtract inputs, G halves them (exactly), so the result differs from
+//! the direct sum by a few ulps of its largest terms; the tests bound it against the GEMM path.
+
+use super::gemm::{gemm, MatRef, PackedA};
+use crate::backend::Conv2dGeom;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Positions ξ of a transformed 4×4 tile.
+const XI: usize = 16;
+/// Floats of V and M together for one block of tiles (1 MiB, an L2's worth).
+const BLOCK_FLOATS: usize = 1 << 18;
+
+/// True for the convolutions this variant computes: 3×3, stride 1.
+pub fn applies(g: &Conv2dGeom) -> bool {
+    (g.kh, g.kw, g.stride_h, g.stride_w) == (3, 3, 1, 1)
+}
+
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::conv::forward`]).
+pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
+    assert!(
+        applies(g),
+        "Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions"
+    );
+    let u = transform_filters(w, g.c_out, g.c_in);
+    let u: Vec<PackedA> = u
+        .chunks_exact(g.c_out * g.c_in)
+        .map(|ui| PackedA::new(MatRef::rows(ui, g.c_out, g.c_in)))
+        .collect();
+    let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
+    let mut y = vec![0f32; g.n * y_img];
+    y.par_chunks_mut(y_img)
+        .zip(x.par_chunks(x_img))
+        .for_each(|(yn, xn)| image(xn, &u, b, relu, g, yn));
+    y
+}
+
+/// `dx[N,Ci,H,W]` of a 3×3 stride-1 convolution: itself a 3×3 stride-1 convolution, of `dy` with
+/// the filters turned by 180° and their channels swapped,
+///   dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][2 − ky][2 − kx],
+/// padded by p' = 2 − pad_top above and q' = 2 − pad_left on the left.
+pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    let turned = Conv2dGeom {
+        c_in: g.c_out,
+        h: g.out_h,
+        w: g.out_w,
+        c_out: g.c_in,
+        pad_top: 2 - g.pad_top,
+        pad_left: 2 - g.pad_left,
+        out_h: g.h,
+        out_w: g.w,
+        ..*g
+    };
+    let mut wt = vec![0f32; w.len()];
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            let src = &w[(co * g.c_in + ci) * 9..][..9];
+            let dst = &mut wt[(ci * g.c_out + co) * 9..][..9];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    forward(dy, &wt, None, &turned, false)
+}
+
+/// `U[ξ][Co][Ci]` = G g Gᵀ for every filter g of `w[Co,Ci,3,3]`, with
+/// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
+fn transform_filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let g_times = |a: f32, b: f32, c: f32| [a, (a + b + c) * 0.5, (a - b + c) * 0.5, c];
+    let mut u = vec![0f32; XI * c_out * c_in];
+    for (f, g) in w.chunks_exact(9).enumerate() {
+        // G down each column of g (cols[x][p]), then G along each row of the result
+        let cols: [[f32; 4]; 3] = std::array::from_fn(|x| g_times(g[x], g[3 + x], g[6 + x]));
+        for p in 0..4 {
+            let row = g_times(cols[0][p], cols[1][p], cols[2][p]);
+            for (q, v) in row.into_iter().enumerate() {
+                u[(p * 4 + q) * c_out * c_in + f] = v;
+            }
+        }
+    }
+    u
+}
+
+/// One thread's buffers, reused from image to image.
+#[derive(Default)]
+struct Scratch {
+    /// V of a block of tiles, `[ξ][Ci][tiles]`.
+    v: Vec<f32>,
+    /// M of a block of tiles, `[ξ][Co][tiles]`.
+    m: Vec<f32>,
+    /// Short rows of one tile row: padded input, its even and odd columns, partial transforms.
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`.
+fn image(
+    xn: &[f32],
+    u: &[PackedA],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &Conv2dGeom,
+    yn: &mut [f32],
+) {
+    let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
+    let rows_per_block = (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1);
+    // taken out while in use: the GEMM may run another image's task on this thread meanwhile
+    let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    for ty0 in (0..th).step_by(rows_per_block) {
+        let rows = ty0..(ty0 + rows_per_block).min(th);
+        block(xn, u, (bias, relu), g, rows, yn, &mut s);
+    }
+    SCRATCH.with(|c| *c.borrow_mut() = s);
+}
+
+/// The tiles of tile rows `rows` of one image: V, the 16 products, Y.
+fn block(
+    xn: &[f32],
+    u: &[PackedA],
+    epilogue: (Option<&[f32]>, bool),
+    g: &Conv2dGeom,
+    rows: Range<usize>,
+    yn: &mut [f32],
+    s: &mut Scratch,
+) {
+    let tw = g.out_w.div_ceil(2);
+    let tiles = rows.len() * tw;
+    s.v.resize(XI * g.c_in * tiles, 0.0);
+    s.m.resize(XI * g.c_out * tiles, 0.0);
+    s.rows
+        .resize((2 * tw + 2) + (2 * rows.len() + 2) * 4 * tw, 0.0);
+    transform_input(xn, g, rows.clone(), &mut s.v, &mut s.rows);
+    for (xi, ui) in u.iter().enumerate() {
+        let vi = MatRef::rows(&s.v[xi * g.c_in * tiles..][..g.c_in * tiles], g.c_in, tiles);
+        gemm(
+            ui,
+            vi,
+            &mut s.m[xi * g.c_out * tiles..][..g.c_out * tiles],
+            tiles,
+            false,
+        );
+    }
+    transform_output(&s.m, g, rows, epilogue, yn, &mut s.rows);
+}
+
+/// `V[ξ][ci][t]` = (Bᵀ d B)[ξ] for the tiles t of tile rows `rows` (numbered from the block's
+/// first), d the 4×4 input block at (2·ty − pad_top, 2·tx − pad_left), zero outside the image;
+/// Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
+///
+/// Bᵀ runs along each input row the block reads once (tile rows overlap by two input rows),
+/// then down the columns of each tile row.
+fn transform_input(xn: &[f32], g: &Conv2dGeom, rows: Range<usize>, v: &mut [f32], buf: &mut [f32]) {
+    let tw = g.out_w.div_ceil(2);
+    let tiles = rows.len() * tw;
+    let len = 2 * tw + 2;
+    let input_rows = 2 * rows.len() + 2;
+    // an input row padded, then h[r][q]: Bᵀ along input row r of the block, position q (tw each)
+    let (padded, h) = buf.split_at_mut(len);
+    let h = &mut h[..input_rows * 4 * tw];
+    for ci in 0..g.c_in {
+        let plane = &xn[ci * g.h * g.w..][..g.h * g.w];
+        for (r, hr) in h.chunks_exact_mut(4 * tw).enumerate() {
+            let iy = (2 * rows.start + r)
+                .checked_sub(g.pad_top)
+                .filter(|&i| i < g.h);
+            pad_row(iy.map(|iy| &plane[iy * g.w..][..g.w]), g.pad_left, padded);
+            let (h0, rest) = hr.split_at_mut(tw);
+            let (h1, rest) = rest.split_at_mut(tw);
+            let (h2, h3) = rest.split_at_mut(tw);
+            let pairs = padded.chunks_exact(2).zip(padded[2..].chunks_exact(2));
+            for ((((d, e), h0), h1), (h2, h3)) in pairs.zip(h0).zip(h1).zip(h2.iter_mut().zip(h3)) {
+                let (d0, d1, d2, d3) = (d[0], d[1], e[0], e[1]);
+                *h0 = d0 - d2;
+                *h1 = d1 + d2;
+                *h2 = d2 - d1;
+                *h3 = d1 - d3;
+            }
+        }
+        // Bᵀ down the columns: V[p][q] from h[2b..2b + 4][q] of tile row b
+        for b in 0..rows.len() {
+            for q in 0..4 {
+                let hq = |r: usize| &h[((2 * b + r) * 4 + q) * tw..][..tw];
+                let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
+                let at = |p: usize| ((p * 4 + q) * g.c_in + ci) * tiles + b * tw;
+                combine(&mut v[at(0)..][..tw], h0, h2, |a, c| a - c);
+                combine(&mut v[at(1)..][..tw], h1, h2, |a, c| a + c);
+                combine(&mut v[at(2)..][..tw], h2, h1, |a, c| a - c);
+                combine(&mut v[at(3)..][..tw], h1, h3, |a, c| a - c);
+            }
+        }
+    }
+}
+
+/// `out` = one input row (`None`: a row of the padding), shifted right by `pad` and zero-filled.
+fn pad_row(row: Option<&[f32]>, pad: usize, out: &mut [f32]) {
+    let Some(row) = row else {
+        out.fill(0.0);
+        return;
+    };
+    let n = row.len().min(out.len() - pad);
+    out[..pad].fill(0.0);
+    out[pad..pad + n].copy_from_slice(&row[..n]);
+    out[pad + n..].fill(0.0);
+}
+
+/// `out[j] = f(a[j], b[j])`.
+#[inline(always)]
+fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
+/// `y[co]` for the tiles of tile rows `rows`: Aᵀ M A, plus the bias, then max(0, ·) when `relu`,
+/// with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]; the last tile of an odd side writes one pixel.
+fn transform_output(
+    m: &[f32],
+    g: &Conv2dGeom,
+    rows: Range<usize>,
+    (bias, relu): (Option<&[f32]>, bool),
+    yn: &mut [f32],
+    buf: &mut [f32],
+) {
+    let tw = g.out_w.div_ceil(2);
+    let tiles = rows.len() * tw;
+    let act = |v: f32| if relu { v.max(0.0) } else { v };
+    // s[a][q]: Aᵀ down the columns of the tiles of one tile row (8 rows of tw)
+    let s = &mut buf[..8 * tw];
+    for co in 0..g.c_out {
+        let bias = bias.map_or(0.0, |b| b[co]);
+        for (b, ty) in rows.clone().enumerate() {
+            let mi = |p: usize, q: usize| &m[((p * 4 + q) * g.c_out + co) * tiles + b * tw..][..tw];
+            let (s0, s1) = s.split_at_mut(4 * tw);
+            for q in 0..4 {
+                let (m0, m1, m2, m3) = (mi(0, q), mi(1, q), mi(2, q), mi(3, q));
+                let (s0, s1) = (&mut s0[q * tw..][..tw], &mut s1[q * tw..][..tw]);
+                for j in 0..tw {
+                    s0[j] = m0[j] + m1[j] + m2[j];
+                    s1[j] = m1[j] - m2[j] - m3[j];
+                }
+            }
+            // Aᵀ along the rows, written as output pixels (2j, 2j + 1) of row 2·ty + a
+            for (a, sa) in s.chunks_exact(4 * tw).enumerate() {
+                let oy = 2 * ty + a;
+                if oy >= g.out_h {
+                    break;
+                }
+                let (s0, s1, s2, s3) = (
+                    &sa[..tw],
+                    &sa[tw..2 * tw],
+                    &sa[2 * tw..3 * tw],
+                    &sa[3 * tw..],
+                );
+                let out = &mut yn[(co * g.out_h + oy) * g.out_w..][..g.out_w];
+                let (pairs, last) = out.split_at_mut(g.out_w & !1);
+                let sums = s0.iter().zip(s1).zip(s2.iter().zip(s3));
+                for (pair, ((s0, s1), (s2, s3))) in pairs.chunks_exact_mut(2).zip(sums) {
+                    pair[0] = act(s0 + s1 + s2 + bias);
+                    pair[1] = act(s1 - s2 - s3 + bias);
+                }
+                if let [o] = last {
+                    let j = tw - 1;
+                    *o = act(s0[j] + s1[j] + s2[j] + bias);
+                }
+            }
+        }
+    }
+}
