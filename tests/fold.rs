@@ -137,3 +137,68 @@ fn folded_models_agree_on_the_gpu() {
         .unwrap();
     assert_eq!(check(gpu, resnet.clone()), foldable(&resnet));
 }
+
+/// In a pass that will not go backward, a convolution whose output only a max pooling reads
+/// pools it inside its own pass (`Backend::conv2d_maxpool_forward`) and the pooling layer is
+/// skipped: the logits are those of the layer-by-layer pass (`Model::outputs`, which keeps every
+/// output), for the folded presets (convolution with ReLU, then pooling) and for a spec where a
+/// second reader of the convolution's output must stop the fusion.
+#[test]
+fn pooling_inside_the_convolution_gives_the_layer_by_layer_logits() {
+    let two_readers = ModelSpec::parse(
+        r#"
+        name = "pool-and-add"
+        input = [1, 12, 12]
+        [[layers]]
+        type = "conv2d"
+        filters = 16
+        kernel = 3
+        name = "conv"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "pool"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "pool-again"
+        inputs = ["conv"]
+        [[layers]]
+        type = "add"
+        inputs = ["pool", "pool-again"]
+        [[layers]]
+        type = "conv2d"
+        filters = 16
+        kernel = 3
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        [[layers]]
+        type = "global_avgpool"
+        [[layers]]
+        type = "dense"
+        units = 1
+        "#,
+    )
+    .unwrap();
+    let specs = [
+        ModelSpec::load("fracturenet")
+            .unwrap()
+            .with_image_size(32)
+            .unwrap(),
+        ModelSpec::load("resnet")
+            .unwrap()
+            .with_image_size(32)
+            .unwrap(),
+        two_readers,
+    ];
+    for spec in specs {
+        let (plain, x) = model_with_statistics(&Cpu, &spec, 3);
+        let mut folded = inference_model(&Cpu, &plain).unwrap();
+        let layer_by_layer = folded.outputs(&Cpu, Cpu.upload(&x)).pop().unwrap();
+        let fused = Cpu.download(&folded.forward(&Cpu, Cpu.upload(&x), Mode::Eval));
+        if let Err(e) = fused.check_close(&layer_by_layer, 1e-5) {
+            panic!("{}: pooled inside, the logits differ: {e}", spec.name);
+        }
+    }
+}

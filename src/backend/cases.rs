@@ -40,6 +40,13 @@ pub enum Op {
     /// The convolution with its ReLU fused (forward only: a layer's backward pass is the
     /// convolution's after ReLU's).
     ConvRelu(Conv2dGeom),
+    /// The convolution (with its ReLU when `relu`), then max pooling of its output, fused
+    /// (inference: forward only).
+    ConvMaxPool {
+        conv: Conv2dGeom,
+        pool: Pool2dGeom,
+        relu: bool,
+    },
     /// `g.c_out == g.c_in`.
     Depthwise(Conv2dGeom),
     /// Training mode over `[N,C,H,W]` or `[N,F]`.
@@ -167,6 +174,18 @@ impl Op {
         match self {
             Op::Conv2d(g) => conv("conv2d", g),
             Op::ConvRelu(g) => conv("conv2d+relu", g),
+            Op::ConvMaxPool {
+                conv: g,
+                pool,
+                relu,
+            } => format!(
+                "{} then maxpool {}x{} s{}x{}",
+                conv(if *relu { "conv2d+relu" } else { "conv2d" }, g),
+                pool.kh,
+                pool.kw,
+                pool.stride_h,
+                pool.stride_w
+            ),
             Op::Depthwise(g) => conv("depthwise", g),
             Op::BatchNorm(s) => format!("batchnorm {s:?}"),
             Op::BatchNormInfer(s) => format!("batchnorm (inference) {s:?}"),
@@ -206,7 +225,7 @@ impl Op {
                 input("b", uniform([g.c_out], s + 2)),
             ],
             // forward only: its gradients are the convolution's after ReLU's, checked as a layer
-            Op::ConvRelu(g) => vec![
+            Op::ConvRelu(g) | Op::ConvMaxPool { conv: g, .. } => vec![
                 fixed("x", uniform(g.input_shape(), s)),
                 fixed("w", uniform(g.weight_shape(), s + 1)),
                 fixed("b", uniform([g.c_out], s + 2)),
@@ -273,6 +292,7 @@ impl Op {
         match self {
             Op::Conv2d(g) | Op::ConvRelu(g) | Op::Depthwise(g) => g.output_shape().into(),
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.output_shape().into(),
+            Op::ConvMaxPool { pool, .. } => pool.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
             Op::Dense { n, o, .. } => [*n, *o].into(),
             Op::BatchNorm(s)
@@ -300,6 +320,7 @@ impl Op {
             | Op::Dropout { .. } => &["forward", "backward"],
             // the fused loss returns its gradient from the forward pass; the rest have none
             Op::ConvRelu(_)
+            | Op::ConvMaxPool { .. }
             | Op::MaxPoolInfer(_)
             | Op::Bce { .. }
             | Op::BatchNormInfer(_)
@@ -311,7 +332,9 @@ impl Op {
     /// Multiply-adds times two of a pass, for the ops whose time is their arithmetic.
     pub fn flops(&self, pass: usize) -> Option<u64> {
         match self {
-            Op::Conv2d(g) | Op::ConvRelu(g) => Some(g.forward_flops()),
+            Op::Conv2d(g) | Op::ConvRelu(g) | Op::ConvMaxPool { conv: g, .. } => {
+                Some(g.forward_flops())
+            }
             Op::Depthwise(g) => Some(g.depthwise_flops()),
             Op::Dense { n, i, o } => Some(2 * (n * i * o) as u64),
             _ => None,
@@ -325,7 +348,7 @@ impl Op {
     pub fn largest_piece(&self) -> usize {
         let per_sample = |shape: &[usize]| shape[1..].iter().product::<usize>();
         match self {
-            Op::Conv2d(g) | Op::ConvRelu(g) => {
+            Op::Conv2d(g) | Op::ConvRelu(g) | Op::ConvMaxPool { conv: g, .. } => {
                 let col = g.patch_len() * g.out_h * g.out_w;
                 let out = g.c_out * g.out_h * g.out_w;
                 [g.c_in * g.h * g.w, out, col, g.c_out * g.patch_len()]
@@ -375,6 +398,10 @@ impl Op {
         match (self, pass) {
             (Op::Conv2d(g), 0) => vec![("y", be.conv2d_forward(&x[0], &x[1], &x[2], g))],
             (Op::ConvRelu(g), _) => vec![("y", be.conv2d_relu_forward(&x[0], &x[1], &x[2], g))],
+            (Op::ConvMaxPool { conv, pool, relu }, _) => vec![(
+                "y",
+                be.conv2d_maxpool_forward(&x[0], (&x[1], &x[2]), conv, *relu, pool),
+            )],
             (Op::Conv2d(g), 1) => vec![("dx", be.conv2d_backward_input(dy, &x[1], g))],
             (Op::Conv2d(g), _) => {
                 let (dw, db) = be.conv2d_backward_weight(&x[0], dy, g);
@@ -547,6 +574,12 @@ pub fn suite() -> Vec<Op> {
         |n, ci, h, w, co, k, s, p| Op::Conv2d(Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap());
     let conv_relu =
         |n, ci, h, w, co, k, s, p| Op::ConvRelu(Conv2dGeom::new(n, ci, h, w, co, k, s, p).unwrap());
+    let conv_pool = |n, ci, h, w, co, k, s, relu, pk, ps| {
+        let conv = Conv2dGeom::new(n, ci, h, w, co, k, s, Padding::Same).unwrap();
+        let [_, c, ho, wo] = conv.output_shape();
+        let pool = Pool2dGeom::new(n, c, ho, wo, pk, ps).unwrap();
+        Op::ConvMaxPool { conv, pool, relu }
+    };
     let dw =
         |n, c, h, w, k, s, p| Op::Depthwise(Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap());
     let pool = |n, c, h, w, k, s| Op::MaxPool(Pool2dGeom::new(n, c, h, w, k, s).unwrap());
@@ -567,6 +600,11 @@ pub fn suite() -> Vec<Op> {
         conv(3, 17, 6, 5, 16, (3, 3), (1, 1), valid),
         conv(1, 16, 1, 12, 16, (3, 3), (1, 1), same),
         conv_relu(2, 16, 8, 9, 16, (3, 3), (1, 1), same),
+        // pooled in the convolution (inference): the GEMM path with a 3x3/2 window, Winograd
+        // with 2x2/2 on odd sides, a strided convolution without ReLU
+        conv_pool(3, 1, 9, 8, 5, (3, 3), (1, 1), true, (3, 3), (2, 2)),
+        conv_pool(2, 16, 9, 7, 16, (3, 3), (1, 1), true, (2, 2), (2, 2)),
+        conv_pool(2, 3, 10, 9, 4, (3, 3), (2, 2), false, (2, 2), (2, 2)),
         conv_relu(9, 2, 7, 6, 3, (3, 3), (2, 2), same),
         conv_relu(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         dw(1, 3, 6, 5, (3, 3), (1, 1), same),

@@ -108,6 +108,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Self::Tensor {
         self.relu_forward(&self.conv2d_forward(x, w, b, g))
     }
+    /// The convolution (with its ReLU when `relu`) then max pooling `p` over its output, for a
+    /// pass that will not go backward: a backend with a fused kernel never writes the
+    /// convolution's full-size output, only the pooled one (a backend without one runs the ops).
+    fn conv2d_maxpool_forward(
+        &self,
+        x: &Self::Tensor,
+        (w, b): (&Self::Tensor, &Self::Tensor),
+        g: &Conv2dGeom,
+        relu: bool,
+        p: &Pool2dGeom,
+    ) -> Self::Tensor {
+        let y = if relu {
+            self.conv2d_relu_forward(x, w, b, g)
+        } else {
+            self.conv2d_forward(x, w, b, g)
+        };
+        self.maxpool_forward_infer(&y, p)
+    }
     /// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]` (a "transposed convolution").
     fn conv2d_backward_input(
         &self,

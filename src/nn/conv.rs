@@ -10,7 +10,7 @@
 //! (the definition), `backend/cpu/conv.rs`, `backend/gpu/conv.rs` and `shaders/conv.wgsl`.
 
 use super::{init, saved, Layer, Mode, Param};
-use crate::backend::{Backend, Conv2dGeom};
+use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
 use rand::rngs::StdRng;
 
 pub struct Conv2d<B: Backend> {
@@ -64,6 +64,17 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
             self.output = self.relu.then(|| be.copy(&y));
         }
         y
+    }
+    fn forward_max_pooled(
+        &mut self,
+        be: &B,
+        x: B::Tensor,
+        pool: &Pool2dGeom,
+    ) -> Result<B::Tensor, B::Tensor> {
+        let g = self.geom_for(be, &x);
+        let (w, b) = (&self.weight.value, &self.bias.value);
+        let p = pool.with_batch(g.n);
+        Ok(be.conv2d_maxpool_forward(&x, (w, b), &g, self.relu, &p))
     }
     /// With the ReLU, dy first passes where the output is positive (y > 0 exactly where the
     /// convolution's value was).

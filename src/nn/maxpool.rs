@@ -38,6 +38,9 @@ impl<B: Backend> Layer<B> for MaxPool<B> {
         self.argmax = Some((argmax, n));
         y
     }
+    fn max_pool_geom(&self) -> Option<Pool2dGeom> {
+        Some(self.geom)
+    }
     fn kinks(&self, be: &B) -> u64 {
         self.argmax.as_ref().map_or(0, |(idx, _)| {
             super::fingerprint(be.download_indices(idx).into_iter())

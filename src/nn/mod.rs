@@ -27,7 +27,7 @@ pub mod spec;
 pub use model::Model;
 pub use spec::{Activation, LayerSpec, ModelSpec, Node};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Pool2dGeom};
 
 /// A tensor the model owns: a learned weight (trainable) or a running statistic (not trainable,
 /// but saved in checkpoints and counted as a parameter, as Keras does).
@@ -102,6 +102,22 @@ pub trait Layer<B: Backend>: Send {
     /// The gradient with respect to each input (`None`s when `want_dx` is false).
     fn backward_inputs(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Vec<Option<B::Tensor>> {
         vec![self.backward(be, dy, want_dx)]
+    }
+    /// A max-pooling layer's geometry (batch 1), which the layer before it may compute inside
+    /// its own pass ([`Layer::forward_max_pooled`]); `None` for every other layer.
+    fn max_pool_geom(&self) -> Option<Pool2dGeom> {
+        None
+    }
+    /// For a pass that will not go backward: this layer's output max-pooled by `pool` (batch
+    /// 1), without writing the full-size output; `Err(x)`, the input given back, for a layer
+    /// that cannot.
+    fn forward_max_pooled(
+        &mut self,
+        _be: &B,
+        x: B::Tensor,
+        _pool: &Pool2dGeom,
+    ) -> Result<B::Tensor, B::Tensor> {
+        Err(x)
     }
     /// A fingerprint of the linear piece the last training forward pass landed on (which inputs
     /// of a ReLU were positive, which element won each pooling window); 0 for smooth layers.

@@ -7,7 +7,7 @@ use super::{
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
     Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
-use crate::backend::Backend;
+use crate::backend::{Backend, Pool2dGeom};
 use crate::nn::spec::SpecError;
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
@@ -61,19 +61,44 @@ impl<B: Backend> Model<B> {
         readers
     }
 
+    /// For each layer, the max pooling that may run inside its pass ([`Layer::forward_max_pooled`]):
+    /// the next layer's, when that layer pools this one's output and nothing else reads it.
+    fn pooling_inside(&self) -> Vec<Option<Pool2dGeom>> {
+        let readers = self.readers();
+        (0..self.layers.len())
+            .map(|i| {
+                let next = self.layers.get(i + 1)?;
+                let only_reader = self.sources[i + 1] == [Some(i)] && readers[slot(Some(i))] == 1;
+                only_reader.then(|| next.max_pool_geom()).flatten()
+            })
+            .collect()
+    }
+
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
     /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
+    /// With `fuse` (a pass that will not go backward and shows nothing), a layer that can
+    /// computes the max pooling after it inside its own pass, and the pooling layer is skipped.
     fn run_forward(
         &mut self,
         be: &B,
         x: B::Tensor,
-        mode: Mode,
+        (mode, fuse): (Mode, bool),
         mut each: impl FnMut(usize, &B::Tensor),
     ) -> B::Tensor {
+        let pooling = if fuse {
+            self.pooling_inside()
+        } else {
+            vec![None; self.layers.len()]
+        };
         let mut left = self.readers();
         let mut values: Vec<Option<B::Tensor>> = (0..left.len()).map(|_| None).collect();
         values[0] = Some(x);
         for (i, layer) in self.layers.iter_mut().enumerate() {
+            if values[i + 1].is_some() {
+                // pooled inside the pass of the layer before, whose output nobody else reads
+                left[slot(Some(i - 1))] -= 1;
+                continue;
+            }
             let mut inputs = Vec::with_capacity(self.sources[i].len());
             for &s in &self.sources[i] {
                 let k = slot(s);
@@ -84,6 +109,16 @@ impl<B: Backend> Model<B> {
                     values[k].as_ref().map(|v| be.copy(v))
                 };
                 inputs.push(value.expect("sources come before their readers"));
+            }
+            if let Some(pool) = &pooling[i] {
+                let x = inputs.pop().expect("one source");
+                match layer.forward_max_pooled(be, x, pool) {
+                    Ok(pooled) => {
+                        values[i + 2] = Some(pooled);
+                        continue;
+                    }
+                    Err(x) => inputs.push(x),
+                }
             }
             let y = layer.forward_inputs(be, inputs, mode);
             each(i, &y);
@@ -127,7 +162,7 @@ impl<B: Backend> Model<B> {
 
     /// `logits[N,1]` = model(`x[N,C,H,W]`).
     pub fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
-        self.run_forward(be, x, mode, |_, _| {})
+        self.run_forward(be, x, (mode, !mode.keeps_for_backward()), |_, _| {})
     }
 
     /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in
@@ -152,7 +187,7 @@ impl<B: Backend> Model<B> {
             self.layers.len()
         );
         let mut activation = None;
-        let logits = self.run_forward(be, x, Mode::Explain, |i, y| {
+        let logits = self.run_forward(be, x, (Mode::Explain, false), |i, y| {
             if i == at {
                 activation = Some(be.download(y));
             }
@@ -172,7 +207,9 @@ impl<B: Backend> Model<B> {
     /// respect to every parameter, which `Param::grad` holds afterwards.
     pub fn outputs_and_parameter_gradients(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
         let mut outputs = Vec::with_capacity(self.layers.len());
-        let logits = self.run_forward(be, x, Mode::Explain, |_, y| outputs.push(be.download(y)));
+        let logits = self.run_forward(be, x, (Mode::Explain, false), |_, y| {
+            outputs.push(be.download(y))
+        });
         let ones = Tensor::full(be.shape(&logits).clone(), 1.0);
         self.backward(be, be.upload(&ones), false);
         outputs
@@ -182,7 +219,9 @@ impl<B: Backend> Model<B> {
     /// is the logits): what the page of `serve` shows layer by layer.
     pub fn outputs(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
         let mut outputs = Vec::with_capacity(self.layers.len());
-        self.run_forward(be, x, Mode::Eval, |_, y| outputs.push(be.download(y)));
+        self.run_forward(be, x, (Mode::Eval, false), |_, y| {
+            outputs.push(be.download(y))
+        });
         outputs
     }
 

@@ -14,27 +14,39 @@
 //! takes a second buffer). The weight gradient sums its products over groups of
 //! `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
 
-use super::conv_winograd;
 use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
-use crate::backend::Conv2dGeom;
+use super::{conv_winograd, pool};
+use crate::backend::{Conv2dGeom, Pool2dGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
+    /// One image's unfolded input `col`.
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One image's convolution output, before it is pooled.
+    static CONV_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's unfolding buffer, sized to one image's `col`.
+/// Runs `f` with this thread's buffer `slot`, `len` floats long.
 ///
 /// The buffer is taken out of the thread-local slot while `f` runs: `f` calls the parallel GEMM,
 /// and while a rayon thread waits it may start another image's task on the same thread, which
 /// then finds the slot empty and uses a buffer of its own instead of aliasing this one.
-fn with_col<R>(g: &Conv2dGeom, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut col = COL.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    col.resize(g.patch_len() * g.out_h * g.out_w, 0.0);
-    let result = f(&mut col);
-    COL.with(|c| *c.borrow_mut() = col);
+fn with_buffer<R>(
+    slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = slot.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    buf.resize(len, 0.0);
+    let result = f(&mut buf);
+    slot.with(|c| *c.borrow_mut() = buf);
     result
+}
+
+/// [`with_buffer`] with this thread's unfolding buffer, sized to one image's `col`.
+fn with_col<R>(g: &Conv2dGeom, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffer(&COL, g.patch_len() * g.out_h * g.out_w, f)
 }
 
 /// Input row (or column) read by output row `o` at kernel offset `k`, if inside the image.
@@ -271,41 +283,78 @@ impl PackB for Unfolded<'_> {
     }
 }
 
-/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue, on
-/// each block of y while it is in L1.
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue (or
+/// Winograd's output transform), on each block of y while it is in cache.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
-    if Algorithm::choose(g) == Algorithm::Winograd {
-        return conv_winograd::forward(x, w, Some(b), g, relu);
-    }
+    forward_pooled(x, w, b, g, relu, None)
+}
+
+/// [`forward`], then max pooling `pool` over its output when given: each image's convolution
+/// goes into this thread's buffer, still in cache when it is pooled, and only the pooled image
+/// is written out (a quarter of it for 2×2 pooling).
+pub fn forward_pooled(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    g: &Conv2dGeom,
+    relu: bool,
+    pool: Option<&Pool2dGeom>,
+) -> Vec<f32> {
+    let filters = match Algorithm::choose(g) {
+        Algorithm::Winograd => Filters::Winograd(conv_winograd::prepare(w, g)),
+        // packed once for all the images
+        Algorithm::Gemm => Filters::Gemm(PackedA::new(MatRef::rows(w, g.c_out, g.patch_len()))),
+    };
+    let conv_image = g.c_out * g.out_h * g.out_w;
+    let out_image = pool.map_or(conv_image, |p| p.c * p.out_h * p.out_w);
+    let mut y = vec![0f32; g.n * out_image];
+    y.par_chunks_mut(out_image)
+        .zip(x.par_chunks(g.c_in * g.h * g.w))
+        .for_each(|(yn, xn)| match pool {
+            None => image(xn, &filters, b, g, relu, yn),
+            Some(p) => with_buffer(&CONV_OUT, conv_image, |conv| {
+                image(xn, &filters, b, g, relu, conv);
+                pool::forward_infer_image(conv, p, yn);
+            }),
+        });
+    y
+}
+
+/// A convolution's filters made ready for a batch.
+enum Filters {
+    /// `w[Co, Ci·KH·KW]` packed for the GEMM.
+    Gemm(PackedA),
+    /// Transformed and packed for Winograd ([`conv_winograd::prepare`]).
+    Winograd(Vec<PackedA>),
+}
+
+/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`.
+fn image(xn: &[f32], filters: &Filters, b: &[f32], g: &Conv2dGeom, relu: bool, yn: &mut [f32]) {
+    let wm = match filters {
+        Filters::Winograd(u) => return conv_winograd::image(xn, u, Some(b), relu, g, yn),
+        Filters::Gemm(wm) => wm,
+    };
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
-    let mut y = vec![0f32; g.n * g.c_out * p];
-    // packed once for all the images
-    let wm = &PackedA::new(MatRef::rows(w, g.c_out, k));
     let kernel = Kernel::detect();
     let epilogue = Epilogue {
         row_bias: Some(b),
         relu,
     };
-    y.par_chunks_mut(g.c_out * p)
-        .zip(x.par_chunks(g.c_in * g.h * g.w))
-        .for_each(|(yn, xn)| {
-            if g.is_pointwise() {
-                gemm_with_epilogue(kernel, wm, MatRef::rows(xn, k, p), yn, p, epilogue);
-            } else if Unfolding::detect() == Unfolding::Implicit {
-                let col = Unfolded {
-                    x: xn,
-                    g,
-                    transposed: false,
-                };
-                gemm_with_epilogue(kernel, wm, col, yn, p, epilogue);
-            } else {
-                with_col(g, |col| {
-                    im2col(xn, g, col);
-                    gemm_with_epilogue(kernel, wm, MatRef::rows(col, k, p), yn, p, epilogue);
-                });
-            }
+    if g.is_pointwise() {
+        gemm_with_epilogue(kernel, wm, MatRef::rows(xn, k, p), yn, p, epilogue);
+    } else if Unfolding::detect() == Unfolding::Implicit {
+        let col = Unfolded {
+            x: xn,
+            g,
+            transposed: false,
+        };
+        gemm_with_epilogue(kernel, wm, col, yn, p, epilogue);
+    } else {
+        with_col(g, |col| {
+            im2col(xn, g, col);
+            gemm_with_epilogue(kernel, wm, MatRef::rows(col, k, p), yn, p, epilogue);
         });
-    y
+    }
 }
 
 /// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.

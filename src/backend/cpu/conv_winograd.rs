@@ -33,15 +33,7 @@ pub fn applies(g: &Conv2dGeom) -> bool {
 
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::conv::forward`]).
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
-    assert!(
-        applies(g),
-        "Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions"
-    );
-    let u = transform_filters(w, g.c_out, g.c_in);
-    let u: Vec<PackedA> = u
-        .chunks_exact(g.c_out * g.c_in)
-        .map(|ui| PackedA::new(MatRef::rows(ui, g.c_out, g.c_in)))
-        .collect();
+    let u = prepare(w, g);
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * y_img];
     y.par_chunks_mut(y_img)
@@ -79,6 +71,18 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     forward(dy, &wt, None, &turned, false)
 }
 
+/// The filters `w[Co,Ci,3,3]` transformed, each `U[ξ]` packed for the GEMM: once per batch.
+pub fn prepare(w: &[f32], g: &Conv2dGeom) -> Vec<PackedA> {
+    assert!(
+        applies(g),
+        "Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions"
+    );
+    transform_filters(w, g.c_out, g.c_in)
+        .chunks_exact(g.c_out * g.c_in)
+        .map(|ui| PackedA::new(MatRef::rows(ui, g.c_out, g.c_in)))
+        .collect()
+}
+
 /// `U[ξ][Co][Ci]` = G g Gᵀ for every filter g of `w[Co,Ci,3,3]`, with
 /// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
 fn transform_filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
@@ -112,8 +116,8 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`.
-fn image(
+/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, with the filters of [`prepare`].
+pub fn image(
     xn: &[f32],
     u: &[PackedA],
     bias: Option<&[f32]>,

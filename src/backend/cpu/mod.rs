@@ -105,6 +105,19 @@ impl Backend for Cpu {
             conv::forward(&x.data, &w.data, &b.data, g, true),
         )
     }
+    fn conv2d_maxpool_forward(
+        &self,
+        x: &Tensor,
+        (w, b): (&Tensor, &Tensor),
+        g: &Conv2dGeom,
+        relu: bool,
+        p: &Pool2dGeom,
+    ) -> Tensor {
+        debug_assert_eq!(x.dims(), g.input_shape());
+        debug_assert_eq!(p.input_shape(), g.output_shape());
+        let y = conv::forward_pooled(&x.data, &w.data, &b.data, g, relu, Some(p));
+        t(p.output_shape(), y)
+    }
     fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
         t(g.input_shape(), conv::backward_input(&dy.data, &w.data, g))
     }

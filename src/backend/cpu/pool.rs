@@ -39,30 +39,41 @@ pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
 pub fn forward_infer(x: &[f32], g: &Pool2dGeom) -> Vec<f32> {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
     let mut y = vec![0f32; g.n * g.c * out_plane];
-    let halving = (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2);
     y.par_chunks_mut(out_plane)
         .zip(x.par_chunks(in_plane))
         .with_min_len(super::planes_per_task(in_plane))
-        .for_each(|(yp, xp)| {
-            for (oy, yrow) in yp.chunks_exact_mut(g.out_w).enumerate() {
-                let top = oy * g.stride_h * g.w;
-                if halving {
-                    let (r0, r1) = (&xp[top..top + g.w], &xp[top + g.w..top + 2 * g.w]);
-                    let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-                    for (o, (a, b)) in yrow.iter_mut().zip(pairs) {
-                        *o = a[0].max(a[1]).max(b[0].max(b[1]));
-                    }
-                    continue;
-                }
-                for (ox, o) in yrow.iter_mut().enumerate() {
-                    let corner = top + ox * g.stride_w;
-                    *o = (0..g.kh)
-                        .flat_map(|ky| &xp[corner + ky * g.w..][..g.kw])
-                        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                }
-            }
-        });
+        .for_each(|(yp, xp)| infer_plane(xp, g, yp));
     y
+}
+
+/// [`forward_infer`] of one image `x[C,H,W]` into `y[C,Ho,Wo]`, on this thread.
+pub fn forward_infer_image(x: &[f32], g: &Pool2dGeom, y: &mut [f32]) {
+    let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
+    for (yp, xp) in y.chunks_exact_mut(out_plane).zip(x.chunks_exact(in_plane)) {
+        infer_plane(xp, g, yp);
+    }
+}
+
+/// One plane `xp[H,W]` pooled into `yp[Ho,Wo]`.
+fn infer_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [f32]) {
+    let halving = (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2);
+    for (oy, yrow) in yp.chunks_exact_mut(g.out_w).enumerate() {
+        let top = oy * g.stride_h * g.w;
+        if halving {
+            let (r0, r1) = (&xp[top..top + g.w], &xp[top + g.w..top + 2 * g.w]);
+            let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            for (o, (a, b)) in yrow.iter_mut().zip(pairs) {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
+            continue;
+        }
+        for (ox, o) in yrow.iter_mut().enumerate() {
+            let corner = top + ox * g.stride_w;
+            *o = (0..g.kh)
+                .flat_map(|ky| &xp[corner + ky * g.w..][..g.kw])
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        }
+    }
 }
 
 /// `dx[N,C,H,W]`: each dy adds into the input position its maximum came from
