@@ -14,6 +14,9 @@ pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
         .zip(idx.par_chunks_mut(out_plane))
         .zip(x.par_chunks(in_plane))
         .for_each(|((yp, ip), xp)| {
+            if (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2) {
+                return halving_plane(xp, g, yp, ip);
+            }
             for oy in 0..g.out_h {
                 for ox in 0..g.out_w {
                     let corner = oy * g.stride_h * g.w + ox * g.stride_w;
@@ -32,6 +35,30 @@ pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
             }
         });
     (y, idx)
+}
+
+/// [`forward`] of one plane for the common 2×2 window at stride 2: the four candidates compared
+/// in scan order with selects (the first maximum wins ties), a loop the compiler vectorises.
+fn halving_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [f32], ip: &mut [u32]) {
+    let rows = yp
+        .chunks_exact_mut(g.out_w)
+        .zip(ip.chunks_exact_mut(g.out_w));
+    for (oy, (yrow, irow)) in rows.enumerate() {
+        let top = 2 * oy * g.w;
+        let (r0, r1) = (&xp[top..top + g.w], &xp[top + g.w..top + 2 * g.w]);
+        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        for (ox, ((y, i), (a, b))) in yrow.iter_mut().zip(irow.iter_mut()).zip(pairs).enumerate() {
+            let corner = (top + 2 * ox) as u32;
+            let (mut best, mut at) = (a[0], corner);
+            for (v, offset) in [(a[1], 1), (b[0], g.w as u32), (b[1], g.w as u32 + 1)] {
+                let wins = v > best;
+                best = if wins { v } else { best };
+                at = if wins { corner + offset } else { at };
+            }
+            *y = best;
+            *i = at;
+        }
+    }
 }
 
 /// `y[N,C,Ho,Wo]` of [`forward`] without the argmax: one read of x and one write of y, and for
