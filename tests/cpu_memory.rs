@@ -22,7 +22,9 @@ fn minor_page_faults() -> i64 {
 
 /// Without `keep_freed_memory`, each step of this model at 64×64, batch 8 faults in about 4,500
 /// fresh pages (its large activations come from and go back to the kernel every step); with it,
-/// a warmed-up step needs none but the odd page of the allocator's bookkeeping.
+/// a warmed-up step needs none but the odd page of the allocator's bookkeeping, and once a
+/// one-off growth of about 150 pages, at whichever step rayon first runs a convolution's image
+/// task inside another's on one thread (which then takes a scratch buffer of its own).
 #[test]
 fn a_warmed_up_training_step_takes_no_fresh_memory() {
     cpu::keep_freed_memory();
@@ -55,7 +57,7 @@ fn a_warmed_up_training_step_takes_no_fresh_memory() {
         "the first steps faulted in only {warm_up} pages: the measure is not working"
     );
     assert!(
-        faults < 100,
+        faults < 500,
         "steps 3 to 5 faulted in {faults} fresh pages (the first two: {warm_up})"
     );
 }
