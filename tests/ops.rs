@@ -70,6 +70,27 @@ fn cpu_matches_the_reference() {
     assert_matches_reference(&Cpu);
 }
 
+/// Runs `cpu_matches_the_reference` in a process of its own with `var=value` (the CPU backend
+/// reads its choices once per process); panics if it fails or its output lacks `ran`, the line
+/// that shows the setting took.
+fn cpu_suite_in_a_process_with(var: &str, value: &str, ran: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
+        .env(var, value)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "with {var}={value}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(ran) && stdout.contains("1 passed"),
+        "{var}={value} did not take:\n{stdout}"
+    );
+}
+
 /// The CPU backend picks its GEMM kernel once per process: each other kernel this processor has
 /// runs `cpu_matches_the_reference` in a process of its own (`FRACTURE_CPU_KERNEL`).
 #[test]
@@ -78,44 +99,18 @@ fn cpu_matches_the_reference_with_every_gemm_kernel() {
         .into_iter()
         .filter(|k| *k != Kernel::detect());
     for kernel in others {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
-            .env("FRACTURE_CPU_KERNEL", kernel.name())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "with the {kernel:?} kernel:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains(&format!("{kernel:?} GEMM kernel")) && stdout.contains("1 passed"),
-            "the {kernel:?} kernel did not run:\n{stdout}"
-        );
+        let ran = format!("{kernel:?} GEMM kernel");
+        cpu_suite_in_a_process_with("FRACTURE_CPU_KERNEL", kernel.name(), &ran);
     }
 }
 
-/// Each convolution algorithm on every case it applies to (`FRACTURE_CONV_ALGORITHM`, read once
-/// per process): the GEMM also where Winograd would be chosen, Winograd also on thin layers.
+/// Each convolution algorithm on every case it applies to (`FRACTURE_CONV_ALGORITHM`): the GEMM
+/// also where Winograd would be chosen, Winograd also on thin layers.
 #[test]
 fn cpu_matches_the_reference_with_each_conv_algorithm() {
     for (name, forced) in [("gemm", Algorithm::Gemm), ("winograd", Algorithm::Winograd)] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
-            .env("FRACTURE_CONV_ALGORITHM", name)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "with {name}:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains(&format!("forced to Some({forced:?})")) && stdout.contains("1 passed"),
-            "{name} was not forced:\n{stdout}"
-        );
+        let ran = format!("forced to Some({forced:?})");
+        cpu_suite_in_a_process_with("FRACTURE_CONV_ALGORITHM", name, &ran);
     }
 }
 
