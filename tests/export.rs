@@ -177,7 +177,8 @@ fn resnet_with_projections_exports() {
 }
 
 /// Odd sizes, where `same` pads one more zero at the bottom/right than at the top/left and
-/// `valid` windows and pools drop the last row; reflected framing; dropout (absent in ONNX).
+/// `valid` windows and pools drop the last row; reflected framing; dropout (absent in ONNX); a
+/// convolution with its ReLU inside (`activation`).
 #[test]
 fn uneven_padding_and_framing_export() {
     let spec = ModelSpec::parse(
@@ -197,6 +198,7 @@ fn uneven_padding_and_framing_export() {
         filters = 6
         kernel = 3
         padding = "valid"
+        activation = "relu"
         [[layers]]
         type = "maxpool"
         size = 3

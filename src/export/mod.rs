@@ -6,7 +6,7 @@
 //!
 //! | layer | ONNX |
 //! |---|---|
-//! | conv2d | `Conv` with explicit `pads` (our `same` puts the odd zero at the bottom/right, as TensorFlow does) |
+//! | conv2d | `Conv` with explicit `pads` (our `same` puts the odd zero at the bottom/right, as TensorFlow does), then `Relu` with `activation = "relu"` |
 //! | depthwise_conv2d | `Conv` with `group` = channels |
 //! | batchnorm | `BatchNormalization` (running statistics) |
 //! | maxpool | `MaxPool` (no padding, floor) |
@@ -26,7 +26,7 @@ mod proto;
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Conv2dGeom};
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::nn::{LayerSpec, Model, ModelSpec};
+use crate::nn::{Activation, LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use proto::Message;
@@ -183,9 +183,16 @@ impl<'a> Graph<'a> {
         let x = inputs[0].as_str();
         let out = prefix.to_string();
         match layer {
-            LayerSpec::Conv2d { .. } => {
+            LayerSpec::Conv2d { activation, .. } => {
                 let g = layer.conv_geom(input).context("checked by the spec")?;
-                self.conv(x, &g, 1, prefix, &out)?;
+                match activation {
+                    Some(Activation::Relu) => {
+                        let conv = format!("{prefix}.conv");
+                        self.conv(x, &g, 1, prefix, &conv)?;
+                        self.node("Relu", &[&conv], &out, vec![]);
+                    }
+                    None => self.conv(x, &g, 1, prefix, &out)?,
+                }
             }
             LayerSpec::DepthwiseConv2d { .. } => {
                 let g = layer.conv_geom(input).context("checked by the spec")?;
