@@ -44,13 +44,12 @@ fn check<B: Backend>(be: &B, spec: ModelSpec) -> usize {
     plain.layers.len() - folded.layers.len()
 }
 
-/// Layers of `spec` that folding takes in: batch norms right after a convolution, and ReLUs right
-/// after a full convolution or after such a batch norm.
+/// Layers of `spec` that folding takes in: batch norms right after a convolution (full or
+/// depthwise), and ReLUs right after one or after such a batch norm.
 fn foldable(spec: &ModelSpec) -> usize {
     let infos = spec.layers().unwrap();
     let is =
         |j: Option<usize>, f: &dyn Fn(&LayerSpec) -> bool| j.is_some_and(|j| f(&infos[j].spec));
-    let conv = |l: &LayerSpec| matches!(l, LayerSpec::Conv2d { .. });
     let any_conv = |l: &LayerSpec| {
         matches!(
             l,
@@ -65,7 +64,7 @@ fn foldable(spec: &ModelSpec) -> usize {
             match l.spec {
                 LayerSpec::BatchNorm { .. } => is(s, &any_conv),
                 LayerSpec::Relu => {
-                    is(s, &conv) || (is(s, &bn) && is(infos[s.unwrap()].sources[0], &conv))
+                    is(s, &any_conv) || (is(s, &bn) && is(infos[s.unwrap()].sources[0], &any_conv))
                 }
                 _ => false,
             }
@@ -88,6 +87,11 @@ fn every_preset_folds_to_the_same_logits_on_the_cpu() {
         foldable(&ModelSpec::load("fracturenet").unwrap()),
         8,
         "4 blocks of conv-bn-relu"
+    );
+    assert_eq!(
+        foldable(&ModelSpec::load("mobilenet").unwrap()),
+        54,
+        "27 convolutions (14 full, 13 depthwise), each with its batch norm and ReLU"
     );
     // conv -> relu -> batchnorm: the ReLU goes into the convolution, the batch norm stays
     let keras = ModelSpec::load("xray-bone-classifier")

@@ -49,6 +49,8 @@ pub enum Op {
     },
     /// `g.c_out == g.c_in`.
     Depthwise(Conv2dGeom),
+    /// The depthwise convolution with its ReLU fused (forward only, as `ConvRelu`).
+    DepthwiseRelu(Conv2dGeom),
     /// Training mode over `[N,C,H,W]` or `[N,F]`.
     BatchNorm(Vec<usize>),
     /// Inference mode (running statistics) over `[N,C,H,W]`.
@@ -187,6 +189,7 @@ impl Op {
                 pool.stride_w
             ),
             Op::Depthwise(g) => conv("depthwise", g),
+            Op::DepthwiseRelu(g) => conv("depthwise+relu", g),
             Op::BatchNorm(s) => format!("batchnorm {s:?}"),
             Op::BatchNormInfer(s) => format!("batchnorm (inference) {s:?}"),
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => format!(
@@ -234,6 +237,11 @@ impl Op {
                 input("x", uniform(g.input_shape(), s)),
                 input("w", uniform(g.depthwise_weight_shape(), s + 1)),
                 input("b", uniform([g.c_in], s + 2)),
+            ],
+            Op::DepthwiseRelu(g) => vec![
+                fixed("x", uniform(g.input_shape(), s)),
+                fixed("w", uniform(g.depthwise_weight_shape(), s + 1)),
+                fixed("b", uniform([g.c_in], s + 2)),
             ],
             Op::BatchNorm(shape) => vec![
                 input("x", batchnorm_input(shape, s)),
@@ -290,7 +298,9 @@ impl Op {
     /// The shape of the forward pass's output `y`, and so of the `dy` its backward passes take.
     pub fn output_shape(&self) -> Shape {
         match self {
-            Op::Conv2d(g) | Op::ConvRelu(g) | Op::Depthwise(g) => g.output_shape().into(),
+            Op::Conv2d(g) | Op::ConvRelu(g) | Op::Depthwise(g) | Op::DepthwiseRelu(g) => {
+                g.output_shape().into()
+            }
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.output_shape().into(),
             Op::ConvMaxPool { pool, .. } => pool.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
@@ -320,6 +330,7 @@ impl Op {
             | Op::Dropout { .. } => &["forward", "backward"],
             // the fused loss returns its gradient from the forward pass; the rest have none
             Op::ConvRelu(_)
+            | Op::DepthwiseRelu(_)
             | Op::ConvMaxPool { .. }
             | Op::MaxPoolInfer(_)
             | Op::Bce { .. }
@@ -335,7 +346,7 @@ impl Op {
             Op::Conv2d(g) | Op::ConvRelu(g) | Op::ConvMaxPool { conv: g, .. } => {
                 Some(g.forward_flops())
             }
-            Op::Depthwise(g) => Some(g.depthwise_flops()),
+            Op::Depthwise(g) | Op::DepthwiseRelu(g) => Some(g.depthwise_flops()),
             Op::Dense { n, i, o } => Some(2 * (n * i * o) as u64),
             _ => None,
         }
@@ -356,7 +367,9 @@ impl Op {
                     .max()
                     .unwrap_or(0)
             }
-            Op::Depthwise(g) => (g.c_in * g.h * g.w).max(g.c_in * g.kh * g.kw),
+            Op::Depthwise(g) | Op::DepthwiseRelu(g) => {
+                (g.c_in * g.h * g.w).max(g.c_in * g.kh * g.kw)
+            }
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.c * g.h * g.w,
             Op::GlobalAvgPool(shape) => per_sample(shape),
             Op::Dense { i, o, .. } => i * o,
@@ -407,6 +420,10 @@ impl Op {
                 let (dw, db) = be.conv2d_backward_weight(&x[0], dy, g);
                 vec![("dw", dw), ("db", db)]
             }
+            (Op::DepthwiseRelu(g), _) => vec![(
+                "y",
+                be.depthwise_conv2d_relu_forward(&x[0], &x[1], &x[2], g),
+            )],
             (Op::Depthwise(g), 0) => {
                 vec![("y", be.depthwise_conv2d_forward(&x[0], &x[1], &x[2], g))]
             }
@@ -612,6 +629,8 @@ pub fn suite() -> Vec<Op> {
         dw(17, 3, 7, 7, (3, 3), (2, 2), valid),
         dw(2, 2, 5, 6, (2, 4), (1, 2), same),
         dw(1, 2, 3, 3, (5, 5), (1, 1), same),
+        Op::DepthwiseRelu(Conv2dGeom::depthwise(9, 3, 7, 6, (3, 3), (2, 2), same).unwrap()),
+        Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 2, 5, 6, (2, 4), (1, 2), valid).unwrap()),
         // more weights than one row of GPU workgroups holds (65,535): the weight gradient's 2-D grid
         dw(2, 7300, 2, 3, (3, 3), (1, 1), same),
         // in GPU windows of one image, the weight gradient's partial sums grow past 256 pixels

@@ -151,6 +151,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
         b: &Self::Tensor,
         g: &Conv2dGeom,
     ) -> Self::Tensor;
+    /// `y` = max(0, depthwise(`x`, `w`) + `b`), the ReLU where the bias is added (a backend
+    /// without a fused kernel runs the two ops).
+    fn depthwise_conv2d_relu_forward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: &Self::Tensor,
+        g: &Conv2dGeom,
+    ) -> Self::Tensor {
+        self.relu_forward(&self.depthwise_conv2d_forward(x, w, b, g))
+    }
     /// `dx[N,C,H,W]` from `dy[N,C,Ho,Wo]` and `w[C,1,KH,KW]`.
     fn depthwise_conv2d_backward_input(
         &self,

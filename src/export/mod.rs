@@ -7,7 +7,7 @@
 //! | layer | ONNX |
 //! |---|---|
 //! | conv2d | `Conv` with explicit `pads` (our `same` puts the odd zero at the bottom/right, as TensorFlow does), then `Relu` with `activation = "relu"` |
-//! | depthwise_conv2d | `Conv` with `group` = channels |
+//! | depthwise_conv2d | `Conv` with `group` = channels (then `Relu`, as conv2d) |
 //! | batchnorm | `BatchNormalization` (running statistics) |
 //! | maxpool | `MaxPool` (no padding, floor) |
 //! | global_avgpool | `GlobalAveragePool` then `Flatten` (ours gives `[N, C]`) |
@@ -183,20 +183,19 @@ impl<'a> Graph<'a> {
         let x = inputs[0].as_str();
         let out = prefix.to_string();
         match layer {
-            LayerSpec::Conv2d { activation, .. } => {
+            LayerSpec::Conv2d { activation, .. }
+            | LayerSpec::DepthwiseConv2d { activation, .. } => {
                 let g = layer.conv_geom(input).context("checked by the spec")?;
+                let depthwise = matches!(layer, LayerSpec::DepthwiseConv2d { .. });
+                let groups = if depthwise { g.c_in } else { 1 };
                 match activation {
                     Some(Activation::Relu) => {
                         let conv = format!("{prefix}.conv");
-                        self.conv(x, &g, 1, prefix, &conv)?;
+                        self.conv(x, &g, groups, prefix, &conv)?;
                         self.node("Relu", &[&conv], &out, vec![]);
                     }
-                    None => self.conv(x, &g, 1, prefix, &out)?,
+                    None => self.conv(x, &g, groups, prefix, &out)?,
                 }
-            }
-            LayerSpec::DepthwiseConv2d { .. } => {
-                let g = layer.conv_geom(input).context("checked by the spec")?;
-                self.conv(x, &g, g.c_in, prefix, &out)?;
             }
             LayerSpec::BatchNorm { eps, .. } => {
                 let names = ["gamma", "beta", "running_mean", "running_var"]

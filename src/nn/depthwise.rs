@@ -19,6 +19,10 @@ use rand::rngs::StdRng;
 pub struct DepthwiseConv2d<B: Backend> {
     /// Geometry for a batch of one (`c_out == c_in`); the batch size is filled in at each call.
     geom: Conv2dGeom,
+    /// Whether a ReLU follows inside the layer (`activation = "relu"`).
+    relu: bool,
+    /// The output, kept for the ReLU's backward pass.
+    output: Option<B::Tensor>,
     weight: Param<B>, // [C, 1, KH, KW]
     bias: Param<B>,   // [C]
     input: Option<B::Tensor>,
@@ -30,10 +34,17 @@ impl<B: Backend> DepthwiseConv2d<B> {
         let w = init::uniform_fan_in(&geom.depthwise_weight_shape(), geom.kh * geom.kw, rng);
         DepthwiseConv2d {
             geom,
+            relu: false,
+            output: None,
             weight: Param::trainable("weight", be.upload(&w)),
             bias: Param::trainable("bias", be.zeros(&[geom.c_in].into())),
             input: None,
         }
+    }
+    /// The same layer with a ReLU on its output, computed where the bias is added.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
     fn geom_for(&self, be: &B, x: &B::Tensor) -> Conv2dGeom {
         self.geom.with_batch(be.shape(x).dims()[0])
@@ -46,13 +57,24 @@ impl<B: Backend> Layer<B> for DepthwiseConv2d<B> {
     }
     fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
         let g = self.geom_for(be, &x);
-        let y = be.depthwise_conv2d_forward(&x, &self.weight.value, &self.bias.value, &g);
+        let (w, b) = (&self.weight.value, &self.bias.value);
+        let y = if self.relu {
+            be.depthwise_conv2d_relu_forward(&x, w, b, &g)
+        } else {
+            be.depthwise_conv2d_forward(&x, w, b, &g)
+        };
         if mode.keeps_for_backward() {
             self.input = Some(x);
+            self.output = self.relu.then(|| be.copy(&y));
         }
         y
     }
+    /// With the ReLU, dy first passes where the output is positive.
     fn backward(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
+        let dy = match self.output.take() {
+            Some(y) => be.relu_backward(&y, &dy),
+            None => dy,
+        };
         let x = saved(&mut self.input, "depthwise_conv2d");
         let g = self.geom_for(be, &x);
         let (dw, db) = be.depthwise_conv2d_backward_weight(&x, &dy, &g);

@@ -17,7 +17,7 @@ use crate::tensor::Tensor;
 
 /// `model` for inference, with every batch norm that is the only reader of a convolution's
 /// (full or depthwise) output folded into that convolution, and every ReLU that is the only
-/// reader of a full convolution's output (or of its folded batch norm's) made the convolution's
+/// reader of a convolution's output, full or depthwise (or of its folded batch norm's), made its
 /// activation. Layers keep their names; unnamed ones are named `layer-I` after their index in
 /// `model`.
 pub fn inference_model<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>, SpecError> {
@@ -48,6 +48,9 @@ pub fn inference_model<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>,
                 LayerSpec::Relu,
                 LayerSpec::Conv2d {
                     activation: None, ..
+                }
+                | LayerSpec::DepthwiseConv2d {
+                    activation: None, ..
                 },
             ) if only_reader => {
                 folded[j] = Some(i);
@@ -75,6 +78,17 @@ pub fn inference_model<B: Backend>(be: &B, model: &Model<B>) -> Result<Model<B>,
                     padding,
                 } if with_relu[k] => LayerSpec::Conv2d {
                     filters,
+                    kernel,
+                    stride,
+                    padding,
+                    activation: Some(Activation::Relu),
+                },
+                LayerSpec::DepthwiseConv2d {
+                    activation: None,
+                    kernel,
+                    stride,
+                    padding,
+                } if with_relu[k] => LayerSpec::DepthwiseConv2d {
                     kernel,
                     stride,
                     padding,

@@ -74,6 +74,7 @@ pub fn mobilenet_v1(width: f32, size: usize) -> Result<ModelSpec, SpecError> {
             kernel: Size2::Square(3),
             stride: Size2::Square(stride),
             padding: Padding::Same,
+            activation: None,
         });
         layers.extend(bn_relu());
         layers.push(conv(channels(filters), 1, 1));

@@ -278,11 +278,15 @@ pub fn build_layer<B: Backend>(
                 None => Box::new(conv),
             }
         }
-        LayerSpec::DepthwiseConv2d { .. } => {
+        LayerSpec::DepthwiseConv2d { activation, .. } => {
             let g = layer
                 .conv_geom(input)
                 .expect("checked by ModelSpec::layers");
-            Box::new(DepthwiseConv2d::new(be, g, rng))
+            let depthwise = DepthwiseConv2d::new(be, g, rng);
+            match activation {
+                Some(Activation::Relu) => Box::new(depthwise.with_relu()),
+                None => Box::new(depthwise),
+            }
         }
         LayerSpec::GlobalAvgPool => Box::new(GlobalAvgPool::default()),
         LayerSpec::BatchNorm { momentum, eps } => {

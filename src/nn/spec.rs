@@ -127,6 +127,9 @@ pub enum LayerSpec {
         stride: Size2,
         #[serde(default = "same")]
         padding: Padding,
+        /// Applied to the output inside the convolution, as for `conv2d`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation: Option<Activation>,
     },
     /// `momentum` is the weight of the new batch in the running averages (PyTorch's convention;
     /// Keras' `momentum = 0.99` is `momentum = 0.01` here).
@@ -315,6 +318,7 @@ impl LayerSpec {
                 kernel,
                 stride,
                 padding,
+                ..
             } => Conv2dGeom::depthwise(1, c, h, w, kernel.hw(), stride.hw(), *padding),
             _ => None,
         }
@@ -352,7 +356,8 @@ impl LayerSpec {
     /// The activation a layer applies to its own output, if any.
     pub fn activation(&self) -> Option<Activation> {
         match self {
-            LayerSpec::Conv2d { activation, .. } => *activation,
+            LayerSpec::Conv2d { activation, .. }
+            | LayerSpec::DepthwiseConv2d { activation, .. } => *activation,
             _ => None,
         }
     }
@@ -378,9 +383,11 @@ impl LayerSpec {
                 kernel,
                 stride,
                 padding,
+                activation,
             } => {
                 let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
-                format!("depthwise {kh}x{kw}/{sh}x{sw} {}", padding.name())
+                let relu = if activation.is_some() { " + relu" } else { "" };
+                format!("depthwise {kh}x{kw}/{sh}x{sw} {}{relu}", padding.name())
             }
             LayerSpec::GlobalAvgPool => "global avgpool".into(),
             LayerSpec::BatchNorm { .. } => "batchnorm".into(),

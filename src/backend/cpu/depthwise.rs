@@ -90,8 +90,9 @@ fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
     }
 }
 
-/// `y[N,C,Ho,Wo]` = `b[c]` + Σ_{ky,kx} `w[c,ky,kx]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+/// `y[N,C,Ho,Wo]` = `b[c]` + Σ_{ky,kx} `w[c,ky,kx]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`, then
+/// max(0, ·) when `relu`
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut y = vec![0f32; g.n * g.c_in * out_plane];
     y.par_chunks_mut(out_plane)
@@ -105,6 +106,10 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             for_each_tap(g, |k, out, input| {
                 gather_axpy(&mut yp[out], &xp[input..], g.stride_w, filter[k]);
             });
+            if relu {
+                // while the plane is in L1
+                yp.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
         });
     y
 }
@@ -206,7 +211,10 @@ mod tests {
                 .map(|i| (i as f32 * 0.91).cos())
                 .collect();
             let b = [0.1, -0.2, 0.3];
-            let (got, want) = (forward(&x, &wt, &b, &g), naive_forward(&x, &wt, &b, &g));
+            let (got, want) = (
+                forward(&x, &wt, &b, &g, false),
+                naive_forward(&x, &wt, &b, &g),
+            );
             assert_eq!(got.len(), want.len());
             for (a, e) in got.iter().zip(&want) {
                 assert!((a - e).abs() < 1e-5, "{g:?}: {a} vs {e}");

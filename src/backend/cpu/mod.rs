@@ -134,7 +134,18 @@ impl Backend for Cpu {
         g: &Conv2dGeom,
     ) -> Tensor {
         debug_assert_eq!(x.dims(), g.input_shape());
-        let y = depthwise::forward(&x.data, &w.data, &b.data, g);
+        let y = depthwise::forward(&x.data, &w.data, &b.data, g, false);
+        t(g.output_shape(), y)
+    }
+    fn depthwise_conv2d_relu_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        g: &Conv2dGeom,
+    ) -> Tensor {
+        debug_assert_eq!(x.dims(), g.input_shape());
+        let y = depthwise::forward(&x.data, &w.data, &b.data, g, true);
         t(g.output_shape(), y)
     }
     fn depthwise_conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
