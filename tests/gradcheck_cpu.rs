@@ -4,6 +4,7 @@
 
 mod common;
 
+use fracture_cnn::backend::cpu::conv::Algorithm;
 use fracture_cnn::backend::cpu::Cpu;
 
 crate::gradcheck_suite!(Some(&Cpu), 60);
@@ -16,6 +17,15 @@ crate::gradcheck_suite!(Some(&Cpu), 60);
 #[test]
 #[ignore = "tier 2 (minutes): cargo test --release -- --ignored, which CI runs"]
 fn whole_xray_bone_classifier_at_94x94() {
+    // Finite differences need the loss's rounding far below what a step changes. Winograd's
+    // transforms round more than the direct sum, and through this model's batch norms over 4
+    // images the input gradient's check fell to 6.9e-2 against 5e-2 with them: this whole-model
+    // check of the layers' backward chain runs the GEMM convolution, while Winograd's own
+    // gradients are checked op by op in tier 1 (finite differences) and against the reference.
+    assert!(
+        Algorithm::Gemm.force(),
+        "no other convolution was forced first"
+    );
     // 94 is the smallest input that survives its four valid convolutions and six poolings.
     let spec = ModelSpec::load("xray-bone-classifier")
         .unwrap()

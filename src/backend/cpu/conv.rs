@@ -150,9 +150,8 @@ impl Algorithm {
         }
     }
 
-    /// The algorithm `FRACTURE_CONV_ALGORITHM` forces (read once), if any.
+    /// The algorithm `FRACTURE_CONV_ALGORITHM` (read once) or [`Algorithm::force`] forces, if any.
     pub fn forced() -> Option<Algorithm> {
-        static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
         *FORCED.get_or_init(
             || match std::env::var("FRACTURE_CONV_ALGORITHM").as_deref() {
                 Ok("gemm") => Some(Algorithm::Gemm),
@@ -161,7 +160,16 @@ impl Algorithm {
             },
         )
     }
+
+    /// Forces `self` for the rest of the process, as `FRACTURE_CONV_ALGORITHM` would, unless a
+    /// choice was made already; true when `self` is the one in force.
+    pub fn force(self) -> bool {
+        FORCED.set(Some(self)).is_ok() || Algorithm::forced() == Some(self)
+    }
 }
+
+/// The process's forced algorithm, decided once (see [`Algorithm::forced`]).
+static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
 
 /// One image's `col[Ci·KH·KW, Ho·Wo]` (or, `transposed`, its transpose) as a GEMM operand that is
 /// never stored: packing a block reads the image.
