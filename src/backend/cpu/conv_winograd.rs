@@ -13,7 +13,8 @@
 //! that V and M stay in L2.
 //!
 //! Rounding: B and A add and subtract inputs, G halves them (exactly), so the result differs from
-//! the direct sum by a few ulps of its largest terms; the tests bound it against the GEMM path.
+//! the direct sum by a few ulps of its largest terms; the op tests bound it against the reference
+//! (`tests/ops.rs`, with this algorithm forced on every 3×3 stride-1 case).
 
 use super::gemm::{gemm, MatRef, PackedA};
 use crate::backend::Conv2dGeom;
@@ -108,7 +109,7 @@ struct Scratch {
     v: Vec<f32>,
     /// M of a block of tiles, `[ξ][Co][tiles]`.
     m: Vec<f32>,
-    /// Short rows of one tile row: padded input, its even and odd columns, partial transforms.
+    /// Short rows: an input row padded, Bᵀ along the block's input rows, Aᵀ down one tile row.
     rows: Vec<f32>,
 }
 
