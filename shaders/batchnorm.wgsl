@@ -5,9 +5,12 @@
 // then run once per window and add to what the previous windows left (flag ACCUMULATE), and
 // `count` is the batch's N·HW, not the window's.
 //
-// Bindings: 0 params (uniform), 1 x, 2 dy, 3 gamma, 4 beta, 5 mean, 6 scale (read: the variance
-// for `normalize`, 1/sqrt(var + eps) for the backward pass), 7 out, 8 sums (read_write).
-// Each entry point uses the subset it needs.
+// Bindings: 0 params (uniform), 1 x, 2 dy, 3 gamma, 4 beta, 5 mean, 6 scale (read: the running
+// variance for `normalize` in inference, 1/sqrt(var + eps) in training (flag INV_STD) and for the
+// backward pass), 7 out, 8 sums (read_write). Each entry point uses the subset it needs.
+// A ReLU after batch norm in training is done here (flag RELU): `normalize` writes max(y, 0), and
+// the backward pass masks dy where the y it recomputes from x is not positive, so neither y nor
+// the ReLU's gradient is ever written. A max pooling after them runs as pool.wgsl's kernels.
 // stats_sum, stats_var, backward_reduce: one workgroup of 256 per channel; strided per-invocation
 //   sums combined by a tree reduction in workgroup memory. The variance takes two passes (the
 //   mean first, then the squared deviations), which stays exact where E[x²] − E[x]² would cancel.
@@ -17,7 +20,7 @@ struct Params {
     n: u32,      // images in this window
     c: u32,
     hw: u32,
-    flags: u32,  // ACCUMULATE | FINISH
+    flags: u32,  // ACCUMULATE | FINISH | RELU | INV_STD
     eps: f32,
     count: u32,  // values per channel in the whole batch, N·HW
     pad0: u32,
@@ -26,6 +29,8 @@ struct Params {
 
 const ACCUMULATE: u32 = 1u;  // add to the sums of earlier windows
 const FINISH: u32 = 2u;      // the last window: turn the sums into the statistics
+const RELU: u32 = 4u;        // a ReLU follows: normalize applies it, the backward pass its mask
+const INV_STD: u32 = 8u;     // scale holds 1/sqrt(var + eps) (training), not the variance
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -105,17 +110,33 @@ fn stats_var(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-// out = gamma (x − mean) / sqrt(scale + eps) + beta, scale = the variance (batch or running)
+// y = gamma (x − mean) s + beta of element i (channel c), s = 1/sqrt(var + eps) from scale;
+// the backward pass recomputes it exactly so, for the ReLU's mask
+fn normalized(i: u32, c: u32) -> f32 {
+    let s = select(1.0 / sqrt(scale[c] + p.eps), scale[c], (p.flags & INV_STD) != 0u);
+    return gamma[c] * ((x[i] - mean[c]) * s) + beta[c];
+}
+
+fn relu_follows() -> bool {
+    return (p.flags & RELU) != 0u;
+}
+
+// dy at y of element i: after a ReLU, it passes only where y > 0
+fn grad_at_y(i: u32, c: u32) -> f32 {
+    return select(dy[i], 0.0, relu_follows() && !(normalized(i, c) > 0.0));
+}
+
+// out = y, or max(y, 0) when a ReLU follows
 @compute @workgroup_size(256)
 fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = element(wid, nwg, lid);
     if (i >= p.n * p.c * p.hw) { return; }
-    let c = (i / p.hw) % p.c;
-    out[i] = gamma[c] * (x[i] - mean[c]) / sqrt(scale[c] + p.eps) + beta[c];
+    let y = normalized(i, (i / p.hw) % p.c);
+    out[i] = select(y, max(y, 0.0), relu_follows());
 }
 
-// sums (+)= [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale
+// sums (+)= [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale, dy at y (grad_at_y)
 @compute @workgroup_size(256)
 fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
@@ -124,8 +145,9 @@ fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     var sg = 0.0;
     for (var t = lid; t < count; t += 256u) {
         let k = at(t, c);
-        sb += dy[k];
-        sg += dy[k] * (x[k] - mean[c]) * scale[c];
+        let g = grad_at_y(k, c);
+        sb += g;
+        sg += g * (x[k] - mean[c]) * scale[c];
     }
     part_a[lid] = sb;
     part_b[lid] = sg;
@@ -145,5 +167,5 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let c = (i / p.hw) % p.c;
     let m = f32(p.count);
     let xhat = (x[i] - mean[c]) * scale[c];
-    out[i] = gamma[c] * scale[c] / m * (m * dy[i] - sums[c] - xhat * sums[p.c + c]);
+    out[i] = gamma[c] * scale[c] / m * (m * grad_at_y(i, c) - sums[c] - xhat * sums[p.c + c]);
 }

@@ -25,7 +25,7 @@ const SEED: u64 = 7;
 
 fn tolerance(op: &Op) -> f32 {
     match op {
-        Op::BatchNorm(_) => BN_TOL,
+        Op::BatchNorm(..) => BN_TOL,
         _ => TOL,
     }
 }

@@ -8,7 +8,9 @@
 //!
 //! A new op, or a new shape that a kernel treats differently, is one entry here.
 
-use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Padding, Pool2dGeom, SgdStep};
+use super::{
+    AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Padding, Pool2dGeom, SgdStep,
+};
 use crate::nn::spec::LayerInfo;
 use crate::nn::LayerSpec;
 use crate::tensor::{Shape, Tensor};
@@ -51,8 +53,8 @@ pub enum Op {
     Depthwise(Conv2dGeom),
     /// The depthwise convolution with its ReLU fused (forward only, as `ConvRelu`).
     DepthwiseRelu(Conv2dGeom),
-    /// Training mode over `[N,C,H,W]` or `[N,F]`.
-    BatchNorm(Vec<usize>),
+    /// Training mode over `[N,C,H,W]` or `[N,F]`, then the epilogue's ReLU and max pooling.
+    BatchNorm(Vec<usize>, Epilogue),
     /// Inference mode (running statistics) over `[N,C,H,W]`.
     BatchNormInfer(Vec<usize>),
     MaxPool(Pool2dGeom),
@@ -101,7 +103,8 @@ pub struct State<B: Backend> {
 enum Saved<B: Backend> {
     Nothing,
     Argmax(B::Indices),
-    Stats(BatchNormStats<B::Tensor>),
+    /// Batch norm's statistics, and its pooling's positions when it pools.
+    Stats(BatchNormStats<B::Tensor>, Option<B::Indices>),
 }
 
 /// Values of magnitude 0.1, 0.13, 0.16, ... (128 levels, so at most 3.9) in random order and with
@@ -190,7 +193,16 @@ impl Op {
             ),
             Op::Depthwise(g) => conv("depthwise", g),
             Op::DepthwiseRelu(g) => conv("depthwise+relu", g),
-            Op::BatchNorm(s) => format!("batchnorm {s:?}"),
+            Op::BatchNorm(s, then) => {
+                let relu = if then.relu { " then relu" } else { "" };
+                let pool = then.pool.map_or(String::new(), |g| {
+                    format!(
+                        " then maxpool {}x{} s{}x{}",
+                        g.kh, g.kw, g.stride_h, g.stride_w
+                    )
+                });
+                format!("batchnorm {s:?}{relu}{pool}")
+            }
             Op::BatchNormInfer(s) => format!("batchnorm (inference) {s:?}"),
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => format!(
                 "maxpool{} {}x{} s{}x{} {:?}",
@@ -243,7 +255,7 @@ impl Op {
                 fixed("w", uniform(g.depthwise_weight_shape(), s + 1)),
                 fixed("b", uniform([g.c_in], s + 2)),
             ],
-            Op::BatchNorm(shape) => vec![
+            Op::BatchNorm(shape, _) => vec![
                 input("x", batchnorm_input(shape, s)),
                 input("gamma", Tensor::rand_uniform([shape[1]], 0.5, 1.5, s + 1)),
                 input("beta", uniform([shape[1]], s + 2)),
@@ -302,10 +314,16 @@ impl Op {
                 g.output_shape().into()
             }
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.output_shape().into(),
-            Op::ConvMaxPool { pool, .. } => pool.output_shape().into(),
+            Op::ConvMaxPool { pool, .. }
+            | Op::BatchNorm(
+                _,
+                Epilogue {
+                    pool: Some(pool), ..
+                },
+            ) => pool.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
             Op::Dense { n, o, .. } => [*n, *o].into(),
-            Op::BatchNorm(s)
+            Op::BatchNorm(s, _)
             | Op::BatchNormInfer(s)
             | Op::Add(s)
             | Op::Relu(s)
@@ -322,7 +340,7 @@ impl Op {
             Op::Conv2d(_) | Op::Depthwise(_) | Op::Dense { .. } => {
                 &["forward", "backward input", "backward weight"]
             }
-            Op::BatchNorm(_)
+            Op::BatchNorm(..)
             | Op::MaxPool(_)
             | Op::GlobalAvgPool(_)
             | Op::Add(_)
@@ -373,7 +391,7 @@ impl Op {
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.c * g.h * g.w,
             Op::GlobalAvgPool(shape) => per_sample(shape),
             Op::Dense { i, o, .. } => i * o,
-            Op::BatchNorm(s) | Op::BatchNormInfer(s) | Op::Add(s) | Op::Relu(s) => per_sample(s),
+            Op::BatchNorm(s, _) | Op::BatchNormInfer(s) | Op::Add(s) | Op::Relu(s) => per_sample(s),
             Op::Dropout { shape, .. } => per_sample(shape),
             Op::Bce { n, .. } => *n,
             Op::Adam(len) | Op::Sgd(len) => *len,
@@ -385,10 +403,11 @@ impl Op {
         let inputs: Vec<B::Tensor> = inputs.iter().map(|i| be.upload(&i.value)).collect();
         let saved = match self {
             Op::MaxPool(g) => Saved::Argmax(be.maxpool_forward(&inputs[0], g).1),
-            Op::BatchNorm(_) => {
-                let (_, stats) =
-                    be.batchnorm_forward_train(&inputs[0], &inputs[1], &inputs[2], BN_EPS);
-                Saved::Stats(stats)
+            Op::BatchNorm(_, then) => {
+                let gamma_beta = (&inputs[1], &inputs[2]);
+                let (_, stats, argmax) =
+                    be.batchnorm_forward_train(&inputs[0], gamma_beta, BN_EPS, then);
+                Saved::Stats(stats, argmax)
             }
             _ => Saved::Nothing,
         };
@@ -432,8 +451,12 @@ impl Op {
                 let (dw, db) = be.depthwise_conv2d_backward_weight(&x[0], dy, g);
                 vec![("dw", dw), ("db", db)]
             }
-            (Op::BatchNorm(_), 0) => {
-                let (y, s) = be.batchnorm_forward_train(&x[0], &x[1], &x[2], BN_EPS);
+            (Op::BatchNorm(_, then), 0) => {
+                let (y, s, argmax) =
+                    be.batchnorm_forward_train(&x[0], (&x[1], &x[2]), BN_EPS, then);
+                if let Saved::Stats(_, saved) = &mut st.saved {
+                    *saved = argmax; // this pass's positions, as max pooling's forward keeps
+                }
                 vec![
                     ("y", y),
                     ("mean", s.mean),
@@ -441,11 +464,17 @@ impl Op {
                     ("inv_std", s.inv_std),
                 ]
             }
-            (Op::BatchNorm(_), _) => {
-                let Saved::Stats(stats) = &st.saved else {
+            (Op::BatchNorm(_, then), _) => {
+                let Saved::Stats(stats, argmax) = &st.saved else {
                     unreachable!("prepare saves batch norm's statistics")
                 };
-                let (dx, dgamma, dbeta) = be.batchnorm_backward(&x[0], dy, &x[1], stats);
+                let (dx, dgamma, dbeta) = be.batchnorm_backward(
+                    &x[0],
+                    (dy, argmax.as_ref()),
+                    (&x[1], &x[2]),
+                    stats,
+                    then,
+                );
                 vec![("dx", dx), ("dgamma", dgamma), ("dbeta", dbeta)]
             }
             (Op::BatchNormInfer(_), _) => vec![(
@@ -505,8 +534,12 @@ impl Op {
     /// The positions of max pooling's maxima from the last forward pass, where each output
     /// came from (an output of the forward pass in all but type).
     pub fn argmax<B: Backend>(&self, be: &B, st: &State<B>) -> Option<Tensor> {
-        let (Op::MaxPool(g), Saved::Argmax(argmax)) = (self, &st.saved) else {
-            return None;
+        let (g, argmax) = match (self, &st.saved) {
+            (Op::MaxPool(g), Saved::Argmax(argmax)) => (g, argmax),
+            (Op::BatchNorm(_, then), Saved::Stats(_, Some(argmax))) => {
+                (then.pool.as_ref()?, argmax)
+            }
+            _ => return None,
         };
         let positions = be
             .download_indices(argmax)
@@ -557,7 +590,7 @@ impl Op {
             LayerSpec::MaxPool { .. } => {
                 Op::MaxPool(info.spec.pool_geom(&info.input)?.with_batch(batch))
             }
-            LayerSpec::BatchNorm { .. } => Op::BatchNorm(batched(&info.input)),
+            LayerSpec::BatchNorm { .. } => Op::BatchNorm(batched(&info.input), Epilogue::NONE),
             LayerSpec::GlobalAvgPool => {
                 let [c, h, w] = info.input[..] else {
                     return None;
@@ -600,6 +633,15 @@ pub fn suite() -> Vec<Op> {
     let dw =
         |n, c, h, w, k, s, p| Op::Depthwise(Conv2dGeom::depthwise(n, c, h, w, k, s, p).unwrap());
     let pool = |n, c, h, w, k, s| Op::MaxPool(Pool2dGeom::new(n, c, h, w, k, s).unwrap());
+    let bn = |shape: &[usize], relu, pool: Option<((usize, usize), (usize, usize))>| {
+        let pool = pool.map(|(k, s)| {
+            let [n, c, h, w] = shape[..] else {
+                unreachable!("pooled cases are images")
+            };
+            Pool2dGeom::new(n, c, h, w, k, s).unwrap()
+        });
+        Op::BatchNorm(shape.to_vec(), Epilogue { relu, pool })
+    };
     let (same, valid) = (Padding::Same, Padding::Valid);
     vec![
         conv(1, 1, 7, 5, 3, (3, 3), (1, 1), same),
@@ -635,12 +677,19 @@ pub fn suite() -> Vec<Op> {
         dw(2, 7300, 2, 3, (3, 3), (1, 1), same),
         // in GPU windows of one image, the weight gradient's partial sums grow past 256 pixels
         dw(30, 2, 4, 4, (3, 3), (1, 1), same),
-        Op::BatchNorm(vec![1, 3, 4, 5]),
-        Op::BatchNorm(vec![9, 3, 3, 3]),
+        bn(&[1, 3, 4, 5], false, None),
+        bn(&[9, 3, 3, 3], false, None),
         // 3 values per feature: with 2, x̂ = ±1 whatever x is, so dx is 0 up to rounding
-        Op::BatchNorm(vec![3, 5]),
-        Op::BatchNorm(vec![33, 6]),
-        Op::BatchNorm(vec![3, 2, 40, 33]),
+        bn(&[3, 5], false, None),
+        bn(&[33, 6], false, None),
+        bn(&[3, 2, 40, 33], false, None),
+        // with the epilogue of training (the layers that follow, in the pass): a ReLU alone,
+        // with the common 2x2/2 pooling on odd sides, a 3x3/2 pooling without ReLU, a dense ReLU
+        bn(&[3, 4, 6, 5], true, None),
+        bn(&[2, 3, 5, 7], true, Some(((2, 2), (2, 2)))),
+        bn(&[9, 2, 7, 6], false, Some(((3, 3), (2, 2)))),
+        bn(&[33, 2, 4, 4], true, Some(((2, 2), (2, 2)))),
+        bn(&[17, 6], true, None),
         Op::BatchNormInfer(vec![3, 4, 3, 5]),
         pool(2, 2, 5, 7, (2, 2), (2, 2)),
         pool(9, 2, 7, 6, (3, 3), (2, 2)),

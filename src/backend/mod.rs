@@ -42,6 +42,24 @@ pub struct BatchNormStats<T> {
     pub inv_std: T,
 }
 
+/// What an op applies to its output inside its own pass, so that the full-size tensors between
+/// them are never written: a ReLU, then a max pooling (each optional). Training batch norm takes
+/// one: its backward pass then starts from the gradient at the pooled output and finds the ReLU's
+/// mask again from its input (y > 0 is a per-channel affine test of x).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    pub relu: bool,
+    pub pool: Option<Pool2dGeom>,
+}
+
+impl Epilogue {
+    /// Nothing after the op.
+    pub const NONE: Epilogue = Epilogue {
+        relu: false,
+        pool: None,
+    };
+}
+
 /// Hyper-parameters of one Adam update (with optional decoupled weight decay, as in AdamW).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamStep {
@@ -178,14 +196,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> (Self::Tensor, Self::Tensor);
 
     // ---- batch normalisation (per channel over N, H, W) ----------------------------------------
-    /// y = gamma (x - mean) / sqrt(var + eps) + beta with the batch's own mean and variance.
+    /// y = gamma (x - mean) / sqrt(var + eps) + beta with the batch's own mean and variance,
+    /// then `then`'s ReLU and max pooling (whose positions it returns) applied to y.
     fn batchnorm_forward_train(
         &self,
         x: &Self::Tensor,
-        gamma: &Self::Tensor,
-        beta: &Self::Tensor,
+        gamma_beta: (&Self::Tensor, &Self::Tensor),
         eps: f32,
-    ) -> (Self::Tensor, BatchNormStats<Self::Tensor>);
+        then: &Epilogue,
+    ) -> (
+        Self::Tensor,
+        BatchNormStats<Self::Tensor>,
+        Option<Self::Indices>,
+    );
     /// y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
     fn batchnorm_forward_infer(
         &self,
@@ -196,13 +219,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
         running_var: &Self::Tensor,
         eps: f32,
     ) -> Self::Tensor;
-    /// (dx, `dgamma[C]`, `dbeta[C]`) of the training-mode forward pass.
+    /// (dx, `dgamma[C]`, `dbeta[C]`) of the training-mode forward pass with the same `then`:
+    /// `dy` is the gradient at its last output (the pooled one, with `argmax` its positions).
     fn batchnorm_backward(
         &self,
         x: &Self::Tensor,
-        dy: &Self::Tensor,
-        gamma: &Self::Tensor,
+        dy_argmax: (&Self::Tensor, Option<&Self::Indices>),
+        gamma_beta: (&Self::Tensor, &Self::Tensor),
         stats: &BatchNormStats<Self::Tensor>,
+        then: &Epilogue,
     ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
     /// running = (1 - momentum) running + momentum * scale * batch (an exponential moving average).
     fn ema_update(

@@ -8,7 +8,7 @@
 //!
 //! Shapes are written next to the arguments; `[N,C,H,W]` tensors are indexed by [`at4`].
 
-use super::{hash, AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep};
+use super::{hash, AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
 
 /// The reference backend. Its tensors are host tensors.
@@ -232,14 +232,15 @@ impl Backend for Reference {
     }
 
     // ---- batchnorm: nn/batchnorm.rs, cpu/batchnorm.rs, gpu/batchnorm.rs, shaders/batchnorm.wgsl ----
-    /// `x[N,C,H,W]` or `[N,F]`, `gamma[C]`, `beta[C]` → (y, batch statistics)
+    /// `x[N,C,H,W]` or `[N,F]`, `gamma[C]`, `beta[C]` → (y, batch statistics), y then passed
+    /// through `then`'s ReLU and max pooling
     fn batchnorm_forward_train(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
+        (gamma, beta): (&Tensor, &Tensor),
         eps: f32,
-    ) -> (Tensor, BatchNormStats<Tensor>) {
+        then: &Epilogue,
+    ) -> (Tensor, BatchNormStats<Tensor>, Option<Vec<u32>>) {
         let moments = channel_moments(x);
         let c = moments.len();
         let stats = BatchNormStats {
@@ -253,7 +254,17 @@ impl Backend for Reference {
                     .collect(),
             ),
         };
-        (normalise(x, gamma, beta, &moments, eps), stats)
+        let mut y = normalise(x, gamma, beta, &moments, eps);
+        if then.relu {
+            y = self.relu_forward(&y);
+        }
+        match &then.pool {
+            Some(g) => {
+                let (y, argmax) = self.maxpool_forward(&y, g);
+                (y, stats, Some(argmax))
+            }
+            None => (y, stats, None),
+        }
     }
     /// As training, with the running statistics `running_mean[C]`, `running_var[C]`.
     fn batchnorm_forward_infer(
@@ -275,13 +286,33 @@ impl Backend for Reference {
     }
     /// With x̂ = (x − mean)·inv_std over the M = N·H·W values of a channel:
     ///   dbeta = Σ dy,  dgamma = Σ dy·x̂,  dx = gamma·inv_std/M · (M·dy − dbeta − x̂·dgamma).
+    /// `then`'s steps go back first: the pooling's positions get dy, and the ReLU passes it where
+    /// y (recomputed from x) is positive.
     fn batchnorm_backward(
         &self,
         x: &Tensor,
-        dy: &Tensor,
-        gamma: &Tensor,
+        (dy, argmax): (&Tensor, Option<&Vec<u32>>),
+        (gamma, beta): (&Tensor, &Tensor),
         stats: &BatchNormStats<Tensor>,
+        then: &Epilogue,
     ) -> (Tensor, Tensor, Tensor) {
+        let mut dy = match (&then.pool, argmax) {
+            (Some(g), Some(argmax)) => self.maxpool_backward(dy, argmax, g),
+            (None, None) => dy.clone(),
+            _ => panic!("max pooling's positions come with its geometry"),
+        };
+        if then.relu {
+            // y = γ (x − mean)·inv_std + β, as the forward pass computed it
+            let (_, c, hw) = channels(x);
+            let y = (0..x.numel()).map(|k| {
+                let ch = (k / hw) % c;
+                let x_hat =
+                    (x.data[k] as f64 - stats.mean.data[ch] as f64) * stats.inv_std.data[ch] as f64;
+                gamma.data[ch] as f64 * x_hat + beta.data[ch] as f64
+            });
+            dy = self.relu_backward(&tensor(x.shape.clone(), y.collect()), &dy);
+        }
+        let dy = &dy;
         let (n, c, hw) = channels(x);
         let m = (n * hw) as f64;
         let x_hat = |k: usize| {

@@ -10,7 +10,7 @@
 //! (the definition), `backend/cpu/conv.rs`, `backend/gpu/conv.rs` and `shaders/conv.wgsl`.
 
 use super::{init, saved, Layer, Mode, Param};
-use crate::backend::{Backend, Conv2dGeom, Pool2dGeom};
+use crate::backend::{Backend, Conv2dGeom, Epilogue};
 use rand::rngs::StdRng;
 
 pub struct Conv2d<B: Backend> {
@@ -65,16 +65,26 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         }
         y
     }
-    fn forward_max_pooled(
+    /// In a pass that will not go backward: with a pooling, only the pooled output is written
+    /// (`conv2d_maxpool_forward`); a ReLU alone is the fused ReLU.
+    fn forward_then(
         &mut self,
         be: &B,
         x: B::Tensor,
-        pool: &Pool2dGeom,
+        mode: Mode,
+        then: &Epilogue,
     ) -> Result<B::Tensor, B::Tensor> {
+        if mode.keeps_for_backward() {
+            return Err(x);
+        }
         let g = self.geom_for(be, &x);
         let (w, b) = (&self.weight.value, &self.bias.value);
-        let p = pool.with_batch(g.n);
-        Ok(be.conv2d_maxpool_forward(&x, (w, b), &g, self.relu, &p))
+        let relu = self.relu || then.relu;
+        Ok(match &then.pool {
+            Some(pool) => be.conv2d_maxpool_forward(&x, (w, b), &g, relu, &pool.with_batch(g.n)),
+            None if relu => be.conv2d_relu_forward(&x, w, b, &g),
+            None => be.conv2d_forward(&x, w, b, &g),
+        })
     }
     /// With the ReLU, dy first passes where the output is positive (y > 0 exactly where the
     /// convolution's value was).

@@ -10,7 +10,7 @@
 //! `shaders/pool.wgsl`.
 
 use super::{saved, Layer, Mode};
-use crate::backend::{Backend, Pool2dGeom};
+use crate::backend::{Backend, Epilogue, Pool2dGeom};
 
 pub struct MaxPool<B: Backend> {
     /// Geometry for a batch of one; the batch size is filled in at each call.
@@ -38,8 +38,11 @@ impl<B: Backend> Layer<B> for MaxPool<B> {
         self.argmax = Some((argmax, n));
         y
     }
-    fn max_pool_geom(&self) -> Option<Pool2dGeom> {
-        Some(self.geom)
+    fn as_epilogue(&self) -> Option<Epilogue> {
+        Some(Epilogue {
+            relu: false,
+            pool: Some(self.geom),
+        })
     }
     fn kinks(&self, be: &B) -> u64 {
         self.argmax.as_ref().map_or(0, |(idx, _)| {

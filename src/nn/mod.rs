@@ -27,7 +27,7 @@ pub mod spec;
 pub use model::Model;
 pub use spec::{Activation, LayerSpec, ModelSpec, Node};
 
-use crate::backend::{Backend, Pool2dGeom};
+use crate::backend::{Backend, Epilogue};
 
 /// A tensor the model owns: a learned weight (trainable) or a running statistic (not trainable,
 /// but saved in checkpoints and counted as a parameter, as Keras does).
@@ -103,19 +103,21 @@ pub trait Layer<B: Backend>: Send {
     fn backward_inputs(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Vec<Option<B::Tensor>> {
         vec![self.backward(be, dy, want_dx)]
     }
-    /// A max-pooling layer's geometry (batch 1), which the layer before it may compute inside
-    /// its own pass ([`Layer::forward_max_pooled`]); `None` for every other layer.
-    fn max_pool_geom(&self) -> Option<Pool2dGeom> {
+    /// This layer as the epilogue of the layer before it (a ReLU; a max pooling, of batch 1),
+    /// which that layer may run inside its own pass ([`Layer::forward_then`]); `None` for the rest.
+    fn as_epilogue(&self) -> Option<Epilogue> {
         None
     }
-    /// For a pass that will not go backward: this layer's output max-pooled by `pool` (batch
-    /// 1), without writing the full-size output; `Err(x)`, the input given back, for a layer
-    /// that cannot.
-    fn forward_max_pooled(
+    /// This layer's output passed through `then` (a pooling of batch 1) inside its own pass,
+    /// so that the tensors between them are never written; `Err(x)`, the input given back, for
+    /// a layer that cannot in this mode. In a mode that keeps for backward, `backward` then takes
+    /// the gradient at `then`'s output.
+    fn forward_then(
         &mut self,
         _be: &B,
         x: B::Tensor,
-        _pool: &Pool2dGeom,
+        _mode: Mode,
+        _then: &Epilogue,
     ) -> Result<B::Tensor, B::Tensor> {
         Err(x)
     }

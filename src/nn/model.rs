@@ -7,7 +7,7 @@ use super::{
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
     Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
-use crate::backend::{Backend, Pool2dGeom};
+use crate::backend::{Backend, Epilogue};
 use crate::nn::spec::SpecError;
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
@@ -17,6 +17,9 @@ pub struct Model<B: Backend> {
     pub layers: Vec<Box<dyn Layer<B>>>,
     /// Where each layer's inputs come from: `Some(j)` for layer j's output, `None` for the image.
     sources: Vec<Vec<Option<usize>>>,
+    /// How many of the layers after each one ran inside its pass in the last forward pass (its
+    /// epilogue, [`Layer::forward_then`]): backward skips them too.
+    absorbed: Vec<usize>,
 }
 
 /// A parameter with its checkpoint name, e.g. `"04.conv2d.weight"`.
@@ -35,7 +38,7 @@ impl<B: Backend> Model<B> {
     pub fn new(be: &B, spec: &ModelSpec, seed: u64) -> Result<Self, SpecError> {
         let infos = spec.layers()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let layers = spec
+        let layers: Vec<Box<dyn Layer<B>>> = spec
             .layers
             .iter()
             .zip(&infos)
@@ -46,6 +49,7 @@ impl<B: Backend> Model<B> {
             .collect();
         Ok(Model {
             spec: spec.clone(),
+            absorbed: vec![0; layers.len()],
             layers,
             sources: infos.into_iter().map(|i| i.sources).collect(),
         })
@@ -61,23 +65,37 @@ impl<B: Backend> Model<B> {
         readers
     }
 
-    /// For each layer, the max pooling that may run inside its pass ([`Layer::forward_max_pooled`]):
-    /// the next layer's, when that layer pools this one's output and nothing else reads it.
-    fn pooling_inside(&self) -> Vec<Option<Pool2dGeom>> {
+    /// For each layer, the epilogue that may run inside its pass ([`Layer::forward_then`]) and
+    /// how many layers it covers: the ReLU and then max pooling that follow it, each the only
+    /// reader of the output before it (`None` where no such layer follows).
+    fn epilogues(&self) -> Vec<Option<(Epilogue, usize)>> {
         let readers = self.readers();
+        let only_reader = |j: usize| self.sources[j] == [Some(j - 1)] && readers[j] == 1;
         (0..self.layers.len())
             .map(|i| {
-                let next = self.layers.get(i + 1)?;
-                let only_reader = self.sources[i + 1] == [Some(i)] && readers[slot(Some(i))] == 1;
-                only_reader.then(|| next.max_pool_geom()).flatten()
+                let mut then = Epilogue::NONE;
+                let mut covered = 0;
+                for j in i + 1..self.layers.len() {
+                    let Some(next) = self.layers[j].as_epilogue().filter(|_| only_reader(j)) else {
+                        break;
+                    };
+                    match (next.relu, next.pool) {
+                        (true, _) if !then.relu && then.pool.is_none() => then.relu = true,
+                        (false, Some(pool)) if then.pool.is_none() => then.pool = Some(pool),
+                        _ => break,
+                    }
+                    covered += 1;
+                }
+                (covered > 0).then_some((then, covered))
             })
             .collect()
     }
 
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
     /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
-    /// With `fuse` (a pass that will not go backward and shows nothing), a layer that can
-    /// computes the max pooling after it inside its own pass, and the pooling layer is skipped.
+    /// With `fuse` (a pass that shows nothing), a layer that can runs the ReLU and max pooling
+    /// after it inside its own pass ([`Model::epilogues`]), and those layers are skipped, in
+    /// backward too.
     fn run_forward(
         &mut self,
         be: &B,
@@ -85,17 +103,20 @@ impl<B: Backend> Model<B> {
         (mode, fuse): (Mode, bool),
         mut each: impl FnMut(usize, &B::Tensor),
     ) -> B::Tensor {
-        let pooling = if fuse {
-            self.pooling_inside()
+        let epilogues = if fuse {
+            self.epilogues()
         } else {
             vec![None; self.layers.len()]
         };
+        self.absorbed = vec![0; self.layers.len()];
         let mut left = self.readers();
         let mut values: Vec<Option<B::Tensor>> = (0..left.len()).map(|_| None).collect();
         values[0] = Some(x);
+        let mut skip = 0;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            if values[i + 1].is_some() {
-                // pooled inside the pass of the layer before, whose output nobody else reads
+            if skip > 0 {
+                // ran inside the pass of a layer before, whose output only it read
+                skip -= 1;
                 left[slot(Some(i - 1))] -= 1;
                 continue;
             }
@@ -110,11 +131,12 @@ impl<B: Backend> Model<B> {
                 };
                 inputs.push(value.expect("sources come before their readers"));
             }
-            if let Some(pool) = &pooling[i] {
+            if let Some((then, covered)) = &epilogues[i] {
                 let x = inputs.pop().expect("one source");
-                match layer.forward_max_pooled(be, x, pool) {
-                    Ok(pooled) => {
-                        values[i + 2] = Some(pooled);
+                match layer.forward_then(be, x, mode, then) {
+                    Ok(y) => {
+                        values[i + 1 + covered] = Some(y);
+                        (skip, self.absorbed[i]) = (*covered, *covered);
                         continue;
                     }
                     Err(x) => inputs.push(x),
@@ -141,8 +163,15 @@ impl<B: Backend> Model<B> {
         let mut grads: Vec<Option<B::Tensor>> = (0..=n).map(|_| None).collect();
         grads[n] = Some(dy);
         let wanted = |s: &Option<usize>| s.map_or(image && stop == 0, |j| j + 1 >= stop);
+        let mut inside = vec![false; n];
+        for (i, &k) in self.absorbed.iter().enumerate() {
+            inside[i + 1..=i + k].fill(true);
+        }
         for i in (stop..n).rev() {
-            let dy = grads[i + 1]
+            if inside[i] {
+                continue; // its backward pass is part of the layer's that ran it
+            }
+            let dy = grads[i + 1 + self.absorbed[i]]
                 .take()
                 .expect("every output leads to the logits (checked by ModelSpec::layers)");
             let want = self.sources[i].iter().any(wanted);
@@ -162,7 +191,7 @@ impl<B: Backend> Model<B> {
 
     /// `logits[N,1]` = model(`x[N,C,H,W]`).
     pub fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
-        self.run_forward(be, x, (mode, !mode.keeps_for_backward()), |_, _| {})
+        self.run_forward(be, x, (mode, true), |_, _| {})
     }
 
     /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in

@@ -4,6 +4,8 @@
 //! features `[N, F]`, `H·W = 1`). Statistics are accumulated in f64 so that this reference stays
 //! accurate for large `N·H·W`.
 
+use super::pool;
+use crate::backend::Epilogue;
 use rayon::prelude::*;
 
 /// Shape of a batch-norm input seen as `(N, C, H·W)`.
@@ -23,23 +25,6 @@ impl Dims {
     fn count(&self) -> f64 {
         (self.n * self.hw) as f64
     }
-}
-
-/// `out = a·x + b·other + k`, with `(a, b, k)` the coefficients of each element's channel; in
-/// parallel over runs. Every pass of batch norm over the values has this form.
-fn per_channel(d: Dims, x: &[f32], other: &[f32], coef: &[[f32; 3]]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(d.hw)
-        .zip(x.par_chunks(d.hw).zip(other.par_chunks(d.hw)))
-        .enumerate()
-        .with_min_len(super::planes_per_task(d.hw))
-        .for_each(|(run, (o, (xs, os)))| {
-            let [a, b, k] = coef[run % d.c];
-            for ((o, &xv), &ov) in o.iter_mut().zip(xs).zip(os) {
-                *o = a * xv + b * ov + k;
-            }
-        });
-    out
 }
 
 /// `Σ f(a, b)` over two slices of equal length in 8 interleaved f64 accumulators, so that the
@@ -78,14 +63,81 @@ fn channel_sums(
         .collect()
 }
 
-/// (y, `mean[C]`, biased `var[C]`, `inv_std[C]`) with the batch's own statistics.
+/// What the training forward pass returns: its output (after the epilogue), the max pooling's
+/// positions when it pools, and the batch's `mean[C]`, biased `var[C]` and `inv_std[C]`.
+pub struct Trained {
+    pub y: Vec<f32>,
+    pub argmax: Option<Vec<u32>>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// Per channel, `(s, k)` of the training forward pass's y = s·x + k (s = γ·inv_std,
+/// k = β − s·mean). The backward pass finds the ReLU's mask with the same numbers, so it is the
+/// forward pass's bit for bit.
+fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> Vec<(f32, f32)> {
+    (0..gamma.len())
+        .map(|c| {
+            let s = gamma[c] * inv_std[c];
+            (s, beta[c] - s * mean[c])
+        })
+        .collect()
+}
+
+/// y = s·x + k of each channel's `(s, k)`, through the epilogue `then`, in parallel over runs.
+/// With a pooling, each run of y lives only in a thread's buffer, pooled while in cache: the
+/// full-size y (and the ReLU's output) are never written. Returns the output and the pooling's
+/// positions.
+fn normalise(
+    d: Dims,
+    x: &[f32],
+    coef: &[(f32, f32)],
+    then: &Epilogue,
+) -> (Vec<f32>, Option<Vec<u32>>) {
+    let normalised = |run: usize, xs: &[f32], out: &mut [f32]| {
+        let (s, k) = coef[run % d.c];
+        for (o, &v) in out.iter_mut().zip(xs) {
+            let y = s * v + k;
+            *o = if then.relu { y.max(0.0) } else { y };
+        }
+    };
+    let Some(g) = &then.pool else {
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d.hw)
+            .zip(x.par_chunks(d.hw))
+            .enumerate()
+            .with_min_len(super::planes_per_task(d.hw))
+            .for_each(|(run, (out, xs))| normalised(run, xs, out));
+        return (y, None);
+    };
+    assert_eq!((g.n * g.c, g.h * g.w), (d.n * d.c, d.hw), "pooling {g:?}");
+    let out_plane = g.out_h * g.out_w;
+    let mut y = vec![0f32; d.n * d.c * out_plane];
+    let mut argmax = vec![0u32; y.len()];
+    y.par_chunks_mut(out_plane)
+        .zip(argmax.par_chunks_mut(out_plane))
+        .zip(x.par_chunks(d.hw))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; d.hw],
+            |plane, (run, ((yp, ip), xs))| {
+                normalised(run, xs, plane);
+                pool::forward_plane(plane, g, yp, ip);
+            },
+        );
+    (y, Some(argmax))
+}
+
+/// The batch's statistics, then y = γ (x − mean) inv_std + β through the epilogue `then`
+/// ([`normalise`]).
 pub fn forward_train(
     x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     eps: f32,
     d: Dims,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    then: &Epilogue,
+) -> Trained {
     let mean: Vec<f64> = channel_sums(d, x, x, |_, v, _| v as f64)
         .into_iter()
         .map(|s| s / d.count())
@@ -100,16 +152,16 @@ pub fn forward_train(
         .map(|v| (1.0 / (v + eps as f64).sqrt()) as f32)
         .collect();
     let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    // y = γ (x - mean) inv_std + β = s x + (β - s mean)
-    let coef: Vec<[f32; 3]> = (0..d.c)
-        .map(|c| {
-            let s = gamma[c] * inv_std[c];
-            [s, 0.0, beta[c] - s * mean[c]]
-        })
-        .collect();
-    let y = per_channel(d, x, x, &coef);
+    let coef = affine(gamma, beta, &mean, &inv_std);
+    let (y, argmax) = normalise(d, x, &coef, then);
     let var = var.iter().map(|&v| v as f32).collect();
-    (y, mean, var, inv_std)
+    Trained {
+        y,
+        argmax,
+        mean,
+        var,
+        inv_std,
+    }
 }
 
 /// y with fixed statistics (inference).
@@ -122,43 +174,111 @@ pub fn forward_infer(
     eps: f32,
     d: Dims,
 ) -> Vec<f32> {
-    let coef: Vec<[f32; 3]> = (0..d.c)
+    let coef: Vec<(f32, f32)> = (0..d.c)
         .map(|c| {
             let s = gamma[c] / (var[c] + eps).sqrt();
-            [s, 0.0, beta[c] - s * mean[c]]
+            (s, beta[c] - s * mean[c])
         })
         .collect();
-    per_channel(d, x, x, &coef)
+    normalise(d, x, &coef, &Epilogue::NONE).0
+}
+
+/// The gradient at y of one run from the gradient at the epilogue's output: the pooling's
+/// positions get their dy (the rest 0), and the ReLU passes it where y = s·x + k > 0. Written
+/// into `buf`, unless there is no epilogue: then it is the run of `dy` itself.
+fn grad_at_y<'a>(
+    (run, xs): (usize, &[f32]),
+    (dy, argmax): (&'a [f32], Option<&[u32]>),
+    (s, k): (f32, f32),
+    then: &Epilogue,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
+    match (&then.pool, argmax) {
+        (None, _) if !then.relu => return &dy[run * xs.len()..][..xs.len()],
+        (None, _) => buf.copy_from_slice(&dy[run * xs.len()..][..xs.len()]),
+        (Some(g), Some(argmax)) => {
+            let out_plane = g.out_h * g.out_w;
+            let (dyp, ip) = (&dy[run * out_plane..], &argmax[run * out_plane..]);
+            buf.fill(0.0);
+            for (&d, &i) in dyp[..out_plane].iter().zip(&ip[..out_plane]) {
+                buf[i as usize] += d;
+            }
+        }
+        (Some(_), None) => panic!("max pooling's positions come with its geometry"),
+    }
+    if then.relu {
+        for (g, &v) in buf.iter_mut().zip(xs) {
+            *g = if s * v + k > 0.0 { *g } else { 0.0 };
+        }
+    }
+    buf
 }
 
 /// With x̂ = (x - mean) · inv_std and y = γ x̂ + β, over the M = N·H·W values of a channel:
 ///   dβ = Σ dy,   dγ = Σ dy · x̂,
 ///   dx = γ · inv_std / M · (M · dy - dβ - x̂ · dγ)
 /// (the last two terms are the paths through the batch mean and the batch variance).
+/// `dy` is the gradient at the epilogue's output; each run's gradient at y is rebuilt in a
+/// thread's buffer, once for the sums and once for dx, never written whole.
 pub fn backward(
     x: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    inv_std: &[f32],
+    (dy, argmax): (&[f32], Option<&[u32]>),
+    (gamma, beta): (&[f32], &[f32]),
+    (mean, inv_std): (&[f32], &[f32]),
     d: Dims,
+    then: &Epilogue,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let xhat = |c: usize, v: f32| (v - mean[c]) * inv_std[c];
-    let dbeta = channel_sums(d, dy, dy, |_, g, _| g as f64);
-    let dgamma = channel_sums(d, x, dy, |c, v, g| g as f64 * xhat(c, v) as f64);
+    let coef = affine(gamma, beta, mean, inv_std);
+    let per_task = super::planes_per_task(d.hw);
+    // Σ dy and Σ dy·x̂ of each run, in parallel; then per channel, over the images in order
+    let run_sums: Vec<(f64, f64)> = x
+        .par_chunks(d.hw)
+        .enumerate()
+        .with_min_len(per_task)
+        .map_init(
+            || vec![0f32; d.hw],
+            |buf, (run, xs)| {
+                let c = run % d.c;
+                let g = grad_at_y((run, xs), (dy, argmax), coef[c], then, buf);
+                let xhat = |v: f32| (v - mean[c]) * inv_std[c];
+                let dbeta = sum_lanes(g, g, |g, _| g as f64);
+                (dbeta, sum_lanes(xs, g, |v, g| g as f64 * xhat(v) as f64))
+            },
+        )
+        .collect();
+    let per_channel_sum = |part: fn(&(f64, f64)) -> f64| -> Vec<f64> {
+        let runs_of = |c| (0..d.n).map(move |n| n * d.c + c);
+        (0..d.c)
+            .map(|c| runs_of(c).map(|run| part(&run_sums[run])).sum())
+            .collect()
+    };
+    let (dbeta, dgamma) = (per_channel_sum(|s| s.0), per_channel_sum(|s| s.1));
     let m = d.count();
     // dx = k (M dy - dβ - (x - mean) inv_std dγ) with k = γ inv_std / M, as a·x + b·dy + c
-    let coef: Vec<[f32; 3]> = (0..d.c)
+    let lin: Vec<[f32; 3]> = (0..d.c)
         .map(|c| {
             let k = gamma[c] as f64 * inv_std[c] as f64 / m;
             let slope = -k * dgamma[c] * inv_std[c] as f64;
-            let a = slope;
-            let b = k * m;
             let offset = -k * dbeta[c] - slope * mean[c] as f64;
-            [a as f32, b as f32, offset as f32]
+            [slope as f32, (k * m) as f32, offset as f32]
         })
         .collect();
-    let dx = per_channel(d, x, dy, &coef);
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(d.hw)
+        .zip(x.par_chunks(d.hw))
+        .enumerate()
+        .with_min_len(per_task)
+        .for_each_init(
+            || vec![0f32; d.hw],
+            |buf, (run, (out, xs))| {
+                let c = run % d.c;
+                let g = grad_at_y((run, xs), (dy, argmax), coef[c], then, buf);
+                let [a, b, k] = lin[c];
+                for ((o, &v), &gv) in out.iter_mut().zip(xs).zip(g) {
+                    *o = a * v + b * gv + k;
+                }
+            },
+        );
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
     (dx, to_f32(dgamma), to_f32(dbeta))
 }

@@ -14,7 +14,7 @@ pub mod optim;
 pub mod pool;
 
 use self::batchnorm::Dims;
-use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep};
+use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
 
 /// Makes freed tensors' memory stay with the process for the next ones (glibc; elsewhere a no-op).
@@ -167,19 +167,22 @@ impl Backend for Cpu {
     fn batchnorm_forward_train(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
+        (gamma, beta): (&Tensor, &Tensor),
         eps: f32,
-    ) -> (Tensor, BatchNormStats<Tensor>) {
+        then: &Epilogue,
+    ) -> (Tensor, BatchNormStats<Tensor>, Option<Vec<u32>>) {
         let d = bn_dims(x);
-        let (y, mean, var, inv_std) =
-            batchnorm::forward_train(&x.data, &gamma.data, &beta.data, eps, d);
+        let r = batchnorm::forward_train(&x.data, (&gamma.data, &beta.data), eps, d, then);
         let stats = BatchNormStats {
-            mean: t([d.c], mean),
-            var: t([d.c], var),
-            inv_std: t([d.c], inv_std),
+            mean: t([d.c], r.mean),
+            var: t([d.c], r.var),
+            inv_std: t([d.c], r.inv_std),
         };
-        (t(x.shape.clone(), y), stats)
+        let shape = match &then.pool {
+            Some(g) => g.output_shape().into(),
+            None => x.shape.clone(),
+        };
+        (t(shape, r.y), stats, r.argmax)
     }
     fn batchnorm_forward_infer(
         &self,
@@ -204,18 +207,19 @@ impl Backend for Cpu {
     fn batchnorm_backward(
         &self,
         x: &Tensor,
-        dy: &Tensor,
-        gamma: &Tensor,
+        (dy, argmax): (&Tensor, Option<&Vec<u32>>),
+        (gamma, beta): (&Tensor, &Tensor),
         stats: &BatchNormStats<Tensor>,
+        then: &Epilogue,
     ) -> (Tensor, Tensor, Tensor) {
         let d = bn_dims(x);
         let (dx, dgamma, dbeta) = batchnorm::backward(
             &x.data,
-            &dy.data,
-            &gamma.data,
-            &stats.mean.data,
-            &stats.inv_std.data,
+            (&dy.data, argmax.map(|a| a.as_slice())),
+            (&gamma.data, &beta.data),
+            (&stats.mean.data, &stats.inv_std.data),
             d,
+            then,
         );
         (t(x.shape.clone(), dx), t([d.c], dgamma), t([d.c], dbeta))
     }

@@ -13,28 +13,31 @@ pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
     y.par_chunks_mut(out_plane)
         .zip(idx.par_chunks_mut(out_plane))
         .zip(x.par_chunks(in_plane))
-        .for_each(|((yp, ip), xp)| {
-            if (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2) {
-                return halving_plane(xp, g, yp, ip);
-            }
-            for oy in 0..g.out_h {
-                for ox in 0..g.out_w {
-                    let corner = oy * g.stride_h * g.w + ox * g.stride_w;
-                    let (mut best, mut at) = (xp[corner], corner);
-                    for ky in 0..g.kh {
-                        for kx in 0..g.kw {
-                            let i = corner + ky * g.w + kx;
-                            if xp[i] > best {
-                                (best, at) = (xp[i], i);
-                            }
-                        }
+        .for_each(|((yp, ip), xp)| forward_plane(xp, g, yp, ip));
+    (y, idx)
+}
+
+/// [`forward`] of one plane `xp[H,W]` into `yp[Ho,Wo]` and its positions `ip[Ho,Wo]`.
+pub(super) fn forward_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [f32], ip: &mut [u32]) {
+    if (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2) {
+        return halving_plane(xp, g, yp, ip);
+    }
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let corner = oy * g.stride_h * g.w + ox * g.stride_w;
+            let (mut best, mut at) = (xp[corner], corner);
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let i = corner + ky * g.w + kx;
+                    if xp[i] > best {
+                        (best, at) = (xp[i], i);
                     }
-                    yp[oy * g.out_w + ox] = best;
-                    ip[oy * g.out_w + ox] = at as u32;
                 }
             }
-        });
-    (y, idx)
+            yp[oy * g.out_w + ox] = best;
+            ip[oy * g.out_w + ox] = at as u32;
+        }
+    }
 }
 
 /// [`forward`] of one plane for the common 2×2 window at stride 2: the four candidates compared

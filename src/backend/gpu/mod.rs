@@ -29,7 +29,9 @@ mod reduce;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
-use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Pool2dGeom, SgdStep, TensorLimits};
+use super::{
+    AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep, TensorLimits,
+};
 use crate::tensor::{Shape, Tensor};
 use anyhow::Result;
 use std::sync::Arc;
@@ -360,11 +362,11 @@ impl Backend for Gpu {
     fn batchnorm_forward_train(
         &self,
         x: &GpuTensor,
-        gamma: &GpuTensor,
-        beta: &GpuTensor,
+        gamma_beta: (&GpuTensor, &GpuTensor),
         eps: f32,
-    ) -> (GpuTensor, BatchNormStats<GpuTensor>) {
-        batchnorm::forward_train(self, x, gamma, beta, eps)
+        then: &Epilogue,
+    ) -> (GpuTensor, BatchNormStats<GpuTensor>, Option<GpuTensor>) {
+        batchnorm::forward_train(self, x, gamma_beta, eps, then)
     }
     fn batchnorm_forward_infer(
         &self,
@@ -375,16 +377,17 @@ impl Backend for Gpu {
         var: &GpuTensor,
         eps: f32,
     ) -> GpuTensor {
-        batchnorm::forward_infer(self, x, gamma, beta, mean, var, eps)
+        batchnorm::forward_infer(self, x, (gamma, beta), (mean, var), eps)
     }
     fn batchnorm_backward(
         &self,
         x: &GpuTensor,
-        dy: &GpuTensor,
-        gamma: &GpuTensor,
+        dy_argmax: (&GpuTensor, Option<&GpuTensor>),
+        gamma_beta: (&GpuTensor, &GpuTensor),
         stats: &BatchNormStats<GpuTensor>,
+        then: &Epilogue,
     ) -> (GpuTensor, GpuTensor, GpuTensor) {
-        batchnorm::backward(self, x, dy, gamma, stats)
+        batchnorm::backward(self, x, dy_argmax, gamma_beta, stats, then)
     }
     fn ema_update(&self, running: &mut GpuTensor, batch: &GpuTensor, momentum: f32, scale: f32) {
         elementwise::ema(self, running, batch, momentum, scale);
