@@ -1,6 +1,8 @@
 //! Folding batch norm and ReLU into convolutions for inference: the folded model gives the plain
 //! model's logits (up to rounding) for every preset, on each backend, with one layer fewer per
-//! folded batch norm or ReLU, and leaves alone what does not follow a convolution alone.
+//! folded batch norm or ReLU, and leaves alone what does not follow a convolution alone. And the
+//! layers that run inside another's pass (pooling inside a convolution in inference, ReLU and
+//! pooling inside batch norm in training) give what the layers one by one give.
 
 mod common;
 
@@ -203,6 +205,113 @@ fn pooling_inside_the_convolution_gives_the_layer_by_layer_logits() {
         let fused = Cpu.download(&folded.forward(&Cpu, Cpu.upload(&x), Mode::Eval));
         if let Err(e) = fused.check_close(&layer_by_layer, 1e-5) {
             panic!("{}: pooled inside, the logits differ: {e}", spec.name);
+        }
+    }
+}
+
+/// A spec where batch norm's output has a second reader (a pooling of its own), so its ReLU and
+/// pooling must stay layers; the second batch norm takes its ReLU and pooling inside.
+fn batchnorm_read_twice() -> ModelSpec {
+    ModelSpec::parse(
+        r#"
+        name = "bn-read-twice"
+        input = [1, 12, 12]
+        [[layers]]
+        type = "conv2d"
+        filters = 4
+        kernel = 3
+        [[layers]]
+        type = "batchnorm"
+        name = "bn"
+        [[layers]]
+        type = "relu"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "pool"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "pool-bn"
+        inputs = ["bn"]
+        [[layers]]
+        type = "add"
+        inputs = ["pool", "pool-bn"]
+        [[layers]]
+        type = "batchnorm"
+        [[layers]]
+        type = "relu"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        [[layers]]
+        type = "global_avgpool"
+        [[layers]]
+        type = "dense"
+        units = 1
+        "#,
+    )
+    .unwrap()
+}
+
+/// One training step's logits, input gradient and parameter gradients, with `Model::forward`
+/// (batch norm runs the ReLU and pooling after it inside its passes) or layer by layer.
+fn training_step<B: Backend>(be: &B, spec: &ModelSpec, fused: bool) -> Vec<(String, Tensor)> {
+    let mut model = Model::new(be, spec, 5).unwrap();
+    let [c, h, w] = spec.input;
+    let x = be.upload(&Tensor::rand_uniform([4, c, h, w], -1.0, 1.0, 6));
+    let mode = Mode::Train { seed: 7 };
+    let logits = if fused {
+        model.forward(be, x, mode)
+    } else {
+        model.forward_layer_by_layer(be, x, mode)
+    };
+    let logits = be.download(&logits);
+    let dlogits = Tensor::rand_uniform(logits.shape.clone(), -1.0, 1.0, 8);
+    let dx = model.backward(be, be.upload(&dlogits), true).unwrap();
+    let mut out = vec![("logits".into(), logits), ("dx".into(), be.download(&dx))];
+    for p in model.named_params() {
+        if let Some(g) = &p.param.grad {
+            out.push((p.name.clone(), be.download(g)));
+        }
+        out.push((p.name, be.download(&p.param.value)));
+    }
+    out
+}
+
+/// In training, batch norm with the ReLU and max pooling after it in its own passes gives the
+/// logits, the input gradient, every parameter's gradient and the running statistics of the
+/// layers one by one, bit for bit (the same arithmetic in the same order), on each backend. Specs: fracturenet (ReLU and pooling), resnet (ReLU before a convolution and
+/// before a merge) and one where a second reader of batch norm's output stops the fusion.
+#[test]
+fn relu_and_pooling_inside_batch_norm_train_as_the_layers_one_by_one() {
+    let specs = [
+        ModelSpec::load("fracturenet")
+            .unwrap()
+            .with_image_size(32)
+            .unwrap(),
+        ModelSpec::load("resnet")
+            .unwrap()
+            .with_image_size(32)
+            .unwrap(),
+        batchnorm_read_twice(),
+    ];
+    fn check<B: Backend>(be: &B, spec: &ModelSpec) {
+        let plain = training_step(be, spec, false);
+        let fused = training_step(be, spec, true);
+        assert_eq!(plain.len(), fused.len());
+        for ((name, p), (_, f)) in plain.iter().zip(&fused) {
+            let differs = format!("{} on {}: {name} differs", spec.name, be.name());
+            assert_eq!(p.shape, f.shape, "{differs}");
+            let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(bits(p) == bits(f), "{differs}: {:?}", f.check_close(p, 0.0));
+        }
+    }
+    for spec in &specs {
+        check(&Cpu, spec);
+        // a whole residual network's step on lavapipe is tests/gpu_parity.rs's
+        if let Some(gpu) = common::gpu::backend().filter(|_| spec.name != "resnet") {
+            check(gpu, spec);
         }
     }
 }

@@ -194,6 +194,12 @@ impl<B: Backend> Model<B> {
         self.run_forward(be, x, (mode, true), |_, _| {})
     }
 
+    /// As [`Model::forward`], but every layer in its own pass (no epilogue inside another's): the
+    /// plain composition that the fused passes are checked against.
+    pub fn forward_layer_by_layer(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
+        self.run_forward(be, x, (mode, false), |_, _| {})
+    }
+
     /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in
     /// `Param::grad`; returns dloss/dx when `want_dx` (for input-gradient checks and saliency).
     pub fn backward(&mut self, be: &B, dlogits: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
