@@ -671,6 +671,9 @@ pub fn suite() -> Vec<Op> {
         dw(17, 3, 7, 7, (3, 3), (2, 2), valid),
         dw(2, 2, 5, 6, (2, 4), (1, 2), same),
         dw(1, 2, 3, 3, (5, 5), (1, 1), same),
+        // stride 1 (the CPU's flat path): valid padding, several blocks of outputs and a tail
+        dw(3, 4, 13, 11, (3, 3), (1, 1), valid),
+        Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 3, 9, 10, (3, 3), (1, 1), same).unwrap()),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(9, 3, 7, 6, (3, 3), (2, 2), same).unwrap()),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 2, 5, 6, (2, 4), (1, 2), valid).unwrap()),
         // more weights than one row of GPU workgroups holds (65,535): the weight gradient's 2-D grid

@@ -2,13 +2,206 @@
 //!
 //! A depthwise layer does `KH·KW` multiply-adds per output value where a full convolution does
 //! `Ci·KH·KW`, so there is no matrix product worth lowering it onto: each pass is direct loops
-//! over (image, channel) planes, a few per rayon task when they are small. For each kernel tap (ky, kx) the loops run
-//! only over the outputs whose input pixel lies inside the image, so the innermost loop has no
-//! bounds test (and, at stride 1, is a contiguous multiply-add the compiler vectorises).
+//! over (image, channel) planes, a few per rayon task when they are small. Two ways:
+//! - **stride 1** ([`Flat`]): the plane is copied once into a buffer with its zero padding
+//!   around it, rows `wp` wide; then output `i` of the plane (counted in rows of `wp`) is
+//!   `Σ_k w[k] · P[i + ky·wp + kx]`: every tap a fixed offset, the whole plane one loop, each
+//!   block of outputs summed over all taps in registers and written once. The input gradient is
+//!   the same correlation of dy with the turned filter, the weight gradient `KH·KW` dot products.
+//!   Compiled for each SIMD level of [`Kernel`] (AVX-512, AVX2 + FMA, portable; the GEMM's
+//!   choice, `FRACTURE_CPU_KERNEL`).
+//! - **any stride** ([`for_each_tap`]): for each kernel tap (ky, kx) the loops run only over the
+//!   outputs whose input pixel lies inside the image, so the innermost loop has no bounds test.
 
+use super::gemm::Kernel;
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::ops::Range;
+
+/// A stride-1 correlation of a `in_h × in_w` plane padded by `pad_top`, `pad_left` (and what
+/// the output size needs on the other sides) with a `kh × kw` filter, laid out flat.
+#[derive(Clone, Copy, Debug)]
+struct Flat {
+    in_h: usize,
+    in_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+    kh: usize,
+    kw: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Flat {
+    /// The forward pass of `g` (stride 1).
+    fn forward(g: &Conv2dGeom) -> Flat {
+        Flat {
+            in_h: g.h,
+            in_w: g.w,
+            pad_top: g.pad_top,
+            pad_left: g.pad_left,
+            kh: g.kh,
+            kw: g.kw,
+            out_h: g.out_h,
+            out_w: g.out_w,
+        }
+    }
+    /// The input gradient of `g` (stride 1): dy padded so that the turned filter's taps reach
+    /// every input pixel, `dx[iy, ix] = Σ_k w[KH-1-ky, KW-1-kx] · dy_padded[iy + ky, ix + kx]`.
+    fn backward_input(g: &Conv2dGeom) -> Flat {
+        Flat {
+            in_h: g.out_h,
+            in_w: g.out_w,
+            pad_top: g.kh - 1 - g.pad_top,
+            pad_left: g.kw - 1 - g.pad_left,
+            kh: g.kh,
+            kw: g.kw,
+            out_h: g.h,
+            out_w: g.w,
+        }
+    }
+    /// Width of a padded row; outputs are counted in rows of this width too.
+    fn wp(&self) -> usize {
+        self.out_w + self.kw - 1
+    }
+    /// Outputs in rows of `wp` (the last `kw - 1` of each row are past the plane's edge), and
+    /// past the last row up to a whole block of [`LANES`].
+    fn flat_outputs(&self) -> usize {
+        (self.out_h * self.wp()).next_multiple_of(LANES)
+    }
+    /// Length of the padded buffer: every tap of every flat output reads inside it.
+    fn padded_len(&self) -> usize {
+        self.flat_outputs() + (self.kh - 1) * self.wp() + self.kw - 1
+    }
+    /// The offset of each tap `k = ky·kw + kx` from its output.
+    fn offsets(&self) -> Vec<usize> {
+        let wp = self.wp();
+        (0..self.kh * self.kw)
+            .map(|k| (k / self.kw) * wp + k % self.kw)
+            .collect()
+    }
+    /// `plane[in_h, in_w]` into `padded`, zeros around it.
+    fn pad(&self, plane: &[f32], padded: &mut [f32]) {
+        debug_assert_eq!(plane.len(), self.in_h * self.in_w);
+        let wp = self.wp();
+        padded.fill(0.0);
+        for (iy, row) in plane.chunks_exact(self.in_w).enumerate() {
+            let at = (iy + self.pad_top) * wp + self.pad_left;
+            padded[at..at + self.in_w].copy_from_slice(row);
+        }
+    }
+    /// The plane's outputs from the flat ones (dropping each row's last `kw - 1`), with ReLU.
+    fn unflatten(&self, flat: &[f32], out: &mut [f32], relu: bool) {
+        let rows = out.chunks_exact_mut(self.out_w).zip(flat.chunks(self.wp()));
+        for (o, f) in rows {
+            for (o, &v) in o.iter_mut().zip(f) {
+                *o = if relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// Outputs summed together in registers by [`correlate`] and [`dot_offsets`].
+const LANES: usize = 32;
+
+/// `out[i]` = bias + Σ_k `w[k]` · `p[i + offsets[k]]`, in blocks of [`LANES`] outputs (`out`
+/// is whole blocks) held in registers over all taps, the taps added in order (as the per-tap
+/// loops add them).
+#[inline(always)]
+fn correlate_lanes(p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
+    debug_assert_eq!(out.len() % LANES, 0);
+    for (b, o) in out.chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [bias; LANES];
+        for (&off, &wk) in offsets.iter().zip(w) {
+            let src: &[f32; LANES] = p[b * LANES + off..][..LANES].try_into().expect("a block");
+            for l in 0..LANES {
+                acc[l] += wk * src[l];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
+/// For each tap k, `Σ_i a[i] · p[i + offsets[k]]` added to `sums[k]` (`a` is whole blocks of
+/// [`LANES`]): [`LANES`] partial sums per tap, added in a fixed order.
+#[inline(always)]
+fn dot_offsets_lanes(a: &[f32], p: &[f32], offsets: &[usize], sums: &mut [f32]) {
+    debug_assert_eq!(a.len() % LANES, 0);
+    for (&off, sum) in offsets.iter().zip(sums) {
+        let mut acc = [0f32; LANES];
+        for (b, ab) in a.chunks_exact(LANES).enumerate() {
+            let src: &[f32; LANES] = p[b * LANES + off..][..LANES].try_into().expect("a block");
+            for l in 0..LANES {
+                acc[l] += ab[l] * src[l];
+            }
+        }
+        *sum += acc.iter().sum::<f32>();
+    }
+}
+
+/// [`correlate_lanes`] compiled for `simd`.
+fn correlate(simd: Kernel, p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
+            correlate_lanes(p, offsets, w, bias, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
+            correlate_lanes(p, offsets, w, bias, out)
+        }
+        match simd {
+            // SAFETY: `Kernel::detect` chooses only kernels whose instructions this processor has.
+            Kernel::Avx512 => return unsafe { avx512(p, offsets, w, bias, out) },
+            // SAFETY: as above.
+            Kernel::Avx2Fma => return unsafe { avx2(p, offsets, w, bias, out) },
+            Kernel::Portable => {}
+        }
+    }
+    correlate_lanes(p, offsets, w, bias, out)
+}
+
+/// [`dot_offsets_lanes`] compiled for `simd`.
+fn dot_offsets(simd: Kernel, a: &[f32], p: &[f32], offsets: &[usize], sums: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(a: &[f32], p: &[f32], offsets: &[usize], sums: &mut [f32]) {
+            dot_offsets_lanes(a, p, offsets, sums)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(a: &[f32], p: &[f32], offsets: &[usize], sums: &mut [f32]) {
+            dot_offsets_lanes(a, p, offsets, sums)
+        }
+        match simd {
+            // SAFETY: `Kernel::detect` chooses only kernels whose instructions this processor has.
+            Kernel::Avx512 => return unsafe { avx512(a, p, offsets, sums) },
+            // SAFETY: as above.
+            Kernel::Avx2Fma => return unsafe { avx2(a, p, offsets, sums) },
+            Kernel::Portable => {}
+        }
+    }
+    dot_offsets_lanes(a, p, offsets, sums)
+}
+
+/// Per-thread buffers of the flat passes: the padded plane and the flat outputs.
+fn flat_buffers(f: &Flat) -> (Vec<f32>, Vec<f32>) {
+    (vec![0f32; f.padded_len()], vec![0f32; f.flat_outputs()])
+}
+
+/// One plane of a stride-1 correlation: `out[out_h, out_w]` from `plane[in_h, in_w]`, with
+/// the taps' `offsets` ([`Flat::offsets`]).
+fn correlate_plane(
+    (f, offsets): (&Flat, &[usize]),
+    (plane, out): (&[f32], &mut [f32]),
+    (filter, bias, relu): (&[f32], f32, bool),
+    (padded, flat): &mut (Vec<f32>, Vec<f32>),
+) {
+    f.pad(plane, padded);
+    correlate(Kernel::detect(), padded, offsets, filter, bias, flat);
+    f.unflatten(flat, out, relu);
+}
 
 /// The outputs `o` whose input `o·stride + k − pad` lies in `0..size` (and below `out`).
 fn inside(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> Range<usize> {
@@ -95,6 +288,23 @@ fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut y = vec![0f32; g.n * g.c_in * out_plane];
+    if (g.stride_h, g.stride_w) == (1, 1) {
+        let f = Flat::forward(g);
+        let offsets = f.offsets();
+        y.par_chunks_mut(out_plane)
+            .zip(x.par_chunks(in_plane))
+            .enumerate()
+            .with_min_len(super::planes_per_task(out_plane))
+            .for_each_init(
+                || flat_buffers(&f),
+                |buffers, (plane, (yp, xp))| {
+                    let c = plane % g.c_in;
+                    let filter = (&w[c * taps..(c + 1) * taps], b[c], relu);
+                    correlate_plane((&f, &offsets), (xp, yp), filter, buffers);
+                },
+            );
+        return y;
+    }
     y.par_chunks_mut(out_plane)
         .zip(x.par_chunks(in_plane))
         .enumerate()
@@ -116,9 +326,31 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
 
 /// `dx[N,C,H,W]`: each output's gradient goes back to the pixels it read, times their weights:
 /// `dx[n,c,iy,ix]` = Σ over taps and outputs that read (iy, ix) of `w[c,ky,kx]` · `dy[n,c,oy,ox]`.
+/// At stride 1, the correlation of dy with each filter turned by 180°.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut dx = vec![0f32; g.n * g.c_in * in_plane];
+    if (g.stride_h, g.stride_w) == (1, 1) {
+        let f = Flat::backward_input(g);
+        let offsets = f.offsets();
+        let turned: Vec<f32> = w
+            .chunks_exact(taps)
+            .flat_map(|filter| filter.iter().rev().copied())
+            .collect();
+        dx.par_chunks_mut(in_plane)
+            .zip(dy.par_chunks(out_plane))
+            .enumerate()
+            .with_min_len(super::planes_per_task(in_plane))
+            .for_each_init(
+                || flat_buffers(&f),
+                |buffers, (plane, (dxp, dyp))| {
+                    let c = plane % g.c_in;
+                    let filter = (&turned[c * taps..(c + 1) * taps], 0.0, false);
+                    correlate_plane((&f, &offsets), (dyp, dxp), filter, buffers);
+                },
+            );
+        return dx;
+    }
     dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane))
         .enumerate()
@@ -143,11 +375,29 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
         .map(|c| {
             let mut dw = vec![0f32; taps];
             let mut db = 0f32;
+            let flat = (g.stride_h, g.stride_w) == (1, 1);
+            let f = Flat::forward(g);
+            let offsets = f.offsets();
+            let (mut padded, mut dy_flat) = if flat {
+                flat_buffers(&f)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             for n in 0..g.n {
                 let plane = n * g.c_in + c;
                 let xp = &x[plane * in_plane..(plane + 1) * in_plane];
                 let dyp = &dy[plane * out_plane..(plane + 1) * out_plane];
                 db += dyp.iter().sum::<f32>();
+                if flat {
+                    // dw[k] = Σ_i dy[i] · x_padded[i + offset_k], dy in rows of wp (0 past the edge)
+                    f.pad(xp, &mut padded);
+                    dy_flat.fill(0.0);
+                    for (row, d) in dy_flat.chunks_mut(f.wp()).zip(dyp.chunks_exact(g.out_w)) {
+                        row[..g.out_w].copy_from_slice(d);
+                    }
+                    dot_offsets(Kernel::detect(), &dy_flat, &padded, &offsets, &mut dw);
+                    continue;
+                }
                 for_each_tap(g, |k, out, input| {
                     dw[k] += strided_dot(&dyp[out], &xp[input..], g.stride_w);
                 });
