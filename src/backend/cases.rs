@@ -674,6 +674,8 @@ pub fn suite() -> Vec<Op> {
         // stride 1 (the CPU's flat path): valid padding, several blocks of outputs and a tail
         dw(3, 4, 13, 11, (3, 3), (1, 1), valid),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 3, 9, 10, (3, 3), (1, 1), same).unwrap()),
+        // the flat path's phases at a stride of 3 and a 5x5 filter, odd sides
+        dw(2, 2, 11, 10, (5, 5), (3, 3), same),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(9, 3, 7, 6, (3, 3), (2, 2), same).unwrap()),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 2, 5, 6, (2, 4), (1, 2), valid).unwrap()),
         // more weights than one row of GPU workgroups holds (65,535): the weight gradient's 2-D grid

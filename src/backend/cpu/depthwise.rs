@@ -3,23 +3,30 @@
 //! A depthwise layer does `KH·KW` multiply-adds per output value where a full convolution does
 //! `Ci·KH·KW`, so there is no matrix product worth lowering it onto: each pass is direct loops
 //! over (image, channel) planes, a few per rayon task when they are small. Two ways:
-//! - **stride 1** ([`Flat`]): the plane is copied once into a buffer with its zero padding
-//!   around it, rows `wp` wide; then output `i` of the plane (counted in rows of `wp`) is
-//!   `Σ_k w[k] · P[i + ky·wp + kx]`: every tap a fixed offset, the whole plane one loop, each
-//!   block of outputs summed over all taps in registers and written once. The input gradient is
-//!   the same correlation of dy with the turned filter, the weight gradient `KH·KW` dot products.
-//!   Compiled for each SIMD level of [`Kernel`] (AVX-512, AVX2 + FMA, portable; the GEMM's
-//!   choice, `FRACTURE_CPU_KERNEL`).
-//! - **any stride** ([`for_each_tap`]): for each kernel tap (ky, kx) the loops run only over the
-//!   outputs whose input pixel lies inside the image, so the innermost loop has no bounds test.
+//! - **flat** ([`Flat`], a stride the same both ways): the plane is copied once into a buffer with
+//!   its zero padding around it, rows `wp` wide; then at stride 1 output `i` of the plane
+//!   (counted in rows of `wp`) is `Σ_k w[k] · P[i + ky·wp + kx]`: every tap a fixed offset, the
+//!   whole plane one loop, each block of outputs summed over all taps in registers and written
+//!   once. At stride 2 the padded plane is dealt into four phases (even and odd rows and
+//!   columns), in which every tap is again a fixed offset. The weight gradient is `KH·KW` dot
+//!   products over the same buffer; at stride 1 the input gradient is the same correlation of dy
+//!   with the turned filter. Compiled for each SIMD level of [`Kernel`] (AVX-512, AVX2 + FMA,
+//!   portable; the GEMM's choice, `FRACTURE_CPU_KERNEL`).
+//! - **per tap** ([`for_each_tap`], the input gradient at stride 2 and strides unequal in the two
+//!   directions): for each kernel tap (ky, kx) the loops run only over the outputs whose input
+//!   pixel lies inside the image, so the innermost loop has no bounds test.
 
 use super::gemm::Kernel;
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// A stride-1 correlation of a `in_h × in_w` plane padded by `pad_top`, `pad_left` (and what
-/// the output size needs on the other sides) with a `kh × kw` filter, laid out flat.
+/// A correlation at stride `s` (the same both ways) of a `in_h × in_w` plane padded by
+/// `pad_top`, `pad_left` (and what the output size needs on the other sides) with a `kh × kw`
+/// filter, laid out flat. The padded plane is dealt into `s²` phases (row mod s, column mod s),
+/// each with rows `wq` wide: tap (ky, kx) of output (oy, ox) is then element
+/// `(oy + ky/s)·wq + ox + kx/s` of phase (ky mod s, kx mod s), a fixed offset from the output's
+/// own flat index `oy·wq + ox`. At stride 1 there is one phase, the padded plane itself.
 #[derive(Clone, Copy, Debug)]
 struct Flat {
     in_h: usize,
@@ -28,71 +35,111 @@ struct Flat {
     pad_left: usize,
     kh: usize,
     kw: usize,
+    stride: usize,
     out_h: usize,
     out_w: usize,
 }
 
 impl Flat {
-    /// The forward pass of `g` (stride 1).
-    fn forward(g: &Conv2dGeom) -> Flat {
-        Flat {
+    /// The forward pass of `g`, if its stride is the same both ways.
+    fn forward(g: &Conv2dGeom) -> Option<Flat> {
+        (g.stride_h == g.stride_w).then_some(Flat {
             in_h: g.h,
             in_w: g.w,
             pad_top: g.pad_top,
             pad_left: g.pad_left,
             kh: g.kh,
             kw: g.kw,
+            stride: g.stride_h,
             out_h: g.out_h,
             out_w: g.out_w,
-        }
+        })
     }
-    /// The input gradient of `g` (stride 1): dy padded so that the turned filter's taps reach
+    /// The input gradient of `g` at stride 1: dy padded so that the turned filter's taps reach
     /// every input pixel, `dx[iy, ix] = Σ_k w[KH-1-ky, KW-1-kx] · dy_padded[iy + ky, ix + kx]`.
-    fn backward_input(g: &Conv2dGeom) -> Flat {
-        Flat {
+    fn backward_input(g: &Conv2dGeom) -> Option<Flat> {
+        ((g.stride_h, g.stride_w) == (1, 1)).then_some(Flat {
             in_h: g.out_h,
             in_w: g.out_w,
             pad_top: g.kh - 1 - g.pad_top,
             pad_left: g.kw - 1 - g.pad_left,
             kh: g.kh,
             kw: g.kw,
+            stride: 1,
             out_h: g.h,
             out_w: g.w,
-        }
+        })
     }
-    /// Width of a padded row; outputs are counted in rows of this width too.
-    fn wp(&self) -> usize {
-        self.out_w + self.kw - 1
+    /// Width of a phase's rows; outputs are counted in rows of this width too.
+    fn wq(&self) -> usize {
+        self.out_w + (self.kw - 1) / self.stride
     }
-    /// Outputs in rows of `wp` (the last `kw - 1` of each row are past the plane's edge), and
-    /// past the last row up to a whole block of [`LANES`].
+    /// Outputs in rows of `wq` (the last `(kw - 1)/s` of each row are past the plane's edge),
+    /// and past the last row up to a whole block of [`LANES`].
     fn flat_outputs(&self) -> usize {
-        (self.out_h * self.wp()).next_multiple_of(LANES)
+        (self.out_h * self.wq()).next_multiple_of(LANES)
     }
-    /// Length of the padded buffer: every tap of every flat output reads inside it.
+    /// Length of a phase: every tap of every flat output reads inside it.
+    fn phase_len(&self) -> usize {
+        self.flat_outputs() + (self.kh - 1) / self.stride * self.wq() + (self.kw - 1) / self.stride
+    }
+    /// Length of the buffer of all phases.
     fn padded_len(&self) -> usize {
-        self.flat_outputs() + (self.kh - 1) * self.wp() + self.kw - 1
+        self.stride * self.stride * self.phase_len()
     }
-    /// The offset of each tap `k = ky·kw + kx` from its output.
+    /// The offset of each tap `k = ky·kw + kx` from its output, into the buffer of phases.
     fn offsets(&self) -> Vec<usize> {
-        let wp = self.wp();
+        let (s, wq) = (self.stride, self.wq());
         (0..self.kh * self.kw)
-            .map(|k| (k / self.kw) * wp + k % self.kw)
+            .map(|k| {
+                let (ky, kx) = (k / self.kw, k % self.kw);
+                let phase = (ky % s) * s + kx % s;
+                phase * self.phase_len() + (ky / s) * wq + kx / s
+            })
             .collect()
     }
-    /// `plane[in_h, in_w]` into `padded`, zeros around it.
+    /// `plane[in_h, in_w]` dealt into the phases of `padded`, zeros around it.
     fn pad(&self, plane: &[f32], padded: &mut [f32]) {
         debug_assert_eq!(plane.len(), self.in_h * self.in_w);
-        let wp = self.wp();
+        let (s, wq) = (self.stride, self.wq());
         padded.fill(0.0);
-        for (iy, row) in plane.chunks_exact(self.in_w).enumerate() {
-            let at = (iy + self.pad_top) * wp + self.pad_left;
-            padded[at..at + self.in_w].copy_from_slice(row);
+        if s == 1 {
+            for (iy, row) in plane.chunks_exact(self.in_w).enumerate() {
+                let at = (iy + self.pad_top) * wq + self.pad_left;
+                padded[at..at + self.in_w].copy_from_slice(row);
+            }
+            return;
+        }
+        let rows = self.out_h + (self.kh - 1) / s;
+        for (ph, phase) in padded.chunks_exact_mut(self.phase_len()).enumerate() {
+            let (ry, rx) = (ph / s, ph % s);
+            // phase column b holds padded column s·b + rx, input column s·b + rx − pad_left
+            let first = self.pad_left.saturating_sub(rx).div_ceil(s);
+            let ends = (self.in_w + self.pad_left)
+                .saturating_sub(rx)
+                .div_ceil(s)
+                .min(wq);
+            if first >= ends {
+                continue;
+            }
+            for a in 0..rows {
+                let Some(iy) = (s * a + ry).checked_sub(self.pad_top) else {
+                    continue;
+                };
+                if iy >= self.in_h {
+                    break;
+                }
+                let src = &plane[iy * self.in_w + s * first + rx - self.pad_left..];
+                let dst = &mut phase[a * wq + first..a * wq + ends];
+                dst.iter_mut()
+                    .zip(src.iter().step_by(s))
+                    .for_each(|(d, &v)| *d = v);
+            }
         }
     }
-    /// The plane's outputs from the flat ones (dropping each row's last `kw - 1`), with ReLU.
+    /// The plane's outputs from the flat ones (dropping each row's last few), with ReLU.
     fn unflatten(&self, flat: &[f32], out: &mut [f32], relu: bool) {
-        let rows = out.chunks_exact_mut(self.out_w).zip(flat.chunks(self.wp()));
+        let rows = out.chunks_exact_mut(self.out_w).zip(flat.chunks(self.wq()));
         for (o, f) in rows {
             for (o, &v) in o.iter_mut().zip(f) {
                 *o = if relu { v.max(0.0) } else { v };
@@ -288,8 +335,7 @@ fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut y = vec![0f32; g.n * g.c_in * out_plane];
-    if (g.stride_h, g.stride_w) == (1, 1) {
-        let f = Flat::forward(g);
+    if let Some(f) = Flat::forward(g) {
         let offsets = f.offsets();
         y.par_chunks_mut(out_plane)
             .zip(x.par_chunks(in_plane))
@@ -330,8 +376,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut dx = vec![0f32; g.n * g.c_in * in_plane];
-    if (g.stride_h, g.stride_w) == (1, 1) {
-        let f = Flat::backward_input(g);
+    if let Some(f) = Flat::backward_input(g) {
         let offsets = f.offsets();
         let turned: Vec<f32> = w
             .chunks_exact(taps)
@@ -375,27 +420,23 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
         .map(|c| {
             let mut dw = vec![0f32; taps];
             let mut db = 0f32;
-            let flat = (g.stride_h, g.stride_w) == (1, 1);
-            let f = Flat::forward(g);
-            let offsets = f.offsets();
-            let (mut padded, mut dy_flat) = if flat {
-                flat_buffers(&f)
-            } else {
-                (Vec::new(), Vec::new())
-            };
+            let flat = Flat::forward(g);
+            let offsets = flat.map(|f| f.offsets());
+            let (mut padded, mut dy_flat) =
+                flat.map_or((Vec::new(), Vec::new()), |f| flat_buffers(&f));
             for n in 0..g.n {
                 let plane = n * g.c_in + c;
                 let xp = &x[plane * in_plane..(plane + 1) * in_plane];
                 let dyp = &dy[plane * out_plane..(plane + 1) * out_plane];
                 db += dyp.iter().sum::<f32>();
-                if flat {
-                    // dw[k] = Σ_i dy[i] · x_padded[i + offset_k], dy in rows of wp (0 past the edge)
+                if let (Some(f), Some(offsets)) = (&flat, &offsets) {
+                    // dw[k] = Σ_i dy[i] · phases[i + offset_k], dy in rows of wq (0 past the edge)
                     f.pad(xp, &mut padded);
                     dy_flat.fill(0.0);
-                    for (row, d) in dy_flat.chunks_mut(f.wp()).zip(dyp.chunks_exact(g.out_w)) {
+                    for (row, d) in dy_flat.chunks_mut(f.wq()).zip(dyp.chunks_exact(g.out_w)) {
                         row[..g.out_w].copy_from_slice(d);
                     }
-                    dot_offsets(Kernel::detect(), &dy_flat, &padded, &offsets, &mut dw);
+                    dot_offsets(Kernel::detect(), &dy_flat, &padded, offsets, &mut dw);
                     continue;
                 }
                 for_each_tap(g, |k, out, input| {
