@@ -11,8 +11,9 @@ pub mod report;
 pub use report::{Backends, ChildResult, Report};
 
 use crate::backend::gpu::{Gpu, KernelTime};
-use crate::backend::{cases, AdamStep, Backend};
-use crate::nn::{loss, Mode, Model, ModelSpec};
+use crate::backend::{cases, AdamStep, Backend, Epilogue};
+use crate::nn::spec::LayerInfo;
+use crate::nn::{self, loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::tensor::Tensor;
 use anyhow::Result;
@@ -148,16 +149,45 @@ fn batched(batch: usize, sample: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Every op of `spec`'s layers at the model's shapes with a batch of `batch`, then the loss and
-/// an Adam update of every parameter. Each pass of each op (`backend::cases`, the list the tests
-/// check against the reference) runs the backend's kernel on the case's inputs.
-pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Vec<Op<'a>>> {
-    let mut ops = Vec::new();
-    for info in spec.layers()? {
-        let Some(case) = cases::Op::for_layer(&info, batch) else {
+/// The op cases of `spec`'s layers as a training step runs them, with a batch of `batch`: a batch
+/// norm with the ReLU and max pooling it runs inside its passes (`nn::model::epilogues`) is one
+/// case, and those layers have none of their own. With each: its layer and its label.
+fn layer_cases(spec: &ModelSpec, batch: usize) -> Result<Vec<(LayerInfo, String, cases::Op)>> {
+    let infos = spec.layers()?;
+    let epilogues = nn::model::epilogues(&infos);
+    let mut out = Vec::new();
+    let mut covered = 0;
+    for (info, epilogue) in infos.iter().cloned().zip(epilogues) {
+        if covered > 0 {
+            covered -= 1;
+            continue;
+        }
+        let Some(mut case) = cases::Op::for_layer(&info, batch) else {
             continue; // a flatten moves no data
         };
-        let label = format!("{:02} {}", info.index, info.spec.describe());
+        let mut label = format!("{:02} {}", info.index, info.spec.describe());
+        if let (cases::Op::BatchNorm(_, then), Some((epilogue, layers))) = (&mut case, epilogue) {
+            *then = Epilogue {
+                relu: epilogue.relu,
+                pool: epilogue.pool.map(|g| g.with_batch(batch)),
+            };
+            for next in &infos[info.index + 1..=info.index + layers] {
+                label += &format!("+{}", next.spec.describe());
+            }
+            covered = layers;
+        }
+        out.push((info, label, case));
+    }
+    Ok(out)
+}
+
+/// Every op of `spec`'s layers at the model's shapes with a batch of `batch` ([`layer_cases`]),
+/// then the loss and an Adam update of every parameter. Each pass of each op (`backend::cases`,
+/// the list the tests check against the reference) runs the backend's kernel on the case's
+/// inputs.
+pub fn ops<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Vec<Op<'a>>> {
+    let mut ops = Vec::new();
+    for (info, label, case) in layer_cases(spec, batch)? {
         // the FLOPs of the layer itself, which for an `add` include its projection's
         let flops = case.flops(0).map(|_| info.flops * batch as u64);
         ops.extend(timed_passes(
@@ -391,13 +421,10 @@ pub fn profile_training_step(gpu: &Gpu, cfg: &BenchConfig) -> Result<Vec<KernelT
 
 /// How many timed items [`run`] reports through `tick` for this config.
 pub fn steps(cfg: &BenchConfig) -> usize {
-    let layer_passes: usize = cfg
-        .spec
-        .layers()
+    let layer_passes: usize = layer_cases(&cfg.spec, cfg.batch)
         .unwrap_or_default()
         .iter()
-        .filter_map(|info| cases::Op::for_layer(info, cfg.batch))
-        .map(|op| op.passes().len())
+        .map(|(_, _, op)| op.passes().len())
         .sum();
     // the training step and the inference batch; the ops; the loss and the Adam update
     2 + layer_passes + 2

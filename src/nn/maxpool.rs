@@ -10,7 +10,7 @@
 //! `shaders/pool.wgsl`.
 
 use super::{saved, Layer, Mode};
-use crate::backend::{Backend, Epilogue, Pool2dGeom};
+use crate::backend::{Backend, Pool2dGeom};
 
 pub struct MaxPool<B: Backend> {
     /// Geometry for a batch of one; the batch size is filled in at each call.
@@ -37,12 +37,6 @@ impl<B: Backend> Layer<B> for MaxPool<B> {
         let (y, argmax) = be.maxpool_forward(&x, &g);
         self.argmax = Some((argmax, n));
         y
-    }
-    fn as_epilogue(&self) -> Option<Epilogue> {
-        Some(Epilogue {
-            relu: false,
-            pool: Some(self.geom),
-        })
     }
     fn kinks(&self, be: &B) -> u64 {
         self.argmax.as_ref().map_or(0, |(idx, _)| {

@@ -103,11 +103,6 @@ pub trait Layer<B: Backend>: Send {
     fn backward_inputs(&mut self, be: &B, dy: B::Tensor, want_dx: bool) -> Vec<Option<B::Tensor>> {
         vec![self.backward(be, dy, want_dx)]
     }
-    /// This layer as the epilogue of the layer before it (a ReLU; a max pooling, of batch 1),
-    /// which that layer may run inside its own pass ([`Layer::forward_then`]); `None` for the rest.
-    fn as_epilogue(&self) -> Option<Epilogue> {
-        None
-    }
     /// This layer's output passed through `then` (a pooling of batch 1) inside its own pass,
     /// so that the tensors between them are never written; `Err(x)`, the input given back, for
     /// a layer that cannot in this mode. In a mode that keeps for backward, `backward` then takes

@@ -8,7 +8,7 @@ use super::{
     Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
 use crate::backend::{Backend, Epilogue};
-use crate::nn::spec::SpecError;
+use crate::nn::spec::{LayerInfo, SpecError};
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -17,9 +17,45 @@ pub struct Model<B: Backend> {
     pub layers: Vec<Box<dyn Layer<B>>>,
     /// Where each layer's inputs come from: `Some(j)` for layer j's output, `None` for the image.
     sources: Vec<Vec<Option<usize>>>,
+    /// For each layer, the ReLU and max pooling after it that may run inside its pass
+    /// ([`epilogues`]).
+    epilogues: Vec<Option<(Epilogue, usize)>>,
     /// How many of the layers after each one ran inside its pass in the last forward pass (its
     /// epilogue, [`Layer::forward_then`]): backward skips them too.
     absorbed: Vec<usize>,
+}
+
+/// For each layer of a model, the epilogue that may run inside its pass
+/// ([`Layer::forward_then`]) and how many layers it covers: the ReLU and then the max pooling
+/// that follow it, each the only reader of the output before it (`None` where no such layer
+/// follows). The model offers it to the layer, which takes it or not (in training, batch norm
+/// takes it; in inference, a convolution takes one with a pooling).
+pub fn epilogues(infos: &[LayerInfo]) -> Vec<Option<(Epilogue, usize)>> {
+    let mut readers = vec![0; infos.len() + 1];
+    for s in infos.iter().flat_map(|i| &i.sources) {
+        readers[slot(*s)] += 1;
+    }
+    let only_reader = |j: usize| infos[j].sources == [Some(j - 1)] && readers[j] == 1;
+    (0..infos.len())
+        .map(|i| {
+            let mut then = Epilogue::NONE;
+            let mut covered = 0;
+            for (j, next) in infos.iter().enumerate().skip(i + 1) {
+                if !only_reader(j) {
+                    break;
+                }
+                match &next.spec {
+                    LayerSpec::Relu if !then.relu && then.pool.is_none() => then.relu = true,
+                    LayerSpec::MaxPool { .. } if then.pool.is_none() => {
+                        then.pool = next.spec.pool_geom(&next.input);
+                    }
+                    _ => break,
+                }
+                covered += 1;
+            }
+            (covered > 0).then_some((then, covered))
+        })
+        .collect()
 }
 
 /// A parameter with its checkpoint name, e.g. `"04.conv2d.weight"`.
@@ -49,6 +85,7 @@ impl<B: Backend> Model<B> {
             .collect();
         Ok(Model {
             spec: spec.clone(),
+            epilogues: epilogues(&infos),
             absorbed: vec![0; layers.len()],
             layers,
             sources: infos.into_iter().map(|i| i.sources).collect(),
@@ -65,37 +102,11 @@ impl<B: Backend> Model<B> {
         readers
     }
 
-    /// For each layer, the epilogue that may run inside its pass ([`Layer::forward_then`]) and
-    /// how many layers it covers: the ReLU and then max pooling that follow it, each the only
-    /// reader of the output before it (`None` where no such layer follows).
-    fn epilogues(&self) -> Vec<Option<(Epilogue, usize)>> {
-        let readers = self.readers();
-        let only_reader = |j: usize| self.sources[j] == [Some(j - 1)] && readers[j] == 1;
-        (0..self.layers.len())
-            .map(|i| {
-                let mut then = Epilogue::NONE;
-                let mut covered = 0;
-                for j in i + 1..self.layers.len() {
-                    let Some(next) = self.layers[j].as_epilogue().filter(|_| only_reader(j)) else {
-                        break;
-                    };
-                    match (next.relu, next.pool) {
-                        (true, _) if !then.relu && then.pool.is_none() => then.relu = true,
-                        (false, Some(pool)) if then.pool.is_none() => then.pool = Some(pool),
-                        _ => break,
-                    }
-                    covered += 1;
-                }
-                (covered > 0).then_some((then, covered))
-            })
-            .collect()
-    }
-
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
     /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
     /// With `fuse` (a pass that shows nothing), a layer that can runs the ReLU and max pooling
-    /// after it inside its own pass ([`Model::epilogues`]), and those layers are skipped, in
-    /// backward too.
+    /// after it inside its own pass ([`epilogues`]), and those layers are skipped, in backward
+    /// too.
     fn run_forward(
         &mut self,
         be: &B,
@@ -103,11 +114,6 @@ impl<B: Backend> Model<B> {
         (mode, fuse): (Mode, bool),
         mut each: impl FnMut(usize, &B::Tensor),
     ) -> B::Tensor {
-        let epilogues = if fuse {
-            self.epilogues()
-        } else {
-            vec![None; self.layers.len()]
-        };
         self.absorbed = vec![0; self.layers.len()];
         let mut left = self.readers();
         let mut values: Vec<Option<B::Tensor>> = (0..left.len()).map(|_| None).collect();
@@ -131,7 +137,7 @@ impl<B: Backend> Model<B> {
                 };
                 inputs.push(value.expect("sources come before their readers"));
             }
-            if let Some((then, covered)) = &epilogues[i] {
+            if let Some((then, covered)) = self.epilogues[i].as_ref().filter(|_| fuse) {
                 let x = inputs.pop().expect("one source");
                 match layer.forward_then(be, x, mode, then) {
                     Ok(y) => {

@@ -8,7 +8,7 @@
 //! `backend/gpu/elementwise.rs` and `shaders/elementwise.wgsl`.
 
 use super::{saved, Layer, Mode};
-use crate::backend::{Backend, Epilogue};
+use crate::backend::Backend;
 
 pub struct Relu<B: Backend> {
     input: Option<B::Tensor>,
@@ -30,12 +30,6 @@ impl<B: Backend> Layer<B> for Relu<B> {
             self.input = Some(x);
         }
         y
-    }
-    fn as_epilogue(&self) -> Option<Epilogue> {
-        Some(Epilogue {
-            relu: true,
-            pool: None,
-        })
     }
     fn kinks(&self, be: &B) -> u64 {
         self.input.as_ref().map_or(0, |x| {
