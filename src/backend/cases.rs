@@ -676,6 +676,11 @@ pub fn suite() -> Vec<Op> {
         Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 3, 9, 10, (3, 3), (1, 1), same).unwrap()),
         // the flat path's phases at a stride of 3 and a 5x5 filter, odd sides
         dw(2, 2, 11, 10, (5, 5), (3, 3), same),
+        // the ends of MobileNet at 32x32: planes of 2x2 and 1x1, at stride 1 and 2
+        dw(2, 3, 1, 1, (3, 3), (1, 1), same),
+        dw(2, 3, 2, 2, (3, 3), (2, 2), same),
+        dw(2, 3, 1, 1, (3, 3), (2, 2), same),
+        dw(3, 2, 4, 4, (3, 3), (2, 2), same),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(9, 3, 7, 6, (3, 3), (2, 2), same).unwrap()),
         Op::DepthwiseRelu(Conv2dGeom::depthwise(2, 2, 5, 6, (2, 4), (1, 2), valid).unwrap()),
         // more weights than one row of GPU workgroups holds (65,535): the weight gradient's 2-D grid

@@ -119,6 +119,7 @@ fn normalise(
         .zip(argmax.par_chunks_mut(out_plane))
         .zip(x.par_chunks(d.hw))
         .enumerate()
+        .with_min_len(super::planes_per_task(d.hw))
         .for_each_init(
             || vec![0f32; d.hw],
             |plane, (run, ((yp, ip), xs))| {
