@@ -150,7 +150,7 @@ impl Algorithm {
         }
     }
 
-    /// The algorithm `FRACTURE_CONV_ALGORITHM` (read once) or [`Algorithm::force`] forces, if any.
+    /// The algorithm `FRACTURE_CONV_ALGORITHM` (read once per process) forces, if any.
     pub fn forced() -> Option<Algorithm> {
         *FORCED.get_or_init(
             || match std::env::var("FRACTURE_CONV_ALGORITHM").as_deref() {
@@ -159,12 +159,6 @@ impl Algorithm {
                 _ => None,
             },
         )
-    }
-
-    /// Forces `self` for the rest of the process, as `FRACTURE_CONV_ALGORITHM` would, unless a
-    /// choice was made already; true when `self` is the one in force.
-    pub fn force(self) -> bool {
-        FORCED.set(Some(self)).is_ok() || Algorithm::forced() == Some(self)
     }
 }
 
