@@ -237,17 +237,33 @@ fn flat_buffers(f: &Flat) -> (Vec<f32>, Vec<f32>) {
     (vec![0f32; f.padded_len()], vec![0f32; f.flat_outputs()])
 }
 
-/// One plane of a stride-1 correlation: `out[out_h, out_w]` from `plane[in_h, in_w]`, with
-/// the taps' `offsets` ([`Flat::offsets`]).
-fn correlate_plane(
-    (f, offsets): (&Flat, &[usize]),
-    (plane, out): (&[f32], &mut [f32]),
-    (filter, bias, relu): (&[f32], f32, bool),
-    (padded, flat): &mut (Vec<f32>, Vec<f32>),
+/// Every plane of `input` correlated at `f`'s geometry into `out`, in parallel: plane p with
+/// the filter of its channel c = p mod `channels` (`filters[channels, taps]`), plus `bias[c]`
+/// when given, then ReLU when `relu`.
+fn correlate_planes(
+    f: &Flat,
+    (input, out): (&[f32], &mut [f32]),
+    (filters, bias, relu): (&[f32], Option<&[f32]>, bool),
+    channels: usize,
 ) {
-    f.pad(plane, padded);
-    correlate(Kernel::detect(), padded, offsets, filter, bias, flat);
-    f.unflatten(flat, out, relu);
+    let (in_plane, out_plane) = (f.in_h * f.in_w, f.out_h * f.out_w);
+    let taps = f.kh * f.kw;
+    let offsets = f.offsets();
+    out.par_chunks_mut(out_plane)
+        .zip(input.par_chunks(in_plane))
+        .enumerate()
+        .with_min_len(super::planes_per_task(out_plane.max(in_plane)))
+        .for_each_init(
+            || flat_buffers(f),
+            |(padded, flat), (plane, (op, ip))| {
+                let c = plane % channels;
+                f.pad(ip, padded);
+                let filter = &filters[c * taps..(c + 1) * taps];
+                let b = bias.map_or(0.0, |b| b[c]);
+                correlate(Kernel::detect(), padded, &offsets, filter, b, flat);
+                f.unflatten(flat, op, relu);
+            },
+        );
 }
 
 /// The outputs `o` whose input `o·stride + k − pad` lies in `0..size` (and below `out`).
@@ -336,19 +352,7 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut y = vec![0f32; g.n * g.c_in * out_plane];
     if let Some(f) = Flat::forward(g) {
-        let offsets = f.offsets();
-        y.par_chunks_mut(out_plane)
-            .zip(x.par_chunks(in_plane))
-            .enumerate()
-            .with_min_len(super::planes_per_task(out_plane))
-            .for_each_init(
-                || flat_buffers(&f),
-                |buffers, (plane, (yp, xp))| {
-                    let c = plane % g.c_in;
-                    let filter = (&w[c * taps..(c + 1) * taps], b[c], relu);
-                    correlate_plane((&f, &offsets), (xp, yp), filter, buffers);
-                },
-            );
+        correlate_planes(&f, (x, &mut y), (w, Some(b), relu), g.c_in);
         return y;
     }
     y.par_chunks_mut(out_plane)
@@ -377,23 +381,11 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let mut dx = vec![0f32; g.n * g.c_in * in_plane];
     if let Some(f) = Flat::backward_input(g) {
-        let offsets = f.offsets();
         let turned: Vec<f32> = w
             .chunks_exact(taps)
             .flat_map(|filter| filter.iter().rev().copied())
             .collect();
-        dx.par_chunks_mut(in_plane)
-            .zip(dy.par_chunks(out_plane))
-            .enumerate()
-            .with_min_len(super::planes_per_task(in_plane))
-            .for_each_init(
-                || flat_buffers(&f),
-                |buffers, (plane, (dxp, dyp))| {
-                    let c = plane % g.c_in;
-                    let filter = (&turned[c * taps..(c + 1) * taps], 0.0, false);
-                    correlate_plane((&f, &offsets), (dyp, dxp), filter, buffers);
-                },
-            );
+        correlate_planes(&f, (dy, &mut dx), (&turned, None, false), g.c_in);
         return dx;
     }
     dx.par_chunks_mut(in_plane)
