@@ -66,7 +66,7 @@ impl<'a> MatRef<'a> {
             cs: self.rs,
         }
     }
-    #[inline(always)]
+    #[cfg(test)]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }
@@ -107,12 +107,19 @@ impl PackB for MatRef<'_> {
             }
             return;
         }
+        // column-major (a transposed view): the strip's columns are read side by side, so that
+        // it is written in order (a column at a time wrote it NR times, strided)
+        assert_eq!(self.rs, 1, "gemm: B is a row-major matrix or a transposed one");
         for s in 0..strips {
             let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
-            for j in 0..NR.min(nc - s * NR) {
-                let col = j0 + s * NR + j;
-                for (p, dst) in strip.iter_mut().skip(j).step_by(NR).enumerate() {
-                    *dst = self.at(p0 + p, col);
+            let cols = NR.min(nc - s * NR);
+            let src: [&[f32]; NR] = std::array::from_fn(|j| {
+                let col = j0 + s * NR + j.min(cols - 1);
+                &self.data[col * self.cs + p0..][..kc]
+            });
+            for (p, dst) in strip.chunks_exact_mut(NR).enumerate() {
+                for (j, d) in dst[..cols].iter_mut().enumerate() {
+                    *d = src[j][p];
                 }
             }
         }
