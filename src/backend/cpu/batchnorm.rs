@@ -7,6 +7,7 @@
 use super::pool;
 use crate::backend::Epilogue;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Shape of a batch-norm input seen as `(N, C, H·W)`.
 #[derive(Clone, Copy)]
@@ -85,6 +86,18 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> Vec<(f3
         .collect()
 }
 
+/// y = s·x + k of one run, then max(0, y) when `relu`.
+fn normalised_run(xs: &[f32], (s, k): (f32, f32), relu: bool) -> impl Iterator<Item = f32> + '_ {
+    xs.iter().map(move |&v| {
+        let y = s * v + k;
+        if relu {
+            y.max(0.0)
+        } else {
+            y
+        }
+    })
+}
+
 /// y = s·x + k of each channel's `(s, k)`, through the epilogue `then`, in parallel over runs.
 /// With a pooling, each run of y lives only in a thread's buffer, pooled while in cache: the
 /// full-size y (and the ReLU's output) are never written. Returns the output and the pooling's
@@ -95,20 +108,22 @@ fn normalise(
     coef: &[(f32, f32)],
     then: &Epilogue,
 ) -> (Vec<f32>, Option<Vec<u32>>) {
-    let normalised = |run: usize, xs: &[f32], out: &mut [f32]| {
-        let (s, k) = coef[run % d.c];
-        for (o, &v) in out.iter_mut().zip(xs) {
-            let y = s * v + k;
-            *o = if then.relu { y.max(0.0) } else { y };
-        }
-    };
+    let normalised = |run: usize, xs| normalised_run(xs, coef[run % d.c], then.relu);
     let Some(g) = &then.pool else {
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d.hw)
-            .zip(x.par_chunks(d.hw))
-            .enumerate()
-            .with_min_len(super::planes_per_task(d.hw))
-            .for_each(|(run, (out, xs))| normalised(run, xs, out));
+        // SAFETY: the runs cover y, and every value of a run is written.
+        let y = unsafe {
+            super::written_by(x.len(), |y| {
+                y.par_chunks_mut(d.hw)
+                    .zip(x.par_chunks(d.hw))
+                    .enumerate()
+                    .with_min_len(super::planes_per_task(d.hw))
+                    .for_each(|(run, (out, xs))| {
+                        out.iter_mut()
+                            .zip(normalised(run, xs))
+                            .for_each(|(o, v)| _ = o.write(v))
+                    })
+            })
+        };
         return (y, None);
     };
     assert_eq!((g.n * g.c, g.h * g.w), (d.n * d.c, d.hw), "pooling {g:?}");
@@ -123,7 +138,10 @@ fn normalise(
         .for_each_init(
             || vec![0f32; d.hw],
             |plane, (run, ((yp, ip), xs))| {
-                normalised(run, xs, plane);
+                plane
+                    .iter_mut()
+                    .zip(normalised(run, xs))
+                    .for_each(|(o, v)| *o = v);
                 pool::forward_plane(plane, g, yp, ip);
             },
         );
@@ -264,22 +282,25 @@ pub fn backward(
             [slope as f32, (k * m) as f32, offset as f32]
         })
         .collect();
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(d.hw)
-        .zip(x.par_chunks(d.hw))
-        .enumerate()
-        .with_min_len(per_task)
-        .for_each_init(
-            || vec![0f32; d.hw],
-            |buf, (run, (out, xs))| {
-                let c = run % d.c;
-                let g = grad_at_y((run, xs), (dy, argmax), coef[c], then, buf);
-                let [a, b, k] = lin[c];
-                for ((o, &v), &gv) in out.iter_mut().zip(xs).zip(g) {
-                    *o = a * v + b * gv + k;
-                }
-            },
-        );
+    let fill_dx = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(d.hw)
+            .zip(x.par_chunks(d.hw))
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each_init(
+                || vec![0f32; d.hw],
+                |buf, (run, (out, xs))| {
+                    let c = run % d.c;
+                    let g = grad_at_y((run, xs), (dy, argmax), coef[c], then, buf);
+                    let [a, b, k] = lin[c];
+                    for ((o, &v), &gv) in out.iter_mut().zip(xs).zip(g) {
+                        o.write(a * v + b * gv + k);
+                    }
+                },
+            )
+    };
+    // SAFETY: the runs cover dx, and every value of a run is written.
+    let dx = unsafe { super::written_by(x.len(), fill_dx) };
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
     (dx, to_f32(dgamma), to_f32(dbeta))
 }

@@ -19,6 +19,7 @@
 use super::gemm::Kernel;
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// A correlation at stride `s` (the same both ways) of a `in_h × in_w` plane padded by
@@ -138,11 +139,13 @@ impl Flat {
         }
     }
     /// The plane's outputs from the flat ones (dropping each row's last few), with ReLU.
-    fn unflatten(&self, flat: &[f32], out: &mut [f32], relu: bool) {
+    fn unflatten(&self, flat: &[f32], out: &mut [MaybeUninit<f32>], relu: bool) {
+        // every value of `out` is written (callers rely on it: `correlate_planes`)
+        assert!(out.len() == self.out_h * self.out_w && flat.len() >= self.out_h * self.wq());
         let rows = out.chunks_exact_mut(self.out_w).zip(flat.chunks(self.wq()));
         for (o, f) in rows {
             for (o, &v) in o.iter_mut().zip(f) {
-                *o = if relu { v.max(0.0) } else { v };
+                o.write(if relu { v.max(0.0) } else { v });
             }
         }
     }
@@ -237,33 +240,39 @@ fn flat_buffers(f: &Flat) -> (Vec<f32>, Vec<f32>) {
     (vec![0f32; f.padded_len()], vec![0f32; f.flat_outputs()])
 }
 
-/// Every plane of `input` correlated at `f`'s geometry into `out`, in parallel: plane p with
-/// the filter of its channel c = p mod `channels` (`filters[channels, taps]`), plus `bias[c]`
-/// when given, then ReLU when `relu`.
+/// Every plane of `input` correlated at `f`'s geometry, in parallel: plane p with the filter of
+/// its channel c = p mod `channels` (`filters[channels, taps]`), plus `bias[c]` when given, then
+/// ReLU when `relu`.
 fn correlate_planes(
     f: &Flat,
-    (input, out): (&[f32], &mut [f32]),
+    input: &[f32],
     (filters, bias, relu): (&[f32], Option<&[f32]>, bool),
     channels: usize,
-) {
+) -> Vec<f32> {
     let (in_plane, out_plane) = (f.in_h * f.in_w, f.out_h * f.out_w);
     let taps = f.kh * f.kw;
     let offsets = f.offsets();
-    out.par_chunks_mut(out_plane)
-        .zip(input.par_chunks(in_plane))
-        .enumerate()
-        .with_min_len(super::planes_per_task(out_plane.max(in_plane)))
-        .for_each_init(
-            || flat_buffers(f),
-            |(padded, flat), (plane, (op, ip))| {
-                let c = plane % channels;
-                f.pad(ip, padded);
-                let filter = &filters[c * taps..(c + 1) * taps];
-                let b = bias.map_or(0.0, |b| b[c]);
-                correlate(Kernel::detect(), padded, &offsets, filter, b, flat);
-                f.unflatten(flat, op, relu);
-            },
-        );
+    let planes = input.len() / in_plane;
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(out_plane)
+            .zip(input.par_chunks(in_plane))
+            .enumerate()
+            .with_min_len(super::planes_per_task(out_plane.max(in_plane)))
+            .for_each_init(
+                || flat_buffers(f),
+                |(padded, flat), (plane, (op, ip))| {
+                    let c = plane % channels;
+                    f.pad(ip, padded);
+                    let filter = &filters[c * taps..(c + 1) * taps];
+                    let b = bias.map_or(0.0, |b| b[c]);
+                    correlate(Kernel::detect(), padded, &offsets, filter, b, flat);
+                    f.unflatten(flat, op, relu);
+                },
+            )
+    };
+    // SAFETY: the planes cover the output, and `unflatten` writes all `out_h` rows of
+    // `out_w` values of each.
+    unsafe { super::written_by(planes * out_plane, fill) }
 }
 
 /// The outputs `o` whose input `o·stride + k − pad` lies in `0..size` (and below `out`).
@@ -350,11 +359,10 @@ fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
 /// max(0, ·) when `relu`
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
-    let mut y = vec![0f32; g.n * g.c_in * out_plane];
     if let Some(f) = Flat::forward(g) {
-        correlate_planes(&f, (x, &mut y), (w, Some(b), relu), g.c_in);
-        return y;
+        return correlate_planes(&f, x, (w, Some(b), relu), g.c_in);
     }
+    let mut y = vec![0f32; g.n * g.c_in * out_plane];
     y.par_chunks_mut(out_plane)
         .zip(x.par_chunks(in_plane))
         .enumerate()
@@ -379,15 +387,14 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
 /// At stride 1, the correlation of dy with each filter turned by 180°.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
-    let mut dx = vec![0f32; g.n * g.c_in * in_plane];
     if let Some(f) = Flat::backward_input(g) {
         let turned: Vec<f32> = w
             .chunks_exact(taps)
             .flat_map(|filter| filter.iter().rev().copied())
             .collect();
-        correlate_planes(&f, (dy, &mut dx), (&turned, None, false), g.c_in);
-        return dx;
+        return correlate_planes(&f, dy, (&turned, None, false), g.c_in);
     }
+    let mut dx = vec![0f32; g.n * g.c_in * in_plane];
     dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane))
         .enumerate()

@@ -109,7 +109,10 @@ impl PackB for MatRef<'_> {
         }
         // column-major (a transposed view): the strip's columns are read side by side, so that
         // it is written in order (a column at a time wrote it NR times, strided)
-        assert_eq!(self.rs, 1, "gemm: B is a row-major matrix or a transposed one");
+        assert_eq!(
+            self.rs, 1,
+            "gemm: B is a row-major matrix or a transposed one"
+        );
         for s in 0..strips {
             let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
             let cols = NR.min(nc - s * NR);
