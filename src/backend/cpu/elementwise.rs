@@ -2,6 +2,7 @@
 
 use crate::backend::hash;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per rayon task: large enough that scheduling costs nothing next to the work.
 pub(super) const CHUNK: usize = 1 << 14;
@@ -9,15 +10,17 @@ pub(super) const CHUNK: usize = 1 << 14;
 /// `out[i]` = f(i, `a[i]`, `b[i]`), in parallel.
 pub fn zip_map(a: &[f32], b: &[f32], f: impl Fn(usize, f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len());
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, o)| {
-        let base = ci * CHUNK;
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = base + j;
-            *o = f(i, a[i], b[i]);
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, o)| {
+            let base = ci * CHUNK;
+            for (j, o) in o.iter_mut().enumerate() {
+                let i = base + j;
+                o.write(f(i, a[i], b[i]));
+            }
+        })
+    };
+    // SAFETY: the chunks cover the output, and every element of a chunk is written.
+    unsafe { super::written_by(a.len(), fill) }
 }
 
 /// y = a + b.
