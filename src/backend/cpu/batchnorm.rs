@@ -47,21 +47,31 @@ fn sum_lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// For each channel c, the sum of `f(c, x, other)` over its elements, in f64.
-fn channel_sums(
-    d: Dims,
-    x: &[f32],
-    other: &[f32],
-    f: impl Fn(usize, f32, f32) -> f64 + Sync,
-) -> Vec<f64> {
+/// Each channel's mean and biased variance, in f64, the channels in parallel. The variance is a
+/// second pass over the channel's squared deviations (E[x²] − E[x]² cancels badly); it follows
+/// the mean's pass at once, channel by channel, so that it finds the channel in cache (a channel
+/// of MobileNet's largest activation at batch 32 is 512 KiB). Same sums in the same order as two
+/// passes over the whole batch; the step time did not measurably change (the f64 sums, not
+/// memory, set the pace of batch norm's passes).
+fn channel_moments(d: Dims, x: &[f32]) -> Vec<(f64, f64)> {
     (0..d.c)
         .into_par_iter()
         .map(|c| {
-            (0..d.n)
-                .map(|n| sum_lanes(d.run(x, n, c), d.run(other, n, c), |a, b| f(c, a, b)))
-                .sum()
+            let mean = channel_sum(d, x, c, |v| v as f64) / d.count();
+            let var = channel_sum(d, x, c, |v| (v as f64 - mean).powi(2)) / d.count();
+            (mean, var)
         })
         .collect()
+}
+
+/// Σ f(v) over channel c's values, run by run in order.
+fn channel_sum(d: Dims, x: &[f32], c: usize, f: impl Fn(f32) -> f64) -> f64 {
+    (0..d.n)
+        .map(|n| {
+            let run = d.run(x, n, c);
+            sum_lanes(run, run, |v, _| f(v))
+        })
+        .sum()
 }
 
 /// What the training forward pass returns: its output (after the epilogue), the max pooling's
@@ -157,15 +167,7 @@ pub fn forward_train(
     d: Dims,
     then: &Epilogue,
 ) -> Trained {
-    let mean: Vec<f64> = channel_sums(d, x, x, |_, v, _| v as f64)
-        .into_iter()
-        .map(|s| s / d.count())
-        .collect();
-    // Two passes (mean, then squared deviations) rather than E[x²] - E[x]², which cancels badly.
-    let var: Vec<f64> = channel_sums(d, x, x, |c, v, _| (v as f64 - mean[c]).powi(2))
-        .into_iter()
-        .map(|s| s / d.count())
-        .collect();
+    let (mean, var): (Vec<f64>, Vec<f64>) = channel_moments(d, x).into_iter().unzip();
     let inv_std: Vec<f32> = var
         .iter()
         .map(|v| (1.0 / (v + eps as f64).sqrt()) as f32)
