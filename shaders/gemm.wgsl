@@ -9,7 +9,10 @@
 //   C(z, i, j) = c[c_off + z·c_batch + i·c_rs + j]
 //
 // Bindings: 0 params (uniform), 1 a (read), 2 b (read), 3 c (read_write), 4 b4 (read: the
-// same B seen as vec4s).
+// same B seen as vec4s), 5 bias (read: one value per row of C, read when p.epilogue asks).
+// Epilogue (p.epilogue, bit flags; Twin of cpu/gemm.rs's `Epilogue`): each value of C, as it is
+// stored, gets its row's bias added (ROW_BIAS), then max(0, ·) (RELU), so that a convolution's
+// output is written once, not written by the product and then read and written by a bias pass.
 // The override constant VEC4_B (a second pipeline, `gemm_vec4b`) loads each row of 4 B values as
 // one vec4 through b4; the host picks it when B's rows are contiguous and everything is aligned
 // to 4 (b_cs = 1; N, b_off, b_klo, b_khi, b_batch multiples of 4), as for the convolution passes.
@@ -31,14 +34,18 @@ struct Params {
     a_off: u32, a_rs: u32, a_khi: u32, a_klo: u32,
     b_off: u32, b_cs: u32, b_khi: u32, b_klo: u32,
     c_off: u32, c_rs: u32, a_batch: u32, b_batch: u32,
-    c_batch: u32, accumulate: u32, pad0: u32, pad1: u32,
+    c_batch: u32, accumulate: u32, epilogue: u32, pad1: u32,
 }
+
+const ROW_BIAS: u32 = 1u;
+const RELU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
 
 override VEC4_B: bool = false;
 
@@ -53,6 +60,8 @@ fn store_block(z: u32, i0: u32, j0: u32, rows: array<vec4<f32>, 4>) {
             let at = p.c_off + z * p.c_batch + i * p.c_rs + j;
             var v = rows[t][u];
             if (p.accumulate != 0u) { v += c[at]; }
+            if ((p.epilogue & ROW_BIAS) != 0u) { v += bias[i]; }
+            if ((p.epilogue & RELU) != 0u) { v = max(v, 0.0); }
             c[at] = v;
         }
     }

@@ -3,9 +3,9 @@
 //! groups of images, in chunks of images whose unfolded columns fit the budget.
 
 use super::context::grid_1d;
-use super::gemm::{gemm, Gemm};
+use super::gemm::{gemm, gemm_bias, Gemm};
 use super::params::{u, wgsl_params};
-use super::{elementwise, reduce, Gpu, GpuTensor, Window};
+use super::{reduce, Gpu, GpuTensor, Window};
 use crate::backend::Conv2dGeom;
 
 wgsl_params!(
@@ -155,8 +155,8 @@ fn col_buffer(gpu: &Gpu, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTenso
     (!g.is_pointwise()).then(|| gpu.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
 }
 
-/// Forward convolution of one window: y = w ⊛ x + b (then max(0, ·) when `relu`, in the
-/// bias's pass), `g` with the window's batch.
+/// Forward convolution of one window: y = w ⊛ x + b (then max(0, ·) when `relu`), the bias and
+/// the ReLU applied by the product as it stores y, `g` with the window's batch.
 fn forward_window(
     gpu: &Gpu,
     x: &wgpu::Buffer,
@@ -188,9 +188,8 @@ fn forward_window(
             batch: images,
             ..Default::default()
         };
-        gemm(gpu, gm, w, cols, y);
+        gemm_bias(gpu, gm, (w, cols, y), b, relu);
     }
-    elementwise::add_channel_bias(gpu, g.n * g.c_out * q, (g.c_out, q), b, y, relu);
 }
 
 /// Input gradient of one window's convolution: dx = col2im(wᵀ · dy) (for a pointwise

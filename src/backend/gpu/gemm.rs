@@ -11,7 +11,7 @@ wgsl_params!(
         a_off: u32, a_rs: u32, a_khi: u32, a_klo: u32,
         b_off: u32, b_cs: u32, b_khi: u32, b_klo: u32,
         c_off: u32, c_rs: u32, a_batch: u32, b_batch: u32,
-        c_batch: u32, accumulate: u32, pad0: u32, pad1: u32,
+        c_batch: u32, accumulate: u32, epilogue: u32, pad1: u32,
     }
 );
 
@@ -93,6 +93,28 @@ impl Gemm {
 
 /// Records the products `g` of A in `a` and B in `b` into `c`, with the device's GEMM kernel.
 pub(super) fn gemm(gpu: &Gpu, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer) {
+    launch(gpu, g, (a, b, c), None)
+}
+
+/// [`gemm`], then on each value of C as it is stored: its row's value of `bias` added, then
+/// max(0, ·) when `relu` (`gemm.wgsl`'s epilogue). C is overwritten, not accumulated.
+pub(super) fn gemm_bias(
+    gpu: &Gpu,
+    g: Gemm,
+    (a, b, c): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    bias: &wgpu::Buffer,
+    relu: bool,
+) {
+    assert!(!g.accumulate, "gemm: the epilogue applies to C's final values");
+    launch(gpu, g, (a, b, c), Some((bias, relu)))
+}
+
+fn launch(
+    gpu: &Gpu,
+    g: Gemm,
+    (a, b, c): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    epilogue: Option<(&wgpu::Buffer, bool)>,
+) {
     let groups = (u(g.n.div_ceil(64)), u(g.m.div_ceil(64)), u(g.batch));
     let aligned = [g.n, g.b_off, g.b_klo, g.b_khi, g.b_batch]
         .iter()
@@ -102,13 +124,19 @@ pub(super) fn gemm(gpu: &Gpu, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &w
         GemmKernel::Registers if g.b_cs == 1 && aligned => "gemm::gemm_vec4b",
         GemmKernel::Registers => "gemm::gemm",
     };
+    let mut params = g.params();
+    // without an epilogue the bias binding is unread: A stands in for it
+    let bias = epilogue.map_or(a, |(bias, relu)| {
+        params.epilogue = 1 | if relu { 2 } else { 0 };
+        bias
+    });
     // The register kernel binds B twice (as f32s and as vec4s), each variant reading through
     // one of them; the tiled kernel reads f32s.
-    let bind = [(1, a), (2, b), (3, c), (4, b)];
+    let bind = [(1, a), (2, b), (3, c), (5, bias), (4, b)];
     let bind = if gpu.gemm == GemmKernel::Tiled {
-        &bind[..3]
+        &bind[..4]
     } else {
         &bind[..]
     };
-    gpu.ctx.launch(kernel, &g.params(), bind, groups);
+    gpu.ctx.launch(kernel, &params, bind, groups);
 }
