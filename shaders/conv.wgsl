@@ -7,6 +7,10 @@
 //   (0 outside the image).
 // col2im is written as a gather: each input pixel sums the column entries that were copied from
 // it, so no two invocations write the same address and no atomics are needed.
+// With p.pooled (a 2×2 max pooling at stride 2 follows, in inference), im2col lays the columns out
+// window by window: q = 4·(py·pw + px) + 2·dy + dx holds output pixel (2·py + dy, 2·px + dx)
+// (ph = oh/2, pw = ow/2: a last odd row or column, which the pooling drops, is not unfolded), so
+// that gemm.wgsl's POOL epilogue finds each window in 4 adjacent columns.
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 dst (read_write).
 // Layout: 256 invocations per workgroup, 2-D grid of workgroups; im2col writes 4 consecutive
@@ -16,7 +20,7 @@ struct Params {
     c_in: u32, h: u32, w: u32, kh: u32,
     kw: u32, sh: u32, sw: u32, pt: u32,
     pl: u32, oh: u32, ow: u32, images: u32,
-    first: u32, pad0: u32, pad1: u32, pad2: u32,
+    first: u32, pooled: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,13 +34,24 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 // Where col element i reads from: its image n, patch row r = (ci, ky, kx) and output pixel (oy, ox).
 struct Coords { n: u32, ci: u32, ky: u32, kx: u32, oy: u32, ox: u32 }
 
+// Columns per image: its output pixels (only those the pooling reads when p.pooled).
+fn q_len() -> u32 {
+    if (p.pooled != 0u) { return 4u * (p.oh / 2u) * (p.ow / 2u); }
+    return p.oh * p.ow;
+}
+
 fn coords(i: u32) -> Coords {
-    let q_len = p.oh * p.ow;
     let r_len = p.c_in * p.kh * p.kw;
-    let q = i % q_len;
-    let r = (i / q_len) % r_len;
-    return Coords(i / (q_len * r_len), r / (p.kw * p.kh), (r / p.kw) % p.kh, r % p.kw,
-                  q / p.ow, q % p.ow);
+    let q = i % q_len();
+    let r = (i / q_len()) % r_len;
+    var oy = q / p.ow;
+    var ox = q % p.ow;
+    if (p.pooled != 0u) {
+        let window = q / 4u;
+        oy = 2u * (window / (p.ow / 2u)) + (q % 4u) / 2u;
+        ox = 2u * (window % (p.ow / 2u)) + q % 2u;
+    }
+    return Coords(i / (q_len() * r_len), r / (p.kw * p.kh), (r / p.kw) % p.kh, r % p.kw, oy, ox);
 }
 
 // The value of col at c: the input pixel under the patch, 0 in the padded border.
@@ -58,10 +73,21 @@ const IM2COL_RUN: u32 = 4u;
 fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let first = index(wid, nwg, lid) * IM2COL_RUN;
-    let total = p.images * p.c_in * p.kh * p.kw * p.oh * p.ow;
+    let total = p.images * p.c_in * p.kh * p.kw * q_len();
     var c = coords(first);
     for (var i = first; i < min(first + IM2COL_RUN, total); i++) {
         dst[i] = unfolded(c);
+        if (p.pooled != 0u) {
+            // a run is one window (runs and columns per image are multiples of 4): right,
+            // then down-left, then right
+            if (c.ox % 2u == 0u) {
+                c.ox += 1u;
+            } else {
+                c.ox -= 1u;
+                c.oy += 1u;
+            }
+            continue;
+        }
         c.ox += 1u;
         if (c.ox == p.ow) {
             c.ox = 0u;

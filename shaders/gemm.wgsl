@@ -13,6 +13,9 @@
 // Epilogue (p.epilogue, bit flags; Twin of cpu/gemm.rs's `Epilogue`): each value of C, as it is
 // stored, gets its row's bias added (ROW_BIAS), then max(0, ·) (RELU), so that a convolution's
 // output is written once, not written by the product and then read and written by a bias pass.
+// POOL: then the maximum of each row's 4 columns j0..j0+3 (a 2×2 pooling window, as conv.wgsl's
+// pooled im2col lays them out) is stored, at column j0/4 of C (c_rs and c_batch count pooled
+// columns; N is a multiple of 4).
 // The override constant VEC4_B (a second pipeline, `gemm_vec4b`) loads each row of 4 B values as
 // one vec4 through b4; the host picks it when B's rows are contiguous and everything is aligned
 // to 4 (b_cs = 1; N, b_off, b_klo, b_khi, b_batch multiples of 4), as for the convolution passes.
@@ -39,6 +42,7 @@ struct Params {
 
 const ROW_BIAS: u32 = 1u;
 const RELU: u32 = 2u;
+const POOL: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -49,20 +53,33 @@ const RELU: u32 = 2u;
 
 override VEC4_B: bool = false;
 
+// A value of C as it is stored: its row's bias added, then max(0, ·), as p.epilogue asks.
+fn epilogue(v: f32, i: u32) -> f32 {
+    var out = v;
+    if ((p.epilogue & ROW_BIAS) != 0u) { out += bias[i]; }
+    if ((p.epilogue & RELU) != 0u) { out = max(out, 0.0); }
+    return out;
+}
+
 // C(z, i0 + t, j0 + u) (+)= rows[t][u] for the rows and columns inside C
 fn store_block(z: u32, i0: u32, j0: u32, rows: array<vec4<f32>, 4>) {
     for (var t = 0u; t < 4u; t++) {
         let i = i0 + t;
         if (i >= p.m) { break; }
+        if ((p.epilogue & POOL) != 0u) {
+            if (j0 >= p.n) { break; }
+            let r = rows[t];
+            let v = max(max(epilogue(r.x, i), epilogue(r.y, i)), max(epilogue(r.z, i), epilogue(r.w, i)));
+            c[p.c_off + z * p.c_batch + i * p.c_rs + j0 / 4u] = v;
+            continue;
+        }
         for (var u = 0u; u < 4u; u++) {
             let j = j0 + u;
             if (j >= p.n) { break; }
             let at = p.c_off + z * p.c_batch + i * p.c_rs + j;
             var v = rows[t][u];
             if (p.accumulate != 0u) { v += c[at]; }
-            if ((p.epilogue & ROW_BIAS) != 0u) { v += bias[i]; }
-            if ((p.epilogue & RELU) != 0u) { v = max(v, 0.0); }
-            c[at] = v;
+            c[at] = epilogue(v, i);
         }
     }
 }

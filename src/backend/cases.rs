@@ -664,6 +664,10 @@ pub fn suite() -> Vec<Op> {
         conv_pool(3, 1, 9, 8, 5, (3, 3), (1, 1), true, (3, 3), (2, 2)),
         conv_pool(2, 16, 9, 7, 16, (3, 3), (1, 1), true, (2, 2), (2, 2)),
         conv_pool(2, 3, 10, 9, 4, (3, 3), (2, 2), false, (2, 2), (2, 2)),
+        // the GPU's pooled product: rows not a multiple of its 4×4 blocks, batch 9; and a
+        // pointwise convolution, which it pools apart
+        conv_pool(9, 2, 8, 6, 67, (3, 3), (1, 1), true, (2, 2), (2, 2)),
+        conv_pool(3, 5, 6, 6, 7, (1, 1), (1, 1), true, (2, 2), (2, 2)),
         conv_relu(9, 2, 7, 6, 3, (3, 3), (2, 2), same),
         conv_relu(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
         dw(1, 3, 6, 5, (3, 3), (1, 1), same),

@@ -3,10 +3,10 @@
 //! groups of images, in chunks of images whose unfolded columns fit the budget.
 
 use super::context::grid_1d;
-use super::gemm::{gemm, gemm_bias, Gemm};
+use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Gemm};
 use super::params::{u, wgsl_params};
 use super::{reduce, Gpu, GpuTensor, Window};
-use crate::backend::Conv2dGeom;
+use crate::backend::{Conv2dGeom, Pool2dGeom};
 
 wgsl_params!(
     /// `conv.wgsl`'s parameter block: the geometry, and the window's images from `first`.
@@ -14,7 +14,7 @@ wgsl_params!(
         c_in: u32, h: u32, w: u32, kh: u32,
         kw: u32, sh: u32, sw: u32, pt: u32,
         pl: u32, oh: u32, ow: u32, images: u32,
-        first: u32, pad0: u32, pad1: u32, pad2: u32,
+        first: u32, pooled: u32, pad1: u32, pad2: u32,
     }
 );
 
@@ -52,9 +52,48 @@ pub(super) fn forward(
     let y = gpu.alloc(g.output_shape());
     let (w, b) = (gpu.whole(w), gpu.whole(b));
     gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
-        forward_window(gpu, i[0], (w, b), o[0], &g.with_batch(win.count), relu);
+        forward_window(
+            gpu,
+            i[0],
+            (w, b),
+            o[0],
+            &g.with_batch(win.count),
+            (relu, false),
+        );
     });
     y
+}
+
+/// The convolution (with its ReLU when `relu`) then the max pooling `p` over its output, for
+/// inference, when `p` is a 2×2 window at stride 2: the columns are unfolded window by window
+/// and the product stores only each window's maximum, so the full-size output is never written.
+/// `None` for another pooling and for a pointwise convolution (which unfolds nothing).
+pub(super) fn forward_maxpool(
+    gpu: &Gpu,
+    x: &GpuTensor,
+    (w, b): (&GpuTensor, &GpuTensor),
+    g: &Conv2dGeom,
+    relu: bool,
+    p: &Pool2dGeom,
+) -> Option<GpuTensor> {
+    let halving = (p.kh, p.kw, p.stride_h, p.stride_w) == (2, 2, 2, 2)
+        && (p.out_h, p.out_w) == (g.out_h / 2, g.out_w / 2);
+    if !halving || g.is_pointwise() || p.out_h * p.out_w == 0 {
+        return None;
+    }
+    let y = gpu.alloc([g.n, g.c_out, p.out_h, p.out_w]);
+    let (w, b) = (gpu.whole(w), gpu.whole(b));
+    gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
+        forward_window(
+            gpu,
+            i[0],
+            (w, b),
+            o[0],
+            &g.with_batch(win.count),
+            (relu, true),
+        );
+    });
+    Some(y)
 }
 
 /// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]`
@@ -115,18 +154,32 @@ fn chunks(gpu: &Gpu, g: &Conv2dGeom) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Columns of one image's unfolded input: its output pixels, or with `pooled` those that a 2×2
+/// pooling at stride 2 reads, window by window (`conv.wgsl`).
+fn columns(g: &Conv2dGeom, pooled: bool) -> usize {
+    if pooled {
+        4 * (g.out_h / 2) * (g.out_w / 2)
+    } else {
+        g.out_h * g.out_w
+    }
+}
+
 fn im2col(
     gpu: &Gpu,
     x: &wgpu::Buffer,
     g: &Conv2dGeom,
     (first, images): (usize, usize),
-    col: &GpuTensor,
+    (col, pooled): (&GpuTensor, bool),
 ) {
-    let n = images * g.patch_len() * g.out_h * g.out_w;
+    let n = images * g.patch_len() * columns(g, pooled);
+    let params = Params {
+        pooled: u32::from(pooled),
+        ..params(g, images, first)
+    };
     // four values per invocation (IM2COL_RUN in conv.wgsl)
     gpu.ctx.launch(
         "conv::im2col",
-        &params(g, images, first),
+        &params,
         &[(1, x), (2, col.buf())],
         grid_1d(n.div_ceil(4)),
     );
@@ -139,14 +192,20 @@ fn unfolded<'a>(
     x: &'a wgpu::Buffer,
     g: &Conv2dGeom,
     (first, images): (usize, usize),
-    col: &'a Option<GpuTensor>,
+    (col, pooled): (&'a Option<GpuTensor>, bool),
 ) -> (&'a wgpu::Buffer, usize) {
     match col {
         Some(col) => {
-            im2col(gpu, x, g, (first, images), col);
+            im2col(gpu, x, g, (first, images), (col, pooled));
             (col.buf(), 0)
         }
-        None => (x, first * g.c_in * g.h * g.w),
+        None => {
+            assert!(
+                !pooled,
+                "a pointwise convolution's columns are its input, unpooled"
+            );
+            (x, first * g.c_in * g.h * g.w)
+        }
     }
 }
 
@@ -155,21 +214,24 @@ fn col_buffer(gpu: &Gpu, g: &Conv2dGeom, chunk_images: usize) -> Option<GpuTenso
     (!g.is_pointwise()).then(|| gpu.alloc([chunk_images * g.patch_len() * g.out_h * g.out_w]))
 }
 
-/// Forward convolution of one window: y = w ⊛ x + b (then max(0, ·) when `relu`), the bias and
-/// the ReLU applied by the product as it stores y, `g` with the window's batch.
+/// Forward convolution of one window: y = w ⊛ x + b (then max(0, ·) when `relu`, then the 2×2
+/// pooling at stride 2 when `pooled`), applied by the product as it stores y, `g` with the
+/// window's batch.
 fn forward_window(
     gpu: &Gpu,
     x: &wgpu::Buffer,
     (w, b): (&wgpu::Buffer, &wgpu::Buffer),
     y: &wgpu::Buffer,
     g: &Conv2dGeom,
-    relu: bool,
+    (relu, pooled): (bool, bool),
 ) {
-    let (k, q) = (g.patch_len(), g.out_h * g.out_w);
+    let (k, q) = (g.patch_len(), columns(g, pooled));
+    // columns of y per image: the pooled ones when pooled
+    let stored = if pooled { q / 4 } else { q };
     let chunks = chunks(gpu, g);
     let col = col_buffer(gpu, g, chunks[0].1);
     for (first, images) in chunks {
-        let (cols, b_off) = unfolded(gpu, x, g, (first, images), &col);
+        let (cols, b_off) = unfolded(gpu, x, g, (first, images), (&col, pooled));
         // y[n] [Co × Q] = w [Co × K] · col[n] [K × Q]
         let gm = Gemm {
             m: g.c_out,
@@ -182,13 +244,18 @@ fn forward_window(
             b_cs: 1,
             b_klo: q,
             b_batch: k * q,
-            c_off: first * g.c_out * q,
-            c_rs: q,
-            c_batch: g.c_out * q,
+            c_off: first * g.c_out * stored,
+            c_rs: stored,
+            c_batch: g.c_out * stored,
             batch: images,
             ..Default::default()
         };
-        gemm_bias(gpu, gm, (w, cols, y), b, relu);
+        let epilogue = Epilogue {
+            bias: b,
+            relu,
+            pool: pooled,
+        };
+        gemm_with_epilogue(gpu, gm, (w, cols, y), epilogue);
     }
 }
 
@@ -260,7 +327,7 @@ fn backward_weight_window(
         .unwrap_or(1);
     let partials = gpu.alloc([max_groups * g.c_out * k]);
     for (i, (first, images)) in chunks.into_iter().enumerate() {
-        let (cols, b_off) = unfolded(gpu, x, g, (first, images), &col);
+        let (cols, b_off) = unfolded(gpu, x, g, (first, images), (&col, false));
         let groups = (1..=max_groups)
             .rev()
             .find(|d| images % d == 0)

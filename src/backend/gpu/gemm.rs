@@ -96,24 +96,41 @@ pub(super) fn gemm(gpu: &Gpu, g: Gemm, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &w
     launch(gpu, g, (a, b, c), None)
 }
 
-/// [`gemm`], then on each value of C as it is stored: its row's value of `bias` added, then
-/// max(0, ·) when `relu` (`gemm.wgsl`'s epilogue). C is overwritten, not accumulated.
-pub(super) fn gemm_bias(
+/// What `gemm.wgsl` does to each value of C as it stores it (its epilogue).
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    /// One value per row of C, added.
+    pub bias: &'a wgpu::Buffer,
+    /// Then max(0, ·).
+    pub relu: bool,
+    /// Then each row's 4 adjacent columns j..j+3 (a 2×2 pooling window) stored as their
+    /// maximum at column j/4: `c_rs` and `c_batch` count stored columns.
+    pub pool: bool,
+}
+
+/// [`gemm`] with an epilogue. C is overwritten, not accumulated.
+pub(super) fn gemm_with_epilogue(
     gpu: &Gpu,
     g: Gemm,
     (a, b, c): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    bias: &wgpu::Buffer,
-    relu: bool,
+    epilogue: Epilogue,
 ) {
-    assert!(!g.accumulate, "gemm: the epilogue applies to C's final values");
-    launch(gpu, g, (a, b, c), Some((bias, relu)))
+    assert!(
+        !g.accumulate,
+        "gemm: the epilogue applies to C's final values"
+    );
+    assert!(
+        !epilogue.pool || g.n.is_multiple_of(4),
+        "gemm: pooling takes whole windows of 4 columns"
+    );
+    launch(gpu, g, (a, b, c), Some(epilogue))
 }
 
 fn launch(
     gpu: &Gpu,
     g: Gemm,
     (a, b, c): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    epilogue: Option<(&wgpu::Buffer, bool)>,
+    epilogue: Option<Epilogue>,
 ) {
     let groups = (u(g.n.div_ceil(64)), u(g.m.div_ceil(64)), u(g.batch));
     let aligned = [g.n, g.b_off, g.b_klo, g.b_khi, g.b_batch]
@@ -126,9 +143,10 @@ fn launch(
     };
     let mut params = g.params();
     // without an epilogue the bias binding is unread: A stands in for it
-    let bias = epilogue.map_or(a, |(bias, relu)| {
-        params.epilogue = 1 | if relu { 2 } else { 0 };
-        bias
+    let bias = epilogue.map_or(a, |e| {
+        // gemm.wgsl's ROW_BIAS, RELU and POOL
+        params.epilogue = 1 | u32::from(e.relu) << 1 | u32::from(e.pool) << 2;
+        e.bias
     });
     // The register kernel binds B twice (as f32s and as vec4s), each variant reading through
     // one of them; the tiled kernel reads f32s.

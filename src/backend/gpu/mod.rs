@@ -321,6 +321,19 @@ impl Backend for Gpu {
     ) -> GpuTensor {
         conv::forward(self, x, w, b, g, true)
     }
+    fn conv2d_maxpool_forward(
+        &self,
+        x: &GpuTensor,
+        (w, b): (&GpuTensor, &GpuTensor),
+        g: &Conv2dGeom,
+        relu: bool,
+        p: &Pool2dGeom,
+    ) -> GpuTensor {
+        conv::forward_maxpool(self, x, (w, b), g, relu, p).unwrap_or_else(|| {
+            let y = conv::forward(self, x, w, b, g, relu);
+            self.maxpool_forward_infer(&y, p)
+        })
+    }
     fn conv2d_backward_input(&self, dy: &GpuTensor, w: &GpuTensor, g: &Conv2dGeom) -> GpuTensor {
         conv::backward_input(self, dy, w, g)
     }
