@@ -50,18 +50,7 @@ pub(super) fn forward(
     relu: bool,
 ) -> GpuTensor {
     let y = gpu.alloc(g.output_shape());
-    let (w, b) = (gpu.whole(w), gpu.whole(b));
-    gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
-        forward_window(
-            gpu,
-            i[0],
-            (w, b),
-            o[0],
-            &g.with_batch(win.count),
-            (relu, false),
-        );
-    });
-    y
+    forward_windows(gpu, x, (w, b), g, (relu, false), y)
 }
 
 /// The convolution (with its ReLU when `relu`) then the max pooling `p` over its output, for
@@ -82,18 +71,24 @@ pub(super) fn forward_maxpool(
         return None;
     }
     let y = gpu.alloc([g.n, g.c_out, p.out_h, p.out_w]);
+    Some(forward_windows(gpu, x, (w, b), g, (relu, true), y))
+}
+
+/// `y`, filled window by window by [`forward_window`].
+fn forward_windows(
+    gpu: &Gpu,
+    x: &GpuTensor,
+    (w, b): (&GpuTensor, &GpuTensor),
+    g: &Conv2dGeom,
+    relu_pooled: (bool, bool),
+    y: GpuTensor,
+) -> GpuTensor {
     let (w, b) = (gpu.whole(w), gpu.whole(b));
     gpu.per_window(g.n, &[x], &[&y], |win, i, o| {
-        forward_window(
-            gpu,
-            i[0],
-            (w, b),
-            o[0],
-            &g.with_batch(win.count),
-            (relu, true),
-        );
+        let g = g.with_batch(win.count);
+        forward_window(gpu, i[0], (w, b), o[0], &g, relu_pooled);
     });
-    Some(y)
+    y
 }
 
 /// `dx[N,Ci,H,W]` from `dy[N,Co,Ho,Wo]` and `w[Co,Ci,KH,KW]`
