@@ -7,7 +7,7 @@
 //!   `MR`-row strips and its slice of B into `NR`-column strips, contiguous in the order the
 //!   micro-kernel reads them, so the hot loop streams through L1/L2 with unit stride;
 //! - the micro-kernel keeps an `MR × NR` block of C in registers (8 × 32 floats: 16 AVX-512
-//!   registers, or four passes of 8 AVX registers) and performs `MR·NR` fused multiply-adds per
+//!   registers, or three passes over AVX registers) and performs `MR·NR` fused multiply-adds per
 //!   step of k. Eight rows divide every channel count of our models (16 to 512), so no row of a
 //!   convolution's product is padding; on a 1024³ product the 8 × 32 block ran at 74 % of the
 //!   peak on one thread against 68 % for the 6 × 32 block it replaced (12 × 32 measured the
@@ -22,8 +22,8 @@ use std::cell::RefCell;
 
 /// Rows of C held in registers by the micro-kernel.
 const MR: usize = 8;
-/// Columns of C held in registers by the micro-kernel (two 16-wide AVX-512 vectors, or two
-/// halves of two 8-wide AVX vectors each).
+/// Columns of C held in registers by the micro-kernel (two 16-wide AVX-512 vectors, or four
+/// 8-wide AVX vectors, two at a time).
 pub const NR: usize = 32;
 /// Depth of a packed slice of A and B (a `KC × NR` strip of B stays in L1).
 const KC: usize = 256;
@@ -707,10 +707,6 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize
     use std::arch::x86_64::*;
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for i in 0..MR {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
-    }
     for p in 0..kc {
         let b0 = _mm512_loadu_ps(pb.add(p * NR));
         let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
