@@ -214,9 +214,17 @@ fn grad_at_y<'a>(
     then: &Epilogue,
     buf: &'a mut [f32],
 ) -> &'a [f32] {
+    let relu_passes = |v: f32| s * v + k > 0.0;
     match (&then.pool, argmax) {
         (None, _) if !then.relu => return &dy[run * xs.len()..][..xs.len()],
-        (None, _) => buf.copy_from_slice(&dy[run * xs.len()..][..xs.len()]),
+        (None, _) => {
+            // one pass: copying dy and then masking it read and wrote the run twice
+            let dy = &dy[run * xs.len()..][..xs.len()];
+            for ((g, &d), &v) in buf.iter_mut().zip(dy).zip(xs) {
+                *g = if relu_passes(v) { d } else { 0.0 };
+            }
+            return buf;
+        }
         (Some(g), Some(argmax)) => {
             let out_plane = g.out_h * g.out_w;
             let (dyp, ip) = (&dy[run * out_plane..], &argmax[run * out_plane..]);
@@ -229,7 +237,7 @@ fn grad_at_y<'a>(
     }
     if then.relu {
         for (g, &v) in buf.iter_mut().zip(xs) {
-            *g = if s * v + k > 0.0 { *g } else { 0.0 };
+            *g = if relu_passes(v) { *g } else { 0.0 };
         }
     }
     buf

@@ -15,10 +15,11 @@
 //! `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
 
 use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
-use super::{conv_winograd, pool};
+use super::{as_uninit, conv_winograd, filled, pool, written_by};
 use crate::backend::{Conv2dGeom, Pool2dGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 thread_local! {
     /// One image's unfolded input `col`.
@@ -78,8 +79,8 @@ pub fn im2col(x: &[f32], g: &Conv2dGeom, col: &mut [f32]) {
 }
 
 /// Folds `col[Ci·KH·KW, Ho·Wo]` back into `dx[Ci,H,W]` (which it overwrites), summing overlaps.
-pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [f32]) {
-    dx.fill(0.0);
+pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [MaybeUninit<f32>]) {
+    let dx = filled(dx, 0.0);
     let (ho, wo) = (g.out_h, g.out_w);
     for (r, row) in col.chunks_exact(ho * wo).enumerate() {
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
@@ -309,17 +310,23 @@ pub fn forward_pooled(
     };
     let conv_image = g.c_out * g.out_h * g.out_w;
     let out_image = pool.map_or(conv_image, |p| p.c * p.out_h * p.out_w);
-    let mut y = vec![0f32; g.n * out_image];
-    y.par_chunks_mut(out_image)
-        .zip(x.par_chunks(g.c_in * g.h * g.w))
-        .for_each(|(yn, xn)| match pool {
-            None => image(xn, &filters, b, g, relu, yn),
-            Some(p) => with_buffer(&CONV_OUT, conv_image, |conv| {
-                image(xn, &filters, b, g, relu, conv);
-                pool::forward_infer_image(conv, p, yn);
-            }),
-        });
-    y
+    let each_image = |(yn, xn): (&mut [MaybeUninit<f32>], &[f32])| match pool {
+        None => image(xn, &filters, b, g, relu, yn),
+        Some(p) => with_buffer(&CONV_OUT, conv_image, |conv| {
+            // SAFETY: `image` writes f32s only.
+            image(xn, &filters, b, g, relu, unsafe { as_uninit(conv) });
+            pool::forward_infer_image(conv, p, yn);
+        }),
+    };
+    // SAFETY: each image's output is written whole, by `image` (every element of its product)
+    // or by the pooling (every output pixel).
+    unsafe {
+        written_by(g.n * out_image, |y| {
+            y.par_chunks_mut(out_image)
+                .zip(x.par_chunks(g.c_in * g.h * g.w))
+                .for_each(each_image)
+        })
+    }
 }
 
 /// A convolution's filters made ready for a batch.
@@ -330,8 +337,15 @@ enum Filters {
     Winograd(Vec<PackedA>),
 }
 
-/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`.
-fn image(xn: &[f32], filters: &Filters, b: &[f32], g: &Conv2dGeom, relu: bool, yn: &mut [f32]) {
+/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, every element of which it writes.
+fn image(
+    xn: &[f32],
+    filters: &Filters,
+    b: &[f32],
+    g: &Conv2dGeom,
+    relu: bool,
+    yn: &mut [MaybeUninit<f32>],
+) {
     let wm = match filters {
         Filters::Winograd(u) => return conv_winograd::image(xn, u, Some(b), relu, g, yn),
         Filters::Gemm(wm) => wm,
@@ -365,22 +379,27 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
         return conv_winograd::backward_input(dy, w, g);
     }
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
-    let mut dx = vec![0f32; g.n * g.c_in * g.h * g.w];
     let wt = MatRef::rows(w, g.c_out, k).t();
-    dx.par_chunks_mut(g.c_in * g.h * g.w)
-        .zip(dy.par_chunks(g.c_out * p))
-        .for_each(|(dxn, dyn_)| {
-            let dym = MatRef::rows(dyn_, g.c_out, p);
-            if g.is_pointwise() {
-                gemm(wt, dym, dxn, p, false);
-            } else {
-                with_col(g, |col| {
-                    gemm(wt, dym, col, p, false);
-                    col2im(col, g, dxn);
-                });
-            }
-        });
-    dx
+    let each_image = |(dxn, dyn_): (&mut [MaybeUninit<f32>], &[f32])| {
+        let dym = MatRef::rows(dyn_, g.c_out, p);
+        if g.is_pointwise() {
+            gemm_with_epilogue(Kernel::detect(), wt, dym, dxn, p, Epilogue::default());
+        } else {
+            with_col(g, |col| {
+                gemm(wt, dym, col, p, false);
+                col2im(col, g, dxn);
+            });
+        }
+    };
+    // SAFETY: each image's dx is written whole, by the product (every element) or by `col2im`
+    // (which zeroes it before adding into it).
+    unsafe {
+        written_by(g.n * g.c_in * g.h * g.w, |dx| {
+            dx.par_chunks_mut(g.c_in * g.h * g.w)
+                .zip(dy.par_chunks(g.c_out * p))
+                .for_each(each_image)
+        })
+    }
 }
 
 /// Σ xs, in 8 interleaved accumulators (vectorised, and not paced by one chain of additions).

@@ -20,6 +20,7 @@ use super::gemm::{gemm, MatRef, PackedA};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Positions ξ of a transformed 4×4 tile.
@@ -36,11 +37,14 @@ pub fn applies(g: &Conv2dGeom) -> bool {
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let u = prepare(w, g);
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    let mut y = vec![0f32; g.n * y_img];
-    y.par_chunks_mut(y_img)
-        .zip(x.par_chunks(x_img))
-        .for_each(|(yn, xn)| image(xn, &u, b, relu, g, yn));
-    y
+    // SAFETY: `image` writes every pixel of each image's output.
+    unsafe {
+        super::written_by(g.n * y_img, |y| {
+            y.par_chunks_mut(y_img)
+                .zip(x.par_chunks(x_img))
+                .for_each(|(yn, xn)| image(xn, &u, b, relu, g, yn))
+        })
+    }
 }
 
 /// `dx[N,Ci,H,W]` of a 3×3 stride-1 convolution: itself a 3×3 stride-1 convolution, of `dy` with
@@ -117,14 +121,15 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, with the filters of [`prepare`].
+/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, with the filters of [`prepare`]; every pixel
+/// is written.
 pub fn image(
     xn: &[f32],
     u: &[PackedA],
     bias: Option<&[f32]>,
     relu: bool,
     g: &Conv2dGeom,
-    yn: &mut [f32],
+    yn: &mut [MaybeUninit<f32>],
 ) {
     let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
     let rows_per_block = (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1);
@@ -144,7 +149,7 @@ fn block(
     epilogue: (Option<&[f32]>, bool),
     g: &Conv2dGeom,
     rows: Range<usize>,
-    yn: &mut [f32],
+    yn: &mut [MaybeUninit<f32>],
     s: &mut Scratch,
 ) {
     let tw = g.out_w.div_ceil(2);
@@ -242,7 +247,7 @@ fn transform_output(
     g: &Conv2dGeom,
     rows: Range<usize>,
     (bias, relu): (Option<&[f32]>, bool),
-    yn: &mut [f32],
+    yn: &mut [MaybeUninit<f32>],
     buf: &mut [f32],
 ) {
     let tw = g.out_w.div_ceil(2);
@@ -279,12 +284,12 @@ fn transform_output(
                 let (pairs, last) = out.split_at_mut(g.out_w & !1);
                 let sums = s0.iter().zip(s1).zip(s2.iter().zip(s3));
                 for (pair, ((s0, s1), (s2, s3))) in pairs.chunks_exact_mut(2).zip(sums) {
-                    pair[0] = act(s0 + s1 + s2 + bias);
-                    pair[1] = act(s1 - s2 - s3 + bias);
+                    pair[0].write(act(s0 + s1 + s2 + bias));
+                    pair[1].write(act(s1 - s2 - s3 + bias));
                 }
                 if let [o] = last {
                     let j = tw - 1;
-                    *o = act(s0[j] + s1[j] + s2[j] + bias);
+                    o.write(act(s0[j] + s1[j] + s2[j] + bias));
                 }
             }
         }

@@ -17,6 +17,7 @@
 //!   pixel lies inside the image, so the innermost loop has no bounds test.
 
 use super::gemm::Kernel;
+use super::{filled, written_by};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -272,7 +273,7 @@ fn correlate_planes(
     };
     // SAFETY: the planes cover the output, and `unflatten` writes all `out_h` rows of
     // `out_w` values of each.
-    unsafe { super::written_by(planes * out_plane, fill) }
+    unsafe { written_by(planes * out_plane, fill) }
 }
 
 /// The outputs `o` whose input `o·stride + k − pad` lies in `0..size` (and below `out`).
@@ -362,24 +363,28 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
     if let Some(f) = Flat::forward(g) {
         return correlate_planes(&f, x, (w, Some(b), relu), g.c_in);
     }
-    let mut y = vec![0f32; g.n * g.c_in * out_plane];
-    y.par_chunks_mut(out_plane)
-        .zip(x.par_chunks(in_plane))
-        .enumerate()
-        .with_min_len(super::planes_per_task(out_plane))
-        .for_each(|(plane, (yp, xp))| {
-            let c = plane % g.c_in;
-            let filter = &w[c * taps..(c + 1) * taps];
-            yp.fill(b[c]);
-            for_each_tap(g, |k, out, input| {
-                gather_axpy(&mut yp[out], &xp[input..], g.stride_w, filter[k]);
-            });
-            if relu {
-                // while the plane is in L1
-                yp.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
+    let each_plane = |(plane, (yp, xp)): (usize, (&mut [MaybeUninit<f32>], &[f32]))| {
+        let c = plane % g.c_in;
+        let filter = &w[c * taps..(c + 1) * taps];
+        let yp = filled(yp, b[c]);
+        for_each_tap(g, |k, out, input| {
+            gather_axpy(&mut yp[out], &xp[input..], g.stride_w, filter[k]);
         });
-    y
+        if relu {
+            // while the plane is in L1
+            yp.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    };
+    // SAFETY: `filled` writes each plane whole first.
+    unsafe {
+        written_by(g.n * g.c_in * out_plane, |y| {
+            y.par_chunks_mut(out_plane)
+                .zip(x.par_chunks(in_plane))
+                .enumerate()
+                .with_min_len(super::planes_per_task(out_plane))
+                .for_each(each_plane)
+        })
+    }
 }
 
 /// `dx[N,C,H,W]`: each output's gradient goes back to the pixels it read, times their weights:
@@ -394,19 +399,25 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             .collect();
         return correlate_planes(&f, dy, (&turned, None, false), g.c_in);
     }
-    let mut dx = vec![0f32; g.n * g.c_in * in_plane];
-    dx.par_chunks_mut(in_plane)
-        .zip(dy.par_chunks(out_plane))
-        .enumerate()
-        .with_min_len(super::planes_per_task(in_plane))
-        .for_each(|(plane, (dxp, dyp))| {
-            let c = plane % g.c_in;
-            let filter = &w[c * taps..(c + 1) * taps];
-            for_each_tap(g, |k, out, input| {
-                scatter_axpy(&mut dxp[input..], &dyp[out], g.stride_w, filter[k]);
-            });
+    let each_plane = |(plane, (dxp, dyp)): (usize, (&mut [MaybeUninit<f32>], &[f32]))| {
+        let c = plane % g.c_in;
+        let filter = &w[c * taps..(c + 1) * taps];
+        // zeroed here, in cache just before the taps add into it
+        let dxp = filled(dxp, 0.0);
+        for_each_tap(g, |k, out, input| {
+            scatter_axpy(&mut dxp[input..], &dyp[out], g.stride_w, filter[k]);
         });
-    dx
+    };
+    // SAFETY: `filled` writes each plane whole first.
+    unsafe {
+        written_by(g.n * g.c_in * in_plane, |dx| {
+            dx.par_chunks_mut(in_plane)
+                .zip(dy.par_chunks(out_plane))
+                .enumerate()
+                .with_min_len(super::planes_per_task(in_plane))
+                .for_each(each_plane)
+        })
+    }
 }
 
 /// (`dw[C,1,KH,KW]` = Σ_{n,oy,ox} `dy[n,c,oy,ox]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`,

@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Rows of C held in registers by the micro-kernel.
 const MR: usize = 8;
@@ -335,17 +336,21 @@ impl Epilogue<'_> {
 }
 
 /// `C = A · B`, then the epilogue on each block, with an explicit micro-kernel.
+///
+/// C need not be initialised (a new activation is not zeroed first just to be overwritten):
+/// every element of the `M × N` product is written before anything reads it.
 pub fn gemm_with_epilogue(
     kernel: Kernel,
     a: impl PackA,
     b: impl PackB,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     epilogue: Epilogue,
 ) {
     if let Some(bias) = epilogue.row_bias {
         assert_eq!(bias.len(), a.rows(), "gemm: one bias per row of C");
     }
+    let c = (c.as_mut_ptr().cast::<f32>(), c.len());
     run_gemm(kernel, a, b, c, ldc, false, epilogue)
 }
 
@@ -358,15 +363,18 @@ pub fn gemm_with(
     ldc: usize,
     accumulate: bool,
 ) {
+    let c = (c.as_mut_ptr(), c.len());
     run_gemm(kernel, a, b, c, ldc, accumulate, Epilogue::default())
 }
 
-/// The product behind [`gemm_with`] and [`gemm_with_epilogue`].
+/// The product behind [`gemm_with`] and [`gemm_with_epilogue`], into C given as its pointer and
+/// length: without `accumulate` C may be uninitialised, and no reference to it is formed before
+/// its elements are written.
 fn run_gemm(
     kernel: Kernel,
     a: impl PackA,
     b: impl PackB,
-    c: &mut [f32],
+    (c, c_len): (*mut f32, usize),
     ldc: usize,
     accumulate: bool,
     epilogue: Epilogue,
@@ -384,10 +392,7 @@ fn run_gemm(
         "gemm: A is {m}x{k} but B has {} rows",
         b.rows()
     );
-    assert!(
-        m == 0 || c.len() >= (m - 1) * ldc + n,
-        "gemm: C is too small"
-    );
+    assert!(m == 0 || c_len >= (m - 1) * ldc + n, "gemm: C is too small");
     if m == 0 || n == 0 {
         return;
     }
@@ -395,7 +400,7 @@ fn run_gemm(
     let (mc, nc) = (even_split(m, MC, MR), even_split(n, NC, NR));
     let tiles_n = n.div_ceil(nc);
     let tiles = m.div_ceil(mc) * tiles_n;
-    let c_ptr = SendPtr(c.as_mut_ptr());
+    let c_ptr = SendPtr(c);
     let run_tile = |t: usize| {
         let (i0, j0) = ((t / tiles_n) * mc, (t % tiles_n) * nc);
         let tile = Tile {
@@ -521,13 +526,22 @@ unsafe fn store_block(
     overwrite: bool,
 ) {
     for i in 0..rows {
-        let row = std::slice::from_raw_parts_mut(c0.add(i * ldc), cols);
-        let src = &acc[i * NR..i * NR + cols];
-        if overwrite {
-            row.copy_from_slice(src);
-        } else {
-            row.iter_mut().zip(src).for_each(|(c, s)| *c += s);
-        }
+        store_row(&acc[i * NR..i * NR + cols], c0.add(i * ldc), overwrite);
+    }
+}
+
+/// Writes (`overwrite`) or adds `src` into the row of C at `dst`. Written through the pointer,
+/// not a slice, because an overwritten C may not be initialised yet.
+///
+/// # Safety
+/// `dst` must point to `src.len()` floats of C that no other thread touches; when adding, they
+/// must be initialised.
+unsafe fn store_row(src: &[f32], dst: *mut f32, overwrite: bool) {
+    if overwrite {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+    } else {
+        let row = std::slice::from_raw_parts_mut(dst, src.len());
+        row.iter_mut().zip(src).for_each(|(c, s)| *c += s);
     }
 }
 
@@ -624,12 +638,7 @@ unsafe fn kernel_portable(
         }
     }
     for (i, row) in acc.iter().enumerate() {
-        let dst = std::slice::from_raw_parts_mut(c.add(i * ldc), NR);
-        if overwrite {
-            dst.copy_from_slice(row);
-        } else {
-            dst.iter_mut().zip(row).for_each(|(d, s)| *d += s);
-        }
+        store_row(row, c.add(i * ldc), overwrite);
     }
 }
 
@@ -817,13 +826,16 @@ mod tests {
             let product = naive(&MatRef::rows(&a, m, k), &MatRef::rows(&b, k, n));
             for kernel in Kernel::available() {
                 for relu in [false, true] {
-                    let mut c = vec![f32::NAN; m * n];
+                    // NaN where C's old contents would be: a product that read them shows it
+                    let mut c = vec![MaybeUninit::new(f32::NAN); m * n];
                     let epilogue = Epilogue {
                         row_bias: Some(&bias),
                         relu,
                     };
                     let (am, bm) = (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n));
                     gemm_with_epilogue(kernel, am, bm, &mut c, n, epilogue);
+                    // SAFETY: every element was initialised (to NaN) before the product
+                    let c: Vec<f32> = c.iter().map(|v| unsafe { v.assume_init() }).collect();
                     for (idx, (got, p)) in c.iter().zip(&product).enumerate() {
                         let want = if relu {
                             (p + bias[idx / n]).max(0.0)

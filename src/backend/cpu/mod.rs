@@ -68,6 +68,26 @@ pub(crate) unsafe fn written_by(
     Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
 }
 
+/// `s` filled with `value`, and so initialised: for an output that is summed into (a plane at a
+/// time, while it is in cache, rather than the whole output zeroed first).
+pub(crate) fn filled(s: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    s.fill(MaybeUninit::new(value));
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `s` seen as room to be overwritten, for a function that writes outputs it need not read
+/// (the GEMM with an epilogue, Winograd's output transform) when `s` is a reused buffer.
+///
+/// # Safety
+/// Whatever writes through the result must write initialised values only (never
+/// `MaybeUninit::uninit()`), so that `s` still holds f32s afterwards.
+pub(crate) unsafe fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller keeps every element
+    // initialised.
+    &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>])
+}
+
 /// The CPU backend. Its tensors are host tensors; it uses rayon's global thread pool.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;

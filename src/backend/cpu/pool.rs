@@ -3,6 +3,7 @@
 
 use crate::backend::Pool2dGeom;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// (`y[N,C,Ho,Wo]`, argmax) where argmax holds, for each output, the index `iy·W + ix` of its
 /// maximum within the input plane (the first one on ties, scanning rows then columns).
@@ -68,40 +69,46 @@ fn halving_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [f32], ip: &mut [u32]) {
 /// the common 2×2 window at stride 2 a loop the compiler vectorises.
 pub fn forward_infer(x: &[f32], g: &Pool2dGeom) -> Vec<f32> {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
-    let mut y = vec![0f32; g.n * g.c * out_plane];
-    y.par_chunks_mut(out_plane)
-        .zip(x.par_chunks(in_plane))
-        .with_min_len(super::planes_per_task(in_plane))
-        .for_each(|(yp, xp)| infer_plane(xp, g, yp));
-    y
+    // SAFETY: `infer_plane` writes every output pixel of each plane.
+    unsafe {
+        super::written_by(g.n * g.c * out_plane, |y| {
+            y.par_chunks_mut(out_plane)
+                .zip(x.par_chunks(in_plane))
+                .with_min_len(super::planes_per_task(in_plane))
+                .for_each(|(yp, xp)| infer_plane(xp, g, yp))
+        })
+    }
 }
 
 /// [`forward_infer`] of one image `x[C,H,W]` into `y[C,Ho,Wo]`, on this thread.
-pub fn forward_infer_image(x: &[f32], g: &Pool2dGeom, y: &mut [f32]) {
+pub fn forward_infer_image(x: &[f32], g: &Pool2dGeom, y: &mut [MaybeUninit<f32>]) {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
     for (yp, xp) in y.chunks_exact_mut(out_plane).zip(x.chunks_exact(in_plane)) {
         infer_plane(xp, g, yp);
     }
 }
 
-/// One plane `xp[H,W]` pooled into `yp[Ho,Wo]`.
-fn infer_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [f32]) {
+/// One plane `xp[H,W]` pooled into `yp[Ho,Wo]`, every pixel of which it writes.
+fn infer_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [MaybeUninit<f32>]) {
     let halving = (g.kh, g.kw, g.stride_h, g.stride_w) == (2, 2, 2, 2);
     for (oy, yrow) in yp.chunks_exact_mut(g.out_w).enumerate() {
         let top = oy * g.stride_h * g.w;
         if halving {
             let (r0, r1) = (&xp[top..top + g.w], &xp[top + g.w..top + 2 * g.w]);
             let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            // floor(W / 2) pairs: one for each of the out_w = floor(W / 2) pixels
             for (o, (a, b)) in yrow.iter_mut().zip(pairs) {
-                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+                o.write(a[0].max(a[1]).max(b[0].max(b[1])));
             }
             continue;
         }
         for (ox, o) in yrow.iter_mut().enumerate() {
             let corner = top + ox * g.stride_w;
-            *o = (0..g.kh)
-                .flat_map(|ky| &xp[corner + ky * g.w..][..g.kw])
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            o.write(
+                (0..g.kh)
+                    .flat_map(|ky| &xp[corner + ky * g.w..][..g.kw])
+                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+            );
         }
     }
 }
