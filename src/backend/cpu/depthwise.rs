@@ -100,11 +100,14 @@ impl Flat {
             })
             .collect()
     }
-    /// `plane[in_h, in_w]` dealt into the phases of `padded`, zeros around it.
+    /// `plane[in_h, in_w]` dealt into the phases of `padded`, zeros around it. `padded` comes
+    /// from [`flat_buffers`] of this `Flat` and was used by nothing else: every plane writes the
+    /// same positions, so the zeros around them, written when the buffer was made, are still
+    /// there (zeroing it for each plane cost more than the copy at stride 2: four phases).
     fn pad(&self, plane: &[f32], padded: &mut [f32]) {
         debug_assert_eq!(plane.len(), self.in_h * self.in_w);
+        debug_assert_eq!(padded.len(), self.padded_len());
         let (s, wq) = (self.stride, self.wq());
-        padded.fill(0.0);
         if s == 1 {
             for (iy, row) in plane.chunks_exact(self.in_w).enumerate() {
                 let at = (iy + self.pad_top) * wq + self.pad_left;
@@ -132,10 +135,7 @@ impl Flat {
                     break;
                 }
                 let src = &plane[iy * self.in_w + s * first + rx - self.pad_left..];
-                let dst = &mut phase[a * wq + first..a * wq + ends];
-                dst.iter_mut()
-                    .zip(src.iter().step_by(s))
-                    .for_each(|(d, &v)| *d = v);
+                gather_every(s, src, &mut phase[a * wq + first..a * wq + ends]);
             }
         }
     }
@@ -149,6 +149,30 @@ impl Flat {
                 o.write(if relu { v.max(0.0) } else { v });
             }
         }
+    }
+}
+
+/// `dst[j]` = `src[j·s]`. At stride 2 with the stride a constant, which the compiler turns into
+/// vector loads and shuffles (`step_by` is an element at a time).
+fn gather_every(s: usize, src: &[f32], dst: &mut [f32]) {
+    fn constant<const S: usize>(src: &[f32], dst: &mut [f32]) {
+        // whole chunks of S cover all but maybe the last value read
+        let whole = (src.len() / S).min(dst.len());
+        let (body, last) = dst.split_at_mut(whole);
+        debug_assert!(last.len() <= 1, "src holds dst's values");
+        for (d, chunk) in body.iter_mut().zip(src.chunks_exact(S)) {
+            *d = chunk[0];
+        }
+        if let [d] = last {
+            *d = src[whole * S];
+        }
+    }
+    match s {
+        2 => constant::<2>(src, dst),
+        _ => dst
+            .iter_mut()
+            .zip(src.iter().step_by(s))
+            .for_each(|(d, &v)| *d = v),
     }
 }
 
@@ -246,7 +270,8 @@ fn add_lanes(lanes: &mut [f32; LANES], xs: &[f32]) {
     }
 }
 
-/// Per-thread buffers of the flat passes: the padded plane and the flat outputs.
+/// Per-thread buffers of the flat passes: the padded plane and the flat outputs, zeroed once
+/// here; each plane then writes the same positions of them (see [`Flat::pad`]).
 fn flat_buffers(f: &Flat) -> (Vec<f32>, Vec<f32>) {
     (vec![0f32; f.padded_len()], vec![0f32; f.flat_outputs()])
 }
@@ -454,7 +479,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
                 if let (Some(f), Some(offsets)) = (&flat, &offsets) {
                     // dw[k] = Σ_i dy[i] · phases[i + offset_k], dy in rows of wq (0 past the edge)
                     f.pad(xp, &mut padded);
-                    dy_flat.fill(0.0);
+                    // each row's last (kw − 1)/s values stay 0 from `flat_buffers`
                     for (row, d) in dy_flat.chunks_mut(f.wq()).zip(dyp.chunks_exact(g.out_w)) {
                         row[..g.out_w].copy_from_slice(d);
                     }
