@@ -398,10 +398,8 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
     if let Some(f) = Flat::forward(g) {
         return correlate_planes(&f, x, (w, Some(b), relu), g.c_in);
     }
-    let each_plane = |(plane, (yp, xp)): (usize, (&mut [MaybeUninit<f32>], &[f32]))| {
-        let c = plane % g.c_in;
-        let filter = &w[c * taps..(c + 1) * taps];
-        let yp = filled(yp, b[c]);
+    let add_taps = |plane: usize, yp: &mut [f32], xp: &[f32]| {
+        let filter = &w[plane % g.c_in * taps..][..taps];
         for_each_tap(g, |k, out, input| {
             gather_axpy(&mut yp[out], &xp[input..], g.stride_w, filter[k]);
         });
@@ -410,14 +408,35 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> V
             yp.iter_mut().for_each(|v| *v = v.max(0.0));
         }
     };
+    sum_into_planes(
+        x,
+        (in_plane, out_plane),
+        |plane| b[plane % g.c_in],
+        add_taps,
+    )
+}
+
+/// A new output of one `out_plane` plane per `in_plane` plane of `input`, in parallel (a few
+/// planes per task when they are small): each first filled with `start(plane)`, in cache just
+/// before `add(plane, out, input_plane)` adds into it.
+fn sum_into_planes(
+    input: &[f32],
+    (in_plane, out_plane): (usize, usize),
+    start: impl Fn(usize) -> f32 + Sync,
+    add: impl Fn(usize, &mut [f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let planes = input.len() / in_plane;
+    let each = |(plane, (out, ip)): (usize, (&mut [MaybeUninit<f32>], &[f32]))| {
+        add(plane, filled(out, start(plane)), ip)
+    };
     // SAFETY: `filled` writes each plane whole first.
     unsafe {
-        written_by(g.n * g.c_in * out_plane, |y| {
+        written_by(planes * out_plane, |y| {
             y.par_chunks_mut(out_plane)
-                .zip(x.par_chunks(in_plane))
+                .zip(input.par_chunks(in_plane))
                 .enumerate()
-                .with_min_len(super::planes_per_task(out_plane))
-                .for_each(each_plane)
+                .with_min_len(super::planes_per_task(out_plane.max(in_plane)))
+                .for_each(each)
         })
     }
 }
@@ -434,25 +453,13 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             .collect();
         return correlate_planes(&f, dy, (&turned, None, false), g.c_in);
     }
-    let each_plane = |(plane, (dxp, dyp)): (usize, (&mut [MaybeUninit<f32>], &[f32]))| {
-        let c = plane % g.c_in;
-        let filter = &w[c * taps..(c + 1) * taps];
-        // zeroed here, in cache just before the taps add into it
-        let dxp = filled(dxp, 0.0);
+    let add_taps = |plane: usize, dxp: &mut [f32], dyp: &[f32]| {
+        let filter = &w[plane % g.c_in * taps..][..taps];
         for_each_tap(g, |k, out, input| {
             scatter_axpy(&mut dxp[input..], &dyp[out], g.stride_w, filter[k]);
         });
     };
-    // SAFETY: `filled` writes each plane whole first.
-    unsafe {
-        written_by(g.n * g.c_in * in_plane, |dx| {
-            dx.par_chunks_mut(in_plane)
-                .zip(dy.par_chunks(out_plane))
-                .enumerate()
-                .with_min_len(super::planes_per_task(in_plane))
-                .for_each(each_plane)
-        })
-    }
+    sum_into_planes(dy, (out_plane, in_plane), |_| 0.0, add_taps)
 }
 
 /// (`dw[C,1,KH,KW]` = Σ_{n,oy,ox} `dy[n,c,oy,ox]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`,
