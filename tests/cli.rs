@@ -464,6 +464,7 @@ fn bench_times_every_op_on_each_backend_and_reports_json() {
         "infer_images_per_s",
         "peak_rss_mib",
         "gemm_gflops",
+        "micro_kernel_gflops",
         "peak_gflops",
     ] {
         assert!(cpu[key].as_f64().unwrap() > 0.0, "{key}: {}", cpu[key]);
@@ -513,6 +514,10 @@ fn bench_times_every_op_on_each_backend_and_reports_json() {
         // the first step compiles every shader, which no warm step does
         assert!(gpu["first_step_ms"].as_f64().unwrap() > gpu["train_step_ms"].as_f64().unwrap());
         assert!(gpu["gemm_gflops"].is_null(), "GEMM peak is a CPU figure");
+        assert!(
+            gpu["micro_kernel_gflops"].is_null(),
+            "so is the micro-kernel's"
+        );
     }
 }
 

@@ -7,7 +7,7 @@
 //! are counted (a multiply-add counts 2). Clock boosts and other processes affect it exactly as
 //! they affect the GEMM measured next to it.
 
-use crate::backend::cpu::gemm::{gemm, Kernel, MatRef};
+use crate::backend::cpu::gemm::{gemm, micro_kernel_rate, Kernel, MatRef};
 use crate::tensor::Tensor;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,14 @@ pub fn peak_gflops(time: Duration) -> f64 {
         (flops, start.elapsed().as_secs_f64())
     });
     flops.iter().map(|(f, s)| *f as f64 / s).sum::<f64>() / 1e9
+}
+
+/// GFLOP/s of all threads running the GEMM's micro-kernel alone, its operands in cache
+/// ([`micro_kernel_rate`]) over about `time`: the ceiling of the whole product.
+pub fn micro_kernel_gflops(time: Duration) -> f64 {
+    let kernel = Kernel::detect();
+    let rates = rayon::broadcast(|_| micro_kernel_rate(kernel, time));
+    2.0 * rates.iter().sum::<f64>() / 1e9
 }
 
 /// `trips` rounds of 12 independent multiply-adds as wide as the GEMM kernel `kernel` uses;

@@ -150,6 +150,14 @@ impl Report {
                  (peak: every thread running independent fused multiply-adds of the GEMM kernel's width)",
                 100.0 * gemm / peak
             );
+            if let Some(kernel) = cpu.and_then(|c| c.micro_kernel_gflops) {
+                let _ = writeln!(
+                    out,
+                    "its micro-kernel alone, operands in cache: {kernel:.1} GFLOP/s = {:.0}% of the peak \
+                     (the rest of the gap is packing and memory)",
+                    100.0 * kernel / peak
+                );
+            }
         }
         if let Some(kernels) = gpu.and_then(|g| g.kernels.as_ref()) {
             let _ = writeln!(

@@ -144,8 +144,7 @@ pub(super) fn bench_child(
         }
     } else {
         let mut r = bench::run(&Cpu, &bench::WallClock(&Cpu), cfg, &mut tick)?;
-        let (gemm, peak) = bench::cpu_peak();
-        (r.gemm_gflops, r.peak_gflops) = (Some(gemm), Some(peak));
+        bench::measure_cpu_peak(&mut r);
         bench::ChildResult::Report(Box::new(r))
     };
     bar.finish_and_clear();

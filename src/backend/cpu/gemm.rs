@@ -738,6 +738,33 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize
     }
 }
 
+/// Multiply-adds per second of one thread running the micro-kernel alone for about `time`: one
+/// `KC × NR` strip of B (it stays in L1) against the `MR`-row strips of one `MC × KC` block of A
+/// (in L2), into one block of C. This is the product without its packing and without C's
+/// traffic to memory: against the measured peak, what the kernel itself loses; against the whole
+/// product, what the memory around it costs.
+pub fn micro_kernel_rate(kernel: Kernel, time: std::time::Duration) -> f64 {
+    assert!(
+        kernel.runs_here(),
+        "the {} kernel cannot run here",
+        kernel.name()
+    );
+    let (a, b) = (vec![1e-3f32; MC * KC], vec![1e-3f32; KC * NR]);
+    let mut c = [0f32; MR * NR];
+    let start = std::time::Instant::now();
+    let mut blocks = 0usize;
+    while start.elapsed() < time {
+        for strip in a.chunks_exact(MR * KC) {
+            // SAFETY: C is one MR × NR block of row stride NR owned here; the strips hold KC·MR
+            // and KC·NR floats; the kernel runs here (asserted above).
+            unsafe { run_kernel(kernel, KC, strip, &b, c.as_mut_ptr(), NR, false) };
+            blocks += 1;
+        }
+    }
+    std::hint::black_box(c);
+    (blocks * MR * NR * KC) as f64 / start.elapsed().as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
