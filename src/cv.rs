@@ -20,6 +20,8 @@
 //!   roc.png          the folds' ROC curves; reliability.png of the pooled predictions
 //! ```
 
+pub mod compare;
+
 use crate::backend::Backend;
 use crate::checkpoint::{self, write_atomic};
 use crate::data::folds::Assignment;

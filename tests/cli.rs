@@ -732,6 +732,90 @@ fn cv_judge_averages_members_over_shared_folds_and_refuses_others() {
     );
 }
 
+/// A `predictions.csv` of 60 images in 3 folds (every fourth fractured), each image's
+/// probability from `prob(image, fractured)`, in a new folder `name` of `dir`.
+fn write_predictions(
+    dir: &std::path::Path,
+    name: &str,
+    prob: impl Fn(usize, bool) -> f64,
+) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut csv = String::from("file,label,fold,probability\n");
+    for i in 0..60 {
+        let fractured = i % 4 == 0;
+        let fold = (i / 4) % 3 + 1;
+        let p = prob(i, fractured);
+        csv.push_str(&format!(
+            "x/img{i:02}.png,{},{fold},{p:.6}\n",
+            u8::from(fractured)
+        ));
+    }
+    std::fs::write(folder.join("predictions.csv"), csv).unwrap();
+    folder
+}
+
+#[test]
+fn cv_compare_reports_each_fold_and_a_paired_interval_and_refuses_other_folds() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ranks the images in a scrambled order; B puts every fracture above every other image
+    let a = write_predictions(dir.path(), "a", |i, _| ((i * 37) % 60) as f64 / 60.0);
+    let b = write_predictions(dir.path(), "b", |i, f| {
+        0.3 * i as f64 / 60.0 + if f { 0.6 } else { 0.0 }
+    });
+    let compare = |x: &std::path::Path, y: &std::path::Path| {
+        run(&["cv", "--compare", x.to_str().unwrap(), y.to_str().unwrap()])
+    };
+    let o = compare(&a, &b);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for fold in 1..=3 {
+        assert!(
+            stdout.contains(&format!("\n{fold:<6}{:>7}", 20)),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("B ahead on 3 of 3 folds"), "{stdout}");
+    assert!(stdout.contains("B 1.0000"), "{stdout}");
+    assert!(stdout.contains("excludes 0"), "{stdout}");
+    assert!(stdout.contains("B not ahead in 0.0 %"), "{stdout}");
+    // the other way round, the difference is negative; a folder against itself, exactly 0
+    let (stdout, _) = text(&compare(&b, &a));
+    assert!(stdout.contains("B's ROC-AUC is lower"), "{stdout}");
+    let (stdout, _) = text(&compare(&a, &a));
+    assert!(stdout.contains("+0.0000 ± 0.0000"), "{stdout}");
+    assert!(stdout.contains("holds 0"), "{stdout}");
+
+    // an image in another fold, a missing file, a broken line: refused, the file named
+    let moved = dir.path().join("moved");
+    copy_dir(&a, &moved);
+    let csv = std::fs::read_to_string(moved.join("predictions.csv")).unwrap();
+    let csv = csv.replace("x/img05.png,0,2,", "x/img05.png,0,3,");
+    std::fs::write(moved.join("predictions.csv"), csv).unwrap();
+    let o = compare(&a, &moved);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(
+        err.contains("x/img05.png is in fold 2") && err.contains("moved"),
+        "{err}"
+    );
+    let o = compare(&a, &dir.path().join("nowhere"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("nowhere/predictions.csv"),
+        "{}",
+        text(&o).1
+    );
+    std::fs::write(
+        moved.join("predictions.csv"),
+        "file,label,fold,probability\nx/img00.png,1,1,0.5\nx/img01.png,1,1\n",
+    )
+    .unwrap();
+    let o = compare(&a, &moved);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("predictions.csv:3:"), "{}", text(&o).1);
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

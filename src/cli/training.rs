@@ -119,6 +119,11 @@ pub(super) struct CvArgs {
     /// mirrored, and shifted by 1/32 of the side both ways).
     #[arg(long, requires = "judge")]
     tta: bool,
+    /// Compare two finished cross-validations of the same folds (or cv --judge folders), A then
+    /// B: each fold's ROC-AUC under both, and B − A over all images pooled with a paired
+    /// bootstrap interval. Trains nothing.
+    #[arg(long, num_args = 2, value_names = ["CV_DIR_A", "CV_DIR_B"], conflicts_with_all = ["judge", "resume"])]
+    compare: Vec<PathBuf>,
     /// Every option of `train`; with --resume, a cross-validation folder (runs/cv-<model>-NNN)
     /// to continue.
     #[command(flatten)]
@@ -350,6 +355,12 @@ pub(super) fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 /// `cv`: a new cross-validation, or one continued.
 pub(super) fn run_cv(a: CvArgs) -> Result<Outcome> {
     set_threads(a.train.threads)?;
+    if let [first, second] = a.compare.as_slice() {
+        let comparison =
+            cv::compare::compare(first, second, fracture_cnn::metrics::Bootstrap::default())?;
+        print!("{}", cv::compare::render(&comparison));
+        return Ok(Outcome::Done);
+    }
     train::stop_on_signals()?;
     if !a.judge.is_empty() {
         let summary = on_backend!(pick_backend(a.train.backend)?, |be| {

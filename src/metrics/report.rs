@@ -161,25 +161,17 @@ impl Bootstrap {
     /// that every resample keeps the set's prevalence (and has both classes).
     pub fn intervals(&self, probs: &[f32], labels: &[f32], threshold: f32) -> Intervals {
         let full = interval_figures(probs, labels, threshold);
-        let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1.0).collect();
-        let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != 1.0).collect();
-        let mut rng = StdRng::seed_from_u64(self.seed);
         let mut draws = vec![Vec::with_capacity(self.resamples); full.len()];
         let (mut p, mut y) = (Vec::new(), Vec::new());
-        for _ in 0..self.resamples {
+        self.each_resample(labels, |picks| {
             p.clear();
             y.clear();
-            for class in [&pos, &neg].into_iter().filter(|c| !c.is_empty()) {
-                for _ in 0..class.len() {
-                    let i = class[rng.gen_range(0..class.len())];
-                    p.push(probs[i]);
-                    y.push(labels[i]);
-                }
-            }
+            p.extend(picks.iter().map(|&i| probs[i]));
+            y.extend(picks.iter().map(|&i| labels[i]));
             for (d, v) in draws.iter_mut().zip(interval_figures(&p, &y, threshold)) {
                 d.push(v);
             }
-        }
+        });
         let [auc, ap, bal, sens, spec] = std::array::from_fn(|k| {
             let (lo, hi) = if draws[k].is_empty() {
                 (full[k], full[k])
@@ -200,6 +192,79 @@ impl Bootstrap {
             specificity: spec,
         }
     }
+}
+
+impl Bootstrap {
+    /// Calls `visit` with the images of each stratified resample (indices into `labels`): as
+    /// many fractured images drawn with replacement from the fractured ones as there are, and
+    /// as many others from the others.
+    fn each_resample(&self, labels: &[f32], mut visit: impl FnMut(&[usize])) {
+        let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1.0).collect();
+        let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != 1.0).collect();
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut picks = Vec::with_capacity(labels.len());
+        for _ in 0..self.resamples {
+            picks.clear();
+            for class in [&pos, &neg].into_iter().filter(|c| !c.is_empty()) {
+                picks.extend((0..class.len()).map(|_| class[rng.gen_range(0..class.len())]));
+            }
+            visit(&picks);
+        }
+    }
+
+    /// A figure of model B's probabilities minus the same figure of model A's, on the same
+    /// labelled images, with a paired bootstrap: each resample draws the same images for both
+    /// models, so that how hard the drawn images are cancels out and only the models'
+    /// difference varies.
+    pub fn paired_difference(
+        &self,
+        (a, b): (&[f32], &[f32]),
+        labels: &[f32],
+        figure: fn(&[f32], &[f32]) -> f64,
+    ) -> PairedDifference {
+        assert!(a.len() == labels.len() && b.len() == labels.len());
+        let (fa, fb) = (figure(a, labels), figure(b, labels));
+        let mut diffs = Vec::with_capacity(self.resamples);
+        let (mut pa, mut pb, mut y) = (Vec::new(), Vec::new(), Vec::new());
+        self.each_resample(labels, |picks| {
+            pa.clear();
+            pb.clear();
+            y.clear();
+            pa.extend(picks.iter().map(|&i| a[i]));
+            pb.extend(picks.iter().map(|&i| b[i]));
+            y.extend(picks.iter().map(|&i| labels[i]));
+            diffs.push(figure(&pb, &y) - figure(&pa, &y));
+        });
+        let not_better = diffs.iter().filter(|&&d| d <= 0.0).count() as f64;
+        let share_b_not_better = not_better / diffs.len().max(1) as f64;
+        let (lo, hi) = if diffs.is_empty() {
+            (fb - fa, fb - fa)
+        } else {
+            percentile_interval(&mut diffs)
+        };
+        PairedDifference {
+            a: fa,
+            b: fb,
+            difference: Interval {
+                value: fb - fa,
+                lo,
+                hi,
+            },
+            share_b_not_better,
+        }
+    }
+}
+
+/// Model B's figure against model A's on the same images ([`Bootstrap::paired_difference`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PairedDifference {
+    pub a: f64,
+    pub b: f64,
+    /// B − A, with its 95 % paired bootstrap interval.
+    pub difference: Interval,
+    /// The share of resamples in which B's figure is not above A's (a one-sided bootstrap
+    /// p-value for "B is better").
+    pub share_b_not_better: f64,
 }
 
 /// Everything `eval` reports on one labelled set.
@@ -257,6 +322,7 @@ pub fn mean_and_sd(values: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use approx::assert_relative_eq;
 
     const PROBS: [f32; 8] = [0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.3, 0.1];
     const LABELS: [f32; 8] = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0];
@@ -315,6 +381,39 @@ mod tests {
         let wide = iv.roc_auc.hi - iv.roc_auc.lo;
         let big = b.intervals(&probs, &labels, 0.5).roc_auc;
         assert!(big.hi - big.lo < wide / 5.0, "{big} against {}", iv.roc_auc);
+    }
+
+    #[test]
+    fn a_paired_difference_is_nothing_for_one_model_and_sure_for_a_better_one() {
+        // 40 images, 10 fractured; A scrambles them, B ranks every fracture first
+        let labels: Vec<f32> = (0..40).map(|i| f32::from(u8::from(i % 4 == 0))).collect();
+        let a: Vec<f32> = (0..40).map(|i| ((i * 17) % 40) as f32 / 40.0).collect();
+        let b: Vec<f32> = (0..40)
+            .map(|i| 0.3 * i as f32 / 40.0 + 0.6 * labels[i])
+            .collect();
+        let boot = Bootstrap {
+            resamples: 500,
+            seed: 3,
+        };
+        let same = boot.paired_difference((&a, &a), &labels, super::super::roc_auc);
+        let zero = Interval {
+            value: 0.0,
+            lo: 0.0,
+            hi: 0.0,
+        };
+        assert_eq!((same.difference, same.share_b_not_better), (zero, 1.0));
+        let better = boot.paired_difference((&a, &b), &labels, super::super::roc_auc);
+        assert_eq!(better.b, 1.0);
+        assert!(better.a < 0.8, "{better:?}");
+        assert!(better.difference.lo > 0.0, "{better:?}");
+        assert!(better.difference.lo <= better.difference.value);
+        assert!(better.difference.value <= better.difference.hi);
+        assert_eq!(better.share_b_not_better, 0.0);
+        // swapped, the same resamples: the difference and its interval negated
+        let worse = boot.paired_difference((&b, &a), &labels, super::super::roc_auc);
+        assert_relative_eq!(worse.difference.value, -better.difference.value);
+        assert_relative_eq!(worse.difference.lo, -better.difference.hi, epsilon = 1e-12);
+        assert_eq!(worse.share_b_not_better, 1.0);
     }
 
     #[test]
