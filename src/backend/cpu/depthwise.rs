@@ -181,36 +181,80 @@ const LANES: usize = 32;
 
 /// `out[i]` = bias + Σ_k `w[k]` · `p[i + offsets[k]]`, in blocks of [`LANES`] outputs (`out`
 /// is whole blocks) held in registers over all taps, the taps added in order (as the per-tap
-/// loops add them).
+/// loops add them). Two blocks at a time: one block's sums are a chain of dependent adds per
+/// register, which the add's latency, not its throughput, paced.
 #[inline(always)]
 fn correlate_lanes(p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
     debug_assert_eq!(out.len() % LANES, 0);
-    for (b, o) in out.chunks_exact_mut(LANES).enumerate() {
-        let mut acc = [bias; LANES];
-        for (&off, &wk) in offsets.iter().zip(w) {
-            let src: &[f32; LANES] = p[b * LANES + off..][..LANES].try_into().expect("a block");
+    let last = out.len().saturating_sub(LANES);
+    let mut pairs = out.chunks_exact_mut(2 * LANES);
+    for (i, o) in (&mut pairs).enumerate() {
+        correlate_blocks::<2>(p, 2 * i * LANES, offsets, w, bias, o);
+    }
+    let rest = pairs.into_remainder();
+    if !rest.is_empty() {
+        correlate_blocks::<1>(p, last, offsets, w, bias, rest);
+    }
+}
+
+/// [`correlate_lanes`] of the `BLOCKS` blocks of outputs from `start`, into `out`.
+#[inline(always)]
+fn correlate_blocks<const BLOCKS: usize>(
+    p: &[f32],
+    start: usize,
+    offsets: &[usize],
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+) {
+    let mut acc = [[bias; LANES]; BLOCKS];
+    for (&off, &wk) in offsets.iter().zip(w) {
+        let src = &p[start + off..][..BLOCKS * LANES];
+        for (acc, src) in acc.iter_mut().zip(src.chunks_exact(LANES)) {
             for l in 0..LANES {
                 acc[l] += wk * src[l];
             }
         }
-        o.copy_from_slice(&acc);
     }
+    out.copy_from_slice(acc.as_flattened());
 }
 
 /// For each tap k, `a[i] · p[i + offsets[k]]` added into lane `i mod LANES` of `lanes[k]` (`a`
 /// is whole blocks of [`LANES`]). The lanes are left unreduced: the caller adds more images into
-/// them and sums them once, at the end.
+/// them and sums them once, at the end. Three taps at a time, each block of `a` read once for
+/// them: one tap alone was a chain of dependent adds per register, paced by the add's latency.
 #[inline(always)]
 fn dot_offsets_lanes(a: &[f32], p: &[f32], offsets: &[usize], lanes: &mut [[f32; LANES]]) {
     debug_assert_eq!(a.len() % LANES, 0);
-    for (&off, acc) in offsets.iter().zip(lanes) {
-        for (b, ab) in a.chunks_exact(LANES).enumerate() {
+    let whole = offsets.len() / 3 * 3;
+    let (offs3, offs1) = offsets.split_at(whole);
+    let (sums3, sums1) = lanes.split_at_mut(whole);
+    for (offs, sums) in offs3.chunks_exact(3).zip(sums3.chunks_exact_mut(3)) {
+        dot_taps::<3>(a, p, offs, sums);
+    }
+    for (off, sums) in offs1.chunks(1).zip(sums1.chunks_mut(1)) {
+        dot_taps::<1>(a, p, off, sums);
+    }
+}
+
+/// [`dot_offsets_lanes`] of `TAPS` taps together: `offsets` and `lanes` hold `TAPS` each.
+#[inline(always)]
+fn dot_taps<const TAPS: usize>(
+    a: &[f32],
+    p: &[f32],
+    offsets: &[usize],
+    lanes: &mut [[f32; LANES]],
+) {
+    let mut acc: [[f32; LANES]; TAPS] = lanes.try_into().expect("TAPS sums");
+    for (b, ab) in a.chunks_exact(LANES).enumerate() {
+        for (acc, &off) in acc.iter_mut().zip(offsets) {
             let src: &[f32; LANES] = p[b * LANES + off..][..LANES].try_into().expect("a block");
             for l in 0..LANES {
                 acc[l] += ab[l] * src[l];
             }
         }
     }
+    lanes.copy_from_slice(&acc);
 }
 
 /// [`correlate_lanes`] compiled for `simd`.
