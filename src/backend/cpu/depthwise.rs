@@ -12,9 +12,11 @@
 //!   products over the same buffer; at stride 1 the input gradient is the same correlation of dy
 //!   with the turned filter. Compiled for each SIMD level of [`Kernel`] (AVX-512, AVX2 + FMA,
 //!   portable; the GEMM's choice, `FRACTURE_CPU_KERNEL`).
-//! - **per tap** ([`for_each_tap`], the input gradient at stride 2 and strides unequal in the two
-//!   directions): for each kernel tap (ky, kx) the loops run only over the outputs whose input
-//!   pixel lies inside the image, so the innermost loop has no bounds test.
+//!   At a larger stride the input gradient is split into phases ([`InputPhase`]), each such a
+//!   correlation with some of the taps.
+//! - **per tap** ([`for_each_tap`], strides unequal in the two directions): for each kernel tap
+//!   (ky, kx) the loops run only over the outputs whose input pixel lies inside the image, so
+//!   the innermost loop has no bounds test.
 
 use super::gemm::Kernel;
 use super::{filled, written_by};
@@ -487,9 +489,10 @@ fn sum_into_planes(
 
 /// `dx[N,C,H,W]`: each output's gradient goes back to the pixels it read, times their weights:
 /// `dx[n,c,iy,ix]` = Σ over taps and outputs that read (iy, ix) of `w[c,ky,kx]` · `dy[n,c,oy,ox]`.
-/// At stride 1, the correlation of dy with each filter turned by 180°.
+/// At stride 1, the correlation of dy with each filter turned by 180°; at a larger stride the
+/// same, phase by phase ([`InputPhase`]).
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
+    let taps = g.kh * g.kw;
     if let Some(f) = Flat::backward_input(g) {
         let turned: Vec<f32> = w
             .chunks_exact(taps)
@@ -497,6 +500,16 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             .collect();
         return correlate_planes(&f, dy, (&turned, None, false), g.c_in);
     }
+    match InputPhase::all(g) {
+        Some(phases) => backward_input_by_phases(dy, w, g, &phases),
+        None => backward_input_per_tap(dy, w, g),
+    }
+}
+
+/// The input gradient by the per-tap loops ([`for_each_tap`]): each tap's products scattered
+/// into dx, `stride` apart.
+fn backward_input_per_tap(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let add_taps = |plane: usize, dxp: &mut [f32], dyp: &[f32]| {
         let filter = &w[plane % g.c_in * taps..][..taps];
         for_each_tap(g, |k, out, input| {
@@ -504,6 +517,151 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
         });
     };
     sum_into_planes(dy, (out_plane, in_plane), |_| 0.0, add_taps)
+}
+
+/// One phase of a strided input gradient: the pixels `(s·A + ry − pt, s·B + rx − pl)` of dx.
+/// Only the taps `(ry + s·j, rx + s·i)` reach them, from outputs `(A − j, B − i)`, so the phase
+/// is the stride-1 correlation of dy with those taps turned by 180°: at stride 2 a 3×3 filter
+/// splits into 2×2, 2×1, 1×2 and 1×1 taps over four phases, nine multiply-adds per output in
+/// all, each phase summed in registers like the stride-1 passes ([`Flat`]).
+struct InputPhase {
+    /// The correlation of dy giving the phase's `rows × cols` pixels (none when no tap
+    /// reaches them: a kernel smaller than the stride).
+    flat: Option<Flat>,
+    /// The taps `ky·kw + kx` of the filter, in the order of `flat`'s (turned).
+    taps: Vec<usize>,
+    /// dx's first row and column of the phase; its pixels are `stride` apart.
+    first: (usize, usize),
+    rows: usize,
+    cols: usize,
+}
+
+impl InputPhase {
+    /// The `s²` phases of `g`'s input gradient, at a stride the same both ways; `None` when a
+    /// phase would need dy cut rather than padded (then the per-tap loops run).
+    fn all(g: &Conv2dGeom) -> Option<Vec<InputPhase>> {
+        let s = g.stride_h;
+        if s != g.stride_w || s < 2 {
+            return None;
+        }
+        let mut phases = Vec::with_capacity(s * s);
+        for ry in 0..s {
+            for rx in 0..s {
+                let (ys, a0, rows, j) = InputPhase::axis(ry, s, g.kh, g.pad_top, g.h)?;
+                let (xs, b0, cols, i) = InputPhase::axis(rx, s, g.kw, g.pad_left, g.w)?;
+                let fits = g.out_h <= a0 + rows && g.out_w <= b0 + cols;
+                let flat = (j > 0 && i > 0).then_some(Flat {
+                    in_h: g.out_h,
+                    in_w: g.out_w,
+                    pad_top: (j - 1).checked_sub(a0)?,
+                    pad_left: (i - 1).checked_sub(b0)?,
+                    kh: j,
+                    kw: i,
+                    stride: 1,
+                    out_h: rows,
+                    out_w: cols,
+                });
+                if flat.is_some() && !fits {
+                    return None;
+                }
+                let taps = (0..j * i)
+                    .map(|t| (ry + s * (j - 1 - t / i)) * g.kw + rx + s * (i - 1 - t % i))
+                    .collect();
+                phases.push(InputPhase {
+                    flat,
+                    taps,
+                    first: (ys, xs),
+                    rows,
+                    cols,
+                });
+            }
+        }
+        Some(phases)
+    }
+
+    /// Along one axis, for phase `r` of stride `s`, kernel size `k`, padding `pad` and input
+    /// size `size`: (the first pixel, the first output index A, how many pixels, how many taps).
+    fn axis(
+        r: usize,
+        s: usize,
+        k: usize,
+        pad: usize,
+        size: usize,
+    ) -> Option<(usize, usize, usize, usize)> {
+        let a0 = pad.saturating_sub(r).div_ceil(s);
+        let a1 = (size + pad).checked_sub(r)?.div_ceil(s);
+        let first = (s * a0 + r).checked_sub(pad)?;
+        let taps = k.saturating_sub(r).div_ceil(s);
+        Some((first, a0, a1.saturating_sub(a0), taps))
+    }
+}
+
+/// The strided input gradient as the sum of its phases ([`InputPhase`]): each plane of dy
+/// correlated once per phase in a thread's buffers, and each phase's pixels written once into
+/// dx, `stride` apart.
+fn backward_input_by_phases(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeom,
+    phases: &[InputPhase],
+) -> Vec<f32> {
+    let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
+    let s = g.stride_h;
+    let offsets: Vec<Vec<usize>> = phases
+        .iter()
+        .map(|p| p.flat.map_or(Vec::new(), |f| f.offsets()))
+        .collect();
+    // per thread: each phase's padded dy and flat outputs, and room for a phase's taps
+    let buffers = || {
+        let flats: Vec<(Vec<f32>, Vec<f32>)> = phases
+            .iter()
+            .map(|p| {
+                p.flat
+                    .map_or((Vec::new(), Vec::new()), |f| flat_buffers(&f))
+            })
+            .collect();
+        (flats, Vec::with_capacity(taps))
+    };
+    let fill = |dx: &mut [MaybeUninit<f32>]| {
+        dx.par_chunks_mut(in_plane)
+            .zip(dy.par_chunks(out_plane))
+            .enumerate()
+            .with_min_len(super::planes_per_task(in_plane))
+            .for_each_init(buffers, |(bufs, turned), (plane, (dxp, dyp))| {
+                let filter = &w[plane % g.c_in * taps..][..taps];
+                for ((phase, offsets), (padded, flat)) in phases.iter().zip(&offsets).zip(bufs) {
+                    if phase.rows == 0 || phase.cols == 0 {
+                        continue;
+                    }
+                    let (y0, x0) = phase.first;
+                    let rows = dxp[y0 * g.w..].chunks_mut(s * g.w).take(phase.rows);
+                    let Some(f) = &phase.flat else {
+                        for row in rows {
+                            scatter_every(s, None, &mut row[x0..], phase.cols);
+                        }
+                        continue;
+                    };
+                    f.pad(dyp, padded);
+                    turned.clear();
+                    turned.extend(phase.taps.iter().map(|&t| filter[t]));
+                    correlate(Kernel::detect(), padded, offsets, turned, 0.0, flat);
+                    for (row, src) in rows.zip(flat.chunks(f.wq())) {
+                        scatter_every(s, Some(&src[..phase.cols]), &mut row[x0..], phase.cols);
+                    }
+                }
+            })
+    };
+    // SAFETY: every pixel of dx is in exactly one phase (its row and column mod the stride,
+    // offset by the padding), and each phase writes all its `rows × cols` pixels.
+    unsafe { written_by(dy.len() / out_plane * in_plane, fill) }
+}
+
+/// `dst[j·s]` = `src[j]` (or 0 without `src`) for `j < n`: one phase's row of pixels into dx.
+fn scatter_every(s: usize, src: Option<&[f32]>, dst: &mut [MaybeUninit<f32>], n: usize) {
+    let value = |j: usize| src.map_or(0.0, |src| src[j]);
+    for (j, d) in dst.iter_mut().step_by(s).take(n).enumerate() {
+        d.write(value(j));
+    }
 }
 
 /// (`dw[C,1,KH,KW]` = Σ_{n,oy,ox} `dy[n,c,oy,ox]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`,
@@ -583,6 +741,36 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn the_strided_input_gradient_by_phases_is_the_per_tap_one() {
+        let (same, valid) = (Padding::Same, Padding::Valid);
+        // (h, w, kernel, stride, padding, whether the phases apply): MobileNet's even planes,
+        // odd sides, a kernel smaller than the stride (phases no tap reaches), stride 3
+        let cases = [
+            (8, 8, (3, 3), 2, same, true),
+            (7, 6, (3, 3), 2, same, true),
+            (7, 7, (3, 3), 2, valid, true),
+            (2, 2, (3, 3), 2, same, true),
+            (1, 1, (3, 3), 2, same, true),
+            (9, 8, (1, 1), 2, valid, true),
+            (11, 10, (5, 5), 3, same, true),
+            (6, 7, (2, 4), 2, same, true),
+        ];
+        for (i, &(h, w, k, s, padding, phased)) in cases.iter().enumerate() {
+            let g = Conv2dGeom::depthwise(2, 3, h, w, k, (s, s), padding).unwrap();
+            let phases = InputPhase::all(&g);
+            assert_eq!(phases.is_some(), phased, "case {i}");
+            let dy = crate::tensor::Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 5).data;
+            let filters = crate::tensor::Tensor::rand_uniform([3 * k.0 * k.1], -1.0, 1.0, 6).data;
+            let want = backward_input_per_tap(&dy, &filters, &g);
+            let got = backward_input(&dy, &filters, &g);
+            assert_eq!(got.len(), want.len());
+            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-5, "case {i}, dx[{j}]: {a} against {b}");
+            }
+        }
     }
 
     #[test]
