@@ -550,17 +550,22 @@ impl InputPhase {
                 let (ys, a0, rows, j) = InputPhase::axis(ry, s, g.kh, g.pad_top, g.h)?;
                 let (xs, b0, cols, i) = InputPhase::axis(rx, s, g.kw, g.pad_left, g.w)?;
                 let fits = g.out_h <= a0 + rows && g.out_w <= b0 + cols;
-                let flat = (j > 0 && i > 0).then_some(Flat {
-                    in_h: g.out_h,
-                    in_w: g.out_w,
-                    pad_top: (j - 1).checked_sub(a0)?,
-                    pad_left: (i - 1).checked_sub(b0)?,
-                    kh: j,
-                    kw: i,
-                    stride: 1,
-                    out_h: rows,
-                    out_w: cols,
-                });
+                // (a phase no tap reaches has no correlation: its pixels are 0)
+                let flat = if j > 0 && i > 0 {
+                    Some(Flat {
+                        in_h: g.out_h,
+                        in_w: g.out_w,
+                        pad_top: (j - 1).checked_sub(a0)?,
+                        pad_left: (i - 1).checked_sub(b0)?,
+                        kh: j,
+                        kw: i,
+                        stride: 1,
+                        out_h: rows,
+                        out_w: cols,
+                    })
+                } else {
+                    None
+                };
                 if flat.is_some() && !fits {
                     return None;
                 }
