@@ -8,6 +8,7 @@ pub mod conv_winograd;
 pub mod dense;
 pub mod depthwise;
 pub mod elementwise;
+pub mod flat;
 pub mod gemm;
 pub mod loss;
 pub mod optim;
