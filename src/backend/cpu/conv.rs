@@ -12,7 +12,9 @@
 //! reused buffer (`with_col`), so memory stays near `threads × Ci·KH·KW × Ho·Wo` floats whatever
 //! the batch size (a thread that starts another image while it waits inside the parallel GEMM
 //! takes a second buffer). The weight gradient sums its products over groups of
-//! `IMAGES_PER_PARTIAL` images, one partial `dw` per group.
+//! `IMAGES_PER_PARTIAL` images, one partial `dw` per group; on large planes of few output
+//! channels it is not a GEMM at all but dot products over the padded image laid out flat
+//! ([`WeightGradient`]).
 
 use super::flat::{dot_rows, Flat};
 use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
