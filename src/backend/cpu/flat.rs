@@ -487,8 +487,8 @@ unsafe fn dot_block<L: Lanes, const ROWS: usize, const TAPS: usize>(
     }
 }
 
-/// [`dot_rows_blocked`] on `simd`'s registers, in the block that fits them: 4 rows × 3 taps, 12
-/// of AVX-512's 32 registers; 2 × 3, 6 of AVX's 16; portable, 2 × 2.
+/// [`dot_rows_blocked`] on `simd`'s registers, in the block that fits them: 8 rows × 3 taps, 24
+/// of AVX-512's 32 registers (4 × 3 for the rows left); 2 × 3, 6 of AVX's 16; portable, 2 × 2.
 pub(super) fn dot_rows(
     simd: Kernel,
     a: (&[f32], usize),
@@ -505,7 +505,13 @@ pub(super) fn dot_rows(
             offsets: &[usize],
             out: (&mut [f32], usize),
         ) {
-            dot_rows_blocked::<Avx512, 4, 3>(a, p, offsets, out)
+            // blocks of 8 rows, then of 4 for what is left (a whole 8 × 3 block measured 5–15 %
+            // faster than 4 × 3 on resnet's 16- and 32-channel layers)
+            let ((a, len), (out, stride)) = (a, out);
+            let (eights, rest) = a.split_at(a.len() / len / 8 * 8 * len);
+            let (out8, out_rest) = out.split_at_mut((eights.len() / len * stride).min(out.len()));
+            dot_rows_blocked::<Avx512, 8, 3>((eights, len), p, offsets, (out8, stride));
+            dot_rows_blocked::<Avx512, 4, 3>((rest, len), p, offsets, (out_rest, stride));
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(a: (&[f32], usize), p: &[f32], offsets: &[usize], out: (&mut [f32], usize)) {
