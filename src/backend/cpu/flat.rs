@@ -316,20 +316,22 @@ pub(super) fn dot_offsets(
 }
 
 /// A SIMD register of f32 lanes as [`dot_rows`] uses it: each of its sums lives in one.
+///
+/// # Safety
+/// Every function needs the processor to have the implementation's instructions (callers run in
+/// code compiled for them, chosen by `Kernel::detect`).
 trait Lanes {
     type V: Copy;
     /// Lanes of a register (every row's length is a whole number of them).
     const WIDTH: usize;
-    fn zero() -> Self::V;
+    unsafe fn zero() -> Self::V;
     /// # Safety
-    /// `p` must point to `WIDTH` readable floats, and the processor must have the instructions.
+    /// Also: `p` must point to `WIDTH` readable floats.
     unsafe fn load(p: *const f32) -> Self::V;
     /// `acc + a·b` lane by lane.
-    /// # Safety
-    /// The processor must have the instructions.
     unsafe fn mul_add(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
     /// The lanes' sum, added as a tree (halves, then quarters, ...): the same order every time.
-    fn sum(v: Self::V) -> f32;
+    unsafe fn sum(v: Self::V) -> f32;
 }
 
 /// AVX-512: 16 lanes.
@@ -341,9 +343,8 @@ impl Lanes for Avx512 {
     type V = std::arch::x86_64::__m512;
     const WIDTH: usize = 16;
     #[inline(always)]
-    fn zero() -> Self::V {
-        // SAFETY: only called from code compiled for AVX-512F (`dot_rows`).
-        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm512_setzero_ps()
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::V {
@@ -354,9 +355,8 @@ impl Lanes for Avx512 {
         std::arch::x86_64::_mm512_fmadd_ps(a, b, acc)
     }
     #[inline(always)]
-    fn sum(v: Self::V) -> f32 {
-        // SAFETY: only called from code compiled for AVX-512F (`dot_rows`).
-        unsafe { std::arch::x86_64::_mm512_reduce_add_ps(v) }
+    unsafe fn sum(v: Self::V) -> f32 {
+        std::arch::x86_64::_mm512_reduce_add_ps(v)
     }
 }
 
@@ -369,9 +369,8 @@ impl Lanes for Avx2 {
     type V = std::arch::x86_64::__m256;
     const WIDTH: usize = 8;
     #[inline(always)]
-    fn zero() -> Self::V {
-        // SAFETY: only called from code compiled for AVX2 (`dot_rows`).
-        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm256_setzero_ps()
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::V {
@@ -382,14 +381,11 @@ impl Lanes for Avx2 {
         std::arch::x86_64::_mm256_fmadd_ps(a, b, acc)
     }
     #[inline(always)]
-    fn sum(v: Self::V) -> f32 {
+    unsafe fn sum(v: Self::V) -> f32 {
         use std::arch::x86_64::*;
-        // SAFETY: only called from code compiled for AVX2 (`dot_rows`).
-        unsafe {
-            let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
-        }
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
     }
 }
 
@@ -400,7 +396,7 @@ impl Lanes for Portable {
     type V = [f32; 4];
     const WIDTH: usize = 4;
     #[inline(always)]
-    fn zero() -> Self::V {
+    unsafe fn zero() -> Self::V {
         [0.0; 4]
     }
     #[inline(always)]
@@ -412,7 +408,7 @@ impl Lanes for Portable {
         std::array::from_fn(|l| acc[l] + a[l] * b[l])
     }
     #[inline(always)]
-    fn sum(v: Self::V) -> f32 {
+    unsafe fn sum(v: Self::V) -> f32 {
         (v[0] + v[2]) + (v[1] + v[3])
     }
 }
