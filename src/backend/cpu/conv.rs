@@ -645,7 +645,7 @@ mod tests {
 
     /// The flat weight gradient against the GEMM one on odd shapes: strides 1, 2 and 3, valid
     /// and same (asymmetric) padding, kernels not square, output channels not a multiple of
-    /// the 4-row block and taps not of the 3-tap block, more images than one partial holds.
+    /// the 8- or 4-row blocks and taps not of the 3-tap block, more images than one partial holds.
     #[test]
     fn the_flat_weight_gradient_is_the_gemm_one() {
         // (n, c_in, h, w, c_out, kernel, stride, padding)

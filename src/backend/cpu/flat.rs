@@ -531,7 +531,7 @@ mod tests {
     use crate::tensor::Tensor;
 
     /// `dot_rows` on every SIMD level this processor has, against plain f64 sums: row counts
-    /// and tap counts on both sides of the blocks (4 × 3, 2 × 3, 2 × 2), rows of one and of
+    /// and tap counts on both sides of the blocks (8 × 3 then 4 × 3, 2 × 3, 2 × 2), rows of one and of
     /// several registers, the sums added to what `out` holds, and `out`'s other values left alone.
     #[test]
     fn dot_rows_adds_each_rows_dot_product_at_each_offset_on_every_kernel() {
