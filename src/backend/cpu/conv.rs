@@ -8,8 +8,8 @@
 //!   each patch element adding into the input pixel it was copied from.
 //!
 //! How col reaches the GEMM is an [`Unfolding`]: written out whole first, gathered straight
-//! from the image into the GEMM's packed blocks, or (forward passes at a stride) copied in runs
-//! from the image laid out flat once. The input gradient writes dcol into its thread's
+//! from the image into the GEMM's packed blocks, or (at a stride) copied in runs from the image
+//! laid out flat once, into which the input gradient's dcol is folded back in runs too. The input gradient writes dcol into its thread's
 //! reused buffer (`with_col`), so memory stays near `threads × Ci·KH·KW × Ho·Wo` floats whatever
 //! the batch size (a thread that starts another image while it waits inside the parallel GEMM
 //! takes a second buffer). The weight gradient sums its products over groups of
@@ -118,15 +118,17 @@ pub enum Unfolding {
     /// stride), where row (ci, ky, kx) of `col` is one contiguous run of plane ci from the tap's
     /// offset ([`FlatCol`]): packing a block is copying runs, with no index arithmetic per pixel
     /// nor, at a stride, per element. The product then has `(KW−1)/s` columns per output row
-    /// past the plane's edge, dropped afterwards. Forward passes only; the same sums as the
-    /// others, bit for bit (the same product, only packed differently).
+    /// past the plane's edge, dropped afterwards. The input gradient folds dcol back the same
+    /// way ([`FlatInputGradient`]). The same sums as the others, bit for bit (the same products,
+    /// only packed and folded differently).
     Flat,
 }
 
 impl Unfolding {
-    /// The forward pass's unfolding of `g`: [`Unfolding::Flat`] where it applies and pays
-    /// ([`flat_unfolding_pays`]), else implicit; `FRACTURE_CONV_UNFOLDING=copy|implicit|flat`
-    /// forces one (flat only where it applies), for benchmarks and tests.
+    /// The unfolding of `g`'s forward pass and input gradient: [`Unfolding::Flat`] where it
+    /// applies and pays ([`flat_unfolding_pays`]), else implicit (the input gradient's
+    /// implicit way is `col2im`); `FRACTURE_CONV_UNFOLDING=copy|implicit|flat` forces one (flat
+    /// only where it applies), for benchmarks and tests.
     pub fn choose(g: &Conv2dGeom) -> Unfolding {
         let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
         match Unfolding::forced() {
@@ -152,10 +154,11 @@ impl Unfolding {
     }
 }
 
-/// Whether [`Unfolding::Flat`] beats the implicit gather for `g`'s forward pass: at a stride,
-/// where the gather goes element by element (`bench`, batch 32: resnet at 192's 7×7/2 stem
-/// 11.1 → 3.7 ms, its 3×3/2 layers 2.8 → 1.2, 1.8 → 1.0 and 1.7 → 1.4; MobileNet's 3×3/2 stem
-/// at 128 faster too). At stride 1 the gather copies runs already, and the flat product's extra
+/// Whether [`Unfolding::Flat`] beats the implicit gather (and `col2im`) for `g`: at a stride,
+/// where those go element by element (`bench`, batch 32: resnet at 192's 7×7/2 stem 11.1 → 3.7
+/// ms forward, its 3×3/2 layers 2.8 → 1.2, 1.8 → 1.0 and 1.7 → 1.4 forward and 2.7 → 1.6,
+/// 1.6 → 1.1 and 1.6 → 1.6 for the input gradient; MobileNet's 3×3/2 stem at 128 faster too).
+/// At stride 1 the gather copies runs already, and the flat product's extra
 /// pass over the output (dropping each row's last columns) costs more than it saves:
 /// fracturenet's first layer (3×3, one input channel, 32 output channels at 128×128) took 3.6–4.2
 /// ms implicit against 7.1–8.0 flat.
@@ -557,12 +560,25 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     if Algorithm::choose(g) == Algorithm::Winograd {
         return conv_winograd::backward_input(dy, w, g);
     }
+    backward_input_by(Unfolding::choose(g), dy, w, g)
+}
+
+/// [`backward_input`] through the GEMM, dcol folded back the way `unfolding` says: on the image
+/// laid out flat for [`Unfolding::Flat`], else by [`col2im`].
+fn backward_input_by(unfolding: Unfolding, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let wt = MatRef::rows(w, g.c_out, k).t();
-    let each_image = |(dxn, dyn_): (&mut [MaybeUninit<f32>], &[f32])| {
+    let flat = match unfolding {
+        Unfolding::Flat if !g.is_pointwise() => Flat::forward(g),
+        _ => None,
+    };
+    let each_image = |buffers: &mut Option<FlatInputGradient>,
+                      (dxn, dyn_): (&mut [MaybeUninit<f32>], &[f32])| {
         let dym = MatRef::rows(dyn_, g.c_out, p);
         if g.is_pointwise() {
             gemm_with_epilogue(Kernel::detect(), wt, dym, dxn, p, Epilogue::default());
+        } else if let Some(buffers) = buffers {
+            buffers.image(wt, dyn_, dxn);
         } else {
             with_col(g, |col| {
                 gemm(wt, dym, col, p, false);
@@ -570,14 +586,63 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             });
         }
     };
-    // SAFETY: each image's dx is written whole, by the product (every element) or by `col2im`
-    // (which zeroes it before adding into it).
+    // SAFETY: each image's dx is written whole, by the product (every element), by `col2im`
+    // (which zeroes it before adding into it) or by `Flat::unpad` (every element).
     unsafe {
         written_by(g.n * g.c_in * g.h * g.w, |dx| {
             dx.par_chunks_mut(g.c_in * g.h * g.w)
                 .zip(dy.par_chunks(g.c_out * p))
-                .for_each(each_image)
+                .for_each_init(|| flat.map(|f| FlatInputGradient::new(f, g)), each_image)
         })
+    }
+}
+
+/// The buffers of one task's input gradients on flat planes ([`Unfolding::Flat`]): dy in rows
+/// of `wq`, the product `dcol[Ci·KH·KW, Ho·wq]`, and dx on the image's padded planes, into
+/// which row (ci, k) of dcol is added at tap k's offset: a contiguous run, where [`col2im`]
+/// places each element of a strided layer one at a time. The same sums in the same order.
+struct FlatInputGradient {
+    planes: FlatPlanes,
+    dy_rows: Vec<f32>,
+    dcol: Vec<f32>,
+    c_out: usize,
+}
+
+impl FlatInputGradient {
+    fn new(flat: Flat, g: &Conv2dGeom) -> FlatInputGradient {
+        let cols = flat.out_h * flat.wq();
+        FlatInputGradient {
+            planes: FlatPlanes::new(flat, g.c_in),
+            // each row's last (kw − 1)/s values stay 0: their dcol columns are 0
+            dy_rows: vec![0.0; g.c_out * cols],
+            dcol: vec![0.0; g.patch_len() * cols],
+            c_out: g.c_out,
+        }
+    }
+
+    /// `dxn[Ci,H,W]` = col2im(wt · dyn), every element written.
+    fn image(&mut self, wt: MatRef, dyn_: &[f32], dxn: &mut [MaybeUninit<f32>]) {
+        let f = self.planes.flat;
+        let (wq, cols) = (f.wq(), f.out_h * f.wq());
+        let rows = self.dy_rows.chunks_exact_mut(cols);
+        for (flat, plane) in rows.zip(dyn_.chunks_exact(f.out_h * f.out_w)) {
+            for (row, d) in flat.chunks_mut(wq).zip(plane.chunks_exact(f.out_w)) {
+                row[..f.out_w].copy_from_slice(d);
+            }
+        }
+        let dy = MatRef::rows(&self.dy_rows, self.c_out, cols);
+        gemm(wt, dy, &mut self.dcol, cols, false);
+        let (taps, len) = (self.planes.offsets.len(), f.padded_len());
+        self.planes.planes.fill(0.0);
+        for (r, row) in self.dcol.chunks_exact(cols).enumerate() {
+            let at = (r / taps) * len + self.planes.offsets[r % taps];
+            let dst = &mut self.planes.planes[at..at + cols];
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        }
+        let planes = dxn.chunks_exact_mut(f.in_h * f.in_w);
+        for (plane, padded) in planes.zip(self.planes.each()) {
+            f.unpad(padded, plane);
+        }
     }
 }
 
@@ -843,21 +908,34 @@ mod tests {
             }
         }
     }
+    /// `got` equal to `want` element by element, or a panic naming the first that is not.
+    fn assert_same(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            panic!("{what}: element {i} is {} against {}", got[i], want[i]);
+        }
+    }
+
+    /// Convolutions `(n, c_in, h, w, c_out, kernel, stride, padding)` on which the unfoldings
+    /// are compared.
+    const SHAPES: [Shape; 6] = [
+        (2, 3, 9, 11, 5, (3, 3), (1, 1), Padding::Same),
+        (3, 1, 40, 38, 16, (7, 7), (2, 2), Padding::Same),
+        (2, 2, 13, 12, 9, (5, 3), (3, 3), Padding::Valid),
+        (1, 32, 12, 10, 12, (3, 3), (2, 2), Padding::Same),
+        (1, 2, 70, 40, 3, (1, 3), (1, 1), Padding::Same),
+        (2, 3, 11, 12, 4, (3, 3), (2, 2), Padding::Valid),
+    ];
+    type Shape = (usize, usize, usize, usize, usize, Dim, Dim, Padding);
+    type Dim = (usize, usize);
+
     /// The forward pass with each unfolding, bit for bit the same (one product, packed three
     /// ways): strides 1, 2 and 3, valid and asymmetric same padding, kernels 7×7, 5×3 and 1×3,
     /// more than one `KC` slice of K (Ci·KH·KW = 288) and than one `NC` tile of columns, output
     /// channels not a multiple of the micro-kernel's rows, with ReLU and with a pooling after it.
     #[test]
     fn every_unfolding_gives_the_same_forward_pass() {
-        // (n, c_in, h, w, c_out, kernel, stride, padding)
-        let cases = [
-            (2, 3, 9, 11, 5, (3, 3), (1, 1), Padding::Same),
-            (3, 1, 40, 38, 16, (7, 7), (2, 2), Padding::Same),
-            (2, 2, 13, 12, 9, (5, 3), (3, 3), Padding::Valid),
-            (1, 32, 12, 10, 12, (3, 3), (2, 2), Padding::Same),
-            (1, 2, 70, 40, 3, (1, 3), (1, 1), Padding::Same),
-        ];
-        for (i, &(n, c_in, h, w, c_out, kernel, stride, padding)) in cases.iter().enumerate() {
+        for (i, &(n, c_in, h, w, c_out, kernel, stride, padding)) in SHAPES.iter().enumerate() {
             let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, stride, padding).unwrap();
             let x = Tensor::rand_uniform([n, c_in, h, w], -1.0, 1.0, i as u64).data;
             let wt = Tensor::rand_uniform([c_out, g.patch_len()], -1.0, 1.0, 20 + i as u64).data;
@@ -869,9 +947,35 @@ mod tests {
                     forward_with(&Filters::Gemm(wm, unfolding), &x, &b, &g, relu, pool)
                 };
                 let copy = by(Unfolding::Copy);
-                assert_eq!(by(Unfolding::Implicit), copy, "case {i}, implicit");
-                assert_eq!(by(Unfolding::Flat), copy, "case {i}, flat, relu {relu}");
+                assert_same(
+                    &by(Unfolding::Implicit),
+                    &copy,
+                    &format!("case {i}, implicit"),
+                );
+                let flat = by(Unfolding::Flat);
+                assert_same(&flat, &copy, &format!("case {i}, flat, relu {relu}"));
             }
+        }
+    }
+    /// The input gradient folded on flat planes against [`col2im`], bit for bit, on the
+    /// forward test's shapes (strides 1, 2 and 3; valid padding leaves input pixels no tap
+    /// reads, whose gradient is 0), with each task's buffers shared by several images too.
+    #[test]
+    fn the_flat_input_gradient_is_col2ims() {
+        for (i, &(n, c_in, h, w, c_out, kernel, stride, padding)) in SHAPES.iter().enumerate() {
+            let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, stride, padding).unwrap();
+            let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, i as u64).data;
+            let wt = Tensor::rand_uniform([c_out, g.patch_len()], -1.0, 1.0, 20 + i as u64).data;
+            let copy = backward_input_by(Unfolding::Copy, &dy, &wt, &g);
+            let flat = backward_input_by(Unfolding::Flat, &dy, &wt, &g);
+            assert_same(&flat, &copy, &format!("case {i}"));
+            // on one thread, one task's buffers serve every image: nothing of one may stay
+            let one_thread = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let flat = one_thread.install(|| backward_input_by(Unfolding::Flat, &dy, &wt, &g));
+            assert_same(&flat, &copy, &format!("case {i}, one thread"));
         }
     }
 }

@@ -108,8 +108,26 @@ impl Flat {
             }
             return;
         }
+        self.runs(|at, from, len| gather_every(s, &plane[from..], &mut padded[at..at + len]));
+    }
+    /// The plane back from its phases (`pad` undone): every value of `plane` written, 0 where no
+    /// tap reads it (a valid convolution's last rows and columns).
+    pub(super) fn unpad(&self, padded: &[f32], plane: &mut [MaybeUninit<f32>]) {
+        debug_assert_eq!(plane.len(), self.in_h * self.in_w);
+        plane.fill(MaybeUninit::new(0.0));
+        self.runs(|at, from, len| {
+            let dst = plane[from..].iter_mut().step_by(self.stride);
+            for (d, &v) in dst.zip(&padded[at..at + len]) {
+                d.write(v);
+            }
+        });
+    }
+    /// Each run of the plane in the phases: `each(at, from, len)` for the `len` values of the
+    /// phases' buffer from `at`, which hold the plane's values from `from`, `stride` apart.
+    fn runs(&self, mut each: impl FnMut(usize, usize, usize)) {
+        let (s, wq) = (self.stride, self.wq());
         let rows = self.out_h + (self.kh - 1) / s;
-        for (ph, phase) in padded.chunks_exact_mut(self.phase_len()).enumerate() {
+        for ph in 0..s * s {
             let (ry, rx) = (ph / s, ph % s);
             // phase column b holds padded column s·b + rx, input column s·b + rx − pad_left
             let first = self.pad_left.saturating_sub(rx).div_ceil(s);
@@ -127,8 +145,8 @@ impl Flat {
                 if iy >= self.in_h {
                     break;
                 }
-                let src = &plane[iy * self.in_w + s * first + rx - self.pad_left..];
-                gather_every(s, src, &mut phase[a * wq + first..a * wq + ends]);
+                let from = iy * self.in_w + s * first + rx - self.pad_left;
+                each(ph * self.phase_len() + a * wq + first, from, ends - first);
             }
         }
     }
