@@ -9,13 +9,13 @@
 //!
 //! How col reaches the GEMM is an [`Unfolding`]: written out whole first, gathered straight
 //! from the image into the GEMM's packed blocks, or (at a stride) copied in runs from the image
-//! laid out flat once, into which the input gradient's dcol is folded back in runs too. The input gradient writes dcol into its thread's
-//! reused buffer (`with_col`), so memory stays near `threads × Ci·KH·KW × Ho·Wo` floats whatever
-//! the batch size (a thread that starts another image while it waits inside the parallel GEMM
-//! takes a second buffer). The weight gradient sums its products over groups of
-//! `IMAGES_PER_PARTIAL` images, one partial `dw` per group; on large planes of few output
-//! channels it is not a GEMM at all but dot products over the padded image laid out flat
-//! ([`WeightGradient`]).
+//! laid out flat once, into which the input gradient's dcol is folded back in runs too. The
+//! input gradient writes dcol into its thread's reused buffer (`with_col`), so memory stays near
+//! `threads × Ci·KH·KW × Ho·Wo` floats whatever the batch size (a thread that starts another
+//! image while it waits inside the parallel GEMM takes a second buffer). The weight gradient
+//! sums its products over groups of `IMAGES_PER_PARTIAL` images, one partial `dw` per group; on
+//! large planes of few output channels it is not a GEMM at all but dot products over the padded
+//! image laid out flat ([`WeightGradient`]).
 
 use super::flat::{dot_rows, Flat};
 use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
@@ -158,10 +158,10 @@ impl Unfolding {
 /// where those go element by element (`bench`, batch 32: resnet at 192's 7×7/2 stem 11.1 → 3.7
 /// ms forward, its 3×3/2 layers 2.8 → 1.2, 1.8 → 1.0 and 1.7 → 1.4 forward and 2.7 → 1.6,
 /// 1.6 → 1.1 and 1.6 → 1.6 for the input gradient; MobileNet's 3×3/2 stem at 128 faster too).
-/// At stride 1 the gather copies runs already, and the flat product's extra
-/// pass over the output (dropping each row's last columns) costs more than it saves:
-/// fracturenet's first layer (3×3, one input channel, 32 output channels at 128×128) took 3.6–4.2
-/// ms implicit against 7.1–8.0 flat.
+/// At stride 1 the gather copies runs already, and the flat product's extra pass over the
+/// output (dropping each row's last columns) costs more than it saves: fracturenet's first
+/// layer (3×3, one input channel, 32 output channels at 128×128) took 3.6–4.2 ms implicit
+/// against 7.1–8.0 flat.
 fn flat_unfolding_pays(g: &Conv2dGeom) -> bool {
     g.stride_h > 1
 }
