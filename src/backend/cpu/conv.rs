@@ -623,13 +623,8 @@ impl FlatInputGradient {
     /// `dxn[Ci,H,W]` = col2im(wt · dyn), every element written.
     fn image(&mut self, wt: MatRef, dyn_: &[f32], dxn: &mut [MaybeUninit<f32>]) {
         let f = self.planes.flat;
-        let (wq, cols) = (f.wq(), f.out_h * f.wq());
-        let rows = self.dy_rows.chunks_exact_mut(cols);
-        for (flat, plane) in rows.zip(dyn_.chunks_exact(f.out_h * f.out_w)) {
-            for (row, d) in flat.chunks_mut(wq).zip(plane.chunks_exact(f.out_w)) {
-                row[..f.out_w].copy_from_slice(d);
-            }
-        }
+        let cols = f.out_h * f.wq();
+        dy_in_rows(&f, dyn_, &mut self.dy_rows, cols);
         let dy = MatRef::rows(&self.dy_rows, self.c_out, cols);
         gemm(wt, dy, &mut self.dcol, cols, false);
         let (taps, len) = (self.planes.offsets.len(), f.padded_len());
@@ -642,6 +637,17 @@ impl FlatInputGradient {
         let planes = dxn.chunks_exact_mut(f.in_h * f.in_w);
         for (plane, padded) in planes.zip(self.planes.each()) {
             f.unpad(padded, plane);
+        }
+    }
+}
+
+/// Each plane of `dy[Co,Ho,Wo]` into `rows` (`row_len` floats a plane) laid out on `f`'s flat
+/// outputs: its rows `wq` apart, the values past each row's `Wo` left as they are (0).
+fn dy_in_rows(f: &Flat, dy: &[f32], rows: &mut [f32], row_len: usize) {
+    let planes = rows.chunks_exact_mut(row_len);
+    for (flat, plane) in planes.zip(dy.chunks_exact(f.out_h * f.out_w)) {
+        for (row, d) in flat.chunks_mut(f.wq()).zip(plane.chunks_exact(f.out_w)) {
+            row[..f.out_w].copy_from_slice(d);
         }
     }
 }
@@ -723,13 +729,8 @@ impl<'g> FlatGrid<'g> {
     /// Lays out one image `x[Ci,H,W]` and its `dy[Co,Ho,Wo]`.
     fn lay_out(&mut self, x: &[f32], dy: &[f32]) {
         self.planes.lay_out(x);
-        let (f, g) = (&self.planes.flat, self.g);
-        let rows = self.dy_rows.chunks_exact_mut(f.flat_outputs());
-        for (flat, plane) in rows.zip(dy.chunks_exact(g.out_h * g.out_w)) {
-            for (row, d) in flat.chunks_mut(f.wq()).zip(plane.chunks_exact(g.out_w)) {
-                row[..g.out_w].copy_from_slice(d);
-            }
-        }
+        let f = &self.planes.flat;
+        dy_in_rows(f, dy, &mut self.dy_rows, f.flat_outputs());
     }
 
     /// `dw[Co, Ci·KH·KW]` += Σ_i dy[co][i] · plane_ci[i + offset_k] for every (co, ci, k).
