@@ -13,9 +13,10 @@
 //! input gradient writes dcol into its thread's reused buffer (`with_col`), so memory stays near
 //! `threads × Ci·KH·KW × Ho·Wo` floats whatever the batch size (a thread that starts another
 //! image while it waits inside the parallel GEMM takes a second buffer). The weight gradient
-//! sums its products over groups of `IMAGES_PER_PARTIAL` images, one partial `dw` per group; on
-//! large planes of few output channels it is not a GEMM at all but dot products over the padded
-//! image laid out flat ([`WeightGradient`]).
+//! sums its products over groups of `IMAGES_PER_PARTIAL` images, one partial `dw` per group (on
+//! small planes the group's images are one product); on planes of 100 pixels or more and fewer
+//! than 128 output channels it is not a GEMM at all but dot products over the padded image laid
+//! out flat ([`WeightGradient`]).
 
 use super::flat::{dot_rows, Flat};
 use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
@@ -208,19 +209,25 @@ impl Algorithm {
 /// The process's forced algorithm, decided once (see [`Algorithm::forced`]).
 static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
 
-/// One image's `col[Ci·KH·KW, Ho·Wo]` (or, `transposed`, its transpose) as a GEMM operand that is
-/// never stored: packing a block reads the image.
+/// The `col[Ci·KH·KW, m·Ho·Wo]` of `m` images side by side (or, `transposed`, its transpose) as a
+/// GEMM operand that is never stored: packing a block reads the images.
 #[derive(Clone, Copy)]
 pub struct Unfolded<'a> {
-    /// One image, `[Ci,H,W]`.
+    /// The images, `[m,Ci,H,W]`; col's columns are their output pixels, image by image.
     pub x: &'a [f32],
     pub g: &'a Conv2dGeom,
     pub transposed: bool,
 }
 
 impl Unfolded<'_> {
-    /// Writes row r of col, from output pixel j0 for nc pixels, into `out` in runs that stay
-    /// inside one output row and one packed strip: the run of pixel j0 + j starts at `at(j)`.
+    /// Output pixels of all the images: col's columns.
+    fn pixels(&self) -> usize {
+        let g = self.g;
+        self.x.len() / (g.c_in * g.h * g.w) * g.out_h * g.out_w
+    }
+
+    /// Writes row r of col, from pixel j0 for nc pixels, into `out` in runs that stay inside one
+    /// output row of one image and one packed strip: the run of pixel j0 + j starts at `at(j)`.
     /// Positions advance by counting, not dividing (this runs for every row of every block).
     #[inline]
     fn pack_row(
@@ -233,20 +240,29 @@ impl Unfolded<'_> {
     ) {
         let g = self.g;
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-        let plane = &self.x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        let (mut oy, mut ox) = (j0 / g.out_w, j0 % g.out_w);
+        let image_len = g.c_in * g.h * g.w;
+        let (n, pixel) = (j0 / (g.out_h * g.out_w), j0 % (g.out_h * g.out_w));
+        // the input plane `ci` of image n starts at `plane`
+        let mut plane = n * image_len + ci * g.h * g.w;
+        let (mut oy, mut ox) = (pixel / g.out_w, pixel % g.out_w);
         let mut j = 0;
         while j < nc {
             let len = (g.out_w - ox).min(NR - j % NR).min(nc - j);
             let seg = &mut out[at(j)..][..len];
             match source_index(oy, ky, g.stride_h, g.pad_top, g.h) {
                 None => seg.fill(0.0),
-                Some(iy) => gather_columns(&plane[iy * g.w..(iy + 1) * g.w], ox, kx, g, seg),
+                Some(iy) => {
+                    let row = &self.x[plane + iy * g.w..][..g.w];
+                    gather_columns(row, ox, kx, g, seg)
+                }
             }
             j += len;
             ox += len;
             if ox == g.out_w {
                 (oy, ox) = (oy + 1, 0);
+                if oy == g.out_h {
+                    (plane, oy) = (plane + image_len, 0);
+                }
             }
         }
     }
@@ -291,7 +307,7 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 
 impl PackB for Unfolded<'_> {
     fn rows(&self) -> usize {
-        let (k, p) = (self.g.patch_len(), self.g.out_h * self.g.out_w);
+        let (k, p) = (self.g.patch_len(), self.pixels());
         if self.transposed {
             p
         } else {
@@ -299,7 +315,7 @@ impl PackB for Unfolded<'_> {
         }
     }
     fn cols(&self) -> usize {
-        let (k, p) = (self.g.patch_len(), self.g.out_h * self.g.out_w);
+        let (k, p) = (self.g.patch_len(), self.pixels());
         if self.transposed {
             k
         } else {
@@ -704,9 +720,11 @@ impl WeightGradient {
 const FLAT_MIN_OUTPUTS: usize = 100;
 
 /// Output channels from which the GEMM is chosen: its packing is shared by more rows of the
-/// product. fracturenet's 64- and 128-channel layers (64×64 to 16×16) took 28.7, 20.0 and 10.8
-/// ms with the GEMM against 30.6, 22.0 and 13.4 flat.
-const FLAT_MAX_CHANNELS: usize = 64;
+/// product. With the 8 × 3 blocks of `dot_rows` (batch 32, alternated three times):
+/// fracturenet's 64-channel layer at 64×64 took 37–40 ms with the GEMM against 24–33 flat, and
+/// resnet's 64-channel 12×12 layers 3.0–3.2 against 2.7–2.8; fracturenet's 128-channel layers
+/// at 32×32 and 16×16 were no faster flat (20–26 ms both ways; 11–14 against 11–15).
+const FLAT_MAX_CHANNELS: usize = 128;
 
 /// One image and its dy laid out flat ([`Flat`]): the operands of [`WeightGradient::Flat`].
 struct FlatGrid<'g> {
@@ -745,6 +763,61 @@ impl<'g> FlatGrid<'g> {
     }
 }
 
+/// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image.
+fn add_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
+    let (k, p) = (g.patch_len(), g.out_h * g.out_w);
+    let dym = MatRef::rows(dyn_, g.c_out, p);
+    if g.is_pointwise() {
+        gemm(dym, MatRef::rows(xn, k, p).t(), dw, k, true);
+    } else if Unfolding::forced() != Some(Unfolding::Copy) {
+        let colt = Unfolded {
+            x: xn,
+            g,
+            transposed: true,
+        };
+        gemm(dym, colt, dw, k, true);
+    } else {
+        with_col(g, |col| {
+            im2col(xn, g, col);
+            gemm(dym, MatRef::rows(col, k, p).t(), dw, k, true);
+        });
+    }
+}
+
+/// `dw[Co, Ci·KH·KW]` += Σₙ dyₙ · colₙᵀ for the images `xs[m,Ci,H,W]` and their `dys`, as one
+/// product: dy's rows side by side `[Co, m·Ho·Wo]` times the images' colᵀ, whose K is every
+/// image's pixels. Per image, a small plane's product is a loop over k shorter than one of the
+/// GEMM's slices, and dw's blocks are read and written again for every image.
+fn add_weight_gradient_together(xs: &[f32], dys: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
+    let p = g.out_h * g.out_w;
+    let m = dys.len() / (g.c_out * p);
+    let mut side = vec![0f32; g.c_out * m * p];
+    for (n, dyn_) in dys.chunks_exact(g.c_out * p).enumerate() {
+        for (co, row) in dyn_.chunks_exact(p).enumerate() {
+            side[(co * m + n) * p..][..p].copy_from_slice(row);
+        }
+    }
+    let colt = Unfolded {
+        x: xs,
+        g,
+        transposed: true,
+    };
+    gemm(
+        MatRef::rows(&side, g.c_out, m * p),
+        colt,
+        dw,
+        g.patch_len(),
+        true,
+    );
+}
+
+/// Output pixels per image below which a chunk's images make one weight-gradient product
+/// ([`add_weight_gradient_together`]; the GEMM's slice of K is 256): resnet's 128-channel 6×6
+/// layers 2.9–3.4 → 2.6–3.0 ms (batch 32). Not for pointwise layers, whose per-image colᵀ is
+/// the image itself, packed faster as a plain matrix: MobileNet's 256-channel 1×1 layers at 8×8
+/// took 1.0–1.1 ms a product per image against 1.2–1.4 together.
+const ONE_PRODUCT_MAX_PIXELS: usize = 256;
+
 /// Images per partial weight gradient. Fixed (not derived from the thread count) so that the
 /// summation order, and so the result, is the same on every machine.
 const IMAGES_PER_PARTIAL: usize = 8;
@@ -772,28 +845,23 @@ fn backward_weight_by(
         .map(|chunk| {
             let mut dw = vec![0f32; g.c_out * k];
             let images = chunk * IMAGES_PER_PARTIAL..g.n.min((chunk + 1) * IMAGES_PER_PARTIAL);
-            let mut grid = flat.map(FlatGrid::new);
-            for n in images {
-                let xn = &x[n * x_img..(n + 1) * x_img];
-                let dyn_ = &dy[n * dy_img..(n + 1) * dy_img];
-                let dym = MatRef::rows(dyn_, g.c_out, p);
-                if let Some(grid) = grid.as_mut() {
+            let (xs, dys) = (
+                &x[images.start * x_img..images.end * x_img],
+                &dy[images.start * dy_img..images.end * dy_img],
+            );
+            if let Some(mut grid) = flat.map(FlatGrid::new) {
+                for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
                     grid.lay_out(xn, dyn_);
                     grid.add_weight_gradient(&mut dw);
-                } else if g.is_pointwise() {
-                    gemm(dym, MatRef::rows(xn, k, p).t(), &mut dw, k, true);
-                } else if Unfolding::forced() != Some(Unfolding::Copy) {
-                    let colt = Unfolded {
-                        x: xn,
-                        g,
-                        transposed: true,
-                    };
-                    gemm(dym, colt, &mut dw, k, true);
-                } else {
-                    with_col(g, |col| {
-                        im2col(xn, g, col);
-                        gemm(dym, MatRef::rows(col, k, p).t(), &mut dw, k, true);
-                    });
+                }
+            } else if p < ONE_PRODUCT_MAX_PIXELS
+                && !g.is_pointwise()
+                && Unfolding::forced() != Some(Unfolding::Copy)
+            {
+                add_weight_gradient_together(xs, dys, g, &mut dw);
+            } else {
+                for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
+                    add_weight_gradient(xn, dyn_, g, &mut dw);
                 }
             }
             dw
@@ -977,6 +1045,37 @@ mod tests {
                 .unwrap();
             let flat = one_thread.install(|| backward_input_by(Unfolding::Flat, &dy, &wt, &g));
             assert_same(&flat, &copy, &format!("case {i}, one thread"));
+        }
+    }
+    /// The weight gradient of several images as one product against the sum of one product per
+    /// image: 3×3 same and strided, 5×3 valid, a 1×1 layer, planes whose pixels are not a whole
+    /// strip, images across the pack's blocks.
+    #[test]
+    fn the_weight_gradient_of_images_together_is_the_sum_of_theirs() {
+        let cases = [
+            (5, 3, 6, 7, 9, (3, 3), (1, 1), Padding::Same),
+            (3, 2, 9, 8, 4, (3, 3), (2, 2), Padding::Same),
+            (4, 5, 7, 9, 3, (5, 3), (1, 1), Padding::Valid),
+            (6, 12, 5, 5, 10, (1, 1), (1, 1), Padding::Valid),
+        ];
+        for (i, &(n, c_in, h, w, c_out, kernel, stride, padding)) in cases.iter().enumerate() {
+            let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, stride, padding).unwrap();
+            let x = Tensor::rand_uniform([n, c_in, h, w], -1.0, 1.0, i as u64).data;
+            let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 60 + i as u64).data;
+            let mut each = vec![0f32; c_out * g.patch_len()];
+            let per_image = (x.chunks_exact(x.len() / n)).zip(dy.chunks_exact(dy.len() / n));
+            for (xn, dyn_) in per_image {
+                add_weight_gradient(xn, dyn_, &g, &mut each);
+            }
+            let mut together = vec![0f32; c_out * g.patch_len()];
+            add_weight_gradient_together(&x, &dy, &g, &mut together);
+            let largest = each.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (j, (a, b)) in together.iter().zip(&each).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * largest,
+                    "case {i}, dw[{j}]: together {a}, image by image {b}"
+                );
+            }
         }
     }
 }
