@@ -1,5 +1,5 @@
 // pool.wgsl — max pooling forward (keeping the argmax) and backward, and global average pooling.
-// Twin of src/backend/cpu/pool.rs.
+// Twin of src/backend/cpu/pool.rs. pool_window.wgsl is prepended (window_corner, windows_holding).
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 idx (argmax, u32), 3 dst (read_write).
 // forward: one invocation per output; idx holds the winner's index iy·W + ix within its plane
@@ -25,16 +25,18 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid;
 }
 
+fn windows() -> PoolWindows {
+    return PoolWindows(p.h, p.w, p.kh, p.kw, p.sh, p.sw, p.oh, p.ow);
+}
+
 // src = x, dst = y
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = element(wid, nwg, lid);
     if (i >= p.planes * p.oh * p.ow) { return; }
-    let ox = i % p.ow;
-    let oy = (i / p.ow) % p.oh;
     let plane = (i / (p.ow * p.oh)) * p.h * p.w;
-    let corner = oy * p.sh * p.w + ox * p.sw;
+    let corner = window_corner(windows(), i % (p.ow * p.oh));
     var best = src[plane + corner];
     var at = corner;
     for (var ky = 0u; ky < p.kh; ky++) {
@@ -58,17 +60,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = element(wid, nwg, lid);
     if (i >= p.planes * p.h * p.w) { return; }
     let k = i % (p.h * p.w);
-    let iy = k / p.w;
-    let ix = k % p.w;
     let out_plane = (i / (p.h * p.w)) * p.oh * p.ow;
-    // windows oy with oy·sh ≤ iy < oy·sh + kh
-    let oy_lo = select(0u, (iy + 1u - p.kh + p.sh - 1u) / p.sh, iy + 1u > p.kh);
-    let ox_lo = select(0u, (ix + 1u - p.kw + p.sw - 1u) / p.sw, ix + 1u > p.kw);
-    let oy_hi = min(iy / p.sh + 1u, p.oh);
-    let ox_hi = min(ix / p.sw + 1u, p.ow);
+    let held = windows_holding(windows(), k);
     var sum = 0.0;
-    for (var oy = oy_lo; oy < oy_hi; oy++) {
-        for (var ox = ox_lo; ox < ox_hi; ox++) {
+    for (var oy = held.lo.y; oy < held.hi.y; oy++) {
+        for (var ox = held.lo.x; ox < held.hi.x; ox++) {
             let o = out_plane + oy * p.ow + ox;
             if (idx[o] == k) { sum += src[o]; }
         }

@@ -391,7 +391,9 @@ impl Op {
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.c * g.h * g.w,
             Op::GlobalAvgPool(shape) => per_sample(shape),
             Op::Dense { i, o, .. } => i * o,
-            Op::BatchNorm(s, _) | Op::BatchNormInfer(s) | Op::Add(s) | Op::Relu(s) => per_sample(s),
+            // and the GPU's per-channel table [γ | β | mean | scale] in one binding
+            Op::BatchNorm(s, _) | Op::BatchNormInfer(s) => per_sample(s).max(4 * s[1]),
+            Op::Add(s) | Op::Relu(s) => per_sample(s),
             Op::Dropout { shape, .. } => per_sample(shape),
             Op::Bce { n, .. } => *n,
             Op::Adam(len) | Op::Sgd(len) => *len,

@@ -4,7 +4,7 @@
 
 use super::context::grid_1d;
 use super::params::{u, wgsl_params};
-use super::{pool, Gpu, GpuTensor, Window};
+use super::{Gpu, GpuTensor, Window};
 use crate::backend::{BatchNormStats, Epilogue};
 
 wgsl_params!(
@@ -16,6 +16,14 @@ wgsl_params!(
         flags: u32,
         eps: f32,
         count: u32,
+        h: u32,
+        w: u32,
+        kh: u32,
+        kw: u32,
+        sh: u32,
+        sw: u32,
+        oh: u32,
+        ow: u32,
         pad0: u32,
         pad1: u32,
     }
@@ -29,34 +37,55 @@ const FINISH: u32 = 2;
 const RELU: u32 = 4;
 /// The scale binding holds 1/sqrt(var + eps) (training), not the variance.
 const INV_STD: u32 = 8;
+/// A max pooling follows: `normalize_pool` pools, and dy and idx are the pooling's.
+const POOL: u32 = 16;
 
-/// The parameters of a window; `flags` adds RELU or INV_STD.
-fn params(x: &GpuTensor, window: Window, eps: f32, flags: u32) -> Params {
+/// The parameters of a window; `flags` adds RELU or INV_STD, and `then`'s pooling adds POOL.
+fn params(x: &GpuTensor, window: Window, eps: f32, flags: u32, then: &Epilogue) -> Params {
     let (n, c, h, w) = x.shape.nchw();
     let accumulate = if window.is_first() { 0 } else { ACCUMULATE };
     let finish = if window.last { FINISH } else { 0 };
-    Params {
+    let relu = if then.relu { RELU } else { 0 };
+    let plain = Params {
         n: u(window.count),
         c: u(c),
         hw: u(h * w),
-        flags: accumulate | finish | flags,
+        flags: accumulate | finish | relu | flags,
         eps,
         count: u(n * h * w),
+        h: u(h),
+        w: u(w),
         ..Params::default()
+    };
+    match &then.pool {
+        None => plain,
+        Some(g) => Params {
+            flags: plain.flags | POOL,
+            kh: u(g.kh),
+            kw: u(g.kw),
+            sh: u(g.stride_h),
+            sw: u(g.stride_w),
+            oh: u(g.out_h),
+            ow: u(g.out_w),
+            ..plain
+        },
     }
 }
 
-/// The flags of `then`'s ReLU.
-fn relu_flag(then: &Epilogue) -> u32 {
-    if then.relu {
-        RELU
-    } else {
-        0
+/// The shader's per-channel table `[gamma | beta | mean | scale]` (each `[C]`), in one binding.
+fn channel_table(gpu: &Gpu, parts: [&GpuTensor; 4]) -> GpuTensor {
+    let c = parts[0].len();
+    let table = gpu.alloc([4 * c]);
+    let bytes = 4 * c as u64;
+    for (k, part) in parts.iter().enumerate() {
+        gpu.ctx
+            .copy(part.buf(), 0, table.buf(), k as u64 * bytes, bytes);
     }
+    table
 }
 
 /// (y through `then`, batch statistics, the pooling's positions) with the batch's own mean and
-/// variance; a pooling runs on the (ReLU's) output, which is dropped after.
+/// variance. With a pooling, only its output is written (`normalize_pool`), not y.
 pub(super) fn forward_train(
     gpu: &Gpu,
     x: &GpuTensor,
@@ -69,9 +98,9 @@ pub(super) fn forward_train(
     let packed = gpu.alloc([3 * c]);
     for pass in ["batchnorm::stats_sum", "batchnorm::stats_var"] {
         gpu.per_window(n, &[x], &[], |win, i, _| {
-            let bind = [(1, i[0]), (8, packed.buf())];
-            gpu.ctx
-                .launch(pass, &params(x, win, eps, 0), &bind, (u(c), 1, 1));
+            let bind = [(1, i[0]), (6, packed.buf())];
+            let p = params(x, win, eps, 0, &Epilogue::NONE);
+            gpu.ctx.launch(pass, &p, &bind, (u(c), 1, 1));
         });
     }
     let part = |i: u64| {
@@ -85,21 +114,9 @@ pub(super) fn forward_train(
         var: part(1),
         inv_std: part(2),
     };
-    let flags = INV_STD | relu_flag(then);
-    let y = normalize(
-        gpu,
-        x,
-        (gamma, beta),
-        (&stats.mean, &stats.inv_std),
-        (eps, flags),
-    );
-    match &then.pool {
-        Some(g) => {
-            let (pooled, argmax) = pool::max_forward(gpu, &y, g);
-            (pooled, stats, Some(argmax))
-        }
-        None => (y, stats, None),
-    }
+    let table = channel_table(gpu, [gamma, beta, &stats.mean, &stats.inv_std]);
+    let (y, argmax) = normalize(gpu, x, &table, (eps, INV_STD), then);
+    (y, stats, argmax)
 }
 
 /// y = gamma (x - mean) / sqrt(var + eps) + beta with the running statistics.
@@ -110,41 +127,47 @@ pub(super) fn forward_infer(
     (mean, var): (&GpuTensor, &GpuTensor),
     eps: f32,
 ) -> GpuTensor {
-    normalize(gpu, x, (gamma, beta), (mean, var), (eps, 0))
+    let table = channel_table(gpu, [gamma, beta, mean, var]);
+    normalize(gpu, x, &table, (eps, 0), &Epilogue::NONE).0
 }
 
-/// `batchnorm::normalize` over the batch: `scale` is the variance, or 1/sqrt(var + eps) with
-/// INV_STD in `flags`.
+/// `batchnorm::normalize` over the batch through `then`'s ReLU, or `normalize_pool` through its
+/// pooling too: (the output, the pooling's positions). `table`'s scale is the variance, or
+/// 1/sqrt(var + eps) with INV_STD in `flags`.
 fn normalize(
     gpu: &Gpu,
     x: &GpuTensor,
-    (gamma, beta): (&GpuTensor, &GpuTensor),
-    (mean, scale): (&GpuTensor, &GpuTensor),
+    table: &GpuTensor,
     (eps, flags): (f32, u32),
-) -> GpuTensor {
-    let (n, c, h, w) = x.shape.nchw();
-    let y = gpu.alloc(x.shape.clone());
-    let [gamma, beta, mean, var] = [gamma, beta, mean, scale].map(|t| gpu.whole(t));
-    gpu.per_window(n, &[x], &[&y], |win, i, o| {
-        let bind = [
-            (1, i[0]),
-            (3, gamma),
-            (4, beta),
-            (5, mean),
-            (6, var),
-            (7, o[0]),
-        ];
-        let len = win.count * c * h * w;
-        let p = params(x, win, eps, flags);
+    then: &Epilogue,
+) -> (GpuTensor, Option<GpuTensor>) {
+    let (n, c, _, _) = x.shape.nchw();
+    let table = gpu.whole(table);
+    let Some(g) = &then.pool else {
+        let y = gpu.alloc(x.shape.clone());
+        gpu.per_window(n, &[x], &[&y], |win, i, o| {
+            let bind = [(1, i[0]), (3, table), (5, o[0])];
+            let len = win.count * c * x.shape.numel() / (n * c);
+            let p = params(x, win, eps, flags, then);
+            gpu.ctx
+                .launch("batchnorm::normalize", &p, &bind, grid_1d(len));
+        });
+        return (y, None);
+    };
+    let (pooled, argmax) = (gpu.alloc(g.output_shape()), gpu.alloc(g.output_shape()));
+    gpu.per_window(n, &[x], &[&pooled, &argmax], |win, i, o| {
+        let bind = [(1, i[0]), (3, table), (4, o[1]), (5, o[0])];
+        let len = win.count * c * g.out_h * g.out_w;
+        let p = params(x, win, eps, flags, then);
         gpu.ctx
-            .launch("batchnorm::normalize", &p, &bind, grid_1d(len));
+            .launch("batchnorm::normalize_pool", &p, &bind, grid_1d(len));
     });
-    y
+    (pooled, Some(argmax))
 }
 
 /// (dx, dgamma, dbeta): first Σ dy and Σ dy·x̂ per channel over the batch, then dx; `dy` is
-/// the gradient at `then`'s output, taken back through the pooling first (the ReLU's mask is
-/// applied inside the two passes).
+/// the gradient at `then`'s output (the pooled one, with `argmax` its positions). Neither pass
+/// writes the gradient at y: each takes it back through the pooling and the ReLU as it reads.
 pub(super) fn backward(
     gpu: &Gpu,
     x: &GpuTensor,
@@ -153,49 +176,41 @@ pub(super) fn backward(
     stats: &BatchNormStats<GpuTensor>,
     then: &Epilogue,
 ) -> (GpuTensor, GpuTensor, GpuTensor) {
-    let unpooled = match (&then.pool, argmax) {
-        (Some(g), Some(argmax)) => Some(pool::max_backward(gpu, dy, argmax, g)),
-        (None, None) => None,
+    let ins: Vec<&GpuTensor> = match (&then.pool, argmax) {
+        (Some(_), Some(argmax)) => vec![x, dy, argmax],
+        (None, None) => vec![x, dy],
         _ => panic!("max pooling's positions come with its geometry"),
     };
-    let dy = unpooled.as_ref().unwrap_or(dy);
-    let flags = INV_STD | relu_flag(then);
+    // the positions' binding: without a pooling the shader never reads it, but it is bound
+    let unpooled = gpu.alloc([1]);
     let (n, c, h, w) = x.shape.nchw();
+    let table = channel_table(gpu, [gamma, beta, &stats.mean, &stats.inv_std]);
+    let table = gpu.whole(&table);
     let sums = gpu.alloc([2 * c]);
-    let (mean, inv_std, gamma, beta) = (
-        gpu.whole(&stats.mean),
-        gpu.whole(&stats.inv_std),
-        gpu.whole(gamma),
-        gpu.whole(beta),
-    );
-    gpu.per_window(n, &[x, dy], &[], |win, i, _| {
+    gpu.per_window(n, &ins, &[], |win, i, _| {
         let bind = [
             (1, i[0]),
             (2, i[1]),
-            (3, gamma),
-            (4, beta),
-            (5, mean),
-            (6, inv_std),
-            (8, sums.buf()),
+            (3, table),
+            (4, i.get(2).copied().unwrap_or(unpooled.buf())),
+            (6, sums.buf()),
         ];
-        let p = params(x, win, 0.0, flags);
+        let p = params(x, win, 0.0, INV_STD, then);
         gpu.ctx
             .launch("batchnorm::backward_reduce", &p, &bind, (u(c), 1, 1));
     });
     let dx = gpu.alloc(x.shape.clone());
-    gpu.per_window(n, &[x, dy], &[&dx], |win, i, o| {
+    gpu.per_window(n, &ins, &[&dx], |win, i, o| {
         let bind = [
             (1, i[0]),
             (2, i[1]),
-            (3, gamma),
-            (4, beta),
-            (5, mean),
-            (6, inv_std),
-            (7, o[0]),
-            (8, sums.buf()),
+            (3, table),
+            (4, i.get(2).copied().unwrap_or(unpooled.buf())),
+            (5, o[0]),
+            (6, sums.buf()),
         ];
         let len = win.count * c * h * w;
-        let p = params(x, win, 0.0, flags);
+        let p = params(x, win, 0.0, INV_STD, then);
         gpu.ctx
             .launch("batchnorm::backward_dx", &p, &bind, grid_1d(len));
     });

@@ -15,7 +15,8 @@ const VARIANTS: &[Kernel] = &[
     ("gemm_vec4b", "gemm", &[("VEC4_B", 1.0)]),
 ];
 
-/// The shader files (one per kernel family) and their entry points.
+/// The shader files (one per kernel family; `pool_window.wgsl`, the geometry of pooling windows,
+/// prepended to the two that pool) and their entry points.
 const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "elementwise",
@@ -48,18 +49,25 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     ),
     (
         "batchnorm",
-        include_str!("../../../shaders/batchnorm.wgsl"),
+        concat!(
+            include_str!("../../../shaders/pool_window.wgsl"),
+            include_str!("../../../shaders/batchnorm.wgsl")
+        ),
         &[
             "stats_sum",
             "stats_var",
             "normalize",
+            "normalize_pool",
             "backward_reduce",
             "backward_dx",
         ],
     ),
     (
         "pool",
-        include_str!("../../../shaders/pool.wgsl"),
+        concat!(
+            include_str!("../../../shaders/pool_window.wgsl"),
+            include_str!("../../../shaders/pool.wgsl")
+        ),
         &[
             "forward",
             "backward",
