@@ -387,8 +387,13 @@ fn forward_with(
     };
     let conv_image = g.c_out * g.out_h * g.out_w;
     let out_image = pool.map_or(conv_image, |p| p.c * p.out_h * p.out_w);
-    let each_image = |planes: &mut Option<FlatImage>,
-                      (yn, xn): (&mut [MaybeUninit<f32>], &[f32])| {
+    // Winograd's products take the tiles of several small images at once
+    let group = match (filters, pool) {
+        (Filters::Winograd(_), None) => conv_winograd::images_per_group(g),
+        _ => 1,
+    };
+    let each_group = |planes: &mut Option<FlatImage>,
+                      (ys, xs): (&mut [MaybeUninit<f32>], &[f32])| {
         let conv = Conv {
             filters,
             b,
@@ -396,21 +401,21 @@ fn forward_with(
             relu,
         };
         match pool {
-            None => conv.image(xn, planes.as_mut(), yn),
+            None => conv.images(xs, planes.as_mut(), ys),
             Some(p) => with_buffer(&CONV_OUT, conv_image, |out| {
-                // SAFETY: `image` writes f32s only.
-                conv.image(xn, planes.as_mut(), unsafe { as_uninit(out) });
-                pool::forward_infer_image(out, p, yn);
+                // SAFETY: `images` writes f32s only.
+                conv.images(xs, planes.as_mut(), unsafe { as_uninit(out) });
+                pool::forward_infer_image(out, p, ys);
             }),
         }
     };
-    // SAFETY: each image's output is written whole, by `image` (every element of its product)
+    // SAFETY: each image's output is written whole, by `images` (every element of its product)
     // or by the pooling (every output pixel).
     unsafe {
         written_by(g.n * out_image, |y| {
-            y.par_chunks_mut(out_image)
-                .zip(x.par_chunks(g.c_in * g.h * g.w))
-                .for_each_init(|| flat.map(|f| FlatImage::new(f, g)), each_image)
+            y.par_chunks_mut(group * out_image)
+                .zip(x.par_chunks(group * g.c_in * g.h * g.w))
+                .for_each_init(|| flat.map(|f| FlatImage::new(f, g)), each_group)
         })
     }
 }
@@ -432,16 +437,23 @@ struct Conv<'a> {
 }
 
 impl Conv<'_> {
-    /// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, every element of which it writes; `flat` is
-    /// this task's buffers when the unfolding is [`Unfolding::Flat`].
-    fn image(&self, xn: &[f32], flat: Option<&mut FlatImage>, yn: &mut [MaybeUninit<f32>]) {
+    /// Images `xs[m,Ci,H,W]` into `ys[m,Co,Ho,Wo]`, every element of which it writes: one image
+    /// for the GEMM, a group for Winograd ([`conv_winograd::images_per_group`]); `flat` is this
+    /// task's buffers when the unfolding is [`Unfolding::Flat`].
+    fn images(&self, xs: &[f32], flat: Option<&mut FlatImage>, ys: &mut [MaybeUninit<f32>]) {
         let g = self.g;
         let (wm, unfolding) = match self.filters {
             Filters::Winograd(u) => {
-                return conv_winograd::image(xn, u, Some(self.b), self.relu, g, yn)
+                return conv_winograd::images(xs, u, Some(self.b), self.relu, g, ys)
             }
             Filters::Gemm(wm, unfolding) => (wm, *unfolding),
         };
+        debug_assert_eq!(
+            xs.len(),
+            g.c_in * g.h * g.w,
+            "the GEMM takes one image at a time"
+        );
+        let (xn, yn) = (xs, ys);
         let (k, p) = (g.patch_len(), g.out_h * g.out_w);
         let kernel = Kernel::detect();
         let epilogue = Epilogue {

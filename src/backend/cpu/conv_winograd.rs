@@ -10,13 +10,14 @@
 //!   M[ξ][Co, tiles] = U[ξ][Co, Ci] · V[ξ][Ci, tiles],   U = G g Gᵀ,  V = Bᵀ d B.
 //! The price is two transforms: of the input (16 floats per tile and input channel, 4 per input
 //! pixel) and of the output. An image's tiles go through in blocks of whole tile rows, sized so
-//! that V and M stay in L2.
+//! that V and M stay in L2; on small planes the tiles of a group of images go through together
+//! ([`images_per_group`]), so that the products have enough columns.
 //!
 //! Rounding: B and A add and subtract inputs, G halves them (exactly), so the result differs from
 //! the direct sum by a few ulps of its largest terms; the op tests bound it against the reference
 //! (`tests/ops.rs`, with this algorithm forced on every 3×3 stride-1 case).
 
-use super::gemm::{gemm, MatRef, PackedA};
+use super::gemm::{gemm, MatRef, PackedA, NR};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -27,6 +28,9 @@ use std::ops::Range;
 const XI: usize = 16;
 /// Floats of V and M together for one block of tiles (1 MiB, an L2's worth).
 const BLOCK_FLOATS: usize = 1 << 18;
+/// Images with fewer tiles than this go through the products in groups ([`images_per_group`]):
+/// four of the GEMM's column strips.
+const GROUP_BELOW_TILES: usize = 4 * NR;
 
 /// True for the convolutions this variant computes: 3×3, stride 1.
 pub fn applies(g: &Conv2dGeom) -> bool {
@@ -36,15 +40,31 @@ pub fn applies(g: &Conv2dGeom) -> bool {
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::conv::forward`]).
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let u = prepare(w, g);
+    let group = images_per_group(g);
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    // SAFETY: `image` writes every pixel of each image's output.
+    // SAFETY: `images` writes every pixel of each image's output.
     unsafe {
         super::written_by(g.n * y_img, |y| {
-            y.par_chunks_mut(y_img)
-                .zip(x.par_chunks(x_img))
-                .for_each(|(yn, xn)| image(xn, &u, b, relu, g, yn))
+            y.par_chunks_mut(group * y_img)
+                .zip(x.par_chunks(group * x_img))
+                .for_each(|(ys, xs)| images(xs, &u, b, relu, g, ys))
         })
     }
+}
+
+/// How many images of `g`'s batch go through the 16 products together. One image of a small
+/// plane has few tiles: a 6×6 output has 9, which fill 9 of the 32 columns of the GEMM's one
+/// strip, so the products ran at a quarter of their rate. Below [`GROUP_BELOW_TILES`] an image's
+/// tiles, the tiles of as many images as fit one block sit side by side in V and M (each image's
+/// a run of columns), leaving at least one group per thread. Every output is the same sum as
+/// alone: a column's products do not depend on the columns beside it.
+pub fn images_per_group(g: &Conv2dGeom) -> usize {
+    let tiles = g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
+    let fit = BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tiles);
+    if tiles >= GROUP_BELOW_TILES || fit <= 1 {
+        return 1;
+    }
+    fit.min(g.n.div_ceil(rayon::current_num_threads())).max(1)
 }
 
 /// `dx[N,Ci,H,W]` of a 3×3 stride-1 convolution: itself a 3×3 stride-1 convolution, of `dy` with
@@ -121,44 +141,65 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// One image `xn[Ci,H,W]` into `yn[Co,Ho,Wo]`, with the filters of [`prepare`]; every pixel
-/// is written.
-pub fn image(
-    xn: &[f32],
+/// Images `xs[m,Ci,H,W]` into `ys[m,Co,Ho,Wo]`, with the filters of [`prepare`]; every pixel
+/// is written. Several images (a group of [`images_per_group`]) go through one block together;
+/// one image goes through in blocks of its tile rows.
+pub fn images(
+    xs: &[f32],
     u: &[PackedA],
     bias: Option<&[f32]>,
     relu: bool,
     g: &Conv2dGeom,
-    yn: &mut [MaybeUninit<f32>],
+    ys: &mut [MaybeUninit<f32>],
 ) {
     let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
-    let rows_per_block = (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1);
+    let one_image = xs.len() == g.c_in * g.h * g.w;
+    let rows_per_block = if one_image {
+        (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1)
+    } else {
+        th
+    };
     // taken out while in use: the GEMM may run another image's task on this thread meanwhile
     let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
     for ty0 in (0..th).step_by(rows_per_block) {
         let rows = ty0..(ty0 + rows_per_block).min(th);
-        block(xn, u, (bias, relu), g, rows, yn, &mut s);
+        block(xs, u, (bias, relu), g, rows, ys, &mut s);
     }
     SCRATCH.with(|c| *c.borrow_mut() = s);
 }
 
-/// The tiles of tile rows `rows` of one image: V, the 16 products, Y.
+/// Where one image's tiles lie among the columns of a block's V and M: from `first`, of `total`.
+#[derive(Clone, Copy)]
+struct Columns {
+    first: usize,
+    total: usize,
+}
+
+/// The tiles of tile rows `rows` of each image of `xs`: V, the 16 products, Y.
 fn block(
-    xn: &[f32],
+    xs: &[f32],
     u: &[PackedA],
     epilogue: (Option<&[f32]>, bool),
     g: &Conv2dGeom,
     rows: Range<usize>,
-    yn: &mut [MaybeUninit<f32>],
+    ys: &mut [MaybeUninit<f32>],
     s: &mut Scratch,
 ) {
+    let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     let tw = g.out_w.div_ceil(2);
-    let tiles = rows.len() * tw;
+    let per_image = rows.len() * tw;
+    let tiles = per_image * xs.len() / x_img;
+    let columns = |i: usize| Columns {
+        first: i * per_image,
+        total: tiles,
+    };
     s.v.resize(XI * g.c_in * tiles, 0.0);
     s.m.resize(XI * g.c_out * tiles, 0.0);
     s.rows
         .resize((2 * tw + 2) + (2 * rows.len() + 2) * 4 * tw, 0.0);
-    transform_input(xn, g, rows.clone(), &mut s.v, &mut s.rows);
+    for (i, xn) in xs.chunks_exact(x_img).enumerate() {
+        transform_input(xn, g, (rows.clone(), columns(i)), &mut s.v, &mut s.rows);
+    }
     for (xi, ui) in u.iter().enumerate() {
         let vi = MatRef::rows(&s.v[xi * g.c_in * tiles..][..g.c_in * tiles], g.c_in, tiles);
         gemm(
@@ -169,18 +210,27 @@ fn block(
             false,
         );
     }
-    transform_output(&s.m, g, rows, epilogue, yn, &mut s.rows);
+    for (i, yn) in ys.chunks_exact_mut(y_img).enumerate() {
+        let at = (rows.clone(), columns(i));
+        transform_output(&s.m, g, at, epilogue, yn, &mut s.rows);
+    }
 }
 
 /// `V[ξ][ci][t]` = (Bᵀ d B)[ξ] for the tiles t of tile rows `rows` (numbered from the block's
-/// first), d the 4×4 input block at (2·ty − pad_top, 2·tx − pad_left), zero outside the image;
+/// first, in the image's `columns`), d the 4×4 input block at (2·ty − pad_top, 2·tx −
+/// pad_left), zero outside the image;
 /// Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
 ///
 /// Bᵀ runs along each input row the block reads once (tile rows overlap by two input rows),
 /// then down the columns of each tile row.
-fn transform_input(xn: &[f32], g: &Conv2dGeom, rows: Range<usize>, v: &mut [f32], buf: &mut [f32]) {
+fn transform_input(
+    xn: &[f32],
+    g: &Conv2dGeom,
+    (rows, columns): (Range<usize>, Columns),
+    v: &mut [f32],
+    buf: &mut [f32],
+) {
     let tw = g.out_w.div_ceil(2);
-    let tiles = rows.len() * tw;
     let len = 2 * tw + 2;
     let input_rows = 2 * rows.len() + 2;
     // an input row padded, then h[r][q]: Bᵀ along input row r of the block, position q (tw each)
@@ -210,7 +260,8 @@ fn transform_input(xn: &[f32], g: &Conv2dGeom, rows: Range<usize>, v: &mut [f32]
             for q in 0..4 {
                 let hq = |r: usize| &h[((2 * b + r) * 4 + q) * tw..][..tw];
                 let (h0, h1, h2, h3) = (hq(0), hq(1), hq(2), hq(3));
-                let at = |p: usize| ((p * 4 + q) * g.c_in + ci) * tiles + b * tw;
+                let at =
+                    |p: usize| ((p * 4 + q) * g.c_in + ci) * columns.total + columns.first + b * tw;
                 combine(&mut v[at(0)..][..tw], h0, h2, |a, c| a - c);
                 combine(&mut v[at(1)..][..tw], h1, h2, |a, c| a + c);
                 combine(&mut v[at(2)..][..tw], h2, h1, |a, c| a - c);
@@ -240,25 +291,28 @@ fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
-/// `y[co]` for the tiles of tile rows `rows`: Aᵀ M A, plus the bias, then max(0, ·) when `relu`,
-/// with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]; the last tile of an odd side writes one pixel.
+/// `y[co]` for the tiles of tile rows `rows` (in the image's `columns` of M): Aᵀ M A, plus the
+/// bias, then max(0, ·) when `relu`, with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]; the last tile of
+/// an odd side writes one pixel.
 fn transform_output(
     m: &[f32],
     g: &Conv2dGeom,
-    rows: Range<usize>,
+    (rows, columns): (Range<usize>, Columns),
     (bias, relu): (Option<&[f32]>, bool),
     yn: &mut [MaybeUninit<f32>],
     buf: &mut [f32],
 ) {
     let tw = g.out_w.div_ceil(2);
-    let tiles = rows.len() * tw;
     let act = |v: f32| if relu { v.max(0.0) } else { v };
     // s[a][q]: Aᵀ down the columns of the tiles of one tile row (8 rows of tw)
     let s = &mut buf[..8 * tw];
     for co in 0..g.c_out {
         let bias = bias.map_or(0.0, |b| b[co]);
         for (b, ty) in rows.clone().enumerate() {
-            let mi = |p: usize, q: usize| &m[((p * 4 + q) * g.c_out + co) * tiles + b * tw..][..tw];
+            let mi = |p: usize, q: usize| {
+                let row = ((p * 4 + q) * g.c_out + co) * columns.total;
+                &m[row + columns.first + b * tw..][..tw]
+            };
             let (s0, s1) = s.split_at_mut(4 * tw);
             for q in 0..4 {
                 let (m0, m1, m2, m3) = (mi(0, q), mi(1, q), mi(2, q), mi(3, q));
@@ -293,5 +347,42 @@ fn transform_output(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Padding;
+    use crate::tensor::Tensor;
+
+    #[test]
+    fn a_group_of_small_images_gives_each_image_its_own_sums() {
+        // resnet's last stage at 192 pixels: 6×6 planes, 9 tiles an image
+        let g = Conv2dGeom::new(32, 128, 6, 6, 128, (3, 3), (1, 1), Padding::Same).unwrap();
+        let group = images_per_group(&g);
+        assert!(group > 1, "6x6 planes go through in groups, not {group}");
+        let g = Conv2dGeom { n: group, ..g };
+        let x = Tensor::rand_uniform([group, 128, 6, 6], -1.0, 1.0, 1).data;
+        let w = Tensor::rand_uniform([128, 128, 3, 3], -0.1, 0.1, 2).data;
+        let b = Tensor::rand_uniform([128], -0.1, 0.1, 3).data;
+        let u = prepare(&w, &g);
+        let y_img = 128 * 36;
+        let run = |xs: &[f32]| {
+            let mut ys = vec![MaybeUninit::new(f32::NAN); xs.len() / (128 * 36) * y_img];
+            images(xs, &u, Some(&b), true, &g, &mut ys);
+            // SAFETY: `images` wrote every element (initialised above in any case).
+            ys.into_iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect::<Vec<f32>>()
+        };
+        let together = run(&x);
+        let alone: Vec<f32> = x.chunks_exact(128 * 36).flat_map(run).collect();
+        let differ = together
+            .iter()
+            .zip(&alone)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{differ} of {} outputs differ", alone.len());
     }
 }
