@@ -22,6 +22,13 @@ struct Holding { lo: vec2<u32>, hi: vec2<u32> }
 fn windows_holding(g: PoolWindows, k: u32) -> Holding {
     let iy = k / g.w;
     let ix = k % g.w;
+    if (g.kh <= g.sh && g.kw <= g.sw) {
+        // windows that do not overlap (2×2 at stride 2): at most the one at (iy / sh, ix / sw),
+        // for half the divisions of the general case. (A pixel in a gap between windows is
+        // given its neighbour, whose winner is never it.)
+        let o = vec2<u32>(ix / g.sw, iy / g.sh);
+        return Holding(o, select(o, o + 1u, o.x < g.ow && o.y < g.oh));
+    }
     let oy_lo = select(0u, (iy + 1u - g.kh + g.sh - 1u) / g.sh, iy + 1u > g.kh);
     let ox_lo = select(0u, (ix + 1u - g.kw + g.sw - 1u) / g.sw, ix + 1u > g.kw);
     let oy_hi = min(iy / g.sh + 1u, g.oh);
