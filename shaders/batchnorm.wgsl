@@ -15,9 +15,8 @@
 // - a ReLU (flag RELU): `normalize` writes max(y, 0), and the backward pass masks dy where the y
 //   it recomputes from x is not positive;
 // - then a max pooling (flag POOL, geometry in params): `normalize_pool` normalises each window's
-//   values as it scans them and writes only the maximum and its position; `backward_reduce` sums
-//   over the pooled gradients (each at its window's winner), `backward_dx` gathers each pixel's
-//   gradient from the windows it won, as pool.wgsl's `backward` does.
+//   values as it scans them and writes only the maximum and its position; the backward passes
+//   gather each pixel's gradient from the windows it won, as pool.wgsl's `backward` does.
 // stats_sum, stats_var, backward_reduce: one workgroup of 256 per channel; strided per-invocation
 //   sums combined by a tree reduction in workgroup memory. The variance takes two passes (the
 //   mean first, then the squared deviations), which stays exact where E[x²] − E[x]² would cancel.
@@ -216,31 +215,15 @@ fn normalize_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     idx[o] = winner;
 }
 
-// (Σ dy at y, Σ dy at y · x̂) of element k (channel c), x̂ = (x − mean) · scale
-fn moments_at(k: u32, c: u32, g: f32) -> vec2<f32> {
-    return vec2<f32>(g, g * (x[k] - mean(c)) * scale(c));
-}
-
-// The invocation's share of channel c's (Σ dy, Σ dy · x̂) over every element of the window.
+// The invocation's share of channel c's (Σ dy, Σ dy · x̂) over the window, dy at y (grad_at_y),
+// x̂ = (x − mean) · scale. Every element in the same order as without a pooling (its zeros
+// too), so that the sums are those of the layers run one by one, bit for bit.
 fn element_moments(c: u32, lid: u32) -> vec2<f32> {
     var s = vec2<f32>(0.0);
     for (var t = lid; t < p.n * p.hw; t += 256u) {
         let k = at(t, c);
-        s += moments_at(k, c, grad_at_y(k, c));
-    }
-    return s;
-}
-
-// The same from the pooled gradients: every element's dy at y is 0 but at its windows' winners,
-// so the sums run over the (fewer) pooled outputs, each at its winner.
-fn pooled_moments(c: u32, lid: u32) -> vec2<f32> {
-    let out_plane = p.oh * p.ow;
-    var s = vec2<f32>(0.0);
-    for (var t = lid; t < p.n * out_plane; t += 256u) {
-        let plane = (t / out_plane) * p.c + c;
-        let o = plane * out_plane + t % out_plane;
-        let k = plane * p.hw + idx[o];
-        s += moments_at(k, c, through_relu(dy[o], k, c));
+        let g = grad_at_y(k, c);
+        s += vec2<f32>(g, g * (x[k] - mean(c)) * scale(c));
     }
     return s;
 }
@@ -249,12 +232,7 @@ fn pooled_moments(c: u32, lid: u32) -> vec2<f32> {
 @compute @workgroup_size(256)
 fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
-    var s: vec2<f32>;
-    if ((p.flags & POOL) != 0u) {
-        s = pooled_moments(c, lid);
-    } else {
-        s = element_moments(c, lid);
-    }
+    let s = element_moments(c, lid);
     part_a[lid] = s.x;
     part_b[lid] = s.y;
     reduce(lid);
