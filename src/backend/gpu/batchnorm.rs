@@ -141,13 +141,13 @@ fn normalize(
     (eps, flags): (f32, u32),
     then: &Epilogue,
 ) -> (GpuTensor, Option<GpuTensor>) {
-    let (n, c, _, _) = x.shape.nchw();
+    let (n, c, h, w) = x.shape.nchw();
     let table = gpu.whole(table);
     let Some(g) = &then.pool else {
         let y = gpu.alloc(x.shape.clone());
         gpu.per_window(n, &[x], &[&y], |win, i, o| {
             let bind = [(1, i[0]), (3, table), (5, o[0])];
-            let len = win.count * c * x.shape.numel() / (n * c);
+            let len = win.count * c * h * w;
             let p = params(x, win, eps, flags, then);
             gpu.ctx
                 .launch("batchnorm::normalize", &p, &bind, grid_1d(len));
