@@ -215,26 +215,23 @@ fn normalize_pool(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     idx[o] = winner;
 }
 
-// The invocation's share of channel c's (Σ dy, Σ dy · x̂) over the window, dy at y (grad_at_y),
-// x̂ = (x − mean) · scale. Every element in the same order as without a pooling (its zeros
-// too), so that the sums are those of the layers run one by one, bit for bit.
-fn element_moments(c: u32, lid: u32) -> vec2<f32> {
-    var s = vec2<f32>(0.0);
-    for (var t = lid; t < p.n * p.hw; t += 256u) {
-        let k = at(t, c);
-        let g = grad_at_y(k, c);
-        s += vec2<f32>(g, g * (x[k] - mean(c)) * scale(c));
-    }
-    return s;
-}
-
-// sums (+)= [dβ = Σ dy | dγ = Σ dy · x̂], dy at y (grad_at_y)
+// sums (+)= [dβ = Σ dy | dγ = Σ dy · x̂], x̂ = (x − mean) · scale, dy at y (grad_at_y). With a
+// pooling too, every element in the same order as without it (its zeros too), so that the sums
+// are those of the layers run one by one, bit for bit.
 @compute @workgroup_size(256)
 fn backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
-    let s = element_moments(c, lid);
-    part_a[lid] = s.x;
-    part_b[lid] = s.y;
+    let count = p.n * p.hw;
+    var sb = 0.0;
+    var sg = 0.0;
+    for (var t = lid; t < count; t += 256u) {
+        let k = at(t, c);
+        let g = grad_at_y(k, c);
+        sb += g;
+        sg += g * (x[k] - mean(c)) * scale(c);
+    }
+    part_a[lid] = sb;
+    part_b[lid] = sg;
     reduce(lid);
     if (lid == 0u) {
         sums[c] = carried(c) + part_a[0];
