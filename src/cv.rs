@@ -3,8 +3,8 @@
 //! The training and validation images are pooled and dealt into k folds (stratified by class,
 //! near-duplicates kept in one fold: [`crate::data::folds`]). Fold i's run trains on the other
 //! folds with the recipe and is judged on fold i by its **final** weights (averaged, with
-//! `--ema`): no epoch is picked on
-//! the images that judge it. Thresholded figures use a threshold chosen on the other folds'
+//! `--ema`): no epoch is picked on the images that judge it. Each image is judged as `predict`
+//! judges it, over its test-time views unless `--tta false`. Thresholded figures use a threshold chosen on the other folds'
 //! out-of-fold predictions, never on the fold's own. The folds' figures are given one by one,
 //! as mean ± standard deviation, and pooled over all out-of-fold predictions with bootstrap
 //! intervals.
@@ -95,7 +95,13 @@ pub enum CvOutcome {
 }
 
 /// Starts a cross-validation of `recipe` in a new `cv-<model>-NNN` folder under `recipe.out`.
-pub fn start<B: Backend>(be: &B, recipe: &TrainConfig, folds: usize) -> Result<CvOutcome> {
+/// With `tta`, the folds are judged on each image's test-time views ([`crate::eval::tta_views`]).
+pub fn start<B: Backend>(
+    be: &B,
+    recipe: &TrainConfig,
+    folds: usize,
+    tta: bool,
+) -> Result<CvOutcome> {
     if recipe.callbacks.early_stopping.is_some() || recipe.callbacks.plateau.is_some() {
         bail!(
             "cv judges each fold by its final weights: --early-stopping and \
@@ -131,7 +137,7 @@ pub fn start<B: Backend>(be: &B, recipe: &TrainConfig, folds: usize) -> Result<C
         cv_dir.display(),
         assignment.rows.len()
     );
-    run_folds(be, &cv_dir, &cv)
+    run_folds(be, &cv_dir, &cv, tta)
 }
 
 /// A cross-validation folder's `cv.json`.
@@ -152,13 +158,18 @@ fn read_config(cv_dir: &Path) -> Result<CvConfig> {
 }
 
 /// Continues the cross-validation in `cv_dir`: unfinished folds resume, missing ones start.
-pub fn resume<B: Backend>(be: &B, cv_dir: &Path, epochs: Option<usize>) -> Result<CvOutcome> {
+pub fn resume<B: Backend>(
+    be: &B,
+    cv_dir: &Path,
+    epochs: Option<usize>,
+    tta: bool,
+) -> Result<CvOutcome> {
     let mut cv = read_config(cv_dir)?;
     if let Some(e) = epochs {
         cv.config.epochs = e;
     }
     println!("resuming the cross-validation in {}", cv_dir.display());
-    run_folds(be, cv_dir, &cv)
+    run_folds(be, cv_dir, &cv, tta)
 }
 
 /// Where a fold's run stands.
@@ -197,7 +208,7 @@ fn fold_config(cv_dir: &Path, cv: &CvConfig, fold: usize) -> TrainConfig {
     }
 }
 
-fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig) -> Result<CvOutcome> {
+fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, tta: bool) -> Result<CvOutcome> {
     let start = Instant::now();
     for fold in 1..=cv.folds {
         let fold_dir = cv_dir.join(format!("fold-{fold}"));
@@ -223,10 +234,11 @@ fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig) -> Result<CvOutco
         }
     }
     let preds = (1..=cv.folds)
-        .map(|fold| predict_fold(be, cv_dir, cv, fold, false))
+        .map(|fold| predict_fold(be, cv_dir, cv, fold, tta))
         .collect::<Result<Vec<_>>>()?;
     let seconds = start.elapsed().as_secs_f64();
-    let summary = summarise(&preds, cv_dir, &cv.config.model, seconds)?;
+    let name = judged_name(&[&cv.config.model], tta);
+    let summary = summarise(&preds, cv_dir, &name, seconds)?;
     Ok(CvOutcome::Done(Box::new(summary)))
 }
 
@@ -284,12 +296,18 @@ pub fn judge<B: Backend>(be: &B, members: &[PathBuf], tta: bool, out: &Path) -> 
         })
         .collect::<Result<Vec<_>>>()?;
     let names: Vec<&str> = configs.iter().map(|c| c.config.model.as_str()).collect();
-    let name = format!(
-        "{}{}",
-        names.join(" + "),
-        if tta { ", test-time augmented" } else { "" }
-    );
+    let name = judged_name(&names, tta);
     summarise(&preds, &dir, &name, start.elapsed().as_secs_f64())
+}
+
+/// What a summary calls the models it judged: "resnet", "resnet + fracturenet, test-time
+/// augmented".
+fn judged_name(models: &[&str], tta: bool) -> String {
+    format!(
+        "{}{}",
+        models.join(" + "),
+        if tta { ", test-time augmented" } else { "" }
+    )
 }
 
 /// The configuration of the cross-validation in `cv_dir`, which must have finished every fold.

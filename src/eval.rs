@@ -216,17 +216,29 @@ pub fn model_probabilities<B: Backend>(
     let mut probs = Vec::with_capacity(ds.len());
     for idx in ds.batches(batch.max(1), None) {
         let (x, _) = ds.batch(&idx);
-        let views = if tta { tta_views(&x) } else { vec![x] };
-        let mut sum = vec![0.0f32; idx.len()];
-        for v in &views {
-            let logits = be.download(&model.forward(be, be.upload(v), Mode::Eval));
-            for (s, &z) in sum.iter_mut().zip(&logits.data) {
-                *s += crate::nn::loss::sigmoid(z);
-            }
-        }
-        probs.extend(sum.iter().map(|s| s / views.len() as f32));
+        probs.extend(batch_probabilities(be, model, x, tta));
     }
     probs
+}
+
+/// Probabilities of a fracture for a batch `x[N,1,S,S]` by one model, averaged over
+/// [`tta_views`] with `tta`.
+pub fn batch_probabilities<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    x: Tensor,
+    tta: bool,
+) -> Vec<f32> {
+    let n = x.dims()[0];
+    let views = if tta { tta_views(&x) } else { vec![x] };
+    let mut sum = vec![0.0f32; n];
+    for v in &views {
+        let logits = be.download(&model.forward(be, be.upload(v), Mode::Eval));
+        for (s, &z) in sum.iter_mut().zip(&logits.data) {
+            *s += crate::nn::loss::sigmoid(z);
+        }
+    }
+    sum.iter().map(|s| s / views.len() as f32).collect()
 }
 
 /// What an ensemble answers for a list of images.
@@ -320,8 +332,13 @@ pub fn render(e: &Evaluation) -> String {
         100.0 * r.prevalence
     ));
     line(format!(
-        "decision threshold {:.3} (saved with the model)",
-        e.threshold
+        "decision threshold {:.3} (saved with the model); {}",
+        e.threshold,
+        if e.tta {
+            "each image judged over its 4 test-time views (--tta false: alone)"
+        } else {
+            "each image judged alone"
+        }
     ));
     line(format!(
         "figure                    value   95 % interval ({} stratified bootstrap resamples, seed {})",

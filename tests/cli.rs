@@ -126,9 +126,12 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
         }
     });
 
+    // training validates each image alone: so does eval with --tta false
     let per_image = dir.path().join("per-image.csv");
     let o = run(&[
         "eval",
+        "--tta",
+        "false",
         "--model",
         run_dir.to_str().unwrap(),
         "--data",
@@ -236,12 +239,14 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
     for (s, t) in single.iter().zip(&twice) {
         assert!((s - t).abs() < 1e-6, "{single:?} against {twice:?}");
     }
-    let tta = probabilities(&["--model", b, "--tta"]);
-    assert_eq!(tta.len(), 12);
-    assert!(tta.iter().all(|p| (0.0..=1.0).contains(p)));
+    // test-time augmentation is the default; --tta false judges each image alone
+    assert_eq!(probabilities(&["--model", b, "--tta"]), single);
+    let alone = probabilities(&["--model", b, "--tta", "false"]);
+    assert_eq!(alone.len(), 12);
+    assert!(alone.iter().all(|p| (0.0..=1.0).contains(p)));
     assert!(
-        tta.iter().zip(&single).any(|(t, s)| (t - s).abs() > 1e-7),
-        "{tta:?}"
+        alone.iter().zip(&single).any(|(t, s)| (t - s).abs() > 1e-7),
+        "{alone:?}"
     );
     // where the model looked: one image gets the PNG named, several a folder of PNGs
     let one = answers[0]["file"].as_str().unwrap();
@@ -701,13 +706,22 @@ fn cv_judge_averages_members_over_shared_folds_and_refuses_others() {
         assert!(both.join(f).is_file(), "{f}");
     }
 
-    // test-time views move the probabilities; the judgement says so
-    let o = judge(&[&a], &["--tta"]);
+    // cv judges over test-time views by default, as a judgement does; without them the
+    // probabilities move, and each summary says which it is
+    let o = judge(&[&a], &[]);
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(stdout.contains("test-time augmented"), "{stdout}");
-    let tta = predictions(&out.join("cv-judge-002"));
-    assert!(pa.iter().any(|(f, p)| (p - tta[f]).abs() > 2e-5));
+    let judged = predictions(&out.join("cv-judge-002"));
+    for (file, p) in &pa {
+        assert!((p - judged[file]).abs() < 2e-6, "{file}");
+    }
+    let o = judge(&[&a], &["--tta", "false"]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!stdout.contains("test-time augmented"), "{stdout}");
+    let single = predictions(&out.join("cv-judge-003"));
+    assert!(pa.iter().any(|(f, p)| (p - single[f]).abs() > 2e-5));
 
     // other folds, or an unfinished fold, are refused with the folder named
     let other = dir.path().join("other");
@@ -727,7 +741,7 @@ fn cv_judge_averages_members_over_shared_folds_and_refuses_others() {
     let err = text(&o).1;
     assert!(err.contains("fold 3 of") && err.contains("other"), "{err}");
     assert!(
-        !out.join("cv-judge-003").exists(),
+        !out.join("cv-judge-004").exists(),
         "nothing made for a refusal"
     );
 }

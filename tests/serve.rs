@@ -131,6 +131,25 @@ fn the_api_answers_as_predict_does_and_refuses_bad_uploads() {
             .ends_with(s["file"].as_str().unwrap()));
     }
 
+    // with --tta false, each image alone, as `predict --tta false` judges it
+    let alone = Server::start(&["--runs", runs.path().to_str().unwrap(), "--tta", "false"]);
+    let reply = post_files(&alone.address, "/api/predict", &parts[..1]);
+    let served_alone = reply.json()["predictions"][0]["probability"].clone();
+    let o = run(&[
+        "predict",
+        "--json",
+        "--backend",
+        "cpu",
+        "--tta",
+        "false",
+        files[0].to_str().unwrap(),
+    ]);
+    let printed_alone: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(served_alone, printed_alone["probability"]);
+    assert_ne!(served_alone, served[0]["probability"]);
+    drop(alone);
+
     // every refusal: status and a JSON error that says what is wrong
     let xray = &bytes[0];
     let refused = |reply: common::http::Reply, status: u16, says: &str| {

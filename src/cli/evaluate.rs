@@ -21,8 +21,9 @@ pub(super) struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two small shifts.
-    #[arg(long)]
+    /// image and two small shifts (cross-validation: +0.006 ROC-AUC on the shipped recipe, every
+    /// fold up); `--tta false` judges the image alone, four times faster.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     tta: bool,
     /// Folder for reliability.png (the calibration diagram) and roc.png [default: RUN_DIR/eval
     /// when --model is a run folder, else none].
@@ -53,8 +54,9 @@ pub(super) struct PredictArgs {
     #[arg(long)]
     json: bool,
     /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two small shifts.
-    #[arg(long)]
+    /// image and two small shifts (cross-validation: +0.006 ROC-AUC on the shipped recipe, every
+    /// fold up); `--tta false` judges the image alone, four times faster.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     tta: bool,
     /// Also draw where the model looked (Grad-CAM of its last convolutional block over the
     /// X-ray) into this PNG; with several images, this is a folder that gets one PNG per image,

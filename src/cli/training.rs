@@ -115,9 +115,10 @@ pub(super) struct CvArgs {
     /// are several: they must share their folds), into a new cv-judge-NNN folder under --out.
     #[arg(long, value_name = "CV_DIR", num_args = 1.., conflicts_with = "resume")]
     judge: Vec<PathBuf>,
-    /// With --judge: average each image's probability over its test-time views too (as it is,
-    /// mirrored, and shifted by 1/32 of the side both ways).
-    #[arg(long, requires = "judge")]
+    /// Judge each fold's images as `eval` and `predict` do: each image's probability averaged
+    /// over its test-time views (as it is, mirrored, and shifted by 1/32 of the side both ways);
+    /// `--tta false` judges the image alone.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     tta: bool,
     /// Compare two finished cross-validations of the same folds (or cv --judge folders), A then
     /// B: each fold's ROC-AUC under both, and B − A over all images pooled with a paired
@@ -383,9 +384,9 @@ pub(super) fn cv_on<B: Backend>(be: &B, a: &CvArgs) -> Result<cv::CvOutcome> {
     match &a.train.resume {
         Some(dir) => {
             refuse_resume_conflicts(&a.train, &dir.join("cv.json"))?;
-            cv::resume(be, dir, a.train.epochs)
+            cv::resume(be, dir, a.train.epochs, a.tta)
         }
-        None => cv::start(be, &train_config(&a.train)?, a.folds),
+        None => cv::start(be, &train_config(&a.train)?, a.folds, a.tta),
     }
 }
 

@@ -8,8 +8,7 @@ use crate::backend::Backend;
 use crate::data::image::to_gray_square;
 use crate::eval::class_name;
 use crate::explain;
-use crate::nn::loss::sigmoid;
-use crate::nn::{LayerSpec, Mode};
+use crate::nn::LayerSpec;
 use crate::tensor::Tensor;
 use base64::Engine;
 use image::DynamicImage;
@@ -321,13 +320,7 @@ fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
 fn probabilities(state: &State, framed: &[&[f32]]) -> Vec<f32> {
     let (size, _) = state.info.spec.square();
     let x = Tensor::new([framed.len(), 1, size, size], framed.concat());
-    let x = Cpu.upload(&x);
-    let logits = state.inference().forward(&Cpu, x, Mode::Eval);
-    Cpu.download(&logits)
-        .data
-        .iter()
-        .map(|&z| sigmoid(z))
-        .collect()
+    crate::eval::batch_probabilities(&Cpu, &mut state.inference(), x, state.tta)
 }
 
 /// The parts named `image`, or a 400 when there are none.

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub max_pixels: u64,
     /// How long a connection may go without sending (or taking) a byte before it is dropped.
     pub timeout: std::time::Duration,
+    /// Average each image's probability over its test-time views, as `predict` does by default.
+    pub tta: bool,
 }
 
 /// What every request may use: the model, its description, and the limits.
@@ -48,6 +50,7 @@ pub struct State {
     runs: PathBuf,
     max_upload_bytes: usize,
     max_pixels: u64,
+    tta: bool,
 }
 
 impl State {
@@ -61,6 +64,7 @@ impl State {
             runs: cfg.runs.clone(),
             max_upload_bytes: cfg.max_upload_bytes,
             max_pixels: cfg.max_pixels,
+            tta: cfg.tta,
         })
     }
     /// The model, even if a request panicked while holding it (a forward pass leaves nothing
