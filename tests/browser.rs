@@ -212,7 +212,8 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
     browser.open(&url);
     browser.until(
         "the model line",
-        "return document.querySelector('#model-line').textContent.includes('resnet')",
+        "const line = document.querySelector('#model-line').textContent; \
+         return line.includes('resnet') && line.includes('averaged over 4 views')",
     );
 
     // Try: two X-rays, their probabilities as predict --json gives them

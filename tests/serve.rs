@@ -99,6 +99,7 @@ fn the_api_answers_as_predict_does_and_refuses_bad_uploads() {
     assert_eq!(get(a, "/app.js").status, 200);
     let model = get(a, "/api/model").json();
     assert_eq!(model["input"], serde_json::json!([1, 192, 192]));
+    assert_eq!(model["tta"], true, "test-time views by default, as predict");
     assert!(model["layers"].as_array().unwrap().len() > 10);
 
     // the same numbers as `predict --json`, file by file
@@ -133,6 +134,7 @@ fn the_api_answers_as_predict_does_and_refuses_bad_uploads() {
 
     // with --tta false, each image alone, as `predict --tta false` judges it
     let alone = Server::start(&["--runs", runs.path().to_str().unwrap(), "--tta", "false"]);
+    assert_eq!(get(&alone.address, "/api/model").json()["tta"], false);
     let reply = post_files(&alone.address, "/api/predict", &parts[..1]);
     let served_alone = reply.json()["predictions"][0]["probability"].clone();
     let o = run(&[

@@ -97,7 +97,8 @@ drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove
 async function loadModel() {
   const m = await api("/api/model");
   state.model = m;
-  $("#model-line").textContent = `${m.name} on ${m.input[1]}×${m.input[2]} (${m.framing}), threshold ${fmt(m.threshold, 3)} — ${m.checkpoint}`;
+  const views = m.tta ? "each X-ray averaged over 4 views" : "each X-ray seen once";
+  $("#model-line").textContent = `${m.name} on ${m.input[1]}×${m.input[2]} (${m.framing}), ${views}, threshold ${fmt(m.threshold, 3)} — ${m.checkpoint}`;
   const tbody = $("#layers tbody");
   tbody.replaceChildren(...m.layers.map((l) => el("tr", { class: "clickable", "data-index": l.index, onclick: () => showLayer(l.index) },
     el("td", {}, l.index), el("td", {}, l.describe), el("td", {}, l.inputs.join(", ")), el("td", {}, l.output.join("×")),

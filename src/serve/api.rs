@@ -54,6 +54,7 @@ pub fn model(state: &State) -> Value {
         "input": spec.input,
         "framing": spec.framing.name(),
         "threshold": short(state.info.threshold),
+        "tta": state.tta,
         "epoch": state.info.epoch,
         "explain_layer": explain::target_layer(spec).ok(),
         "layers": layers,
