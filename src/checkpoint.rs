@@ -44,6 +44,11 @@ pub fn save<B: Backend>(
         .map(|p| (p.name, be.download(&p.param.value)))
         .collect();
     tensors.extend(extra);
+    write_tensors(info, tensors, path)
+}
+
+/// Writes named tensors and `info` as a checkpoint to `path`, atomically.
+fn write_tensors(info: &CheckpointInfo, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .into_iter()
         .map(|(name, t)| (name, bytemuck::cast_slice(&t.data).to_vec(), t.shape.0))
@@ -107,6 +112,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
     Ok(())
+}
+
+/// Sets the decision threshold saved in the checkpoint at `path` (rewritten atomically, every
+/// tensor and the rest of the metadata kept) and returns the one it replaced.
+pub fn set_threshold(path: &Path, threshold: f32) -> Result<f32> {
+    if !(threshold > 0.0 && threshold < 1.0) {
+        bail!("a decision threshold is a probability strictly between 0 and 1, got {threshold}");
+    }
+    let (info, tensors) = read(path)?;
+    let old = info.threshold;
+    let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let info = CheckpointInfo { threshold, ..info };
+    write_tensors(&info, tensors, path)?;
+    Ok(old)
 }
 
 /// Reads a checkpoint's metadata and tensors by name.

@@ -140,6 +140,27 @@ pub fn start<B: Backend>(
     run_folds(be, &cv_dir, &cv, tta)
 }
 
+/// What a finished cross-validation (or judgement) chose: the threshold that maximises balanced
+/// accuracy over all its out-of-fold predictions, and the name of the models it judged.
+pub fn chosen_threshold(cv_dir: &Path) -> Result<(f32, String)> {
+    let path = cv_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: --from-cv takes a finished cross-validation (or cv --judge) folder",
+            path.display()
+        )
+    })?;
+    let summary: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a cross-validation summary", path.display()))?;
+    match (summary["threshold"].as_f64(), summary["model"].as_str()) {
+        (Some(t), Some(model)) => Ok((t as f32, model.to_string())),
+        _ => bail!(
+            "{} has no threshold and model: not a cross-validation summary",
+            path.display()
+        ),
+    }
+}
+
 /// A cross-validation folder's `cv.json`.
 fn read_config(cv_dir: &Path) -> Result<CvConfig> {
     let path = cv_dir.join("cv.json");

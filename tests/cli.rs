@@ -999,3 +999,74 @@ fn export_writes_the_shipped_model_and_names_what_is_wrong() {
     assert!(text(&o).1.contains("junk.safetensors"), "{}", text(&o).1);
     assert_eq!(std::fs::read(&onnx).unwrap(), written);
 }
+
+#[test]
+fn threshold_sets_a_checkpoints_threshold_from_its_cross_validation_and_keeps_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    let out = dir.path().join("runs");
+    let o = run(&cv_args(&data, &out, &["--folds", "3", "--epochs", "1"]));
+    assert!(o.status.success(), "{}", text(&o).1);
+    let cv_dir = out.join("cv-fracturenet-001");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cv_dir.join("summary.json")).unwrap())
+            .unwrap();
+    let chosen = summary["threshold"].as_f64().unwrap() as f32;
+    let ckpt = cv_dir.join("fold-1/final.safetensors");
+    let (before, weights) = fracture_cnn::checkpoint::read(&ckpt).unwrap();
+
+    let o = run(&[
+        "threshold",
+        ckpt.to_str().unwrap(),
+        "--from-cv",
+        cv_dir.to_str().unwrap(),
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(stdout.contains(&format!("-> {chosen}")), "{stdout}");
+    let (after, kept) = fracture_cnn::checkpoint::read(&ckpt).unwrap();
+    assert_eq!(after.threshold, chosen);
+    assert_eq!((after.spec, after.epoch), (before.spec, before.epoch));
+    assert_eq!(kept, weights, "the weights are untouched");
+
+    // a value; then every refusal names what is wrong, and leaves the file as it was
+    let o = run(&["threshold", ckpt.to_str().unwrap(), "--value", "0.25"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        fracture_cnn::checkpoint::read(&ckpt).unwrap().0.threshold,
+        0.25
+    );
+    let refused = |args: &[&str], says: &str| {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(text(&o).1.contains(says), "{args:?}: {}", text(&o).1);
+        assert_eq!(
+            fracture_cnn::checkpoint::read(&ckpt).unwrap().0.threshold,
+            0.25
+        );
+    };
+    let c = ckpt.to_str().unwrap();
+    refused(
+        &["threshold", c, "--value", "1.5"],
+        "strictly between 0 and 1",
+    );
+    let data_dir = data.to_str().unwrap();
+    refused(
+        &["threshold", c, "--from-cv", data_dir],
+        "data/summary.json",
+    );
+    let other = dir.path().join("other-cv");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("summary.json"),
+        r#"{"threshold": 0.4, "model": "mobilenet, test-time augmented"}"#,
+    )
+    .unwrap();
+    refused(
+        &["threshold", c, "--from-cv", other.to_str().unwrap()],
+        "cross-validated mobilenet",
+    );
+    let o = run(&["threshold", c]);
+    assert_eq!(o.status.code(), Some(2), "--from-cv or --value is required");
+}

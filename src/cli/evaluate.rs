@@ -67,6 +67,53 @@ pub(super) struct PredictArgs {
     run: RunModelArgs,
 }
 
+/// Sets the decision threshold saved in a checkpoint.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_cv", "value"])))]
+pub(super) struct ThresholdArgs {
+    /// A checkpoint (.safetensors) or a run folder (its best.safetensors); rewritten in place,
+    /// atomically, its weights untouched.
+    model: PathBuf,
+    /// Take the threshold a finished cross-validation of the model's recipe chose (the one that
+    /// maximises balanced accuracy over all its out-of-fold predictions, summary.json): chosen
+    /// on every pooled image, not on one small validation split.
+    #[arg(long, value_name = "CV_DIR")]
+    from_cv: Option<PathBuf>,
+    /// Set this threshold (a probability between 0 and 1).
+    #[arg(long)]
+    value: Option<f32>,
+}
+
+pub(super) fn threshold(a: ThresholdArgs) -> Result<()> {
+    let path = eval::checkpoint_path(&a.model);
+    let (threshold, why) = match (&a.from_cv, a.value) {
+        (Some(cv_dir), _) => {
+            let (t, judged) = fracture_cnn::cv::chosen_threshold(cv_dir)?;
+            let (info, _) = fracture_cnn::checkpoint::read(&path)?;
+            anyhow::ensure!(
+                judged.split([',', ' ']).next() == Some(info.spec.name.as_str()),
+                "{} cross-validated {judged}, but {} is a {}: take the threshold of the \
+                 model's own recipe",
+                cv_dir.display(),
+                path.display(),
+                info.spec.name
+            );
+            (
+                t,
+                format!("chosen by the cross-validation in {}", cv_dir.display()),
+            )
+        }
+        (None, Some(v)) => (v, "given".to_string()),
+        (None, None) => unreachable!("clap requires --from-cv or --value"),
+    };
+    let old = fracture_cnn::checkpoint::set_threshold(&path, threshold)?;
+    println!(
+        "decision threshold of {}: {old} -> {threshold} ({why})",
+        path.display()
+    );
+    Ok(())
+}
+
 pub(super) fn eval(a: EvalArgs) -> Result<()> {
     anyhow::ensure!(
         a.bootstrap >= 1000,
@@ -132,27 +179,28 @@ pub(super) fn predict(a: PredictArgs) -> Result<()> {
         anyhow::bail!("none of the {} image files could be read", failed.len());
     }
     if let Some(out) = &a.heatmap {
-        let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
-        on_backend!(picked, |be| heatmaps(be, &models[0], &files, out))?;
+        on_backend!(picked, |be| heatmaps(be, &models[0], &predictions, out))?;
     }
     Ok(())
 }
 
-/// Writes a Grad-CAM heatmap of each image: to `out` for one image, else into the folder `out`.
+/// Writes a Grad-CAM heatmap of each predicted image, labelled with its prediction: to `out` for
+/// one image, else into the folder `out`.
 pub(super) fn heatmaps<B: Backend>(
     be: &B,
     model: &std::path::Path,
-    files: &[PathBuf],
+    predictions: &[eval::Prediction],
     out: &std::path::Path,
 ) -> Result<()> {
     use fracture_cnn::{checkpoint, data::image, explain, plots};
-    let (mut net, info) = checkpoint::load(be, &eval::checkpoint_path(model))?;
-    if files.len() > 1 {
+    let (mut net, _) = checkpoint::load(be, &eval::checkpoint_path(model))?;
+    if predictions.len() > 1 {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
     let mut taken = std::collections::HashSet::new();
-    for file in files {
-        let path = if files.len() == 1 {
+    for prediction in predictions {
+        let file = std::path::Path::new(&prediction.file);
+        let path = if predictions.len() == 1 {
             out.to_path_buf()
         } else {
             // class folders often hold files of the same name: the folder's name goes first,
@@ -177,8 +225,7 @@ pub(super) fn heatmaps<B: Backend>(
         };
         let img = image::open(file)?;
         let e = explain::explain(be, &mut net, &img)?;
-        let label = eval::class_name(e.probability >= info.threshold);
-        let text = format!("{label}  p = {:.3}", e.probability);
+        let text = format!("{}  p = {:.3}", prediction.label, prediction.probability);
         plots::write_labelled_png(&path, explain::overlay(&img, &e, 768), &text)?;
         eprintln!("heatmap of {}: {}", file.display(), path.display());
     }

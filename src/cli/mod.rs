@@ -89,6 +89,9 @@ enum Command {
     },
     Export(ExportArgs),
     Serve(ServeArgs),
+    /// Set the decision threshold saved in a checkpoint: from a cross-validation of its recipe
+    /// (`--from-cv`), or a value.
+    Threshold(ThresholdArgs),
 }
 
 #[derive(Subcommand)]
@@ -292,5 +295,6 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
         Command::Inspect(a) => inspect(a).map(|_| Outcome::Done),
         Command::Export(a) => export(a).map(|_| Outcome::Done),
         Command::Serve(a) => serve(a).map(|_| Outcome::Done),
+        Command::Threshold(a) => threshold(a).map(|_| Outcome::Done),
     }
 }
