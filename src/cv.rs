@@ -4,10 +4,10 @@
 //! near-duplicates kept in one fold: [`crate::data::folds`]). Fold i's run trains on the other
 //! folds with the recipe and is judged on fold i by its **final** weights (averaged, with
 //! `--ema`): no epoch is picked on the images that judge it. Each image is judged as `predict`
-//! judges it, over its test-time views unless `--tta false`. Thresholded figures use a threshold chosen on the other folds'
-//! out-of-fold predictions, never on the fold's own. The folds' figures are given one by one,
-//! as mean ± standard deviation, and pooled over all out-of-fold predictions with bootstrap
-//! intervals.
+//! judges it, over its test-time views unless `--tta false`. Thresholded figures use a
+//! threshold chosen on the other folds' out-of-fold predictions, never on the fold's own. The
+//! folds' figures are given one by one, as mean ± standard deviation, and pooled over all
+//! out-of-fold predictions with bootstrap intervals.
 //!
 //! ```text
 //! runs/cv-<model>-NNN/
