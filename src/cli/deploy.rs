@@ -68,10 +68,8 @@ pub(super) struct ServeArgs {
     /// Seconds a connection may stall (send or take nothing) before it is dropped.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two small shifts, as `predict` does (`--tta false`: the image alone).
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    tta: bool,
+    #[command(flatten)]
+    views: TestTimeViews,
 }
 
 /// The model `serve` shows: the one given, the shipped one, or the newest run's.
@@ -122,7 +120,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<()> {
         max_upload_bytes: (a.max_upload_mb * 1e6) as usize,
         max_pixels: (a.max_megapixels * 1e6) as u64,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
-        tta: a.tta,
+        tta: a.views.tta,
     };
     fracture_cnn::serve::serve(&cfg, |address| {
         println!(

@@ -20,11 +20,8 @@ pub(super) struct EvalArgs {
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
-    /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two small shifts (cross-validation: +0.006 ROC-AUC on the shipped recipe, every
-    /// fold up); `--tta false` judges the image alone, four times faster.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    tta: bool,
+    #[command(flatten)]
+    views: TestTimeViews,
     /// Folder for reliability.png (the calibration diagram) and roc.png [default: RUN_DIR/eval
     /// when --model is a run folder, else none].
     #[arg(long)]
@@ -53,11 +50,8 @@ pub(super) struct PredictArgs {
     /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
     #[arg(long)]
     json: bool,
-    /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two small shifts (cross-validation: +0.006 ROC-AUC on the shipped recipe, every
-    /// fold up); `--tta false` judges the image alone, four times faster.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    tta: bool,
+    #[command(flatten)]
+    views: TestTimeViews,
     /// Also draw where the model looked (Grad-CAM of its last convolutional block over the
     /// X-ray) into this PNG; with several images, this is a folder that gets one PNG per image,
     /// named FOLDER-NAME.heatmap.png after the image's folder and name.
@@ -123,7 +117,7 @@ pub(super) fn eval(a: EvalArgs) -> Result<()> {
     let models = eval::models_or_shipped(&a.model)?;
     let opts = eval::EvalOptions {
         batch: a.run.batch_size,
-        tta: a.tta,
+        tta: a.views.tta,
         csv: a.csv.clone(),
         figures: a
             .figures
@@ -163,7 +157,11 @@ pub(super) fn predict(a: PredictArgs) -> Result<()> {
     let models = eval::models_or_shipped(&a.model)?;
     let picked = pick_backend_quietly(a.run.backend, true)?;
     let (predictions, failed) = on_backend!(picked, |be| eval::predict(
-        be, &models, &a.paths, batch, a.tta
+        be,
+        &models,
+        &a.paths,
+        batch,
+        a.views.tta
     ))?;
     for (p, why) in &failed {
         eprintln!("warning: skipping {}: {why}", p.display());

@@ -149,6 +149,17 @@ struct RunModelArgs {
     backend: BackendChoice,
 }
 
+/// Whether each image is judged over its test-time views (`eval`, `predict`, `serve`, `cv`).
+#[derive(Args)]
+struct TestTimeViews {
+    /// Test-time augmentation: average each image's probability over the image, its mirror
+    /// image and two shifts of 1/32 of its side (cross-validated: +0.004 to +0.006 ROC-AUC on
+    /// every recipe tried, every fold up on the shipped one); `--tta false` judges the image
+    /// alone, four times faster.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    tta: bool,
+}
+
 /// How a training command ended, for the exit code.
 pub(crate) enum Outcome {
     Done,

@@ -115,11 +115,8 @@ pub(super) struct CvArgs {
     /// are several: they must share their folds), into a new cv-judge-NNN folder under --out.
     #[arg(long, value_name = "CV_DIR", num_args = 1.., conflicts_with = "resume")]
     judge: Vec<PathBuf>,
-    /// Judge each fold's images as `eval` and `predict` do: each image's probability averaged
-    /// over its test-time views (as it is, mirrored, and shifted by 1/32 of the side both ways);
-    /// `--tta false` judges the image alone.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
-    tta: bool,
+    #[command(flatten)]
+    views: TestTimeViews,
     /// Compare two finished cross-validations of the same folds (or cv --judge folders), A then
     /// B: each fold's ROC-AUC under both, and B − A over all images pooled with a paired
     /// bootstrap interval. Trains nothing.
@@ -365,7 +362,7 @@ pub(super) fn run_cv(a: CvArgs) -> Result<Outcome> {
     train::stop_on_signals()?;
     if !a.judge.is_empty() {
         let summary = on_backend!(pick_backend(a.train.backend)?, |be| {
-            cv::judge(be, &a.judge, a.tta, &a.train.out)
+            cv::judge(be, &a.judge, a.views.tta, &a.train.out)
         })?;
         print!("{}", cv::render(&summary));
         return Ok(Outcome::Done);
@@ -384,9 +381,9 @@ pub(super) fn cv_on<B: Backend>(be: &B, a: &CvArgs) -> Result<cv::CvOutcome> {
     match &a.train.resume {
         Some(dir) => {
             refuse_resume_conflicts(&a.train, &dir.join("cv.json"))?;
-            cv::resume(be, dir, a.train.epochs, a.tta)
+            cv::resume(be, dir, a.train.epochs, a.views.tta)
         }
-        None => cv::start(be, &train_config(&a.train)?, a.folds, a.tta),
+        None => cv::start(be, &train_config(&a.train)?, a.folds, a.views.tta),
     }
 }
 
