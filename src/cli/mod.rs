@@ -153,7 +153,7 @@ struct RunModelArgs {
 #[derive(Args)]
 struct TestTimeViews {
     /// Test-time augmentation: average each image's probability over the image, its mirror
-    /// image and two shifts of 1/32 of its side (cross-validated: +0.004 to +0.006 ROC-AUC on
+    /// image and two shifts of 1/32 of its side (cross-validated: +0.003 to +0.006 ROC-AUC on
     /// every recipe tried, every fold up on the shipped one); `--tta false` judges the image
     /// alone, four times faster.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
