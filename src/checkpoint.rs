@@ -69,7 +69,7 @@ fn write_tensors(info: &CheckpointInfo, tensors: Vec<(String, Tensor)>, path: &P
             "preprocessing".to_string(),
             format!(
                 "gray [0,1], framed in the input square by {}",
-                info.spec.framing.name()
+                info.spec.square().describe()
             ),
         ),
     ]);

@@ -9,7 +9,7 @@
 //! The map is `H × W` (16 × 16 for fracturenet at 128 px) and is stretched over the X-ray.
 
 use crate::backend::Backend;
-use crate::data::image::{to_gray_square, Framing};
+use crate::data::image::{to_model_input, Square};
 use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -57,8 +57,8 @@ pub struct Explanation {
     /// The map, `side × side`, row-major, in [0, 1].
     pub cam: Vec<f32>,
     pub side: usize,
-    /// How the X-ray was framed in the model's input, to lay the map back over it.
-    pub framing: Framing,
+    /// How the X-ray was framed and cropped to the model's input, to lay the map back over it.
+    pub square: Square,
 }
 
 /// Runs `model` on `image` and explains its score.
@@ -72,13 +72,13 @@ pub fn explain<B: Backend>(
         bail!("heatmaps need a model of one gray channel on square images");
     }
     let at = target_layer(&model.spec)?;
-    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h, model.spec.framing));
+    let x = Tensor::new([1, 1, h, w], to_model_input(image, model.spec.square()));
     let (logits, activation, gradient) = model.activation_and_gradient(be, be.upload(&x), at);
     Ok(Explanation {
         probability: 1.0 / (1.0 + (-logits.data[0]).exp()),
         cam: grad_cam(&activation, &gradient),
         side: activation.shape.nchw().2,
-        framing: model.spec.framing,
+        square: model.spec.square(),
     })
 }
 
@@ -100,7 +100,7 @@ pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> i
     );
     let gray = image::imageops::resize(&gray, w, h, image::imageops::FilterType::Triangle);
     let s = e.side;
-    let (left, top, cw, ch) = e.framing.content(w0, h0);
+    let (left, top, cw, ch) = e.square.content(w0, h0);
     let heat = |x: u32, y: u32| {
         // pixel centre in the model's square, then in map coordinates, clamped to the outer
         // cells' centres

@@ -8,7 +8,7 @@
 //! one scale, gray being 0, so their signs and sizes compare.
 
 use crate::backend::Backend;
-use crate::data::image::to_gray_square;
+use crate::data::image::to_model_input;
 use crate::nn::{LayerSpec, Model};
 use crate::plots;
 use crate::tensor::Tensor;
@@ -107,7 +107,7 @@ pub fn inspect<B: Backend>(
         bail!("inspect needs a model of one gray channel on square images");
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let x = Tensor::new([1, 1, h, w], to_gray_square(image, h, model.spec.framing));
+    let x = Tensor::new([1, 1, h, w], to_model_input(image, model.spec.square()));
     let outputs = model.outputs_and_parameter_gradients(be, be.upload(&x));
     let mut written = Vec::new();
     let mut save = |name: String, img: image::RgbImage| -> Result<()> {

@@ -5,7 +5,7 @@ use crate::backend::{hash, Backend};
 use crate::callbacks::{Callbacks, Standing};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::columns;
-use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split};
+use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split, Square};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind, WeightAverage};
@@ -28,6 +28,10 @@ pub struct TrainConfig {
     /// How X-rays are made square; `None` keeps the spec's.
     #[serde(default)]
     pub framing: Option<Framing>,
+    /// The input's side as a fraction of the framed X-ray's (random windows in training, the
+    /// centre one when judging); `None` keeps the spec's.
+    #[serde(default)]
+    pub crop: Option<f32>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f32,
@@ -247,6 +251,15 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
             cfg.epochs
         );
     }
+    if let Some(c) = cfg.crop {
+        if !(crate::nn::spec::MIN_CROP..=1.0).contains(&c) {
+            bail!(
+                "--crop takes the input's side as a fraction of the framed X-ray's, from {} to 1 \
+                 (e.g. 0.875), got {c}",
+                crate::nn::spec::MIN_CROP
+            );
+        }
+    }
     if let Some(c) = cfg.clip_grad_norm {
         if !(c.is_finite() && c > 0.0) {
             bail!("--clip-grad-norm must be a positive number, got {c}");
@@ -321,7 +334,7 @@ pub fn new_run_dir(out: &Path, model: &str) -> Result<PathBuf> {
 
 fn load_split(
     split: &Split,
-    size: (usize, Framing),
+    size: Square,
     what: &str,
     quiet: bool,
     cache_file: Option<PathBuf>,
@@ -378,6 +391,9 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
     if let Some(framing) = cfg.framing {
         spec.framing = framing;
     }
+    if let Some(crop) = cfg.crop {
+        spec.crop = crop;
+    }
     if spec.input[0] != 1 || spec.input[1] != spec.input[2] {
         bail!(
             "model {} takes {:?} inputs; X-rays are loaded as 1 channel, square",
@@ -390,10 +406,12 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
 }
 
 /// The decoded training and validation images, and the positive-class weight of the loss.
-pub fn load_data(cfg: &TrainConfig, size: (usize, Framing)) -> Result<(Dataset, Dataset, f32)> {
+pub fn load_data(cfg: &TrainConfig, size: Square) -> Result<(Dataset, Dataset, f32)> {
     let dir = DataDir::open(&cfg.data)?;
     let cache_dir = cfg.out.join(".cache");
-    let cache = |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, size));
+    let framed = (size.framed_side(), size.framing);
+    let cache =
+        |split_dir: &Path| Some(crate::data::cache::file_for(&cache_dir, split_dir, framed));
     let (train_ds, val_ds) = match &cfg.fold {
         None => {
             println!(
@@ -978,7 +996,9 @@ fn train_step<B: Backend>(
     (pos_weight, lr): (f32, f32),
     epoch: usize,
 ) -> Result<()> {
-    let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| augment::key(cfg.seed, epoch, i));
+    let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| {
+        Some(augment::key(cfg.seed, epoch, i))
+    });
     let step = state.progress.steps + 1;
     let r = &cfg.regularise;
     let (x, y) = match r.mixup {

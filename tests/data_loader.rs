@@ -2,7 +2,7 @@
 
 mod common;
 
-use fracture_cnn::data::{folder, DataDir, Dataset, Framing};
+use fracture_cnn::data::{folder, Augment, DataDir, Dataset, Framing, Square};
 use image::{ImageBuffer, Luma, Rgb, Rgba};
 use std::path::Path;
 
@@ -82,7 +82,12 @@ fn skips_non_images_and_reports_corrupt_files_by_name() {
     std::fs::write(frac.join("empty.jpg"), b"").unwrap();
     let d = DataDir::open(root).unwrap();
     assert_eq!(d.train.skipped, vec![frac.join("notes.txt")]);
-    let ds = Dataset::decode(&d.train.samples, (8, Framing::Squash), "train", true);
+    let ds = Dataset::decode(
+        &d.train.samples,
+        Square::whole(8, Framing::Squash),
+        "train",
+        true,
+    );
     assert_eq!(ds.len(), 4);
     let failed: Vec<_> = ds
         .failed
@@ -122,7 +127,12 @@ fn batches_cover_every_sample_once_in_a_seeded_order() {
     let dir = tempfile::tempdir().unwrap();
     common::images::write_separable_dataset(dir.path(), 5, 8);
     let d = DataDir::open(dir.path()).unwrap();
-    let ds = Dataset::decode(&d.train.samples, (8, Framing::Squash), "train", true);
+    let ds = Dataset::decode(
+        &d.train.samples,
+        Square::whole(8, Framing::Squash),
+        "train",
+        true,
+    );
     let a = ds.batches(4, Some(7));
     assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
     let mut all: Vec<usize> = a.concat();
@@ -198,7 +208,7 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
         fracture_cnn::data::cache::file_for(&dir.path().join("cache"), &root, (8, Framing::Squash));
     let first = Dataset::load(
         &split.samples,
-        (8, Framing::Squash),
+        Square::whole(8, Framing::Squash),
         "train",
         true,
         Some(&cache),
@@ -206,7 +216,13 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     assert!(cache.is_file());
     assert_eq!(
         first.pixels,
-        Dataset::decode(&split.samples, (8, Framing::Squash), "train", true).pixels
+        Dataset::decode(
+            &split.samples,
+            Square::whole(8, Framing::Squash),
+            "train",
+            true
+        )
+        .pixels
     );
     // garbage of the same length with the old modification time: the cache still answers
     let victim = &split.samples[0].path;
@@ -218,7 +234,7 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     drop(f);
     let again = Dataset::load(
         &split.samples,
-        (8, Framing::Squash),
+        Square::whole(8, Framing::Squash),
         "train",
         true,
         Some(&cache),
@@ -231,7 +247,7 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     drop(f);
     let fresh = Dataset::load(
         &split.samples,
-        (8, Framing::Squash),
+        Square::whole(8, Framing::Squash),
         "train",
         true,
         Some(&cache),
@@ -242,10 +258,62 @@ fn the_disk_cache_serves_unchanged_files_and_rereads_changed_ones() {
     std::fs::write(&cache, b"FRCACHE1 truncated").unwrap();
     let rebuilt = Dataset::load(
         &split.samples,
-        (8, Framing::Squash),
+        Square::whole(8, Framing::Squash),
         "train",
         true,
         Some(&cache),
     );
     assert_eq!(rebuilt.len(), first.len() - 1);
+}
+
+#[test]
+fn a_cropped_dataset_batches_random_windows_in_training_and_the_centre_when_judging() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    common::images::write_separable_dataset(&root, 3, 12);
+    let split = DataDir::open(&root).unwrap().train;
+    let whole = Dataset::decode(
+        &split.samples,
+        Square::whole(10, Framing::Squash),
+        "t",
+        true,
+    );
+    let square = Square {
+        side: 8,
+        framing: Framing::Squash,
+        crop: 0.8,
+    };
+    let cropped = Dataset::decode(&split.samples, square, "t", true);
+    assert_eq!((cropped.size, cropped.framed), (8, 10));
+    assert_eq!(
+        cropped.pixels, whole.pixels,
+        "stores the framed 10 x 10 squares"
+    );
+    // the window of image 0 whose top-left corner is (x, y) in its 10 x 10 square
+    let window = |(x, y): (usize, usize)| -> Vec<f32> {
+        (y..y + 8)
+            .flat_map(|r| whole.pixels[r * 10 + x..r * 10 + x + 8].to_vec())
+            .collect()
+    };
+    let (judged, _) = cropped.batch(&[0]);
+    assert_eq!(judged.shape.dims(), &[1, 1, 8, 8]);
+    assert_eq!(judged.data, window((1, 1)), "judging takes the centre");
+    let served = fracture_cnn::data::image::open(&cropped.paths[0]).unwrap();
+    assert_eq!(
+        fracture_cnn::data::image::to_model_input(&served, square),
+        judged.data,
+        "one image (serve, explain, inspect) is judged as a dataset's"
+    );
+    // training with nothing but the crop: every window is one of the 9 corners, and the draws
+    // reach more than one of them
+    let mut seen = std::collections::HashSet::new();
+    for key in 0..40u32 {
+        let (x, _) = cropped.augmented_batch(&[0], &Augment::OFF, |_| Some(key));
+        let corner = (0..3)
+            .flat_map(|y| (0..3).map(move |x| (x, y)))
+            .find(|&c| window(c) == x.data)
+            .expect("a window of the framed square");
+        seen.insert(corner);
+    }
+    assert!(seen.len() >= 6, "random windows: {seen:?}");
 }

@@ -6,7 +6,7 @@ mod common;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::callbacks::{Callbacks, Plateau, Schedule};
 use fracture_cnn::checkpoint;
-use fracture_cnn::data::{Augment, DataDir, Dataset, Framing};
+use fracture_cnn::data::{Augment, DataDir, Dataset, Framing, Square};
 use fracture_cnn::metrics::roc_auc;
 use fracture_cnn::optim::OptimizerKind;
 use fracture_cnn::train::{self, TrainConfig};
@@ -18,6 +18,7 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         model: "fracturenet".into(),
         image_size: Some(16),
         framing: None,
+        crop: None,
         epochs,
         batch_size: 8,
         lr: 2e-3,
@@ -75,7 +76,12 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
     let (mut model, info) = checkpoint::load(&Cpu, &run.run_dir.join("last.safetensors")).unwrap();
     assert_eq!(info.epoch, 6);
     let val = DataDir::open(&data).unwrap().val;
-    let ds = Dataset::decode(&val.samples, (16, Framing::Squash), "val", true);
+    let ds = Dataset::decode(
+        &val.samples,
+        Square::whole(16, Framing::Squash),
+        "val",
+        true,
+    );
     let (loss, probs) = train::predict(&Cpu, &mut model, &ds, 8);
     assert_eq!(roc_auc(&probs, &ds.labels), last.val.roc_auc);
     assert!((loss - last.val.loss).abs() < 1e-9);
@@ -175,7 +181,12 @@ fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model()
     // validation ran on the averaged weights, which final.safetensors holds and load_final
     // rebuilds from last.safetensors; the raw last weights differ from them
     let val = DataDir::open(&data).unwrap().val;
-    let ds = Dataset::decode(&val.samples, (16, Framing::Squash), "val", true);
+    let ds = Dataset::decode(
+        &val.samples,
+        Square::whole(16, Framing::Squash),
+        "val",
+        true,
+    );
     let (mut fin, _) = checkpoint::load(&Cpu, &whole.run_dir.join("final.safetensors")).unwrap();
     let (loss, _) = train::predict(&Cpu, &mut fin, &ds, 8);
     assert!(
@@ -224,7 +235,12 @@ fn balanced_sampling_draws_both_classes_alike_and_learns() {
         std::fs::remove_file(frac.join(format!("img{i:03}.png"))).unwrap();
     }
     let split = DataDir::open(&data).unwrap().train;
-    let ds = Dataset::decode(&split.samples, (16, Framing::Squash), "train", true);
+    let ds = Dataset::decode(
+        &split.samples,
+        Square::whole(16, Framing::Squash),
+        "train",
+        true,
+    );
     let drawn: Vec<usize> = ds.balanced_batches(8, 3).into_iter().flatten().collect();
     assert_eq!(drawn.len(), 20);
     let positives = drawn.iter().filter(|&&i| ds.labels[i] == 1.0).count();
@@ -286,8 +302,8 @@ fn the_framing_travels_with_the_model_to_predict() {
     let (mut model, info) = checkpoint::load(&Cpu, &best).unwrap();
     assert_eq!(info.spec.framing, Framing::PadReflect);
     let val = DataDir::open(&data).unwrap().val;
-    let mut framed = |f| {
-        let ds = Dataset::decode(&val.samples, (16, f), "val", true);
+    let mut framed = |framing| {
+        let ds = Dataset::decode(&val.samples, Square::whole(16, framing), "val", true);
         train::predict(&Cpu, &mut model, &ds, 8).1
     };
     let (reflected, squashed) = (framed(Framing::PadReflect), framed(Framing::Squash));
@@ -302,4 +318,68 @@ fn the_framing_travels_with_the_model_to_predict() {
         predicted, reflected,
         "predict frames as the model was trained"
     );
+}
+
+#[test]
+fn the_crop_travels_with_the_model_to_predict_which_judges_the_centre_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    let cfg = TrainConfig {
+        crop: Some(0.8),
+        ..config(&data, &dir.path().join("runs"), 2, 2)
+    };
+    let run = train::train(&Cpu, &cfg).unwrap();
+    let best = run.run_dir.join("best.safetensors");
+    let (mut model, info) = checkpoint::load(&Cpu, &best).unwrap();
+    assert_eq!(info.spec.crop, 0.8);
+    assert_eq!(info.spec.square().framed_side(), 20, "16 of 20");
+    let val = DataDir::open(&data).unwrap().val;
+    let mut judged = |crop| {
+        let square = Square {
+            side: 16,
+            framing: Framing::Squash,
+            crop,
+        };
+        let ds = Dataset::decode(&val.samples, square, "val", true);
+        train::predict(&Cpu, &mut model, &ds, 8).1
+    };
+    let (centre, whole) = (judged(0.8), judged(1.0));
+    let largest_gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    let paths: Vec<_> = val.samples.iter().map(|s| s.path.clone()).collect();
+    let (answers, _) = fracture_cnn::eval::predict(&Cpu, &[best], &paths, 8, false).unwrap();
+    let predicted: Vec<f32> = answers.iter().map(|a| a.probability).collect();
+    // predict runs the inference model (batch norm folded): equal to rounding, which is far
+    // below what the crop changes
+    let (rounding, cropping) = (
+        largest_gap(&predicted, &centre),
+        largest_gap(&centre, &whole),
+    );
+    assert!(
+        rounding < 1e-6 && cropping > 100.0 * rounding.max(1e-7),
+        "predict crops as the model was trained: {predicted:?}, centre {centre:?}, whole {whole:?}"
+    );
+}
+
+#[test]
+fn a_crop_outside_its_range_is_refused_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::images::write_separable_dataset(&data, 6, 20);
+    for crop in [0.3, 1.2, f32::NAN] {
+        let cfg = TrainConfig {
+            crop: Some(crop),
+            ..config(&data, &dir.path().join("runs"), 2, 1)
+        };
+        let Err(e) = train::train(&Cpu, &cfg) else {
+            panic!("crop {crop} was taken");
+        };
+        let e = e.to_string();
+        assert!(e.contains("--crop takes") && e.contains("got"), "{e}");
+    }
 }

@@ -42,6 +42,12 @@ pub(super) struct TrainArgs {
     /// [default: the model's own, squash].
     #[arg(long, value_enum)]
     framing: Option<fracture_cnn::data::Framing>,
+    /// Random crops: the X-ray is framed in a square of side SIZE / FRACTION, and training sees a
+    /// random SIZE × SIZE window of it at full resolution; judging (validation, eval, predict,
+    /// serve) sees the centre window. In [0.5, 1] (e.g. 0.875: 192 out of 219) [default: the
+    /// model's own, 1 = the whole square].
+    #[arg(long, value_name = "FRACTION")]
+    crop: Option<f32>,
     /// Seed of the weight initialisation, shuffling and dropout: the same seed gives the same run.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -324,6 +330,7 @@ pub(super) fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         model: a.model.clone().unwrap_or_else(|| "fracturenet".into()),
         image_size: a.image_size,
         framing: a.framing,
+        crop: a.crop,
         epochs: a.epochs.unwrap_or(10),
         batch_size: a.batch_size,
         lr: a.lr,

@@ -104,6 +104,14 @@ impl Augment {
     }
 }
 
+/// The top-left corner of the random `size × size` window of a `framed × framed` image that the
+/// draws of `key` pick (each corner equally likely; the whole image when the sides agree).
+pub fn window_corner(framed: usize, size: usize, key: u32) -> (usize, usize) {
+    let spare = framed - size;
+    let at = |k: u32| ((hash::uniform(key, k) * (spare + 1) as f32) as usize).min(spare);
+    (at(9), at(10))
+}
+
 /// The image at the real position (x, y), bilinear, positions outside clamped to the edge.
 fn bilinear(img: &[f32], size: usize, x: f32, y: f32) -> f32 {
     let last = (size - 1) as f32;

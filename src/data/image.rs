@@ -44,6 +44,75 @@ impl Framing {
     }
 }
 
+/// What the model sees of an X-ray: framed by `framing` in a square of [`Square::framed_side`],
+/// of which the model's input is a `side × side` window. With `crop` below 1 the framed square is
+/// larger than the input: training takes a random window of it (a random crop at full
+/// resolution), judging its centre.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Square {
+    /// Side of the model's input.
+    pub side: usize,
+    pub framing: Framing,
+    /// The input's side as a fraction of the framed square's, in (0, 1].
+    pub crop: f32,
+}
+
+impl Square {
+    /// The whole framed square as the input (no crop).
+    pub fn whole(side: usize, framing: Framing) -> Square {
+        Square {
+            side,
+            framing,
+            crop: 1.0,
+        }
+    }
+
+    /// Side of the framed square the input is cut from (`side` without a crop).
+    pub fn framed_side(&self) -> usize {
+        (self.side as f32 / self.crop).round().max(self.side as f32) as usize
+    }
+
+    /// The framing's name, and the window when there is a crop ("squash, the centre 192 of 219").
+    pub fn describe(&self) -> String {
+        match self.framed_side() {
+            framed if framed == self.side => self.framing.name().to_string(),
+            framed => format!(
+                "{}, the centre {} of {framed}",
+                self.framing.name(),
+                self.side
+            ),
+        }
+    }
+
+    /// Where an image of `w × h` lands in the model's input, as fractions of its side (left, top,
+    /// width, height); beyond [0, 1] where the centre window cuts it.
+    pub fn content(&self, w: u32, h: u32) -> (f32, f32, f32, f32) {
+        let (left, top, cw, ch) = self.framing.content(w, h);
+        let c = self.side as f32 / self.framed_side() as f32;
+        let margin = (1.0 - c) / 2.0;
+        ((left - margin) / c, (top - margin) / c, cw / c, ch / c)
+    }
+}
+
+/// The model's input of `img`: framed, then the centre window of the framed square.
+pub fn to_model_input(img: &DynamicImage, square: Square) -> Vec<f32> {
+    let framed = square.framed_side();
+    let pixels = to_gray_square(img, framed, square.framing);
+    if framed == square.side {
+        return pixels;
+    }
+    let offset = (framed - square.side) / 2;
+    window(&pixels, framed, square.side, (offset, offset))
+}
+
+/// The `side × side` window of a `framed × framed` image whose top-left corner is `(x, y)`.
+pub fn window(pixels: &[f32], framed: usize, side: usize, (x, y): (usize, usize)) -> Vec<f32> {
+    (y..y + side)
+        .flat_map(|row| &pixels[row * framed + x..row * framed + x + side])
+        .copied()
+        .collect()
+}
+
 /// Decodes any format the `image` crate reads (JPEG, PNG, BMP, TIFF, ...; 8 or 16 bits; gray,
 /// RGB, RGBA or palette), converts it to gray and frames it in `size × size` (row-major).
 pub fn load_gray(path: &Path, size: usize, framing: Framing) -> Result<Vec<f32>> {
@@ -160,5 +229,34 @@ mod tests {
         );
         assert_eq!(Framing::PadEdge.content(4, 2), (0.0, 0.25, 1.0, 0.5));
         assert_eq!(Framing::Squash.content(4, 2), (0.0, 0.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn a_crop_judges_the_centre_window_of_a_larger_framed_square() {
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(30, 20, |x, y| {
+            Luma([(x * 7 + y * 3) as u8])
+        }));
+        let square = Square {
+            side: 8,
+            framing: Framing::PadEdge,
+            crop: 0.8,
+        };
+        assert_eq!(square.framed_side(), 10);
+        assert_eq!(square.describe(), "pad-edge, the centre 8 of 10");
+        assert_eq!(Square::whole(8, Framing::PadEdge).describe(), "pad-edge");
+        let framed = to_gray_square(&img, 10, Framing::PadEdge);
+        let input = to_model_input(&img, square);
+        assert_eq!(input.len(), 64);
+        for (y, row) in input.chunks(8).enumerate() {
+            assert_eq!(row, &framed[(y + 1) * 10 + 1..(y + 1) * 10 + 9], "row {y}");
+        }
+        // 30 x 20 fills rows 1/6..5/6 of the framed square; seen from the window of 0.1..0.9
+        let (left, top, w, h) = square.content(30, 20);
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(close(left, -0.125) && close(w, 1.25), "{left} {w}");
+        assert!(
+            close(top, (1.0 / 6.0 - 0.1) / 0.8) && close(h, (2.0 / 3.0) / 0.8),
+            "{top} {h}"
+        );
     }
 }

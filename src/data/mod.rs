@@ -10,7 +10,7 @@ pub mod image;
 
 pub use augment::Augment;
 pub use folder::{DataDir, Sample, Split, CLASS_NAMES};
-pub use image::Framing;
+pub use image::{Framing, Square};
 
 use crate::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,10 +18,14 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use rayon::prelude::*;
 use std::path::PathBuf;
 
-/// Decoded images of one split, all `size × size` gray, in memory.
+/// Decoded images of one split, all framed in `framed × framed` gray squares, in memory; a batch
+/// holds `size × size` windows of them (the whole square without a crop).
 pub struct Dataset {
+    /// Side of the images a batch holds (the model's input).
     pub size: usize,
-    /// `len × size × size` pixels in [0, 1].
+    /// Side of the stored framed squares (`size` / the crop).
+    pub framed: usize,
+    /// `len × framed × framed` pixels in [0, 1].
     pub pixels: Vec<f32>,
     pub labels: Vec<f32>,
     pub paths: Vec<PathBuf>,
@@ -32,24 +36,20 @@ pub struct Dataset {
 impl Dataset {
     /// Decodes `samples` in parallel (with a progress bar titled `what`), skipping unreadable
     /// files: they are listed in `failed` for the caller to report.
-    pub fn decode(
-        samples: &[Sample],
-        (size, framing): (usize, Framing),
-        what: &str,
-        quiet: bool,
-    ) -> Dataset {
-        Self::load(samples, (size, framing), what, quiet, None)
+    pub fn decode(samples: &[Sample], square: Square, what: &str, quiet: bool) -> Dataset {
+        Self::load(samples, square, what, quiet, None)
     }
 
     /// Like [`Dataset::decode`], taking the images already in the disk cache `cache_file` (see
     /// [`cache`]) from there, and writing the cache anew when any had to be decoded.
     pub fn load(
         samples: &[Sample],
-        (size, framing): (usize, Framing),
+        square: Square,
         what: &str,
         quiet: bool,
         cache_file: Option<&std::path::Path>,
     ) -> Dataset {
+        let (size, framing) = (square.framed_side(), square.framing);
         let mut cached = cache_file.map_or_else(Default::default, |f| cache::read(f, size));
         let todo: Vec<&Sample> = samples
             .iter()
@@ -87,7 +87,8 @@ impl Dataset {
             }
         }
         let mut ds = Dataset {
-            size,
+            size: square.side,
+            framed: size,
             pixels: Vec::with_capacity(samples.len() * size * size),
             labels: Vec::new(),
             paths: Vec::new(),
@@ -113,13 +114,14 @@ impl Dataset {
     /// The images at `indices`, in that order (`failed` is left empty: the caller has already
     /// reported the files that could not be read).
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let plane = self.size * self.size;
+        let plane = self.framed * self.framed;
         let mut pixels = Vec::with_capacity(indices.len() * plane);
         for &i in indices {
             pixels.extend_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
         }
         Dataset {
             size: self.size,
+            framed: self.framed,
             pixels,
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             paths: indices.iter().map(|&i| self.paths[i].clone()).collect(),
@@ -129,7 +131,11 @@ impl Dataset {
 
     /// The images of `self` followed by those of `other` (of the same size).
     pub fn concat(mut self, other: Dataset) -> Dataset {
-        assert_eq!(self.size, other.size, "datasets of one image size");
+        assert_eq!(
+            (self.size, self.framed),
+            (other.size, other.framed),
+            "datasets of one image size"
+        );
         self.pixels.extend(other.pixels);
         self.labels.extend(other.labels);
         self.paths.extend(other.paths);
@@ -147,26 +153,40 @@ impl Dataset {
         self.labels.iter().filter(|&&l| l == 1.0).count()
     }
 
-    /// The images at `indices` as an `[n, 1, size, size]` tensor, with their labels `[n]`.
+    /// The images at `indices` (their centre windows) as an `[n, 1, size, size]` tensor, with
+    /// their labels `[n]`.
     pub fn batch(&self, indices: &[usize]) -> (Tensor, Tensor) {
-        self.augmented_batch(indices, &Augment::OFF, |_| 0)
+        self.augmented_batch(indices, &Augment::OFF, |_| None)
     }
 
     /// Like [`Dataset::batch`], each image transformed by `augment` with the draws of
-    /// `key(index)` (see [`augment::key`]).
+    /// `key(index)` (see [`augment::key`]), its window placed at random by the same draws; a
+    /// `None` key takes the centre window, unchanged.
     pub fn augmented_batch(
         &self,
         indices: &[usize],
         augment: &Augment,
-        key: impl Fn(usize) -> u32 + Sync,
+        key: impl Fn(usize) -> Option<u32> + Sync,
     ) -> (Tensor, Tensor) {
-        let plane = self.size * self.size;
+        let (framed, size) = (self.framed, self.size);
+        let plane = size * size;
         let mut x = vec![0.0; indices.len() * plane];
         x.par_chunks_mut(plane.max(1))
             .zip(indices)
             .for_each(|(img, &i)| {
-                img.copy_from_slice(&self.pixels[i * plane..(i + 1) * plane]);
-                augment.apply(img, self.size, key(i));
+                let source = &self.pixels[i * framed * framed..(i + 1) * framed * framed];
+                let corner = match key(i) {
+                    Some(key) => augment::window_corner(framed, size, key),
+                    None => ((framed - size) / 2, (framed - size) / 2),
+                };
+                if framed == size {
+                    img.copy_from_slice(source);
+                } else {
+                    img.copy_from_slice(&image::window(source, framed, size, corner));
+                }
+                if let Some(key) = key(i) {
+                    augment.apply(img, size, key);
+                }
             });
         let y = indices.iter().map(|&i| self.labels[i]).collect();
         (

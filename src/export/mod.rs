@@ -98,20 +98,30 @@ pub fn onnx_model<B: Backend>(
 /// What a runtime needs to feed the graph as training fed the model, and to decide as `predict`.
 fn metadata(info: &CheckpointInfo) -> Vec<(String, String)> {
     let [_, h, w] = info.spec.input;
-    let framing = info.spec.framing.name();
+    let square = info.spec.square();
+    let framing = square.framing.name();
+    let f = square.framed_side();
+    let window = if f == h {
+        String::new()
+    } else {
+        format!(
+            "; then keep the centre {h}x{w} window (from row and column {})",
+            (f - h) / 2
+        )
+    };
     vec![
         ("threshold".into(), info.threshold.to_string()),
         ("input_height".into(), h.to_string()),
         ("input_width".into(), w.to_string()),
-        ("framing".into(), framing.into()),
+        ("framing".into(), square.describe()),
         (
             "preprocessing".into(),
             format!(
                 "decode; convert to gray (luma) as float in [0, 1] (16-bit images keep their \
-                 precision); resize to {h}x{w} by '{framing}' (squash: to the square, aspect not \
-                 kept; pad-edge / pad-reflect: long side to {h}, centred, the rest filled with \
-                 the edge repeated / the image mirrored) with a triangle (bilinear) filter; no \
-                 mean or scale beyond [0, 1]; NCHW with one channel"
+                 precision); resize to {f}x{f} by '{framing}' (squash: to the square, aspect not \
+                 kept; pad-edge / pad-reflect: long side to {f}, centred, the rest filled with \
+                 the edge repeated / the image mirrored) with a triangle (bilinear) filter\
+                 {window}; no mean or scale beyond [0, 1]; NCHW with one channel"
             ),
         ),
         (

@@ -94,6 +94,7 @@ pub fn mobilenet_v1(width: f32, size: usize) -> Result<ModelSpec, SpecError> {
         name,
         input: [1, size, size],
         framing: Default::default(),
+        crop: 1.0,
         layers: layers.into_iter().map(Node::from).collect(),
     };
     spec.layers()?;

@@ -79,6 +79,7 @@ pub fn resnet(width: usize, depth: usize, size: usize) -> Result<ModelSpec, Spec
         name,
         input: [1, size, size],
         framing: Default::default(),
+        crop: 1.0,
         layers,
     };
     spec.layers()?;

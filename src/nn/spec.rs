@@ -55,7 +55,7 @@
 //! ```
 
 use crate::backend::{Conv2dGeom, Padding, Pool2dGeom};
-use crate::data::image::Framing;
+use crate::data::image::{Framing, Square};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -244,11 +244,27 @@ pub struct ModelSpec {
     /// How an X-ray of any shape is made square for `input` (written only when not `squash`).
     #[serde(default, skip_serializing_if = "is_squash")]
     pub framing: Framing,
+    /// The input's side as a fraction of the framed square's: below 1, training sees random
+    /// windows of the framed X-ray and judging its centre (written only when below 1).
+    #[serde(default = "whole_square", skip_serializing_if = "is_whole_square")]
+    pub crop: f32,
     pub layers: Vec<Node>,
 }
 
 fn is_squash(f: &Framing) -> bool {
     *f == Framing::Squash
+}
+
+/// The smallest crop: a window of half the framed side already leaves out three quarters of the
+/// X-ray.
+pub const MIN_CROP: f32 = 0.5;
+
+fn whole_square() -> f32 {
+    1.0
+}
+
+fn is_whole_square(crop: &f32) -> bool {
+    *crop == 1.0
 }
 
 /// A spec that cannot be built, with the reason (naming the layer where there is one).
@@ -607,9 +623,13 @@ impl ModelSpec {
             .map_err(|e| SpecError(format!("cannot write {} as TOML: {e}", self.name)))
     }
 
-    /// The side of the square input and how an X-ray is framed in it.
-    pub fn square(&self) -> (usize, Framing) {
-        (self.input[1], self.framing)
+    /// The side of the square input and how an X-ray is framed and cropped to it.
+    pub fn square(&self) -> Square {
+        Square {
+            side: self.input[1],
+            framing: self.framing,
+            crop: self.crop,
+        }
     }
 
     /// The same model for square input images of side `size`.
@@ -632,6 +652,13 @@ impl ModelSpec {
         }
         if self.layers.is_empty() {
             return Err(SpecError("the model has no layers".into()));
+        }
+        if !(MIN_CROP..=1.0).contains(&self.crop) {
+            return Err(SpecError(format!(
+                "crop {} is outside [{MIN_CROP}, 1]: the input's side as a fraction of the framed \
+                 X-ray's",
+                self.crop
+            )));
         }
         let mut infos: Vec<LayerInfo> = Vec::with_capacity(self.layers.len());
         let mut names = std::collections::HashMap::from([(INPUT, None)]);

@@ -5,7 +5,7 @@ use super::multipart::{self, Part};
 use super::{ApiError, Body, State};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
-use crate::data::image::to_gray_square;
+use crate::data::image::to_model_input;
 use crate::eval::class_name;
 use crate::explain;
 use crate::nn::LayerSpec;
@@ -52,7 +52,7 @@ pub fn model(state: &State) -> Value {
         "checkpoint": state.checkpoint.display().to_string(),
         "name": spec.name,
         "input": spec.input,
-        "framing": spec.framing.name(),
+        "framing": spec.square().describe(),
         "threshold": short(state.info.threshold),
         "tta": state.tta,
         "epoch": state.info.epoch,
@@ -67,12 +67,12 @@ pub fn model(state: &State) -> Value {
 pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
     // each image is framed as soon as it is decoded, and the decoded image dropped: a request
     // holds one image at full size at a time, however many it carries
-    let (size, framing) = state.info.spec.square();
+    let square = state.info.spec.square();
     let inputs = image_parts(body)?
         .iter()
         .map(|part| {
             let (file, img) = decode(state, part)?;
-            Ok((file, to_gray_square(&img, size, framing)))
+            Ok((file, to_model_input(&img, square)))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let threshold = state.info.threshold;
@@ -95,8 +95,8 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
 /// overlay (PNG data URLs), and the histogram of each parameter's gradient for this image.
 pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
     let (file, img) = first_image(state, body)?;
-    let (size, framing) = state.info.spec.square();
-    let framed = to_gray_square(&img, size, framing);
+    let size = state.info.spec.square().side;
+    let framed = to_model_input(&img, state.info.spec.square());
     let p = probabilities(state, &[&framed])[0];
     let input = image::GrayImage::from_raw(
         size as u32,
@@ -309,17 +309,18 @@ fn layer_outputs(state: &State, img: &DynamicImage, index: usize) -> Result<Vec<
 
 /// The model's input for `images`: `[N, 1, S, S]`, framed as in training.
 fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
-    let (size, framing) = state.info.spec.square();
+    let square = state.info.spec.square();
+    let size = square.side;
     let data: Vec<f32> = images
         .iter()
-        .flat_map(|img| to_gray_square(img, size, framing))
+        .flat_map(|img| to_model_input(img, square))
         .collect();
     Tensor::new([images.len(), 1, size, size], data)
 }
 
 /// P(fractured) for each framed image (`S × S` values), as `predict` computes it.
 fn probabilities(state: &State, framed: &[&[f32]]) -> Vec<f32> {
-    let (size, _) = state.info.spec.square();
+    let size = state.info.spec.square().side;
     let x = Tensor::new([framed.len(), 1, size, size], framed.concat());
     crate::eval::batch_probabilities(&Cpu, &mut state.inference(), x, state.tta)
 }
