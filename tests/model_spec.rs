@@ -112,6 +112,16 @@ fn err(text: &str) -> String {
 #[test]
 fn errors_name_the_layer_and_the_problem() {
     let head = "name = \"bad\"\ninput = [1, 8, 8]\n";
+    let layers = "[[layers]]\ntype = \"flatten\"\n[[layers]]\ntype = \"dense\"\nunits = 1\n";
+    let e = err(&format!("{head}crop = 0.25\n{layers}"));
+    assert!(e.contains("crop 0.25 is outside [0.5, 1]"), "{e}");
+    let cropped = ModelSpec::parse(&format!("{head}crop = 0.8\n{layers}")).unwrap();
+    assert_eq!(cropped.square().framed_side(), 10, "8 of 10");
+    let whole = ModelSpec::parse(&format!("{head}{layers}")).unwrap();
+    assert!(
+        !whole.to_toml().unwrap().contains("crop"),
+        "the whole square is not written"
+    );
     let e = err(&format!("{head}[[layers]]\ntype = \"dense\"\nunits = 1\n"));
     assert!(
         e.contains("layer 0 (dense 1)") && e.contains("add a flatten layer"),
