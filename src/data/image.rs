@@ -53,7 +53,8 @@ pub struct Square {
     /// Side of the model's input.
     pub side: usize,
     pub framing: Framing,
-    /// The input's side as a fraction of the framed square's, in (0, 1].
+    /// The input's side as a fraction of the framed square's, from
+    /// [`MIN_CROP`](crate::nn::spec::MIN_CROP) to 1.
     pub crop: f32,
 }
 

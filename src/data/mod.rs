@@ -49,8 +49,8 @@ impl Dataset {
         quiet: bool,
         cache_file: Option<&std::path::Path>,
     ) -> Dataset {
-        let (size, framing) = (square.framed_side(), square.framing);
-        let mut cached = cache_file.map_or_else(Default::default, |f| cache::read(f, size));
+        let (framed, framing) = (square.framed_side(), square.framing);
+        let mut cached = cache_file.map_or_else(Default::default, |f| cache::read(f, framed));
         let todo: Vec<&Sample> = samples
             .iter()
             .filter(|s| !cached.contains_key(&s.path))
@@ -71,7 +71,7 @@ impl Dataset {
         let decoded: Vec<_> = todo
             .par_iter()
             .map(|s| {
-                let r = image::load_gray(&s.path, size, framing);
+                let r = image::load_gray(&s.path, framed, framing);
                 bar.inc(1);
                 r
             })
@@ -88,8 +88,8 @@ impl Dataset {
         }
         let mut ds = Dataset {
             size: square.side,
-            framed: size,
-            pixels: Vec::with_capacity(samples.len() * size * size),
+            framed,
+            pixels: Vec::with_capacity(samples.len() * framed * framed),
             labels: Vec::new(),
             paths: Vec::new(),
             failed,
@@ -104,7 +104,7 @@ impl Dataset {
             }
         }
         if let Some(file) = cache_file.filter(|_| !todo.is_empty()) {
-            if let Err(e) = cache::write(file, size, &entries) {
+            if let Err(e) = cache::write(file, framed, &entries) {
                 eprintln!("warning: the image cache was not saved: {e:#}");
             }
         }
