@@ -6,7 +6,7 @@ mod common;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::Backend;
 use fracture_cnn::checkpoint::{self, CheckpointInfo};
-use fracture_cnn::data::image::load_gray;
+use fracture_cnn::data::image::{open, to_model_input};
 use fracture_cnn::eval;
 use fracture_cnn::export;
 use fracture_cnn::nn::{Mode, Model, ModelSpec};
@@ -96,6 +96,11 @@ fn tract_probabilities(onnx: &Path, images: &[Vec<f32>], h: usize, w: usize) -> 
     p.iter().copied().collect()
 }
 
+/// The input `spec` takes of the X-ray at `file`, prepared as its export's metadata says.
+fn model_input(file: &Path, spec: &ModelSpec) -> Vec<f32> {
+    to_model_input(&open(file).unwrap(), spec.square())
+}
+
 /// Exports the checkpoint at `ckpt`, runs it in tract and `predict` on the X-rays, and checks
 /// that they agree.
 fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
@@ -103,10 +108,7 @@ fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
     export::export(ckpt, &onnx).unwrap();
     let files = xrays();
     let [_, h, w] = spec.input;
-    let images: Vec<Vec<f32>> = files
-        .iter()
-        .map(|f| load_gray(f, h, spec.framing).unwrap())
-        .collect();
+    let images: Vec<Vec<f32>> = files.iter().map(|f| model_input(f, spec)).collect();
     let theirs = tract_probabilities(&onnx, &images, h, w);
     let (ours, failed) = eval::predict(&Cpu, &[ckpt.to_path_buf()], &files, 3, false).unwrap();
     assert!(failed.is_empty());
@@ -133,11 +135,7 @@ fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
 
 fn check_spec(spec: ModelSpec, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let [_, h, _] = spec.input;
-    let images: Vec<Vec<f32>> = xrays()
-        .iter()
-        .map(|f| load_gray(f, h, spec.framing).unwrap())
-        .collect();
+    let images: Vec<Vec<f32>> = xrays().iter().map(|f| model_input(f, &spec)).collect();
     let model = trained_looking_model(&spec, &images, seed);
     let info = CheckpointInfo {
         spec: spec.clone(),
@@ -177,8 +175,8 @@ fn resnet_with_projections_exports() {
 }
 
 /// Odd sizes, where `same` pads one more zero at the bottom/right than at the top/left and
-/// `valid` windows and pools drop the last row; reflected framing; dropout (absent in ONNX); a
-/// convolution with its ReLU inside (`activation`).
+/// `valid` windows and pools drop the last row; reflected framing and a crop (the centre 37 of
+/// 46); dropout (absent in ONNX); a convolution with its ReLU inside (`activation`).
 #[test]
 fn uneven_padding_and_framing_export() {
     let spec = ModelSpec::parse(
@@ -186,6 +184,7 @@ fn uneven_padding_and_framing_export() {
         name = "uneven"
         input = [1, 37, 37]
         framing = "pad-reflect"
+        crop = 0.8
         [[layers]]
         type = "conv2d"
         filters = 4

@@ -390,3 +390,46 @@ fn attr_ints(name: &str, vs: &[usize]) -> Message {
     m.int(20, 7);
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ModelSpec;
+
+    /// The metadata's value of `key` for the resnet at 192 with `crop`.
+    fn metadata_of(crop: f32, key: &str) -> String {
+        let mut spec = ModelSpec::load("resnet")
+            .unwrap()
+            .with_image_size(192)
+            .unwrap();
+        spec.crop = crop;
+        let info = CheckpointInfo {
+            spec,
+            threshold: 0.5,
+            epoch: 1,
+            progress: None,
+        };
+        let entries = metadata(&info);
+        entries.into_iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    #[test]
+    fn the_metadata_says_how_to_frame_and_crop_an_xray() {
+        assert_eq!(metadata_of(1.0, "framing"), "squash");
+        let whole = metadata_of(1.0, "preprocessing");
+        assert!(
+            whole.contains("resize to 192x192") && !whole.contains("window"),
+            "{whole}"
+        );
+        assert_eq!(
+            metadata_of(0.875, "framing"),
+            "squash, the centre 192 of 219"
+        );
+        let cropped = metadata_of(0.875, "preprocessing");
+        assert!(
+            cropped.contains("resize to 219x219")
+                && cropped.contains("keep the centre 192x192 window (from row and column 13)"),
+            "{cropped}"
+        );
+    }
+}
