@@ -103,15 +103,23 @@ pub fn to_model_input(img: &DynamicImage, square: Square) -> Vec<f32> {
         return pixels;
     }
     let offset = (framed - square.side) / 2;
-    window(&pixels, framed, square.side, (offset, offset))
+    let mut input = vec![0.0; square.side * square.side];
+    copy_window(&pixels, (framed, square.side), (offset, offset), &mut input);
+    input
 }
 
-/// The `side × side` window of a `framed × framed` image whose top-left corner is `(x, y)`.
-pub fn window(pixels: &[f32], framed: usize, side: usize, (x, y): (usize, usize)) -> Vec<f32> {
-    (y..y + side)
-        .flat_map(|row| &pixels[row * framed + x..row * framed + x + side])
-        .copied()
-        .collect()
+/// Copies into `out` the `side × side` window of a `framed × framed` image whose top-left corner
+/// is `(x, y)`.
+pub fn copy_window(
+    pixels: &[f32],
+    (framed, side): (usize, usize),
+    (x, y): (usize, usize),
+    out: &mut [f32],
+) {
+    for (row, dst) in out.chunks_exact_mut(side.max(1)).enumerate() {
+        let start = (y + row) * framed + x;
+        dst.copy_from_slice(&pixels[start..start + side]);
+    }
 }
 
 /// Decodes any format the `image` crate reads (JPEG, PNG, BMP, TIFF, ...; 8 or 16 bits; gray,

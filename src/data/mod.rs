@@ -175,16 +175,13 @@ impl Dataset {
             .zip(indices)
             .for_each(|(img, &i)| {
                 let source = &self.pixels[i * framed * framed..(i + 1) * framed * framed];
-                let corner = match key(i) {
+                let key = key(i);
+                let corner = match key {
                     Some(key) => augment::window_corner(framed, size, key),
                     None => ((framed - size) / 2, (framed - size) / 2),
                 };
-                if framed == size {
-                    img.copy_from_slice(source);
-                } else {
-                    img.copy_from_slice(&image::window(source, framed, size, corner));
-                }
-                if let Some(key) = key(i) {
+                image::copy_window(source, (framed, size), corner, img);
+                if let Some(key) = key {
                     augment.apply(img, size, key);
                 }
             });
