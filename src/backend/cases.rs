@@ -654,6 +654,9 @@ pub fn suite() -> Vec<Op> {
         conv(2, 2, 5, 6, 3, (2, 3), (1, 1), valid),
         conv(2, 2, 5, 6, 2, (2, 4), (1, 2), same),
         conv(3, 5, 3, 4, 67, (1, 1), (1, 1), same),
+        // pointwise on a 32x32 plane (the CPU's weight gradient as dot products): channels off
+        // its 8-row and 3-tap blocks, more images than one partial sum holds
+        conv(9, 5, 32, 32, 7, (1, 1), (1, 1), same),
         conv(9, 2, 13, 13, 3, (5, 5), (3, 3), valid),
         conv(2, 3, 10, 9, 67, (3, 3), (2, 2), same),
         // wide enough for Winograd F(2x2, 3x3) (CPU): odd sides, both paddings, a thin image

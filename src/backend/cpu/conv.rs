@@ -706,13 +706,23 @@ pub enum WeightGradient {
     /// cost more than the product (resnet at 192: the 7×7/2 layer's 15.5 → 4.3 ms, a 16-channel
     /// 48×48 layer's 6.0 → 2.2, a 32-channel 24×24 one's 4.0 → 1.9).
     Flat,
+    /// A pointwise layer's `dw[Co, Ci]` as the dot products of dy's rows with x's
+    /// (`flat::dot_rows`, x's channel planes as the taps), both read where they lie. Wins on
+    /// large planes of few channels: the GEMM pads 16 input channels to its 32 columns and
+    /// packs both operands across their contiguous direction.
+    Dots,
 }
 
 impl WeightGradient {
     /// Flat where it applies, the output plane has [`FLAT_MIN_OUTPUTS`] pixels or more and the
     /// layer fewer than [`FLAT_MAX_CHANNELS`] output channels; not for a pointwise layer (already
-    /// a plain GEMM), nor under `FRACTURE_CONV_UNFOLDING=copy`.
+    /// a plain GEMM), nor under `FRACTURE_CONV_UNFOLDING=copy`. Dots for a pointwise layer whose
+    /// plane has [`DOTS_MIN_PIXELS`] pixels or more, a whole number of AVX-512 registers.
     pub fn choose(g: &Conv2dGeom) -> WeightGradient {
+        let pixels = g.out_h * g.out_w;
+        if g.is_pointwise() && pixels >= DOTS_MIN_PIXELS && pixels.is_multiple_of(16) {
+            return WeightGradient::Dots;
+        }
         let flat = g.stride_h == g.stride_w
             && !g.is_pointwise()
             && g.out_h * g.out_w >= FLAT_MIN_OUTPUTS
@@ -730,6 +740,10 @@ impl WeightGradient {
 /// per layer) were faster flat at 12×12 (2.55 against 2.85 ms) and with the GEMM at 8×8 (1.62
 /// against 1.41 ms) and 6×6 (5.1 against 2.8 ms).
 const FLAT_MIN_OUTPUTS: usize = 100;
+
+/// Pixels from which [`WeightGradient::Dots`] is chosen for a pointwise layer: below, each dot
+/// product is short and its sum across the register's lanes costs more than the GEMM's packing.
+const DOTS_MIN_PIXELS: usize = 1024;
 
 /// Output channels from which the GEMM is chosen: its packing is shared by more rows of the
 /// product. With the 8 × 3 blocks of `dot_rows` (batch 32, alternated three times):
@@ -773,6 +787,14 @@ impl<'g> FlatGrid<'g> {
             dot_rows(Kernel::detect(), dy, plane, &self.planes.offsets, out);
         }
     }
+}
+
+/// A pointwise layer's `dw[Co, Ci]` += dyₙ · xₙᵀ for one image: `dw[co][ci]` += Σ_i
+/// `dy[co][i]` · `x[ci][i]`, each channel plane of x one tap of `dot_rows` (at `ci·H·W`).
+fn add_pointwise_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
+    let pixels = g.h * g.w;
+    let planes: Vec<usize> = (0..g.c_in).map(|ci| ci * pixels).collect();
+    dot_rows(Kernel::detect(), (dyn_, pixels), xn, &planes, (dw, g.c_in));
 }
 
 /// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image.
@@ -839,13 +861,18 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
     backward_weight_by(WeightGradient::choose(g), x, dy, g)
 }
 
-/// [`backward_weight`] the way `method` says (`Flat` needs strides the same both ways).
+/// [`backward_weight`] the way `method` says (`Flat` needs strides the same both ways, `Dots` a
+/// pointwise layer).
 fn backward_weight_by(
     method: WeightGradient,
     x: &[f32],
     dy: &[f32],
     g: &Conv2dGeom,
 ) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        method != WeightGradient::Dots || g.is_pointwise(),
+        "the weight gradient as dot products needs a pointwise layer"
+    );
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * p);
     let flat = (method == WeightGradient::Flat).then(|| {
@@ -865,6 +892,10 @@ fn backward_weight_by(
                 for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
                     grid.lay_out(xn, dyn_);
                     grid.add_weight_gradient(&mut dw);
+                }
+            } else if method == WeightGradient::Dots {
+                for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
+                    add_pointwise_weight_gradient(xn, dyn_, g, &mut dw);
                 }
             } else if p < ONE_PRODUCT_MAX_PIXELS
                 && !g.is_pointwise()
@@ -989,6 +1020,37 @@ mod tests {
             }
         }
     }
+    /// A pointwise weight gradient as dot products against the GEMM's (on this process's
+    /// kernel; `tests/ops.rs` runs a pointwise case under each): channels off `dot_rows`' 8- and 4-row and 3-tap blocks, more images than
+    /// one partial holds, planes of one and of several AVX-512 registers.
+    #[test]
+    fn the_pointwise_weight_gradient_as_dots_is_the_gemm_one() {
+        // (n, c_in, h, w, c_out)
+        for (i, &(n, c_in, h, w, c_out)) in [
+            (9, 5, 16, 16, 7),
+            (2, 16, 4, 4, 17),
+            (3, 1, 8, 6, 13),
+            (1, 4, 32, 32, 3),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let g = Conv2dGeom::new(n, c_in, h, w, c_out, (1, 1), (1, 1), Padding::Same).unwrap();
+            let x = Tensor::rand_uniform([n, c_in, h, w], -1.0, 1.0, i as u64).data;
+            let dy = Tensor::rand_uniform([n, c_out, h, w], -1.0, 1.0, 70 + i as u64).data;
+            let (dw_dots, db_dots) = backward_weight_by(WeightGradient::Dots, &x, &dy, &g);
+            let (dw_gemm, db_gemm) = backward_weight_by(WeightGradient::Gemm, &x, &dy, &g);
+            assert_eq!(db_dots, db_gemm, "case {i}");
+            let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (j, (d, m)) in dw_dots.iter().zip(&dw_gemm).enumerate() {
+                assert!(
+                    (d - m).abs() <= 1e-5 * largest,
+                    "case {i}, dw[{j}]: dots {d}, GEMM {m}"
+                );
+            }
+        }
+    }
+
     /// `got` equal to `want` element by element, or a panic naming the first that is not.
     fn assert_same(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: lengths");
