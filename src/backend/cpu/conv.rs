@@ -1005,49 +1005,43 @@ mod tests {
         ];
         for (i, &(n, c_in, h, w, c_out, kernel, stride, padding)) in cases.iter().enumerate() {
             let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, stride, padding).unwrap();
-            let x = Tensor::rand_uniform([n, c_in, h, w], -1.0, 1.0, i as u64).data;
-            let [_, _, ho, wo] = g.output_shape();
-            let dy = Tensor::rand_uniform([n, c_out, ho, wo], -1.0, 1.0, 50 + i as u64).data;
-            let (dw_flat, db_flat) = backward_weight_by(WeightGradient::Flat, &x, &dy, &g);
-            let (dw_gemm, db_gemm) = backward_weight_by(WeightGradient::Gemm, &x, &dy, &g);
-            assert_eq!(db_flat, db_gemm, "case {i}");
-            let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (j, (f, m)) in dw_flat.iter().zip(&dw_gemm).enumerate() {
-                assert!(
-                    (f - m).abs() <= 1e-5 * largest,
-                    "case {i}, dw[{j}]: flat {f}, GEMM {m}"
-                );
-            }
+            assert_weight_gradient_is_the_gemms(WeightGradient::Flat, &g, i as u64);
         }
     }
+
     /// A pointwise weight gradient as dot products against the GEMM's (on this process's
-    /// kernel; `tests/ops.rs` runs a pointwise case under each): channels off `dot_rows`' 8- and 4-row and 3-tap blocks, more images than
-    /// one partial holds, planes of one and of several AVX-512 registers.
+    /// kernel; `tests/ops.rs` runs a pointwise case under each): channels off `dot_rows`' 8- and
+    /// 4-row and 3-tap blocks, more images than one partial holds, planes of one and of several
+    /// AVX-512 registers.
     #[test]
     fn the_pointwise_weight_gradient_as_dots_is_the_gemm_one() {
         // (n, c_in, h, w, c_out)
-        for (i, &(n, c_in, h, w, c_out)) in [
+        let cases = [
             (9, 5, 16, 16, 7),
             (2, 16, 4, 4, 17),
             (3, 1, 8, 6, 13),
             (1, 4, 32, 32, 3),
-        ]
-        .iter()
-        .enumerate()
-        {
+        ];
+        for (i, &(n, c_in, h, w, c_out)) in cases.iter().enumerate() {
             let g = Conv2dGeom::new(n, c_in, h, w, c_out, (1, 1), (1, 1), Padding::Same).unwrap();
-            let x = Tensor::rand_uniform([n, c_in, h, w], -1.0, 1.0, i as u64).data;
-            let dy = Tensor::rand_uniform([n, c_out, h, w], -1.0, 1.0, 70 + i as u64).data;
-            let (dw_dots, db_dots) = backward_weight_by(WeightGradient::Dots, &x, &dy, &g);
-            let (dw_gemm, db_gemm) = backward_weight_by(WeightGradient::Gemm, &x, &dy, &g);
-            assert_eq!(db_dots, db_gemm, "case {i}");
-            let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (j, (d, m)) in dw_dots.iter().zip(&dw_gemm).enumerate() {
-                assert!(
-                    (d - m).abs() <= 1e-5 * largest,
-                    "case {i}, dw[{j}]: dots {d}, GEMM {m}"
-                );
-            }
+            assert_weight_gradient_is_the_gemms(WeightGradient::Dots, &g, i as u64);
+        }
+    }
+
+    /// `method`'s weight gradient of random x and dy at `g` (drawn from `seed`) against the
+    /// GEMM's: db equal, dw within 1e-5 of its largest value.
+    fn assert_weight_gradient_is_the_gemms(method: WeightGradient, g: &Conv2dGeom, seed: u64) {
+        let x = Tensor::rand_uniform([g.n, g.c_in, g.h, g.w], -1.0, 1.0, seed).data;
+        let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 50 + seed).data;
+        let (dw, db) = backward_weight_by(method, &x, &dy, g);
+        let (dw_gemm, db_gemm) = backward_weight_by(WeightGradient::Gemm, &x, &dy, g);
+        assert_eq!(db, db_gemm, "{method:?}, case {seed}");
+        let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (j, (d, m)) in dw.iter().zip(&dw_gemm).enumerate() {
+            assert!(
+                (d - m).abs() <= 1e-5 * largest,
+                "{method:?}, case {seed}, dw[{j}]: {d} against the GEMM's {m}"
+            );
         }
     }
 
