@@ -789,12 +789,24 @@ impl<'g> FlatGrid<'g> {
     }
 }
 
-/// A pointwise layer's `dw[Co, Ci]` += dyₙ · xₙᵀ for one image: `dw[co][ci]` += Σ_i
-/// `dy[co][i]` · `x[ci][i]`, each channel plane of x one tap of `dot_rows` (at `ci·H·W`).
-fn add_pointwise_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
+/// A pointwise layer's `dw[Co, Ci]` += Σₙ dyₙ · xₙᵀ for the images `xs[m,Ci,H,W]` and their
+/// `dys`: `dw[co][ci]` += Σ_i `dy[co][i]` · `x[ci][i]`, each channel plane of x one tap of
+/// `dot_rows` (at `ci·H·W`).
+fn add_pointwise_weight_gradients(xs: &[f32], dys: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
     let pixels = g.h * g.w;
     let planes: Vec<usize> = (0..g.c_in).map(|ci| ci * pixels).collect();
-    dot_rows(Kernel::detect(), (dyn_, pixels), xn, &planes, (dw, g.c_in));
+    for (xn, dyn_) in xs
+        .chunks_exact(g.c_in * pixels)
+        .zip(dys.chunks_exact(g.c_out * pixels))
+    {
+        dot_rows(
+            Kernel::detect(),
+            (dyn_, pixels),
+            xn,
+            &planes,
+            (&mut *dw, g.c_in),
+        );
+    }
 }
 
 /// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image.
@@ -894,9 +906,7 @@ fn backward_weight_by(
                     grid.add_weight_gradient(&mut dw);
                 }
             } else if method == WeightGradient::Dots {
-                for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
-                    add_pointwise_weight_gradient(xn, dyn_, g, &mut dw);
-                }
+                add_pointwise_weight_gradients(xs, dys, g, &mut dw);
             } else if p < ONE_PRODUCT_MAX_PIXELS
                 && !g.is_pointwise()
                 && Unfolding::forced() != Some(Unfolding::Copy)
