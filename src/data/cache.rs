@@ -4,7 +4,7 @@
 //! Pixels are stored as the exact f32 values decoding gives, so a cached run repeats an
 //! uncached one bit for bit.
 //!
-//! Format (little-endian): magic `FRCACHE1`, size u32, count u32, then per image: path length
+//! Format (little-endian): magic `FRCACHE2`, size u32, count u32, then per image: path length
 //! u32, path bytes (UTF-8), file length u64, mtime (ns since the epoch) u64, size² f32 values.
 
 use super::folder::Sample;
@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-const MAGIC: &[u8; 8] = b"FRCACHE1";
+/// The format's version: 2 since images are decoded upright (EXIF orientation), so that a cache of
+/// sideways images is not read.
+const MAGIC: &[u8; 8] = b"FRCACHE2";
 
 /// What identifies a file's contents cheaply: its length and modification time.
 fn stamp(path: &Path) -> Option<(u64, u64)> {

@@ -5,7 +5,7 @@
 
 use super::folder::{find_split, read_split, Sample};
 use anyhow::Result;
-use image::{DynamicImage, ImageDecoder};
+use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::fmt::Write as _;
@@ -70,16 +70,15 @@ fn inspect(split: &str, s: &Sample) -> Result<ImageInfo, String> {
     let format = reader
         .format()
         .map_or("unknown".into(), |f| format!("{f:?}").to_lowercase());
-    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-    let (width, height) = decoder.dimensions();
-    let color = format!("{:?}", decoder.original_color_type());
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    // upright, as the model sees it: width and height as a viewer shows them
+    let (img, stored) = super::image::decode_upright_stored(reader).map_err(|e| e.to_string())?;
+    let color = format!("{stored:?}");
     Ok(ImageInfo {
         split: split.to_string(),
         path: s.path.clone(),
         fractured: s.label == 1.0,
-        width,
-        height,
+        width: img.width(),
+        height: img.height(),
         color,
         format,
         hash: dhash(&img),

@@ -128,16 +128,38 @@ pub fn load_gray(path: &Path, size: usize, framing: Framing) -> Result<Vec<f32>>
     Ok(to_gray_square(&open(path)?, size, framing))
 }
 
-/// Decodes an image file, refusing headers that claim more pixels than any radiograph has.
+/// Decodes an image file upright (see [`decode_upright`]), refusing headers that claim more
+/// pixels than any radiograph has.
 pub fn open(path: &Path) -> Result<DynamicImage> {
     let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
     reader.limits(decode_limits());
-    reader
-        .decode()
-        .with_context(|| format!("{} is not a readable image", path.display()))
+    decode_upright(reader).with_context(|| format!("{} is not a readable image", path.display()))
+}
+
+/// Decodes with the reader's limits, then turns the image as its EXIF orientation tag says, so
+/// that it is seen as a viewer shows it, and as radiologists outlined it (FracAtlas' coordinates
+/// are in that orientation). A camera or a scanner may store the pixels sideways and set the tag
+/// instead of turning them; read without it, 24 of FracAtlas' files come out on their side.
+pub fn decode_upright<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> image::ImageResult<DynamicImage> {
+    Ok(decode_upright_stored(reader)?.0)
+}
+
+/// [`decode_upright`], and the colour type as the file stores it (`L8`, `Rgb8`, `L16`, ...).
+pub fn decode_upright_stored<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> image::ImageResult<(DynamicImage, image::ExtendedColorType)> {
+    use image::ImageDecoder;
+    let mut decoder = reader.into_decoder()?;
+    let orientation = decoder.orientation()?;
+    let stored = decoder.original_color_type();
+    let mut img = DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    Ok((img, stored))
 }
 
 /// Large enough for any radiograph (detector panels are a few thousand pixels a side, and a
@@ -238,6 +260,70 @@ mod tests {
         );
         assert_eq!(Framing::PadEdge.content(4, 2), (0.0, 0.25, 1.0, 0.5));
         assert_eq!(Framing::Squash.content(4, 2), (0.0, 0.0, 1.0, 1.0));
+    }
+
+    /// `jpeg` with an EXIF APP1 segment after its start marker whose only entry is the
+    /// orientation `tag` (big-endian TIFF, one IFD entry of type SHORT).
+    fn with_exif_orientation(jpeg: &[u8], tag: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+        tiff.extend(1u16.to_be_bytes()); // one entry
+        tiff.extend(0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend(3u16.to_be_bytes()); // SHORT
+        tiff.extend(1u32.to_be_bytes()); // one value
+        tiff.extend(tag.to_be_bytes());
+        tiff.extend([0, 0]); // the value field's other half
+        tiff.extend(0u32.to_be_bytes()); // no next IFD
+        let payload = [&b"Exif\0\0"[..], &tiff].concat();
+        let length = (payload.len() + 2) as u16;
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend([0xFF, 0xE1]);
+        out.extend(length.to_be_bytes());
+        out.extend(payload);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn every_exif_orientation_is_decoded_upright() {
+        // stored: 64 x 32, four flat quadrants (large, so JPEG keeps their levels)
+        let (w, h) = (64u32, 32u32);
+        let level = |x: u32, y: u32| [20u8, 90, 160, 230][(2 * (y * 2 / h) + x * 2 / w) as usize];
+        let stored = image::GrayImage::from_fn(w, h, |x, y| Luma([level(x, y)]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&stored)
+            .unwrap();
+        // where each displayed pixel (x, y) comes from in the stored image, as the EXIF
+        // standard defines the eight tags
+        let source = |tag: u16, x: u32, y: u32| match tag {
+            1 => (x, y),
+            2 => (w - 1 - x, y),
+            3 => (w - 1 - x, h - 1 - y),
+            4 => (x, h - 1 - y),
+            5 => (y, x),
+            6 => (y, h - 1 - x),
+            7 => (w - 1 - y, h - 1 - x),
+            8 => (w - 1 - y, x),
+            _ => unreachable!(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for tag in 1..=8u16 {
+            let path = dir.path().join(format!("tag{tag}.jpg"));
+            std::fs::write(&path, with_exif_orientation(&jpeg, tag)).unwrap();
+            let shown = open(&path).unwrap().to_luma8();
+            let (dw, dh) = if tag >= 5 { (h, w) } else { (w, h) };
+            assert_eq!(shown.dimensions(), (dw, dh), "tag {tag}: dimensions");
+            // the centre of each displayed quadrant
+            for (x, y) in [(dw / 4, dh / 4), (3 * dw / 4, dh / 4), (dw / 4, 3 * dh / 4)] {
+                let (sx, sy) = source(tag, x, y);
+                let got = shown.get_pixel(x, y).0[0] as i32;
+                let want = level(sx, sy) as i32;
+                assert!(
+                    (got - want).abs() <= 6,
+                    "tag {tag} at ({x}, {y}): {got} != {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -380,8 +380,7 @@ fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError
     limits.max_alloc = Some(state.max_pixels.saturating_mul(16));
     let mut r = reader();
     r.limits(limits);
-    let img = r
-        .decode()
+    let img = crate::data::image::decode_upright(r)
         .map_err(|e| ApiError::new(422, format!("{file} is truncated or damaged: {e}")))?;
     Ok((file, img))
 }
