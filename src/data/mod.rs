@@ -1,6 +1,7 @@
 //! Data: finding labelled X-rays on disk, decoding them once into memory, and cutting them into
 //! shuffled mini-batches.
 
+pub mod annotations;
 pub mod augment;
 pub mod cache;
 pub mod check;
