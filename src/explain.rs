@@ -9,7 +9,8 @@
 //! The map is `H × W` (16 × 16 for fracturenet at 128 px) and is stretched over the X-ray.
 
 use crate::backend::Backend;
-use crate::data::image::{to_model_input, Square};
+use crate::data::image::to_model_input;
+use crate::localize::{FractureMap, MapSource};
 use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -54,11 +55,8 @@ pub fn grad_cam(activation: &Tensor, gradient: &Tensor) -> Vec<f32> {
 pub struct Explanation {
     /// The model's probability of a fracture.
     pub probability: f32,
-    /// The map, `side × side`, row-major, in [0, 1].
-    pub cam: Vec<f32>,
-    pub side: usize,
-    /// How the X-ray was framed and cropped to the model's input, to lay the map back over it.
-    pub square: Square,
+    /// The Grad-CAM map over the model's input, and how the X-ray was framed into it.
+    pub map: FractureMap,
 }
 
 /// Runs `model` on `image` and explains its score.
@@ -76,9 +74,12 @@ pub fn explain<B: Backend>(
     let (logits, activation, gradient) = model.activation_and_gradient(be, be.upload(&x), at);
     Ok(Explanation {
         probability: 1.0 / (1.0 + (-logits.data[0]).exp()),
-        cam: grad_cam(&activation, &gradient),
-        side: activation.shape.nchw().2,
-        square: model.spec.square(),
+        map: FractureMap {
+            heat: grad_cam(&activation, &gradient),
+            side: activation.shape.nchw().2,
+            square: model.spec.square(),
+            source: MapSource::GradCam,
+        },
     })
 }
 
@@ -99,22 +100,13 @@ pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> i
         ((h0 as f32 * scale).round() as u32).max(1),
     );
     let gray = image::imageops::resize(&gray, w, h, image::imageops::FilterType::Triangle);
-    let s = e.side;
-    let (left, top, cw, ch) = e.square.content(w0, h0);
+    // pixel centres of the drawing, in the original image's pixels
     let heat = |x: u32, y: u32| {
-        // pixel centre in the model's square, then in map coordinates, clamped to the outer
-        // cells' centres
-        let fx = left + (x as f32 + 0.5) / w as f32 * cw;
-        let fy = top + (y as f32 + 0.5) / h as f32 * ch;
-        let u = (fx * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
-        let v = (fy * s as f32 - 0.5).clamp(0.0, (s - 1) as f32);
-        let (x0, y0) = (u.floor() as usize, v.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(s - 1), (y0 + 1).min(s - 1));
-        let (fx, fy) = (u - x0 as f32, v - y0 as f32);
-        let at = |xx: usize, yy: usize| e.cam[yy * s + xx];
-        let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
-        let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-        top * (1.0 - fy) + bottom * fy
+        let at = (
+            (x as f32 + 0.5) / w as f32 * w0 as f32,
+            (y as f32 + 0.5) / h as f32 * h0 as f32,
+        );
+        e.map.heat_at_pixel((w0, h0), at)
     };
     image::RgbImage::from_fn(w, h, |x, y| {
         let g = gray.get_pixel(x, y).0[0] as f32;

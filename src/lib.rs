@@ -17,6 +17,7 @@ pub mod export;
 pub mod faults;
 pub mod gradcheck;
 pub mod inspect;
+pub mod localize;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
