@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+pub mod localization;
 pub mod report;
 pub use report::{Bootstrap, Report};
 

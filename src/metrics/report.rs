@@ -195,6 +195,23 @@ impl Bootstrap {
 }
 
 impl Bootstrap {
+    /// A figure of a set of images (given their indices into `labels`) with its stratified
+    /// percentile interval, for figures that are not functions of probabilities alone (where a
+    /// model pointed, its boxes).
+    pub fn interval(&self, labels: &[f32], figure: impl Fn(&[usize]) -> f64) -> Interval {
+        let all: Vec<usize> = (0..labels.len()).collect();
+        let value = figure(&all);
+        let mut draws = Vec::with_capacity(self.resamples);
+        self.each_resample(labels, |picks| draws.push(figure(picks)));
+        draws.retain(|v| v.is_finite());
+        let (lo, hi) = if draws.is_empty() {
+            (value, value)
+        } else {
+            percentile_interval(&mut draws)
+        };
+        Interval { value, lo, hi }
+    }
+
     /// Calls `visit` with the images of each stratified resample (indices into `labels`): as
     /// many fractured images drawn with replacement from the fractured ones as there are, and
     /// as many others from the others.
