@@ -5,8 +5,11 @@
 
 use crate::backend::Backend;
 use crate::checkpoint;
+use crate::data::annotations::{Annotations, Groups};
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::{Dataset, Sample, Split};
+use crate::localize::{FractureMap, Location};
+use crate::metrics::localization::{judge, LocalizationReport};
 use crate::metrics::{Bootstrap, Report};
 use crate::nn::fold::inference_model;
 use crate::nn::{Mode, Model};
@@ -97,6 +100,9 @@ pub struct Evaluation {
     pub threshold: f32,
     #[serde(flatten)]
     pub report: Report,
+    /// Where the model looked, against the outlines, when annotations were found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub localization: Option<LocalizationReport>,
     #[serde(skip)]
     pub skipped: Skipped,
 }
@@ -113,6 +119,10 @@ pub struct EvalOptions {
     pub figures: Option<PathBuf>,
     pub bootstrap: Bootstrap,
     pub quiet: bool,
+    /// The COCO file of fracture outlines [default: the one in `annotations/` beside the data].
+    pub annotations: Option<PathBuf>,
+    /// A table of groups to judge where the model looked by (`annotations/dataset.csv`).
+    pub groups: Option<PathBuf>,
 }
 
 /// All the metrics of the models in `models` (their probabilities averaged: an ensemble) on the
@@ -153,6 +163,10 @@ pub fn evaluate<B: Backend>(
     if let Some(dir) = &o.figures {
         write_figures(dir, &report, probs, labels)?;
     }
+    let localization = match Annotations::find(data, o.annotations.as_deref())? {
+        Some(annotations) => Some(localization(be, &models[0], &scored, &annotations, o)?),
+        None => None,
+    };
     Ok(Evaluation {
         folder,
         images: probs.len(),
@@ -160,8 +174,51 @@ pub fn evaluate<B: Backend>(
         tta: o.tta,
         threshold,
         report,
+        localization,
         skipped,
     })
+}
+
+/// Where `model` looked on each scored image, judged against `annotations`.
+fn localization<B: Backend>(
+    be: &B,
+    model: &Path,
+    scored: &Scored,
+    annotations: &Annotations,
+    o: &EvalOptions,
+) -> Result<LocalizationReport> {
+    let groups = o.groups.as_deref().map(Groups::read).transpose()?;
+    let maps = fracture_maps(be, model, &scored.paths, o.quiet)?;
+    let mut judged = Vec::with_capacity(maps.len());
+    let mut paths = Vec::with_capacity(maps.len());
+    let mut from = crate::localize::MapSource::GradCam;
+    for (i, mapped) in maps.into_iter().enumerate() {
+        // every scored image was decoded once already: one that fails now is left out
+        let Ok(Mapped { map, size }) = mapped else {
+            continue;
+        };
+        let location = map.locate(size, scored.probs[i]);
+        from = map.source;
+        let outlines = annotations
+            .get(&scored.paths[i])
+            .map(|o| o.scaled_to(size.0, size.1));
+        judged.push(judge(
+            scored.labels[i],
+            size,
+            &location,
+            &map,
+            outlines.as_ref(),
+        ));
+        paths.push(scored.paths[i].clone());
+    }
+    Ok(LocalizationReport::new(
+        annotations.file.clone(),
+        from,
+        &judged,
+        &paths,
+        groups.as_ref(),
+        o.bootstrap,
+    ))
 }
 
 /// Mean binary cross-entropy of probabilities (clamped away from 0 and 1) against labels.
@@ -375,6 +432,9 @@ pub fn render(e: &Evaluation) -> String {
     ));
     line(format!("  {:<16}{:>11}{:>15}", "fractured", c.tp, c.fn_));
     line(format!("  {:<16}{:>11}{:>15}", "not_fractured", c.fp, c.tn));
+    if let Some(l) = &e.localization {
+        out.push_str(&l.render());
+    }
     out
 }
 
@@ -402,6 +462,54 @@ pub struct Prediction {
     pub file: String,
     pub probability: f32,
     pub label: &'static str,
+    /// Where the fracture most likely is, and boxes around it, in the file's pixels as a
+    /// viewer shows it; None when the image could not be explained.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// An image's fracture map by a model, and the size of the image it lies over.
+pub struct Mapped {
+    pub map: FractureMap,
+    pub size: (u32, u32),
+}
+
+/// The fracture map of each of `files` by the model at `model` (Grad-CAM of its last
+/// convolutional block), with a progress bar unless `quiet`; an image that cannot be read or
+/// explained gets the reason.
+pub fn fracture_maps<B: Backend>(
+    be: &B,
+    model: &Path,
+    files: &[PathBuf],
+    quiet: bool,
+) -> Result<Vec<Result<Mapped, String>>> {
+    let (mut net, _) = checkpoint::load(be, &checkpoint_path(model))?;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "where it looked [{bar:30}] {pos}/{len} images, eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let maps = files
+        .iter()
+        .map(|file| {
+            bar.inc(1);
+            let img = crate::data::image::open(file).map_err(|e| format!("{e:#}"))?;
+            let e = crate::explain::explain(be, &mut net, &img).map_err(|e| format!("{e:#}"))?;
+            Ok(Mapped {
+                map: e.map,
+                size: (img.width(), img.height()),
+            })
+        })
+        .collect();
+    bar.finish_and_clear();
+    Ok(maps)
 }
 
 /// The image files named by `paths`: files as given, folders searched recursively (sorted).
@@ -455,14 +563,17 @@ pub fn predict<B: Backend>(
         .map(|path| Sample { path, label: 0.0 })
         .collect();
     let s = ensemble(be, models, &samples, batch, tta, true)?;
+    let maps = fracture_maps(be, &models[0], &s.paths, true)?;
     let predictions = s
         .paths
         .iter()
         .zip(&s.probs)
-        .map(|(path, &probability)| Prediction {
+        .zip(maps)
+        .map(|((path, &probability), mapped)| Prediction {
             file: path.display().to_string(),
             probability,
             label: class_name(probability >= s.threshold),
+            location: mapped.ok().map(|m| m.map.locate(m.size, probability)),
         })
         .collect();
     Ok((predictions, s.failed))

@@ -212,7 +212,69 @@ fn eval_reproduces_the_validation_figures_and_predict_answers_per_image() {
             }
         );
         assert!(a["file"].as_str().unwrap().ends_with(".png"));
+        // where: a point inside the image (20 to 22 x 20 pixels), at most 3 boxes in it
+        assert_eq!(a["from"], "grad-cam", "{a}");
+        let (x, y) = (
+            a["where"]["x"].as_f64().unwrap(),
+            a["where"]["y"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=22.0).contains(&x) && (0.0..=20.0).contains(&y),
+            "{a}"
+        );
+        let boxes = a["boxes"].as_array().unwrap();
+        assert!(boxes.len() <= 3, "{a}");
+        for b in boxes {
+            assert!(b["x"].as_f64().unwrap() + b["width"].as_f64().unwrap() <= 22.0 + 1e-3);
+            assert!(b["score"].as_f64().unwrap() <= 1.0);
+        }
     }
+    // outlines covering each fractured val image whole: every point is on a fracture, and so is
+    // the centre; eval measures it beside the classification figures
+    let images: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                r#"{{"id": {i}, "file_name": "val/fractured/img{i:03}.png", "width": {}, "height": 20}}"#,
+                20 + i % 3
+            )
+        })
+        .collect();
+    let annotations: Vec<String> = (0..6)
+        .map(|i| {
+            let w = 20 + i % 3;
+            format!(
+                r#"{{"id": {i}, "image_id": {i}, "bbox": [0, 0, {w}, 20], "segmentation": [[0, 0, {w}, 0, {w}, 20, 0, 20]]}}"#
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(data.join("annotations")).unwrap();
+    std::fs::write(
+        data.join("annotations/fractures.coco.json"),
+        format!(
+            r#"{{"images": [{}], "annotations": [{}]}}"#,
+            images.join(","),
+            annotations.join(",")
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "eval",
+        "--model",
+        run_dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let l = &serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["localization"];
+    assert_eq!(l["outlined"], 6, "{l}");
+    assert_eq!(l["pointing_game"]["value"], 1.0, "{l}");
+    assert_eq!(l["centre_baseline"]["value"], 1.0, "{l}");
+    assert_eq!(l["random_chance"], 1.0, "{l}");
+    assert_eq!(l["from"], "grad-cam");
     // an ensemble of the model with itself answers as the model; test-time augmentation
     // averages other views of each image, so its answers move, within [0, 1]
     let best = run_dir.join("best.safetensors");

@@ -178,7 +178,7 @@ fn data_check_finds_duplicates_across_splits_unusable_files_and_format_gaps() {
         let img = image::open(&p).unwrap().to_luma16();
         img.save(&p).unwrap();
     }
-    let report = fracture_cnn::data::check::check(root, true).unwrap();
+    let report = fracture_cnn::data::check::check(root, None, true).unwrap();
     assert_eq!(report.images.len(), 9 + 9);
     let pairs: Vec<_> = report
         .duplicates
@@ -316,4 +316,69 @@ fn a_cropped_dataset_batches_random_windows_in_training_and_the_centre_when_judg
         seen.insert(corner);
     }
     assert!(seen.len() >= 6, "random windows: {seen:?}");
+}
+
+#[test]
+fn data_check_reports_which_fractured_images_have_outlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // 3 images a class and split, val/fractured/img00i.png of (24 + i) x 24 pixels
+    common::images::write_separable_dataset(root, 3, 24);
+    let image = |id: u32, name: &str, (w, h): (u32, u32)| {
+        format!(r#"{{"id": {id}, "file_name": "{name}", "width": {w}, "height": {h}}}"#)
+    };
+    let outline = |id: u32| {
+        format!(
+            r#"{{"id": {id}, "image_id": {id}, "bbox": [1, 1, 8, 8], "segmentation": [[1, 1, 9, 1, 9, 9]]}}"#
+        )
+    };
+    let coco = format!(
+        r#"{{"images": [{}, {}, {}], "annotations": [{}, {}, {}]}}"#,
+        image(0, "val/fractured/img000.png", (24, 24)),
+        image(1, "val/fractured/img001.png", (24, 25)), // turned: the file is 25 x 24
+        image(2, "val/not_fractured/img002.png", (26, 24)),
+        outline(0),
+        outline(1),
+        outline(2)
+    );
+    std::fs::create_dir_all(root.join("annotations")).unwrap();
+    std::fs::write(root.join("annotations/fractures.coco.json"), coco).unwrap();
+    let report = fracture_cnn::data::check::check(root, None, true).unwrap();
+    let c = report
+        .coverage
+        .as_ref()
+        .expect("the outlines beside the data are found");
+    assert_eq!(c.fractured, 6);
+    assert_eq!(c.without_outline.len(), 4, "{:?}", c.without_outline);
+    assert!(c
+        .without_outline
+        .iter()
+        .all(|p| !p.ends_with("val/fractured/img000.png")));
+    assert_eq!(c.outlined_but_not_fractured.len(), 1);
+    assert_eq!(c.other_shape.len(), 1);
+    assert_eq!(
+        (c.other_shape[0].1, c.other_shape[0].2),
+        ((24, 25), (25, 24))
+    );
+    let text = report.render();
+    assert!(text.contains("2 of 6 fractured images outlined"), "{text}");
+    assert!(text.contains("fractured images without an outline (left out of the pointing game): 4"));
+    assert!(
+        text.contains("img001.png: outlined at 24x25, is 25x24"),
+        "{text}"
+    );
+    // a bad annotation file is an error naming it and the entry
+    std::fs::write(
+        root.join("annotations/fractures.coco.json"),
+        r#"{"images": [], "annotations": [{"id": 5, "image_id": 1, "bbox": [0, 0, 1, 1]}]}"#,
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        fracture_cnn::data::check::check(root, None, true).unwrap_err()
+    );
+    assert!(
+        err.contains("fractures.coco.json: annotation 5 is of image 1, which is not among"),
+        "{err}"
+    );
 }

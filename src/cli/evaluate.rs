@@ -32,6 +32,15 @@ pub(super) struct EvalArgs {
     /// Seed of the bootstrap's resampling: the same seed gives the same intervals.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fracture outlines in COCO format, to measure where the model looked (pointing game, box
+    /// AP, Dice) [default: the one JSON file in annotations/ beside the data's splits, if any].
+    #[arg(long, value_name = "COCO.json")]
+    annotations: Option<PathBuf>,
+    /// A CSV table of groups (first column the image's file name; a column of 0/1 a group, as
+    /// FracAtlas' annotations/dataset.csv: body part, view, hardware): where the model looked
+    /// is also judged per group.
+    #[arg(long, value_name = "TABLE.csv")]
+    groups: Option<PathBuf>,
     #[command(flatten)]
     run: RunModelArgs,
 }
@@ -47,7 +56,10 @@ pub(super) struct PredictArgs {
     /// Image files, or folders searched for images.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// One JSON object per line: {"file": ..., "probability": ..., "label": ...}.
+    /// One JSON object per line: {"file", "probability", "label", "where": {"x", "y"}, "boxes":
+    /// [{"x", "y", "width", "height", "score"}], "from"}: the most likely fracture point and up
+    /// to 3 boxes, in the file's pixels as a viewer shows it, and what they were read from
+    /// ("grad-cam").
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -128,6 +140,8 @@ pub(super) fn eval(a: EvalArgs) -> Result<()> {
             seed: a.seed,
         },
         quiet: a.json,
+        annotations: a.annotations.clone(),
+        groups: a.groups.clone(),
     };
     let picked = pick_backend_quietly(a.run.backend, a.json)?;
     let e = on_backend!(picked, |be| eval::evaluate(be, &models, &a.data, &opts))?;
@@ -170,7 +184,15 @@ pub(super) fn predict(a: PredictArgs) -> Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(p)?);
         } else {
-            println!("{:.4}  {:<13}  {}", p.probability, p.label, p.file);
+            let at = p.location.as_ref().map_or(String::new(), |l| {
+                format!(
+                    "  (most likely at x {:.0}, y {:.0}; {})",
+                    l.point.x,
+                    l.point.y,
+                    l.from.name()
+                )
+            });
+            println!("{:.4}  {:<13}  {}{at}", p.probability, p.label, p.file);
         }
     }
     if predictions.is_empty() {
@@ -230,8 +252,12 @@ pub(super) fn heatmaps<B: Backend>(
     Ok(())
 }
 
-pub(super) fn data_check(dir: &std::path::Path, quiet: bool) -> Result<()> {
-    let report = fracture_cnn::data::check::check(dir, quiet)?;
+pub(super) fn data_check(
+    dir: &std::path::Path,
+    annotations: Option<&std::path::Path>,
+    quiet: bool,
+) -> Result<()> {
+    let report = fracture_cnn::data::check::check(dir, annotations, quiet)?;
     println!("data check: {}\n", dir.display());
     print!("{}", report.render());
     Ok(())

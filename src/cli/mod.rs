@@ -104,6 +104,10 @@ enum DataCommand {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Fracture outlines in COCO format, to report which fractured images have none
+        /// [default: the one JSON file in DIR/annotations/, if any].
+        #[arg(long, value_name = "COCO.json")]
+        annotations: Option<PathBuf>,
     },
 }
 
@@ -299,8 +303,13 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
             Ok(Outcome::Done)
         }),
         Command::Data {
-            command: DataCommand::Check { dir, quiet },
-        } => data_check(&dir, quiet).map(|_| Outcome::Done),
+            command:
+                DataCommand::Check {
+                    dir,
+                    quiet,
+                    annotations,
+                },
+        } => data_check(&dir, annotations.as_deref(), quiet).map(|_| Outcome::Done),
         Command::Predict(a) => predict(a).map(|_| Outcome::Done),
         Command::Bench(a) => bench(a).map(|_| Outcome::Done),
         Command::Inspect(a) => inspect(a).map(|_| Outcome::Done),

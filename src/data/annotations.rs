@@ -8,8 +8,10 @@
 //! orientation). It is read with serde: the format is a handful of fields, and no COCO crate
 //! checks what matters here (boxes inside their image, polygons that enclose something).
 //!
-//! Images are matched to data files by file name, so the same file serves a data folder wherever
-//! it lies. An image without an entry has no outline (not fractured, or not outlined).
+//! Images are matched to data files by the path in `file_name`, as the end of the file's path
+//! (`IMG0000019.jpg`, or `val/fractured/img000.png` where names repeat across folders), so the
+//! same file serves a data folder wherever it lies. An image without an entry has no outline (not
+//! fractured, or not outlined).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -147,7 +149,8 @@ pub fn inside(polygon: &[(f32, f32)], (x, y): (f32, f32)) -> bool {
 #[derive(Clone, Debug)]
 pub struct Annotations {
     pub file: PathBuf,
-    by_name: HashMap<String, Outlines>,
+    /// By file name: the entries of that name, each with its `file_name` as given.
+    by_name: HashMap<String, Vec<(PathBuf, Outlines)>>,
 }
 
 #[derive(Deserialize)]
@@ -237,12 +240,13 @@ impl Annotations {
             let fracture = check_annotation(&a, outlines, &what)?;
             outlines.fractures.push(fracture);
         }
-        let mut by_name = HashMap::new();
+        let mut by_name: HashMap<String, Vec<(PathBuf, Outlines)>> = HashMap::new();
         for (id, (name, outlines)) in by_id {
-            let key = file_key(Path::new(&name));
-            if by_name.insert(key, outlines).is_some() {
+            let same = by_name.entry(file_key(Path::new(&name))).or_default();
+            if same.iter().any(|(p, _)| p == Path::new(&name)) {
                 bail!("{at}: two images are named {name} (the second is id {id})");
             }
+            same.push((PathBuf::from(name), outlines));
         }
         Ok(Annotations {
             file: file.to_path_buf(),
@@ -284,14 +288,20 @@ impl Annotations {
         Ok(None)
     }
 
-    /// The outlines of the image file at `path` (matched by file name), if it has any.
+    /// The outlines of the image file at `path`, if it has any: the entry whose `file_name` is
+    /// the end of `path` (the longest, when several are).
     pub fn get(&self, path: &Path) -> Option<&Outlines> {
-        self.by_name.get(&file_key(path))
+        self.by_name
+            .get(&file_key(path))?
+            .iter()
+            .filter(|(name, _)| path.ends_with(name))
+            .max_by_key(|(name, _)| name.components().count())
+            .map(|(_, outlines)| outlines)
     }
 
     /// Images with an entry.
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -481,6 +491,20 @@ mod tests {
         );
         assert!(a.get(Path::new("b.jpg")).unwrap().fractures.is_empty());
         assert!(a.get(Path::new("c.jpg")).is_none());
+        assert!(
+            a.get(Path::new("xa.jpg")).is_none(),
+            "a whole name, not its end"
+        );
+        // names with folders tell apart files of the same name
+        let foldered = GOOD
+            .replace("\"a.jpg\"", "\"val/fractured/x.png\"")
+            .replace("\"b.jpg\"", "\"train/fractured/x.png\"");
+        let a = parse(&foldered).unwrap();
+        let val = a.get(Path::new("/data/val/fractured/x.png")).unwrap();
+        assert_eq!(val.fractures.len(), 2);
+        let train = a.get(Path::new("data/train/fractured/x.png")).unwrap();
+        assert!(train.fractures.is_empty());
+        assert!(a.get(Path::new("data/val/not_fractured/x.png")).is_none());
         // resized to half: every coordinate halves
         let half = o.scaled_to(50, 25);
         assert_eq!(half.fractures[0].bbox.width, 10.0);

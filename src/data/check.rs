@@ -3,6 +3,7 @@
 //! the classes are shortcuts a model can learn instead of fractures), and near-duplicate images
 //! shared between splits (which inflate validation figures).
 
+use super::annotations::Annotations;
 use super::folder::{find_split, read_split, Sample};
 use anyhow::Result;
 use image::DynamicImage;
@@ -37,6 +38,96 @@ pub struct DataReport {
     pub unusable: Vec<(PathBuf, String)>,
     /// Near-duplicate pairs in different splits, with their Hamming distance.
     pub duplicates: Vec<(PathBuf, PathBuf, u32)>,
+    /// How far the fracture outlines beside the data cover it, when there are any.
+    pub coverage: Option<Coverage>,
+}
+
+/// How far a COCO file of fracture outlines covers a data folder's images.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    pub file: PathBuf,
+    pub fractured: usize,
+    /// Fractured images with no outline: left out of the pointing game and of training a map.
+    pub without_outline: Vec<PathBuf>,
+    /// Not fractured images that have outlines: a label or an annotation is wrong.
+    pub outlined_but_not_fractured: Vec<PathBuf>,
+    /// Images whose outlines were drawn on an image of another shape (turned, or cropped).
+    pub other_shape: Vec<OtherShape>,
+}
+
+/// An image's path, the size its outlines were drawn at, and its size (upright).
+pub type OtherShape = (PathBuf, (u32, u32), (u32, u32));
+
+/// What the outlines in `annotations` cover of `images`.
+pub fn coverage(annotations: &Annotations, images: &[ImageInfo]) -> Coverage {
+    let mut c = Coverage {
+        file: annotations.file.clone(),
+        ..Coverage::default()
+    };
+    for i in images {
+        let outlines = annotations.get(&i.path).filter(|o| !o.fractures.is_empty());
+        c.fractured += usize::from(i.fractured);
+        match (i.fractured, outlines) {
+            (true, None) => c.without_outline.push(i.path.clone()),
+            (false, Some(_)) => c.outlined_but_not_fractured.push(i.path.clone()),
+            _ => {}
+        }
+        if let Some(o) = outlines {
+            let aspect = |w: u32, h: u32| w as f64 / h as f64;
+            if (aspect(o.width, o.height) / aspect(i.width, i.height) - 1.0).abs() > 0.02 {
+                c.other_shape
+                    .push((i.path.clone(), (o.width, o.height), (i.width, i.height)));
+            }
+        }
+    }
+    c
+}
+
+impl Coverage {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "
+fracture outlines ({}): {} of {} fractured images outlined",
+            self.file.display(),
+            self.fractured - self.without_outline.len(),
+            self.fractured
+        );
+        let lists: [(&str, Vec<String>); 3] = [
+            (
+                "fractured images without an outline (left out of the pointing game)",
+                self.without_outline
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            ),
+            (
+                "not fractured images with outlines (a label or an outline is wrong)",
+                self.outlined_but_not_fractured
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            ),
+            (
+                "images outlined at another shape (turned or cropped since)",
+                self.other_shape
+                    .iter()
+                    .map(|(p, (aw, ah), (w, h))| {
+                        format!("{}: outlined at {aw}x{ah}, is {w}x{h}", p.display())
+                    })
+                    .collect(),
+            ),
+        ];
+        for (what, items) in lists.iter().filter(|(_, items)| !items.is_empty()) {
+            let _ = writeln!(out, "  {what}: {}", items.len());
+            for item in items.iter().take(10) {
+                let _ = writeln!(out, "    {item}");
+            }
+            if items.len() > 10 {
+                let _ = writeln!(out, "    ... and {} more", items.len() - 10);
+            }
+        }
+    }
 }
 
 /// Bits that may differ between two images called near-duplicates (of 256).
@@ -86,8 +177,9 @@ fn inspect(split: &str, s: &Sample) -> Result<ImageInfo, String> {
 }
 
 /// Reads every image of every split under `root` (train, val or valid, test; or `root` itself
-/// when it holds class folders).
-pub fn check(root: &Path, quiet: bool) -> Result<DataReport> {
+/// when it holds class folders), and the fracture outlines in `annotations` (or else the COCO
+/// file in `root/annotations/`, if any).
+pub fn check(root: &Path, annotations: Option<&Path>, quiet: bool) -> Result<DataReport> {
     if !root.is_dir() {
         anyhow::bail!("data folder {} does not exist", root.display());
     }
@@ -143,6 +235,7 @@ pub fn check(root: &Path, quiet: bool) -> Result<DataReport> {
         }
     }
     report.duplicates = cross_split_duplicates(&report.images);
+    report.coverage = Annotations::find(root, annotations)?.map(|a| coverage(&a, &report.images));
     Ok(report)
 }
 
@@ -271,6 +364,9 @@ impl DataReport {
                 "warning: images in more than one split make validation figures look better than \
                  they are: remove one of each pair"
             );
+        }
+        if let Some(c) = &self.coverage {
+            c.render(&mut out);
         }
         out
     }

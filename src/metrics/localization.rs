@@ -210,6 +210,7 @@ pub struct LocalizationReport {
     #[serde(flatten)]
     pub figures: Figures,
     pub box_ap50: Interval,
+    /// The groups with images in the set.
     pub groups: Vec<GroupFigures>,
 }
 
@@ -229,20 +230,23 @@ impl LocalizationReport {
         };
         let groups = groups.map_or_else(Vec::new, |g| {
             (0..g.names.len())
-                .map(|k| {
+                .filter_map(|k| {
                     let members: Vec<usize> = (0..judged.len())
                         .filter(|&i| g.of(&paths[i]).contains(&k))
                         .collect();
                     let sub: Vec<Judged> = members.iter().map(|&i| judged[i].clone()).collect();
                     let sub_labels: Vec<f32> = sub.iter().map(|j| j.label).collect();
                     let outlined = sub.iter().filter(|j| j.outlined.is_some()).count();
-                    GroupFigures {
+                    if sub.is_empty() {
+                        return None;
+                    }
+                    Some(GroupFigures {
                         group: g.names[k].clone(),
                         images: sub.len(),
                         figures: (outlined >= MIN_GROUP)
                             .then(|| Figures::new(&sub, &sub_labels, bootstrap)),
                         outlined,
-                    }
+                    })
                 })
                 .collect()
         });
