@@ -348,6 +348,7 @@ pub fn model_layers<B: Backend>(
                 | LayerSpec::Flatten
                 | LayerSpec::Dropout { .. }
                 | LayerSpec::Add
+                | LayerSpec::Upsample { .. }
         );
         let probe = if linear {
             Probe {

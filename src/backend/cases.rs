@@ -61,6 +61,8 @@ pub enum Op {
     /// Max pooling's forward pass without the positions (inference).
     MaxPoolInfer(Pool2dGeom),
     GlobalAvgPool([usize; 4]),
+    /// Nearest-neighbour upsampling of `x[N,C,H,W]` by a factor.
+    Upsample([usize; 4], usize),
     /// `x[n,i]` → `y[n,o]`.
     Dense {
         n: usize,
@@ -218,6 +220,7 @@ impl Op {
                 g.input_shape()
             ),
             Op::GlobalAvgPool(s) => format!("global avgpool {s:?}"),
+            Op::Upsample(s, f) => format!("upsample x{f} {s:?}"),
             Op::Dense { n, i, o } => format!("dense [{n}, {i}] -> {o}"),
             Op::Add(s) => format!("add {s:?}"),
             Op::Relu(s) => format!("relu {s:?}"),
@@ -272,7 +275,9 @@ impl Op {
             ],
             Op::MaxPool(g) => vec![input("x", away_from_kinks(g.input_shape(), s))],
             Op::MaxPoolInfer(g) => vec![fixed("x", uniform(g.input_shape(), s))],
-            Op::GlobalAvgPool(shape) => vec![input("x", uniform(*shape, s))],
+            Op::GlobalAvgPool(shape) | Op::Upsample(shape, _) => {
+                vec![input("x", uniform(*shape, s))]
+            }
             Op::Dense { n, i, o } => vec![
                 input("x", uniform([*n, *i], s)),
                 input("w", uniform([*o, *i], s + 1)),
@@ -322,6 +327,7 @@ impl Op {
                 },
             ) => pool.output_shape().into(),
             Op::GlobalAvgPool([n, c, _, _]) => [*n, *c].into(),
+            Op::Upsample([n, c, h, w], f) => [*n, *c, h * f, w * f].into(),
             Op::Dense { n, o, .. } => [*n, *o].into(),
             Op::BatchNorm(s, _)
             | Op::BatchNormInfer(s)
@@ -343,6 +349,7 @@ impl Op {
             Op::BatchNorm(..)
             | Op::MaxPool(_)
             | Op::GlobalAvgPool(_)
+            | Op::Upsample(..)
             | Op::Add(_)
             | Op::Relu(_)
             | Op::Dropout { .. } => &["forward", "backward"],
@@ -390,6 +397,7 @@ impl Op {
             }
             Op::MaxPool(g) | Op::MaxPoolInfer(g) => g.c * g.h * g.w,
             Op::GlobalAvgPool(shape) => per_sample(shape),
+            Op::Upsample(shape, f) => per_sample(shape) * f * f,
             Op::Dense { i, o, .. } => i * o,
             // and the GPU's per-channel table [γ | β | mean | scale] in one binding
             Op::BatchNorm(s, _) | Op::BatchNormInfer(s) => per_sample(s).max(4 * s[1]),
@@ -499,6 +507,8 @@ impl Op {
             (Op::GlobalAvgPool([_, _, h, w]), _) => {
                 vec![("dx", be.global_avgpool_backward(dy, (*h, *w)))]
             }
+            (Op::Upsample(_, f), 0) => vec![("y", be.upsample_forward(&x[0], *f))],
+            (Op::Upsample(_, f), _) => vec![("dx", be.upsample_backward(dy, *f))],
             (Op::Dense { .. }, 0) => vec![("y", be.dense_forward(&x[0], &x[1], &x[2]))],
             (Op::Dense { .. }, 1) => vec![("dx", be.dense_backward_input(dy, &x[1]))],
             (Op::Dense { .. }, _) => {
@@ -612,6 +622,12 @@ impl Op {
                 p: *rate,
             },
             LayerSpec::Flatten => return None,
+            LayerSpec::Upsample { factor } => {
+                let [c, h, w] = info.input[..] else {
+                    return None;
+                };
+                Op::Upsample([batch, c, h, w], *factor)
+            }
         };
         Some(op)
     }
@@ -722,6 +738,10 @@ pub fn suite() -> Vec<Op> {
         Op::GlobalAvgPool([2, 3, 4, 5]),
         Op::GlobalAvgPool([17, 2, 1, 1]),
         Op::GlobalAvgPool([2, 300, 2, 2]),
+        // odd planes, a factor of 3, and planes of one value (below a rayon task's grain)
+        Op::Upsample([9, 3, 5, 7], 2),
+        Op::Upsample([2, 2, 3, 2], 3),
+        Op::Upsample([17, 40, 1, 1], 2),
         Op::Dense { n: 3, i: 7, o: 5 },
         Op::Dense { n: 1, i: 17, o: 1 },
         Op::Dense { n: 33, i: 9, o: 3 },

@@ -260,6 +260,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `dx[N,C,H,W]` = `dy[N,C]` / (H·W) at every position of the plane; `hw` = (H, W).
     fn global_avgpool_backward(&self, dy: &Self::Tensor, hw: (usize, usize)) -> Self::Tensor;
 
+    // ---- upsampling -------------------------------------------------------------------------------
+    /// `y[N,C,s·H,s·W]`: each value of `x[N,C,H,W]` repeated over an `s × s` block (nearest
+    /// neighbour; a feature pyramid's top-down path).
+    fn upsample_forward(&self, x: &Self::Tensor, s: usize) -> Self::Tensor;
+    /// `dx[N,C,H,W]` = the sum of `dy[N,C,s·H,s·W]` over each value's `s × s` block.
+    fn upsample_backward(&self, dy: &Self::Tensor, s: usize) -> Self::Tensor;
+
     // ---- dense ------------------------------------------------------------------------------------
     /// `y[N,O]` = `x[N,I]` `w[O,I]`^T + `b[O]`
     fn dense_forward(&self, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;

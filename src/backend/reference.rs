@@ -378,6 +378,35 @@ impl Backend for Reference {
         tensor(g.input_shape(), dx)
     }
 
+    /// `x[N,C,H,W]` → `y[N,C,s·H,s·W]`: y[n,c,i,j] = x[n,c,⌊i/s⌋,⌊j/s⌋]
+    fn upsample_forward(&self, x: &Tensor, s: usize) -> Tensor {
+        let (n, c, h, w) = x.shape.nchw();
+        let mut y = Vec::with_capacity(x.numel() * s * s);
+        for plane in 0..n * c {
+            for i in 0..h * s {
+                for j in 0..w * s {
+                    y.push(x.data[plane * h * w + (i / s) * w + j / s] as f64);
+                }
+            }
+        }
+        tensor([n, c, h * s, w * s], y)
+    }
+    /// `dy[N,C,s·H,s·W]` → `dx[N,C,H,W]`: dx[n,c,i,j] = Σ_{a,b < s} dy[n,c,s·i+a,s·j+b]
+    fn upsample_backward(&self, dy: &Tensor, s: usize) -> Tensor {
+        let (n, c, oh, ow) = dy.shape.nchw();
+        let (h, w) = (oh / s, ow / s);
+        let mut dx = vec![0f64; n * c * h * w];
+        for plane in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    dx[plane * h * w + (i / s) * w + j / s] +=
+                        dy.data[plane * oh * ow + i * ow + j] as f64;
+                }
+            }
+        }
+        tensor([n, c, h, w], dx)
+    }
+
     /// `x[N,C,H,W]` → `y[N,C]`, the mean of each plane
     fn global_avgpool_forward(&self, x: &Tensor) -> Tensor {
         let (n, c, h, w) = x.shape.nchw();

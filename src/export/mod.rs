@@ -254,6 +254,18 @@ impl<'a> Graph<'a> {
                 };
                 self.node("Add", &[x, &shortcut], &out, vec![]);
             }
+            LayerSpec::Upsample { factor } => {
+                // ONNX's Resize, nearest neighbour: input pixel floor(i / s) for output pixel i
+                let s = *factor as f32;
+                let scales = format!("{prefix}.scales");
+                self.initializer(&scales, &[4], &[1.0, 1.0, s, s]);
+                let attrs = vec![
+                    attr_string("mode", "nearest"),
+                    attr_string("coordinate_transformation_mode", "asymmetric"),
+                    attr_string("nearest_mode", "floor"),
+                ];
+                self.node("Resize", &[x, "", &scales], &out, attrs);
+            }
         }
         Ok(out)
     }
@@ -295,15 +307,20 @@ impl<'a> Graph<'a> {
         let Some(t) = self.tensors.get(name) else {
             bail!("the checkpoint has no tensor {name}");
         };
+        self.initializer(name, t.shape.dims(), &t.data);
+        Ok(name.to_string())
+    }
+
+    /// Adds a float tensor `name` of shape `dims` as an initializer.
+    fn initializer(&mut self, name: &str, dims: &[usize], data: &[f32]) {
         let mut m = Message::new();
-        for &d in t.shape.dims() {
+        for &d in dims {
             m.int(1, d as i64);
         }
         m.int(2, FLOAT)
             .string(8, name)
-            .bytes(9, bytemuck::cast_slice(&t.data));
+            .bytes(9, bytemuck::cast_slice(data));
         self.initializers.push(m);
-        Ok(name.to_string())
     }
 
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attributes: Vec<Message>) {
@@ -370,7 +387,8 @@ fn value_info(name: &str, dims: &[Dim]) -> Message {
     info
 }
 
-/// `AttributeProto`s: name (1), f (2), i (3), ints (8), type (20: FLOAT 1, INT 2, INTS 7).
+/// `AttributeProto`s: name (1), f (2), i (3), s (4), ints (8), type (20: FLOAT 1, INT 2,
+/// STRING 3, INTS 7).
 fn attr_int(name: &str, v: i64) -> Message {
     let mut m = Message::new();
     m.string(1, name).int(3, v).int(20, 2);
@@ -379,6 +397,11 @@ fn attr_int(name: &str, v: i64) -> Message {
 fn attr_float(name: &str, v: f32) -> Message {
     let mut m = Message::new();
     m.string(1, name).float(2, v).int(20, 1);
+    m
+}
+fn attr_string(name: &str, v: &str) -> Message {
+    let mut m = Message::new();
+    m.string(1, name).string(4, v).int(20, 3);
     m
 }
 fn attr_ints(name: &str, vs: &[usize]) -> Message {

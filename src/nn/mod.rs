@@ -23,6 +23,7 @@ pub mod model;
 pub mod relu;
 pub mod resnet;
 pub mod spec;
+pub mod upsample;
 
 pub use model::Model;
 pub use spec::{Activation, LayerSpec, ModelSpec, Node};

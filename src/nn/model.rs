@@ -5,7 +5,7 @@
 use super::{
     add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv::Conv2d, dense::Dense,
     depthwise::DepthwiseConv2d, dropout::Dropout, flatten::Flatten, maxpool::MaxPool, relu::Relu,
-    Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
+    upsample::Upsample, Activation, Layer, LayerSpec, Mode, ModelSpec, Param,
 };
 use crate::backend::{Backend, Epilogue};
 use crate::nn::spec::{LayerInfo, SpecError};
@@ -343,6 +343,7 @@ pub fn build_layer<B: Backend>(
         LayerSpec::Relu => Box::new(Relu::default()),
         LayerSpec::Dropout { rate } => Box::new(Dropout::new(*rate, index)),
         LayerSpec::Flatten => Box::new(Flatten::default()),
+        LayerSpec::Upsample { factor } => Box::new(Upsample { factor: *factor }),
         LayerSpec::Add => {
             let branch = branch.unwrap_or(input);
             let projection =

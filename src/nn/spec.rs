@@ -159,6 +159,16 @@ pub enum LayerSpec {
     /// y = a + b of its two inputs, a residual block's merge; when b's shape differs from a's, b
     /// first goes through a learned 1×1 convolution (a projection, strided to a's size).
     Add,
+    /// `[C, H, W]` → `[C, factor·H, factor·W]`, each value repeated over a block (nearest
+    /// neighbour): a feature pyramid's top-down path.
+    Upsample {
+        #[serde(default = "two")]
+        factor: usize,
+    },
+}
+
+fn two() -> usize {
+    2
 }
 
 /// One node of a model's graph: a layer, the name later layers may use for its output, and the
@@ -416,6 +426,7 @@ impl LayerSpec {
             LayerSpec::Dropout { rate } => format!("dropout {rate}"),
             LayerSpec::Flatten => "flatten".into(),
             LayerSpec::Add => "add".into(),
+            LayerSpec::Upsample { factor } => format!("upsample x{factor}"),
         }
     }
 
@@ -527,6 +538,13 @@ impl LayerSpec {
             }
             LayerSpec::Relu => input.to_vec(),
             LayerSpec::Flatten => vec![input.iter().product()],
+            LayerSpec::Upsample { factor } => {
+                let (c, h, w) = image("upsample")?;
+                if *factor == 0 {
+                    return Err(err("factor must be at least 1".into()));
+                }
+                vec![c, h * factor, w * factor]
+            }
             LayerSpec::Add => {
                 let branch = branch.ok_or_else(|| err("add needs two inputs".into()))?;
                 let values = input.iter().product::<usize>();

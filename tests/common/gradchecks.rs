@@ -166,6 +166,7 @@ macro_rules! gradcheck_suite {
                 (LayerSpec::Relu, image.to_vec(), 2),
                 (LayerSpec::Dropout { rate: 0.3 }, vec![40], 2),
                 (LayerSpec::Flatten, image.to_vec(), 2),
+                (LayerSpec::Upsample { factor: 2 }, image.to_vec(), 2),
             ];
             for (spec, sample, batch) in cases {
                 assert_all(

@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod loss;
 pub mod optim;
 pub mod pool;
+pub mod upsample;
 
 use self::batchnorm::Dims;
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
@@ -289,6 +290,16 @@ impl Backend for Cpu {
     fn global_avgpool_backward(&self, dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
         let (n, c) = (dy.dims()[0], dy.dims()[1]);
         t([n, c, h, w], pool::global_avg_backward(&dy.data, h * w))
+    }
+
+    fn upsample_forward(&self, x: &Tensor, s: usize) -> Tensor {
+        let (n, c, h, w) = x.shape.nchw();
+        t([n, c, h * s, w * s], upsample::forward(&x.data, (h, w), s))
+    }
+    fn upsample_backward(&self, dy: &Tensor, s: usize) -> Tensor {
+        let (n, c, oh, ow) = dy.shape.nchw();
+        let (h, w) = (oh / s, ow / s);
+        t([n, c, h, w], upsample::backward(&dy.data, (h, w), s))
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -76,6 +76,11 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "upsample",
+        include_str!("../../../shaders/upsample.wgsl"),
+        &["forward", "backward"],
+    ),
+    (
         "depthwise",
         include_str!("../../../shaders/depthwise.wgsl"),
         &["forward", "backward_input", "backward_weight"],

@@ -10,7 +10,8 @@
 
 //!
 //! The files mirror `cpu/`, one op family each, beside its shader (`shaders/<family>.wgsl`):
-//! `gemm`, `conv`, `dense`, `depthwise`, `batchnorm`, `pool`, `elementwise`, `reduce`, `loss`, `optim`.
+//! `gemm`, `conv`, `dense`, `depthwise`, `batchnorm`, `pool`, `upsample`, `elementwise`, `reduce`,
+//! `loss`, `optim`.
 //! Each declares its kernels' parameter block as a `Params` struct, field for field the WGSL
 //! struct of its shader (`params.rs` checks them against each other).
 
@@ -26,6 +27,7 @@ mod optim;
 mod params;
 mod pool;
 mod reduce;
+mod upsample;
 
 pub use context::{Context, Created, GpuFault, KernelTime};
 
@@ -417,6 +419,13 @@ impl Backend for Gpu {
     }
     fn global_avgpool_backward(&self, dy: &GpuTensor, hw: (usize, usize)) -> GpuTensor {
         pool::global_avg_backward(self, dy, hw)
+    }
+
+    fn upsample_forward(&self, x: &GpuTensor, s: usize) -> GpuTensor {
+        upsample::forward(self, x, s)
+    }
+    fn upsample_backward(&self, dy: &GpuTensor, s: usize) -> GpuTensor {
+        upsample::backward(self, dy, s)
     }
 
     fn dense_forward(&self, x: &GpuTensor, w: &GpuTensor, b: &GpuTensor) -> GpuTensor {

@@ -46,7 +46,7 @@ pub(super) mod tests {
     #[test]
     fn every_params_struct_matches_its_wgsl_struct_field_for_field() {
         use super::super::*;
-        let families: [(&str, &[(&str, &str)]); 9] = [
+        let families: [(&str, &[(&str, &str)]); 10] = [
             ("batchnorm", batchnorm::Params::FIELDS),
             ("conv", conv::Params::FIELDS),
             ("depthwise", depthwise::Params::FIELDS),
@@ -56,6 +56,7 @@ pub(super) mod tests {
             ("optim", optim::Params::FIELDS),
             ("pool", pool::Params::FIELDS),
             ("reduce", reduce::Params::FIELDS),
+            ("upsample", upsample::Params::FIELDS),
         ];
         for (family, fields) in families {
             let path = format!("{}/shaders/{family}.wgsl", env!("CARGO_MANIFEST_DIR"));
