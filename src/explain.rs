@@ -15,19 +15,26 @@ use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 
-/// The layer whose output Grad-CAM weighs: the last layer before the first flatten (or global
-/// average pooling) whose output is a stack of feature maps, not counting max pooling (which only
-/// coarsens the map). For fracturenet, the ReLU of the fourth block (128 maps of 16 × 16 at
-/// 128 px); for mobilenet, the last block's ReLU (512 maps of 4 × 4).
+/// The layer whose output Grad-CAM weighs: the one the first flatten (or global average pooling)
+/// reads, or the layer before it when that is a max pooling (which only coarsens the map). For
+/// fracturenet, the ReLU of the fourth block (128 maps of 16 × 16 at 128 px); for mobilenet, the
+/// last block's ReLU (512 maps of 4 × 4); for a resnet with a fracture map, the last stage, which
+/// the classifier reads (not the map's decoder, which comes before the head in the spec).
 pub fn target_layer(spec: &ModelSpec) -> Result<usize> {
     let layers = spec.layers()?;
-    layers
+    let none = || format!("{} has no convolutional feature maps", spec.name);
+    let head = layers
         .iter()
-        .take_while(|l| !matches!(l.spec, LayerSpec::Flatten | LayerSpec::GlobalAvgPool))
-        .filter(|l| l.output.len() == 3 && !matches!(l.spec, LayerSpec::MaxPool { .. }))
-        .map(|l| l.index)
-        .last()
-        .with_context(|| format!("{} has no convolutional feature maps", spec.name))
+        .find(|l| matches!(l.spec, LayerSpec::Flatten | LayerSpec::GlobalAvgPool))
+        .with_context(none)?;
+    let mut at = head.sources[0].with_context(none)?;
+    while matches!(layers[at].spec, LayerSpec::MaxPool { .. }) {
+        at = layers[at].sources[0].with_context(none)?;
+    }
+    if layers[at].output.len() != 3 {
+        bail!(none());
+    }
+    Ok(at)
 }
 
 /// The Grad-CAM map `[H × W]` in [0, 1] of one image, from its activation `A[1, K, H, W]` and the
@@ -151,6 +158,11 @@ mod tests {
         assert_eq!(layers[at].spec, LayerSpec::Relu);
         assert_eq!(layers[at].output, vec![512, 4, 4]);
         assert_eq!(layers[at + 1].spec, LayerSpec::GlobalAvgPool);
+        // a resnet with a map: the last stage, not the map's decoder before the head
+        let spec = crate::nn::resnet::resnet_loc(16, 2, 192).unwrap();
+        let at = target_layer(&spec).unwrap();
+        assert_eq!(spec.layers[at].name.as_deref(), Some("stage4.block2"));
+        assert_eq!(spec.layers().unwrap()[at].output, vec![128, 6, 6]);
     }
 
     #[test]

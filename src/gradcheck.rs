@@ -375,15 +375,32 @@ pub fn model<B: Backend>(be: &B, spec: &ModelSpec, batch: usize, probe: Probe) -
     let y = be.upload(&Tensor::new([batch], targets));
     let mut model = Model::new(be, spec, 22).expect("a valid spec");
     let mode = Mode::Train { seed: 23 };
-    let logits = model.forward(be, be.upload(&x), mode);
+    // a model with a fracture map: L also holds a fixed random projection of the map, so that
+    // the map's layers and its gradient's way back into the trunk are checked too; weighed as a
+    // per-pixel loss is, by 1 / (H·W), so that the map's term is as large as the logit's
+    let infos = spec.layers().expect("a valid spec");
+    let map_projection = spec.map_layer().expect("a valid spec").map(|m| {
+        let [_, mh, mw] = infos[m].output[..] else {
+            unreachable!("a map is [1, H, W]")
+        };
+        let weight = 1.0 / (mh * mw) as f32;
+        Tensor::rand_uniform([batch, 1, mh, mw], -weight, weight, 26)
+    });
+    let (logits, _) = model.forward_with_map(be, be.upload(&x), mode);
     let base_kinks = model.kinks(be);
     let loss_at = |model: &mut Model<B>, x: &Tensor| {
-        let logits = model.forward(be, be.upload(x), mode);
-        let loss = nn::loss::bce_with_logits(be, &logits, &y, 2.0).0 as f64;
+        let (logits, map) = model.forward_with_map(be, be.upload(x), mode);
+        let mut loss = nn::loss::bce_with_logits(be, &logits, &y, 2.0).0 as f64;
+        if let (Some(map), Some(r)) = (map, &map_projection) {
+            loss += project(&be.download(&map), r);
+        }
         (model.kinks(be) == base_kinks).then_some(loss)
     };
     let (_, dlogits) = nn::loss::bce_with_logits(be, &logits, &y, 2.0);
-    let dx = model.backward(be, dlogits, true).expect("dx was asked for");
+    let dmap = map_projection.as_ref().map(|r| be.upload(r));
+    let dx = model
+        .backward_with_map(be, (dlogits, dmap), true)
+        .expect("dx was asked for");
     // The rounding noise of this model's loss: how much L moves when one weight moves by a
     // step far too small to matter (1e-5 relative). Slopes are not trusted below 4× that / h.
     let mut noise = 0f64;

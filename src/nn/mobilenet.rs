@@ -95,6 +95,7 @@ pub fn mobilenet_v1(width: f32, size: usize) -> Result<ModelSpec, SpecError> {
         input: [1, size, size],
         framing: Default::default(),
         crop: 1.0,
+        map: None,
         layers: layers.into_iter().map(Node::from).collect(),
     };
     spec.layers()?;

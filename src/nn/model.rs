@@ -1,6 +1,11 @@
 //! A model: the layers of a [`ModelSpec`] as a graph. Forward runs the layers in order, each on
 //! the outputs its spec names (the layer before, by default); backward runs them in reverse and
 //! sums the gradients of an output that several layers read (a residual block's input).
+//!
+//! A model with a fracture map (`ModelSpec::map`) has two outputs: the logit, the last layer's,
+//! and the map, a named layer's that no layer reads. Backward starts from both: the logit's
+//! gradient at the end, the map's at its layer (zeros when a caller has none, so that the
+//! decoder's parameters get their true gradient, 0, rather than a stale one).
 
 use super::{
     add::Add, avgpool::GlobalAvgPool, batchnorm::BatchNorm, conv::Conv2d, dense::Dense,
@@ -23,6 +28,8 @@ pub struct Model<B: Backend> {
     /// How many of the layers after each one ran inside its pass in the last forward pass (its
     /// epilogue, [`Layer::forward_then`]): backward skips them too.
     absorbed: Vec<usize>,
+    /// The fracture map's layer and the shape of one image's map, `[1, H, W]`.
+    map: Option<(usize, Vec<usize>)>,
 }
 
 /// For each layer of a model, the epilogue that may run inside its pass
@@ -73,6 +80,7 @@ impl<B: Backend> Model<B> {
     /// Builds the layers of `spec` with weights drawn from `seed`.
     pub fn new(be: &B, spec: &ModelSpec, seed: u64) -> Result<Self, SpecError> {
         let infos = spec.layers()?;
+        let map = spec.map_layer()?.map(|m| (m, infos[m].output.clone()));
         let mut rng = StdRng::seed_from_u64(seed);
         let layers: Vec<Box<dyn Layer<B>>> = spec
             .layers
@@ -87,33 +95,43 @@ impl<B: Backend> Model<B> {
             spec: spec.clone(),
             epilogues: epilogues(&infos),
             absorbed: vec![0; layers.len()],
+            map,
             layers,
             sources: infos.into_iter().map(|i| i.sources).collect(),
         })
     }
 
-    /// How many layers read each output (by [`slot`]); the last layer's is read by the caller.
+    /// How many layers read each output (by [`slot`]); the last layer's and the map's are read by
+    /// the caller.
     fn readers(&self) -> Vec<usize> {
         let mut readers = vec![0; self.layers.len() + 1];
         for s in self.sources.iter().flatten() {
             readers[slot(*s)] += 1;
         }
         readers[self.layers.len()] += 1;
+        if let Some((m, _)) = self.map {
+            readers[m + 1] += 1;
+        }
         readers
+    }
+
+    /// Whether the model outputs a fracture map beside its logit.
+    pub fn has_map(&self) -> bool {
+        self.map.is_some()
     }
 
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
     /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
     /// With `fuse` (a pass that shows nothing), a layer that can runs the ReLU and max pooling
     /// after it inside its own pass ([`epilogues`]), and those layers are skipped, in backward
-    /// too.
+    /// too. Returns the logits and, for a model with one, the map.
     fn run_forward(
         &mut self,
         be: &B,
         x: B::Tensor,
         (mode, fuse): (Mode, bool),
         mut each: impl FnMut(usize, &B::Tensor),
-    ) -> B::Tensor {
+    ) -> (B::Tensor, Option<B::Tensor>) {
         self.absorbed = vec![0; self.layers.len()];
         let mut left = self.readers();
         let mut values: Vec<Option<B::Tensor>> = (0..left.len()).map(|_| None).collect();
@@ -152,21 +170,31 @@ impl<B: Backend> Model<B> {
             each(i, &y);
             values[i + 1] = Some(y);
         }
-        values.pop().flatten().expect("the last layer's output")
+        let map = self.map.as_ref().and_then(|(m, _)| values[m + 1].take());
+        (
+            values.pop().flatten().expect("the last layer's output"),
+            map,
+        )
     }
 
-    /// Backpropagates `dy` (at the last layer's output) through layers `stop..` in reverse,
-    /// summing the gradients of outputs that several layers read. Returns the gradient at each
-    /// output by [`slot`] from `stop` on (and at the image when `image` and `stop` is 0).
+    /// Backpropagates `dy` (at the last layer's output) and `dmap` (at the map's, zeros when
+    /// None) through layers `stop..` in reverse, summing the gradients of outputs that several
+    /// layers read. Returns the gradient at each output by [`slot`] from `stop` on (and at the
+    /// image when `image` and `stop` is 0).
     fn run_backward(
         &mut self,
         be: &B,
-        dy: B::Tensor,
+        (dy, dmap): (B::Tensor, Option<B::Tensor>),
         stop: usize,
         image: bool,
     ) -> Vec<Option<B::Tensor>> {
         let n = self.layers.len();
         let mut grads: Vec<Option<B::Tensor>> = (0..=n).map(|_| None).collect();
+        if let Some((m, shape)) = self.map.as_ref().filter(|(m, _)| *m >= stop) {
+            let batch = be.shape(&dy).dims()[0];
+            let zeros = || be.zeros(&[batch, shape[0], shape[1], shape[2]].into());
+            grads[m + 1] = Some(dmap.unwrap_or_else(zeros));
+        }
         grads[n] = Some(dy);
         let wanted = |s: &Option<usize>| s.map_or(image && stop == 0, |j| j + 1 >= stop);
         let mut inside = vec![false; n];
@@ -197,19 +225,41 @@ impl<B: Backend> Model<B> {
 
     /// `logits[N,1]` = model(`x[N,C,H,W]`).
     pub fn forward(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
+        self.run_forward(be, x, (mode, true), |_, _| {}).0
+    }
+
+    /// (`logits[N,1]`, the fracture map's logits `[N,1,H,W]` for a model with one).
+    pub fn forward_with_map(
+        &mut self,
+        be: &B,
+        x: B::Tensor,
+        mode: Mode,
+    ) -> (B::Tensor, Option<B::Tensor>) {
         self.run_forward(be, x, (mode, true), |_, _| {})
     }
 
     /// As [`Model::forward`], but every layer in its own pass (no epilogue inside another's): the
     /// plain composition that the fused passes are checked against.
     pub fn forward_layer_by_layer(&mut self, be: &B, x: B::Tensor, mode: Mode) -> B::Tensor {
-        self.run_forward(be, x, (mode, false), |_, _| {})
+        self.run_forward(be, x, (mode, false), |_, _| {}).0
     }
 
     /// Backpropagates `dlogits[N,1]` through every layer, leaving each parameter's gradient in
     /// `Param::grad`; returns dloss/dx when `want_dx` (for input-gradient checks and saliency).
     pub fn backward(&mut self, be: &B, dlogits: B::Tensor, want_dx: bool) -> Option<B::Tensor> {
-        self.run_backward(be, dlogits, 0, want_dx).swap_remove(0)
+        self.backward_with_map(be, (dlogits, None), want_dx)
+    }
+
+    /// [`Model::backward`] from the gradients at both outputs: `dlogits[N,1]` and, for a model
+    /// with a map, `dmap[N,1,H,W]` (zeros when None).
+    pub fn backward_with_map(
+        &mut self,
+        be: &B,
+        (dlogits, dmap): (B::Tensor, Option<B::Tensor>),
+        want_dx: bool,
+    ) -> Option<B::Tensor> {
+        self.run_backward(be, (dlogits, dmap), 0, want_dx)
+            .swap_remove(0)
     }
 
     /// For explanations: with inference statistics (Mode::Explain), the logits for x, the
@@ -228,14 +278,14 @@ impl<B: Backend> Model<B> {
             self.layers.len()
         );
         let mut activation = None;
-        let logits = self.run_forward(be, x, (Mode::Explain, false), |i, y| {
+        let (logits, _) = self.run_forward(be, x, (Mode::Explain, false), |i, y| {
             if i == at {
                 activation = Some(be.download(y));
             }
         });
         let logits = be.download(&logits);
         let ones = be.upload(&Tensor::full(logits.shape.clone(), 1.0));
-        let mut grads = self.run_backward(be, ones, at + 1, false);
+        let mut grads = self.run_backward(be, (ones, None), at + 1, false);
         let grad = grads[at + 1]
             .take()
             .expect("layer `at` leads to the logits");
@@ -248,7 +298,7 @@ impl<B: Backend> Model<B> {
     /// respect to every parameter, which `Param::grad` holds afterwards.
     pub fn outputs_and_parameter_gradients(&mut self, be: &B, x: B::Tensor) -> Vec<Tensor> {
         let mut outputs = Vec::with_capacity(self.layers.len());
-        let logits = self.run_forward(be, x, (Mode::Explain, false), |_, y| {
+        let (logits, _) = self.run_forward(be, x, (Mode::Explain, false), |_, y| {
             outputs.push(be.download(y))
         });
         let ones = Tensor::full(be.shape(&logits).clone(), 1.0);

@@ -12,6 +12,15 @@
 //! average pooling and one logit. At 128×128: 32×32 after the stem, 4×4 at the last stage.
 //! The preset `resnet` is width 16, depth 2; `resnet-W` and `resnet-W-D` are the others
 //! (ResNet-18 itself is `resnet-64-2`).
+//!
+//! **With a fracture map** (`resnet-loc`, and `-loc` after any of the names above): a small
+//! feature pyramid (Lin et al., 2017) over the last three stages outputs a map of fracture logits
+//! at stride 8 (24 × 24 at 192 pixels) beside the classification logit. The last stage, brought
+//! to 2·`width` channels by a 1×1 convolution, is upsampled ×2 and added to the third stage
+//! (projected to 2·`width` by the `add`), upsampled ×2 again and added to the second stage; a
+//! 3×3 convolution with batch norm and ReLU and a 1×1 convolution of one filter follow. The fine
+//! stage says where edges and cracks are; the coarse ones, what bone they are on. The
+//! classification head reads the last stage as without the map.
 
 use super::mobilenet::{bn_relu, conv};
 use super::spec::{LayerSpec, ModelSpec, Node, Size2, SpecError};
@@ -41,9 +50,47 @@ fn basic_block(layers: &mut Vec<Node>, input: &str, name: &str, channels: usize,
     layers.push(named(relu, name.to_string()));
 }
 
+/// The name of the fracture map's layer in the `-loc` presets.
+pub const MAP_LAYER: &str = "fracture_map";
+
 /// A residual network of basic blocks: `width` channels in the first of four stages, `depth`
 /// blocks per stage, on one-channel `size`×`size` images, ending in one logit.
 pub fn resnet(width: usize, depth: usize, size: usize) -> Result<ModelSpec, SpecError> {
+    build(width, depth, size, false)
+}
+
+/// [`resnet`] with a fracture map at stride 8 (see the module comment).
+pub fn resnet_loc(width: usize, depth: usize, size: usize) -> Result<ModelSpec, SpecError> {
+    build(width, depth, size, true)
+}
+
+/// The feature pyramid over the stages named `stages` (their last blocks, finest first: stride
+/// 8, 16, 32), ending in the map layer.
+fn pyramid(layers: &mut Vec<Node>, stages: [&str; 3], channels: usize) {
+    let [s8, s16, s32] = stages;
+    layers.push(Node {
+        name: Some("fpn.32".into()),
+        inputs: vec![s32.to_string()],
+        ..conv(channels, 1, 1).into()
+    });
+    // each level: the coarser one upsampled, plus this stage (projected to `channels`)
+    let mut coarser = "fpn.32".to_string();
+    for (stage, level) in [(s16, "fpn.16"), (s8, "fpn.8")] {
+        let up = format!("{coarser}.up");
+        layers.push(named(LayerSpec::Upsample { factor: 2 }, up.clone()));
+        layers.push(Node {
+            name: Some(level.to_string()),
+            inputs: vec![up, stage.to_string()],
+            ..LayerSpec::Add.into()
+        });
+        coarser = level.to_string();
+    }
+    layers.push(conv(channels, 3, 1).into());
+    layers.extend(bn_relu().map(Node::from));
+    layers.push(named(conv(1, 1, 1), MAP_LAYER.into()));
+}
+
+fn build(width: usize, depth: usize, size: usize, map: bool) -> Result<ModelSpec, SpecError> {
     if !(1..=512).contains(&width) || !(1..=16).contains(&depth) {
         return Err(SpecError(format!(
             "resnet takes a width from 1 to 512 and a depth from 1 to 16, got {width} and {depth}"
@@ -66,20 +113,31 @@ pub fn resnet(width: usize, depth: usize, size: usize) -> Result<ModelSpec, Spec
             input = name;
         }
     }
-    layers.extend([
-        LayerSpec::GlobalAvgPool.into(),
-        LayerSpec::Dense { units: 1 }.into(),
-    ]);
+    if map {
+        let last = |stage: usize| format!("stage{stage}.block{depth}");
+        let (s8, s16, s32) = (last(2), last(3), last(4));
+        pyramid(&mut layers, [&s8, &s16, &s32], 2 * width);
+        // the head reads the last stage, not the map
+        layers.push(Node {
+            inputs: vec![s32],
+            ..LayerSpec::GlobalAvgPool.into()
+        });
+    } else {
+        layers.push(LayerSpec::GlobalAvgPool.into());
+    }
+    layers.push(LayerSpec::Dense { units: 1 }.into());
     let name = match (width, depth) {
         (DEFAULT_WIDTH, DEFAULT_DEPTH) => "resnet".to_string(),
         (w, DEFAULT_DEPTH) => format!("resnet-{w}"),
         (w, d) => format!("resnet-{w}-{d}"),
     };
+    let name = if map { format!("{name}-loc") } else { name };
     let spec = ModelSpec {
         name,
         input: [1, size, size],
         framing: Default::default(),
         crop: 1.0,
+        map: map.then(|| MAP_LAYER.to_string()),
         layers,
     };
     spec.layers()?;
@@ -90,16 +148,21 @@ pub fn resnet(width: usize, depth: usize, size: usize) -> Result<ModelSpec, Spec
 /// other name, an error for a `resnet-` name whose numbers are not whole numbers.
 pub fn from_preset_name(name: &str) -> Option<Result<ModelSpec, SpecError>> {
     let rest = name.strip_prefix("resnet")?;
+    let (rest, map) = match rest.strip_suffix("-loc") {
+        Some(rest) => (rest, true),
+        None => (rest, false),
+    };
     if rest.is_empty() {
-        return Some(resnet(DEFAULT_WIDTH, DEFAULT_DEPTH, 128));
+        return Some(build(DEFAULT_WIDTH, DEFAULT_DEPTH, 128, map));
     }
     let numbers: Vec<&str> = rest.strip_prefix('-')?.split('-').collect();
     let parsed: Result<Vec<usize>, _> = numbers.iter().map(|n| n.parse::<usize>()).collect();
     Some(match parsed.as_deref() {
-        Ok([w]) => resnet(*w, DEFAULT_DEPTH, 128),
-        Ok([w, d]) => resnet(*w, *d, 128),
+        Ok([w]) => build(*w, DEFAULT_DEPTH, 128, map),
+        Ok([w, d]) => build(*w, *d, 128, map),
         _ => Err(SpecError(format!(
-            "'{name}': a resnet preset is resnet, resnet-WIDTH or resnet-WIDTH-DEPTH, e.g. resnet-32-2"
+            "'{name}': a resnet preset is resnet, resnet-WIDTH or resnet-WIDTH-DEPTH, e.g. \
+             resnet-32-2, each with -loc after it for a fracture map"
         ))),
     })
 }
@@ -131,6 +194,27 @@ mod tests {
     }
 
     #[test]
+    fn the_loc_preset_adds_a_stride_8_map_beside_the_same_classifier() {
+        let plain = resnet(16, 2, 192).unwrap();
+        let loc = resnet_loc(16, 2, 192).unwrap();
+        let (layers, at) = (loc.layers().unwrap(), loc.map_layer().unwrap().unwrap());
+        assert_eq!(layers[at].output, [1, 24, 24], "stride 8 at 192");
+        assert_eq!(layers.last().unwrap().output, [1]);
+        // the head reads the last stage: the same classifier, its parameters all there
+        let gap = layers
+            .iter()
+            .find(|l| l.spec == LayerSpec::GlobalAvgPool)
+            .unwrap();
+        assert_eq!(gap.input, [128, 6, 6]);
+        let (p, _) = plain.param_counts().unwrap();
+        let (l, _) = loc.param_counts().unwrap();
+        // 1x1 128->32, the 64->32 projection, 3x3 32->32 with its batch norm, 1x1 32->1
+        let decoder = (128 * 32 + 32) + (64 * 32 + 32) + (9 * 32 * 32 + 32) + 2 * 32 + (32 + 1);
+        assert_eq!(l - p, decoder);
+        assert_eq!(plain.map_layer().unwrap(), None);
+    }
+
+    #[test]
     fn preset_names() {
         assert_eq!(from_preset_name("resnet").unwrap().unwrap().name, "resnet");
         assert_eq!(
@@ -148,6 +232,9 @@ mod tests {
         assert!(from_preset_name("resnet-x").unwrap().is_err());
         assert!(from_preset_name("resnet-0").unwrap().is_err());
         assert!(from_preset_name("resnetish").is_none());
+        let loc = from_preset_name("resnet-8-1-loc").unwrap().unwrap();
+        assert_eq!(loc.name, "resnet-8-1-loc");
+        assert_eq!(loc.map.as_deref(), Some(MAP_LAYER));
         assert!(from_preset_name("mobilenet").is_none());
     }
 }

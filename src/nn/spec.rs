@@ -258,6 +258,11 @@ pub struct ModelSpec {
     /// windows of the framed X-ray and judging its centre (written only when below 1).
     #[serde(default = "whole_square", skip_serializing_if = "is_whole_square")]
     pub crop: f32,
+    /// The name of the layer whose output is the model's fracture map, `[1, H, W]` logits of a
+    /// fracture at each place of the input (a localisation head, trained on outlines beside the
+    /// classification logit); no map when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
     pub layers: Vec<Node>,
 }
 
@@ -724,6 +729,10 @@ impl ModelSpec {
             }
             infos.push(info);
         }
+        let map = self.map_layer_of(&infos)?;
+        if let Some(m) = map {
+            used[m] = true; // read by the map's loss, not by a layer
+        }
         if let Some(unused) = used[..used.len() - 1].iter().position(|u| !u) {
             return Err(SpecError(format!(
                 "layer {unused} ({}): its output is used by no later layer",
@@ -738,6 +747,35 @@ impl ModelSpec {
             )));
         }
         Ok(infos)
+    }
+
+    /// The index of the fracture map's layer, if the spec names one.
+    pub fn map_layer(&self) -> Result<Option<usize>, SpecError> {
+        self.layers().map(|_| {
+            let named = |n: &Node| n.name.as_deref() == self.map.as_deref();
+            self.map
+                .as_ref()
+                .and_then(|_| self.layers.iter().position(named))
+        })
+    }
+
+    /// [`ModelSpec::map_layer`] from the layers' shapes, checking that the map is `[1, H, W]`.
+    fn map_layer_of(&self, infos: &[LayerInfo]) -> Result<Option<usize>, SpecError> {
+        let Some(map) = &self.map else {
+            return Ok(None);
+        };
+        let at = self
+            .layers
+            .iter()
+            .position(|n| n.name.as_deref() == Some(map.as_str()))
+            .ok_or_else(|| SpecError(format!("map '{map}' is not the name of a layer")))?;
+        match infos[at].output.as_slice() {
+            [1, h, w] if *h > 0 && *w > 0 => Ok(Some(at)),
+            other => Err(SpecError(format!(
+                "map '{map}' (layer {at}) outputs {other:?}; a fracture map is [1, height, width]: \
+                 end it with a convolution of 1 filter"
+            ))),
+        }
     }
 
     /// Total parameters (trainable, fixed).

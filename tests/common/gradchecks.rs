@@ -214,6 +214,28 @@ macro_rules! gradcheck_suite {
             );
         }
         #[test]
+        fn whole_resnet_with_a_fracture_map_at_32x32() {
+            let Some(be) = $backend else { return };
+            // the map at stride 8 (4 x 4), its pyramid from the 1 x 1 last stage up through
+            // 2 x 2; the loss holds a projection of the map, so the decoder's weights and the
+            // map's gradient into the trunk are checked as well as the classifier's
+            let spec = ModelSpec::load("resnet-4-1-loc")
+                .unwrap()
+                .with_image_size(32)
+                .unwrap();
+            let reports = gc::model(be, &spec, 3, gc::Probe::model($samples / 3));
+            let decoder = spec
+                .layers
+                .iter()
+                .position(|n| n.name.as_deref() == Some("fpn.32"));
+            let first = format!("{:02}.", decoder.unwrap());
+            assert!(
+                reports.iter().any(|r| r.wrt.starts_with(&first)),
+                "the decoder is checked"
+            );
+            assert_model(&reports, MODEL_TOL);
+        }
+        #[test]
         fn whole_fracturenet_at_32x32() {
             let Some(be) = $backend else { return };
             let spec = ModelSpec::load("fracturenet")
