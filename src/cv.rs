@@ -393,7 +393,7 @@ fn predict_fold<B: Backend>(
         quiet: true,
         ..fold_config(cv_dir, cv, fold)
     };
-    let (_, val, _) = train::load_data(&cfg, info.spec.square())?;
+    let (_, val, _) = train::load_data(&cfg, &info.spec)?;
     let probs = crate::eval::model_probabilities(be, &mut model, &val, cfg.batch_size, tta);
     Ok(FoldPredictions {
         paths: val.paths,

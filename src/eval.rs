@@ -7,8 +7,9 @@ use crate::backend::Backend;
 use crate::checkpoint;
 use crate::data::annotations::{Annotations, Groups};
 use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
+use crate::data::image::to_model_input;
 use crate::data::{Dataset, Sample, Split};
-use crate::localize::{FractureMap, Location};
+use crate::localize::{FractureMap, Location, MapSource};
 use crate::metrics::localization::{judge, LocalizationReport};
 use crate::metrics::{Bootstrap, Report};
 use crate::nn::fold::inference_model;
@@ -191,7 +192,7 @@ fn localization<B: Backend>(
     let maps = fracture_maps(be, model, &scored.paths, o.quiet)?;
     let mut judged = Vec::with_capacity(maps.len());
     let mut paths = Vec::with_capacity(maps.len());
-    let mut from = crate::localize::MapSource::GradCam;
+    let mut from = MapSource::GradCam;
     for (i, mapped) in maps.into_iter().enumerate() {
         // every scored image was decoded once already: one that fails now is left out
         let Ok(Mapped { map, size }) = mapped else {
@@ -468,15 +469,38 @@ pub struct Prediction {
     pub location: Option<Location>,
 }
 
+/// The fracture map of `img` by a model that has one: the probability of a fracture at each
+/// cell, `σ(map logits)`.
+pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, img: &image::DynamicImage) -> FractureMap {
+    let square = net.spec.square();
+    let x = Tensor::new(
+        [1, 1, square.side, square.side],
+        to_model_input(img, square),
+    );
+    let (_, map) = net.forward_with_map(be, be.upload(&x), Mode::Eval);
+    let map = be.download(&map.expect("a model with a map"));
+    FractureMap {
+        heat: map
+            .data
+            .iter()
+            .map(|&z| crate::nn::loss::sigmoid(z))
+            .collect(),
+        side: map.dims()[3],
+        square,
+        source: MapSource::Head,
+    }
+}
+
 /// An image's fracture map by a model, and the size of the image it lies over.
 pub struct Mapped {
     pub map: FractureMap,
     pub size: (u32, u32),
 }
 
-/// The fracture map of each of `files` by the model at `model` (Grad-CAM of its last
-/// convolutional block), with a progress bar unless `quiet`; an image that cannot be read or
-/// explained gets the reason.
+/// The fracture map of each of `files` by the model at `model`: its own map where it has one
+/// (the sigmoid of the map's logits: the probability of a fracture at each place), else
+/// Grad-CAM of its last convolutional block; with a progress bar unless `quiet`. An image that
+/// cannot be read or explained gets the reason.
 pub fn fracture_maps<B: Backend>(
     be: &B,
     model: &Path,
@@ -484,6 +508,9 @@ pub fn fracture_maps<B: Backend>(
     quiet: bool,
 ) -> Result<Vec<Result<Mapped, String>>> {
     let (mut net, _) = checkpoint::load(be, &checkpoint_path(model))?;
+    if net.has_map() {
+        net = inference_model(be, &net)?;
+    }
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -501,9 +528,16 @@ pub fn fracture_maps<B: Backend>(
         .map(|file| {
             bar.inc(1);
             let img = crate::data::image::open(file).map_err(|e| format!("{e:#}"))?;
-            let e = crate::explain::explain(be, &mut net, &img).map_err(|e| format!("{e:#}"))?;
+            let map = match net.has_map() {
+                true => head_map(be, &mut net, &img),
+                false => {
+                    crate::explain::explain(be, &mut net, &img)
+                        .map_err(|e| format!("{e:#}"))?
+                        .map
+                }
+            };
             Ok(Mapped {
-                map: e.map,
+                map,
                 size: (img.width(), img.height()),
             })
         })

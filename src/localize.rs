@@ -29,12 +29,16 @@ pub const MAX_BOXES: usize = 3;
 pub enum MapSource {
     /// Grad-CAM of the last convolutional block: where the features that raised the score are.
     GradCam,
+    /// The model's own fracture map, trained on outlines.
+    #[serde(rename = "fracture-map")]
+    Head,
 }
 
 impl MapSource {
     pub fn name(self) -> &'static str {
         match self {
             MapSource::GradCam => "grad-cam",
+            MapSource::Head => "fracture-map",
         }
     }
 }

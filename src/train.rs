@@ -62,6 +62,32 @@ pub struct TrainConfig {
     /// Ingredients of a recipe that generalises; each off by default.
     #[serde(default)]
     pub regularise: Regularise,
+    /// The fractures' outlines (COCO) that a model with a fracture map learns from; `None`
+    /// takes the one JSON file in `annotations/` beside the data.
+    #[serde(default)]
+    pub annotations: Option<PathBuf>,
+    /// How the fracture map's loss is weighed.
+    #[serde(default)]
+    pub map_loss: MapLoss,
+}
+
+/// The fracture map's part of the loss (a model with a map only; see
+/// [`loss::map_bce`](crate::nn::loss::map_bce)).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapLoss {
+    /// Weight of the map's loss beside the image's.
+    pub weight: f32,
+    /// Weight of a fracture cell against a cell without one.
+    pub pos_weight: f32,
+}
+
+impl Default for MapLoss {
+    fn default() -> Self {
+        MapLoss {
+            weight: 1.0,
+            pos_weight: 10.0,
+        }
+    }
 }
 
 /// Training ingredients meant to make a model hold on images it has not seen.
@@ -265,6 +291,15 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
             bail!("--clip-grad-norm must be a positive number, got {c}");
         }
     }
+    let m = &cfg.map_loss;
+    if !(m.weight.is_finite() && m.weight >= 0.0 && m.pos_weight.is_finite() && m.pos_weight > 0.0)
+    {
+        bail!(
+            "--map-weight must be 0 or more and --map-pos-weight above 0, got {} and {}",
+            m.weight,
+            m.pos_weight
+        );
+    }
     Ok(())
 }
 
@@ -405,8 +440,65 @@ fn run_spec<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<ModelSpec> {
     Ok(spec)
 }
 
+/// The decoded training and validation images (with their fracture-map targets when `spec` has
+/// a map), and the positive-class weight of the loss.
+pub fn load_data(cfg: &TrainConfig, spec: &ModelSpec) -> Result<(Dataset, Dataset, f32)> {
+    let (mut train_ds, mut val_ds, pos_weight) = load_images(cfg, spec.square())?;
+    if spec.map.is_some() {
+        attach_outlines(cfg, spec, &mut train_ds, &mut val_ds)?;
+    }
+    Ok((train_ds, val_ds, pos_weight))
+}
+
+/// Attaches each image's fracture-map target from the outlines of `cfg`, saying how many of the
+/// fractured images have one; an error when there are no outlines to learn from.
+fn attach_outlines(
+    cfg: &TrainConfig,
+    spec: &ModelSpec,
+    train_ds: &mut Dataset,
+    val_ds: &mut Dataset,
+) -> Result<()> {
+    if cfg.regularise.mixup > 0.0 {
+        bail!(
+            "--mixup blends images, and a fracture map has no blended target: leave it off for {}",
+            spec.name
+        );
+    }
+    let Some(annotations) =
+        crate::data::annotations::Annotations::find(&cfg.data, cfg.annotations.as_deref())?
+    else {
+        bail!(
+            "{} learns where fractures are from their outlines, and none were found: put a COCO \
+             file in {}, or pass --annotations FILE",
+            spec.name,
+            cfg.data.join("annotations").display()
+        );
+    };
+    let unknown = train_ds.attach_outlines(&annotations, spec.framing);
+    val_ds.attach_outlines(&annotations, spec.framing);
+    let fractured = train_ds.positives();
+    println!(
+        "outlines: {} — {} of {fractured} fractured training images outlined{}",
+        annotations.file.display(),
+        fractured - unknown,
+        if unknown > 0 {
+            " (the others train the image's label only)"
+        } else {
+            ""
+        }
+    );
+    if unknown == fractured {
+        bail!(
+            "none of the {fractured} fractured training images has an outline in {}: its \
+             file names must match the images'",
+            annotations.file.display()
+        );
+    }
+    Ok(())
+}
+
 /// The decoded training and validation images, and the positive-class weight of the loss.
-pub fn load_data(cfg: &TrainConfig, size: Square) -> Result<(Dataset, Dataset, f32)> {
+fn load_images(cfg: &TrainConfig, size: Square) -> Result<(Dataset, Dataset, f32)> {
     let dir = DataDir::open(&cfg.data)?;
     let cache_dir = cfg.out.join(".cache");
     let framed = (size.framed_side(), size.framing);
@@ -498,7 +590,7 @@ struct RunState<B: Backend> {
 pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
     validate(cfg)?;
     let spec = run_spec(be, cfg)?;
-    let data = load_data(cfg, spec.square())?;
+    let data = load_data(cfg, &spec)?;
     let run_dir = new_run_dir(&cfg.out, &spec.name)?;
     start(be, cfg, &spec, data, &run_dir)
 }
@@ -507,7 +599,7 @@ pub fn train<B: Backend>(be: &B, cfg: &TrainConfig) -> Result<RunSummary> {
 pub fn train_in<B: Backend>(be: &B, cfg: &TrainConfig, run_dir: &Path) -> Result<RunSummary> {
     validate(cfg)?;
     let spec = run_spec(be, cfg)?;
-    let data = load_data(cfg, spec.square())?;
+    let data = load_data(cfg, &spec)?;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create the run folder {}", run_dir.display()))?;
     start(be, cfg, &spec, data, run_dir)
@@ -617,7 +709,7 @@ pub fn resume<B: Backend>(be: &B, run_dir: &Path, epochs: Option<usize>) -> Resu
         .take(progress.epochs_done + 1)
         .map(|l| format!("{l}\n"))
         .collect();
-    let (train_ds, val_ds, pos_weight) = load_data(&cfg, spec.square())?;
+    let (train_ds, val_ds, pos_weight) = load_data(&cfg, &spec)?;
     write_config(run_dir, be, &cfg, &spec, pos_weight)?;
     println!(
         "resuming {} after epoch {}{}",
@@ -996,9 +1088,12 @@ fn train_step<B: Backend>(
     (pos_weight, lr): (f32, f32),
     epoch: usize,
 ) -> Result<()> {
-    let (x, y) = ds.augmented_batch(idx, &cfg.augment, |i| {
-        Some(augment::key(cfg.seed, epoch, i))
-    });
+    let key = |i| Some(augment::key(cfg.seed, epoch, i));
+    let (x, y) = ds.augmented_batch(idx, &cfg.augment, key);
+    let map_targets = state
+        .model
+        .map_shape()
+        .map(|shape| ds.map_targets(idx, &cfg.augment, key, shape[1]));
     let step = state.progress.steps + 1;
     let r = &cfg.regularise;
     let (x, y) = match r.mixup {
@@ -1011,8 +1106,21 @@ fn train_step<B: Backend>(
         n => format!("the run's last.safetensors, after epoch {n}, is the last good checkpoint"),
     };
     let seed = step_seed(cfg.seed, step);
-    let logits = state.model.forward(be, be.upload(&x), Mode::Train { seed });
+    let (logits, map) = state
+        .model
+        .forward_with_map(be, be.upload(&x), Mode::Train { seed });
     let (l, dlogits) = loss::bce_with_logits(be, &logits, &be.upload(&targets), pos_weight);
+    // the map's loss, weighed beside the image's: L = L_image + λ L_map
+    let (map_loss, dmap) = match (map, map_targets) {
+        (Some(map), Some((t, weights))) => {
+            let m = &cfg.map_loss;
+            let (lm, mut dm) = loss::map_bce(&be.download(&map), &t, &weights, m.pos_weight);
+            dm.data.iter_mut().for_each(|g| *g *= m.weight);
+            (m.weight * lm, Some(be.upload(&dm)))
+        }
+        _ => (0.0, None),
+    };
+    let l = l + map_loss;
     if !l.is_finite() {
         bail!(
             "the training loss became {l} at epoch {epoch}, step {step}: lower --lr ({last_good})"
@@ -1025,7 +1133,7 @@ fn train_step<B: Backend>(
         .zip(&y.data)
         .filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5))
         .count();
-    state.model.backward(be, dlogits, false);
+    state.model.backward_with_map(be, (dlogits, dmap), false);
     check_and_clip_gradients(be, &mut state.model, cfg.clip_grad_norm).with_context(|| {
         format!(
             "training stopped at epoch {epoch}, step {step}: lower --lr or pass --clip-grad-norm \

@@ -37,6 +37,8 @@ fn config(data: &Path, out: &Path, seed: u64, epochs: usize) -> TrainConfig {
         },
         fold: None,
         regularise: Default::default(),
+        annotations: None,
+        map_loss: Default::default(),
     }
 }
 

@@ -97,6 +97,17 @@ pub(super) struct TrainArgs {
     /// Raise the learning rate linearly from 0 over this many epochs' steps first.
     #[arg(long, value_name = "EPOCHS", default_value_t = 0)]
     warmup: usize,
+    /// The fractures' outlines in COCO format, which a model with a fracture map (resnet-loc)
+    /// learns from [default: the one JSON file in DATA/annotations/].
+    #[arg(long, value_name = "COCO.json")]
+    annotations: Option<PathBuf>,
+    /// Weight of the fracture map's loss beside the image's (a model with a map).
+    #[arg(long, value_name = "WEIGHT", default_value_t = 1.0)]
+    map_weight: f32,
+    /// Weight of a fracture's cells in the map's loss against cells without one (fractures
+    /// cover about 1 % of an X-ray).
+    #[arg(long, value_name = "WEIGHT", default_value_t = 10.0)]
+    map_pos_weight: f32,
     /// Continue the run in this folder (runs/<model>-NNN) from its last.safetensors, with the
     /// run's own options (only --epochs, --backend, --threads and --quiet apply).
     #[arg(long, value_name = "RUN_DIR")]
@@ -353,6 +364,16 @@ pub(super) fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             label_smoothing: a.label_smoothing,
             mixup: a.mixup,
             warmup: a.warmup,
+        },
+        annotations: a
+            .annotations
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()
+            .context("the annotations have no absolute path")?,
+        map_loss: train::MapLoss {
+            weight: a.map_weight,
+            pos_weight: a.map_pos_weight,
         },
     })
 }

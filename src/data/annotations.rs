@@ -13,6 +13,7 @@
 //! same file serves a data folder wherever it lies. An image without an entry has no outline (not
 //! fractured, or not outlined).
 
+use super::image::Framing;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -102,6 +103,28 @@ impl Outlines {
                 })
                 .collect(),
         }
+    }
+
+    /// The outlines rasterised in the `side × side` square that `framing` makes of the image
+    /// (row-major, 1 inside a fracture, 0 elsewhere and in the framing's fill): the training
+    /// target of a fracture map, laid out as the image's pixels are.
+    pub fn framed_mask(&self, side: usize, framing: Framing) -> Vec<f32> {
+        let (left, top, cw, ch) = framing.content(self.width, self.height);
+        let polygons: Vec<&Vec<(f32, f32)>> =
+            self.fractures.iter().flat_map(|f| &f.polygons).collect();
+        let mut mask = Vec::with_capacity(side * side);
+        for r in 0..side {
+            for c in 0..side {
+                let fx = ((c as f32 + 0.5) / side as f32 - left) / cw;
+                let fy = ((r as f32 + 0.5) / side as f32 - top) / ch;
+                let p = (fx * self.width as f32, fy * self.height as f32);
+                let on = (0.0..1.0).contains(&fx)
+                    && (0.0..1.0).contains(&fy)
+                    && polygons.iter().any(|poly| inside(poly, p));
+                mask.push(f32::from(u8::from(on)));
+            }
+        }
+        mask
     }
 
     /// The boxes of the fractures.
@@ -585,6 +608,26 @@ mod tests {
             coarse,
             vec![true, true, true, false, true, false, false, false]
         );
+        // framed: squashed into 8 x 8 it is the same mask; an 8 x 4 image with the same
+        // triangle scaled (0,0), (8,0), (0,4) padded into 8 x 8 fills rows 2..6, the rest 0
+        let squashed = o.framed_mask(8, Framing::Squash);
+        assert_eq!(
+            squashed,
+            expected
+                .iter()
+                .map(|&m| f32::from(u8::from(m)))
+                .collect::<Vec<_>>()
+        );
+        let wide = o.scaled_to(8, 4);
+        let padded = wide.framed_mask(8, Framing::PadEdge);
+        for r in 0..8 {
+            for c in 0..8 {
+                // inside the image: row r - 2 of the 8 x 4 image, the triangle x/8 + y/4 < 1
+                let y = r as f32 - 2.0 + 0.5;
+                let want = (2..6).contains(&r) && (c as f32 + 0.5) / 8.0 + y / 4.0 < 1.0;
+                assert_eq!(padded[r * 8 + c], f32::from(u8::from(want)), "({c}, {r})");
+            }
+        }
     }
 
     #[test]

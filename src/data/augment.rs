@@ -67,6 +67,26 @@ impl Augment {
         if self.is_off() {
             return;
         }
+        self.warp(img, size, key);
+        let draw = |k: u32| 2.0 * hash::uniform(key, k) - 1.0;
+        let brightness = self.brightness * draw(7);
+        let contrast = 1.0 + self.contrast * draw(8);
+        let mean = img.iter().sum::<f32>() / img.len().max(1) as f32;
+        for v in img.iter_mut() {
+            *v = ((*v - mean) * contrast + mean + brightness).clamp(0.0, 1.0);
+        }
+    }
+
+    /// The geometric part of [`Augment::apply`] alone, with the same draws: what a fracture's
+    /// mask goes through, so that it stays on the fracture its image shows.
+    pub fn apply_geometry(&self, mask: &mut [f32], size: usize, key: u32) {
+        if !self.is_off() {
+            self.warp(mask, size, key);
+        }
+    }
+
+    /// The flip, rotation, shear, zoom and shift of the draws of `key`, in place.
+    fn warp(&self, img: &mut [f32], size: usize, key: u32) {
         // draw k: a uniform value in [-1, 1)
         let draw = |k: u32| 2.0 * hash::uniform(key, k) - 1.0;
         let flip_x = self.hflip && draw(0) < 0.0;
@@ -94,12 +114,6 @@ impl Augment {
                 let sy = (a[1][0] * px + a[1][1] * py + dy) * n + half;
                 img[y * size + x] = bilinear(&src, size, sx, sy);
             }
-        }
-        let brightness = self.brightness * draw(7);
-        let contrast = 1.0 + self.contrast * draw(8);
-        let mean = img.iter().sum::<f32>() / img.len().max(1) as f32;
-        for v in img.iter_mut() {
-            *v = ((*v - mean) * contrast + mean + brightness).clamp(0.0, 1.0);
         }
     }
 }

@@ -19,6 +19,17 @@ use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use rayon::prelude::*;
 use std::path::PathBuf;
 
+/// What a fracture map is trained toward on one image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapTarget {
+    /// Not fractured: no fracture anywhere.
+    Healthy,
+    /// Fractured and outlined: the outlines rasterised in the framed square, as its pixels are.
+    Outlined(Vec<f32>),
+    /// Fractured without an outline: the map is not trained on it.
+    Unknown,
+}
+
 /// Decoded images of one split, all framed in `framed × framed` gray squares, in memory; a batch
 /// holds `size × size` windows of them (the whole square without a crop).
 pub struct Dataset {
@@ -32,6 +43,9 @@ pub struct Dataset {
     pub paths: Vec<PathBuf>,
     /// Files that could not be decoded, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// What each image's fracture map is trained toward, once outlines are attached
+    /// ([`Dataset::attach_outlines`]); empty before.
+    pub targets: Vec<MapTarget>,
 }
 
 impl Dataset {
@@ -94,6 +108,7 @@ impl Dataset {
             labels: Vec::new(),
             paths: Vec::new(),
             failed,
+            targets: Vec::new(),
         };
         let mut entries = Vec::new();
         for s in samples {
@@ -127,6 +142,10 @@ impl Dataset {
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             paths: indices.iter().map(|&i| self.paths[i].clone()).collect(),
             failed: Vec::new(),
+            targets: match self.targets.is_empty() {
+                true => Vec::new(),
+                false => indices.iter().map(|&i| self.targets[i].clone()).collect(),
+            },
         }
     }
 
@@ -141,7 +160,90 @@ impl Dataset {
         self.labels.extend(other.labels);
         self.paths.extend(other.paths);
         self.failed.extend(other.failed);
+        assert_eq!(
+            self.targets.is_empty(),
+            other.targets.is_empty(),
+            "outlines attached to both or neither"
+        );
+        self.targets.extend(other.targets);
         self
+    }
+
+    /// Attaches each image's fracture-map target from `annotations`, framed as the images are:
+    /// the outlines of a fractured image, none on a healthy one. Returns the number of fractured
+    /// images without an outline (their maps are not trained).
+    pub fn attach_outlines(
+        &mut self,
+        annotations: &annotations::Annotations,
+        framing: Framing,
+    ) -> usize {
+        self.targets = self
+            .paths
+            .iter()
+            .zip(&self.labels)
+            .map(|(path, &label)| {
+                let outlines = annotations.get(path).filter(|o| !o.fractures.is_empty());
+                match (label == 1.0, outlines) {
+                    (false, _) => MapTarget::Healthy,
+                    (true, Some(o)) => MapTarget::Outlined(o.framed_mask(self.framed, framing)),
+                    (true, None) => MapTarget::Unknown,
+                }
+            })
+            .collect();
+        self.targets
+            .iter()
+            .filter(|t| **t == MapTarget::Unknown)
+            .count()
+    }
+
+    /// The fracture-map targets of the images at `indices`, `[n, 1, side, side]` (each the share
+    /// of its cell inside a fracture), windowed and transformed exactly as
+    /// [`Dataset::augmented_batch`] does the images with the same `key`; and each image's weight
+    /// in the map's loss (0 for an image without an outline).
+    pub fn map_targets(
+        &self,
+        indices: &[usize],
+        augment: &Augment,
+        key: impl Fn(usize) -> Option<u32> + Sync,
+        side: usize,
+    ) -> (Tensor, Vec<f32>) {
+        let (framed, size) = (self.framed, self.size);
+        assert!(size % side == 0, "a map of {side} cells over {size} pixels");
+        let cell = size / side;
+        let mut t = vec![0.0; indices.len() * side * side];
+        t.par_chunks_mut((side * side).max(1))
+            .zip(indices)
+            .for_each(|(out, &i)| {
+                let MapTarget::Outlined(mask) = &self.targets[i] else {
+                    return; // healthy: all zero; unknown: weighed 0
+                };
+                let key = key(i);
+                let corner = match key {
+                    Some(key) => augment::window_corner(framed, size, key),
+                    None => ((framed - size) / 2, (framed - size) / 2),
+                };
+                let mut window = vec![0.0; size * size];
+                image::copy_window(mask, (framed, size), corner, &mut window);
+                if let Some(key) = key {
+                    augment.apply_geometry(&mut window, size, key);
+                }
+                for (k, v) in out.iter_mut().enumerate() {
+                    let (r, c) = (k / side * cell, k % side * cell);
+                    let sum: f32 = (r..r + cell)
+                        .map(|y| {
+                            window[y * size + c..y * size + c + cell]
+                                .iter()
+                                .sum::<f32>()
+                        })
+                        .sum();
+                    *v = sum / (cell * cell) as f32;
+                }
+            });
+        let weights = indices
+            .iter()
+            .map(|&i| f32::from(u8::from(self.targets[i] != MapTarget::Unknown)))
+            .collect();
+        (Tensor::new([indices.len(), 1, side, side], t), weights)
     }
 
     pub fn len(&self) -> usize {

@@ -120,6 +120,11 @@ impl<B: Backend> Model<B> {
         self.map.is_some()
     }
 
+    /// The shape of one image's fracture map, `[1, H, W]`, for a model with one.
+    pub fn map_shape(&self) -> Option<&[usize]> {
+        self.map.as_ref().map(|(_, shape)| shape.as_slice())
+    }
+
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
     /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
     /// With `fuse` (a pass that shows nothing), a layer that can runs the ReLU and max pooling
