@@ -10,7 +10,7 @@
 
 use crate::backend::Backend;
 use crate::data::image::to_model_input;
-use crate::localize::{FractureMap, MapSource};
+use crate::localize::{FractureMap, Location, MapSource};
 use crate::nn::{LayerSpec, Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -98,7 +98,7 @@ pub fn jet(v: f32) -> [u8; 3] {
 
 /// The X-ray in gray with the map over it (bilinear, stretched like the model's input), at most
 /// `max_side` pixels a side, as RGB.
-pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> image::RgbImage {
+pub fn overlay(image: &image::DynamicImage, map: &FractureMap, max_side: u32) -> image::RgbImage {
     let gray = image.to_luma8();
     let (w0, h0) = gray.dimensions();
     let scale = (max_side as f32 / w0.max(h0) as f32).min(1.0);
@@ -113,7 +113,7 @@ pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> i
             (x as f32 + 0.5) / w as f32 * w0 as f32,
             (y as f32 + 0.5) / h as f32 * h0 as f32,
         );
-        e.map.heat_at_pixel((w0, h0), at)
+        map.heat_at_pixel((w0, h0), at)
     };
     image::RgbImage::from_fn(w, h, |x, y| {
         let g = gray.get_pixel(x, y).0[0] as f32;
@@ -122,6 +122,50 @@ pub fn overlay(image: &image::DynamicImage, e: &Explanation, max_side: u32) -> i
         let alpha = 0.6 * v;
         image::Rgb(jet(v).map(|c| (g * (1.0 - alpha) + c as f32 * alpha).round() as u8))
     })
+}
+
+/// Draws `location` (found on an image of `w0 × h0` pixels) over `drawing`, that image at
+/// another scale: each box as a white frame, the point as a magenta cross ringed in black, each
+/// two pixels wide, so that they show over any heat.
+pub fn draw_location(drawing: &mut image::RgbImage, location: &Location, (w0, h0): (u32, u32)) {
+    let (w, h) = drawing.dimensions();
+    let (sx, sy) = (w as f32 / w0 as f32, h as f32 / h0 as f32);
+    let mut put = |x: i64, y: i64, c: [u8; 3]| {
+        if (0..w as i64).contains(&x) && (0..h as i64).contains(&y) {
+            drawing.put_pixel(x as u32, y as u32, image::Rgb(c));
+        }
+    };
+    for b in &location.boxes {
+        let r = b.rect;
+        let (x0, y0) = ((r.x * sx) as i64, (r.y * sy) as i64);
+        let (x1, y1) = (
+            ((r.x + r.width) * sx) as i64 - 1,
+            ((r.y + r.height) * sy) as i64 - 1,
+        );
+        for t in 0..2 {
+            for x in x0..=x1 {
+                put(x, y0 + t, [255; 3]);
+                put(x, y1 - t, [255; 3]);
+            }
+            for y in y0..=y1 {
+                put(x0 + t, y, [255; 3]);
+                put(x1 - t, y, [255; 3]);
+            }
+        }
+    }
+    let (px, py) = (
+        (location.point.x * sx) as i64,
+        (location.point.y * sy) as i64,
+    );
+    let arm = (w.min(h) as i64 / 40).max(4);
+    for (colour, grow) in [([0u8; 3], 1), ([255, 0, 255], 0)] {
+        for d in -arm - grow..=arm + grow {
+            for t in -1 - grow..=grow {
+                put(px + d, py + t, colour);
+                put(px + t, py + d, colour);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

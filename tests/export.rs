@@ -163,6 +163,60 @@ fn mobilenet_exports() {
     check_spec(ModelSpec::load("mobilenet").unwrap(), 3);
 }
 
+/// A resnet with a fracture map: its second output, `fracture_map`, is the map `predict` reads
+/// `where` from (the sigmoid of the map's logits), cell for cell.
+#[test]
+fn resnet_with_a_fracture_map_exports_both_outputs() {
+    let spec = ModelSpec::load("resnet-loc")
+        .unwrap()
+        .with_image_size(96)
+        .unwrap();
+    check_spec(spec.clone(), 5);
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<Vec<f32>> = xrays().iter().map(|f| model_input(f, &spec)).collect();
+    let model = trained_looking_model(&spec, &images, 5);
+    let info = CheckpointInfo {
+        spec: spec.clone(),
+        threshold: 0.5,
+        epoch: 1,
+        progress: None,
+    };
+    let ckpt = dir.path().join("model.safetensors");
+    checkpoint::save(&Cpu, &model, &info, Vec::new(), &ckpt).unwrap();
+    let onnx = dir.path().join("loc.onnx");
+    export::export(&ckpt, &onnx).unwrap();
+    let plan = tract_onnx::onnx()
+        .model_for_path(&onnx)
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let (net, _) = checkpoint::load(&Cpu, &ckpt).unwrap();
+    let mut net = fracture_cnn::nn::fold::inference_model(&Cpu, &net).unwrap();
+    let mut worst = 0f32;
+    let mut spread = (1f32, 0f32);
+    for file in xrays().iter().take(4) {
+        let x = tract_onnx::prelude::Tensor::from_shape(&[1, 1, 96, 96], &model_input(file, &spec))
+            .unwrap();
+        let out = plan.run(tvec!(x.into())).unwrap();
+        assert_eq!(out.len(), 2, "probability and fracture_map");
+        let theirs = out[1].to_plain_array_view::<f32>().unwrap();
+        assert_eq!(theirs.shape(), &[1, 1, 12, 12], "stride 8 at 96");
+        let ours = eval::head_map(&Cpu, &mut net, &open(file).unwrap());
+        assert_eq!(ours.heat.len(), 144);
+        for (o, t) in ours.heat.iter().zip(theirs.iter()) {
+            worst = worst.max((o - t).abs());
+            spread = (spread.0.min(*o), spread.1.max(*o));
+        }
+    }
+    assert!(worst <= TOLERANCE, "the map differs by {worst:e}");
+    assert!(
+        spread.1 - spread.0 > 0.05,
+        "a map too flat to tell: {spread:?}"
+    );
+}
+
 #[test]
 fn resnet_with_projections_exports() {
     check_spec(

@@ -212,13 +212,14 @@ pub(super) fn heatmaps<B: Backend>(
     predictions: &[eval::Prediction],
     out: &std::path::Path,
 ) -> Result<()> {
-    use fracture_cnn::{checkpoint, data::image, explain, plots};
-    let (mut net, _) = checkpoint::load(be, &eval::checkpoint_path(model))?;
+    use fracture_cnn::{data::image, explain, plots};
     if predictions.len() > 1 {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
+    let files: Vec<PathBuf> = predictions.iter().map(|p| PathBuf::from(&p.file)).collect();
+    let maps = eval::fracture_maps(be, model, &files, true)?;
     let mut taken = std::collections::HashSet::new();
-    for prediction in predictions {
+    for (prediction, mapped) in predictions.iter().zip(maps) {
         let file = std::path::Path::new(&prediction.file);
         let path = if predictions.len() == 1 {
             out.to_path_buf()
@@ -244,9 +245,18 @@ pub(super) fn heatmaps<B: Backend>(
             out.join(format!("{unique}.heatmap.png"))
         };
         let img = image::open(file)?;
-        let e = explain::explain(be, &mut net, &img)?;
-        let text = format!("{}  p = {:.3}", prediction.label, prediction.probability);
-        plots::write_labelled_png(&path, explain::overlay(&img, &e, 768), &text)?;
+        let mapped = mapped.map_err(anyhow::Error::msg)?;
+        let mut drawing = explain::overlay(&img, &mapped.map, 768);
+        if let Some(location) = &prediction.location {
+            explain::draw_location(&mut drawing, location, mapped.size);
+        }
+        let text = format!(
+            "{}  p = {:.3}  ({})",
+            prediction.label,
+            prediction.probability,
+            mapped.map.source.name()
+        );
+        plots::write_labelled_png(&path, drawing, &text)?;
         eprintln!("heatmap of {}: {}", file.display(), path.display());
     }
     Ok(())

@@ -39,6 +39,9 @@ const IR_VERSION: i64 = 7;
 /// The graph's input and output names.
 pub const INPUT_NAME: &str = "image";
 pub const OUTPUT_NAME: &str = "probability";
+/// The second output of a model with a fracture map: `[N, 1, H, W]`, the probability of a
+/// fracture at each cell of the input.
+pub const MAP_OUTPUT_NAME: &str = "fracture_map";
 
 /// What an export wrote.
 pub struct Exported {
@@ -131,6 +134,16 @@ fn metadata(info: &CheckpointInfo) -> Vec<(String, String)> {
                 info.threshold
             ),
         ),
+        (
+            "outputs".into(),
+            match info.spec.map.is_some() {
+                true => format!(
+                    "{OUTPUT_NAME} [N, 1]: P(fractured); {MAP_OUTPUT_NAME} [N, 1, H, W]: the \
+                     probability of a fracture at each cell of the input's H x W grid"
+                ),
+                false => format!("{OUTPUT_NAME} [N, 1]: P(fractured)"),
+            },
+        ),
         ("epoch".into(), info.epoch.to_string()),
         (
             "spec".into(),
@@ -175,6 +188,9 @@ impl<'a> Graph<'a> {
                 &prefix,
             )?;
             values.push(value);
+        }
+        if let Some(m) = spec.map_layer()? {
+            g.node("Sigmoid", &[&values[m]], MAP_OUTPUT_NAME, vec![]);
         }
         let logits = values.pop().context("a model has at least one layer")?;
         g.node("Sigmoid", &[&logits], OUTPUT_NAME, vec![]);
@@ -354,6 +370,16 @@ impl<'a> Graph<'a> {
                 ),
             )
             .message(12, value_info(OUTPUT_NAME, &[Dim::Batch, Dim::Fixed(1)]));
+        if let Ok(Some(m)) = spec.map_layer() {
+            let shape = spec
+                .layers()
+                .map(|l| l[m].output.clone())
+                .unwrap_or_default();
+            if let [c, mh, mw] = shape[..] {
+                let dims = [Dim::Batch, Dim::Fixed(c), Dim::Fixed(mh), Dim::Fixed(mw)];
+                graph.message(12, value_info(MAP_OUTPUT_NAME, &dims));
+            }
+        }
         graph
     }
 }

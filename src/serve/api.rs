@@ -107,7 +107,7 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
     let mut model = state.model();
     let e =
         explain::explain(&Cpu, &mut model, &img).map_err(|e| ApiError::new(422, e.to_string()))?;
-    let overlay = explain::overlay(&img, &e, 512);
+    let overlay = explain::overlay(&img, &e.map, 512);
     let x = Cpu.upload(&input_tensor(state, &[&img]));
     model.outputs_and_parameter_gradients(&Cpu, x);
     let gradients: Vec<Value> = model
