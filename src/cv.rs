@@ -24,8 +24,10 @@ pub mod compare;
 
 use crate::backend::Backend;
 use crate::checkpoint::{self, write_atomic};
+use crate::data::annotations::{Annotations, Groups};
 use crate::data::folds::Assignment;
 use crate::data::DataDir;
+use crate::metrics::localization::LocalizationReport;
 use crate::metrics::report::{average_precision, brier, mean_and_sd};
 use crate::metrics::{best_threshold, roc_curve, Bootstrap, Metrics, Report};
 use crate::nn::ModelSpec;
@@ -85,6 +87,9 @@ pub struct CvSummary {
     /// balanced accuracy over all out-of-fold predictions.
     pub threshold: f32,
     pub seconds: f64,
+    /// Where the folds' models looked, pooled out of fold, when outlines were found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub localization: Option<LocalizationReport>,
 }
 
 /// How a cross-validation call ended.
@@ -255,7 +260,7 @@ fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, tta: bool) -> Res
         }
     }
     let preds = (1..=cv.folds)
-        .map(|fold| predict_fold(be, cv_dir, cv, fold, tta))
+        .map(|fold| predict_fold(be, cv_dir, cv, fold, (tta, true)))
         .collect::<Result<Vec<_>>>()?;
     let seconds = start.elapsed().as_secs_f64();
     let name = judged_name(&[&cv.config.model], tta);
@@ -311,7 +316,7 @@ pub fn judge<B: Backend>(be: &B, members: &[PathBuf], tta: bool, out: &Path) -> 
             let each = members
                 .iter()
                 .zip(&configs)
-                .map(|(m, cv)| predict_fold(be, m, cv, fold, tta))
+                .map(|(m, cv)| predict_fold(be, m, cv, fold, (tta, false)))
                 .collect::<Result<Vec<_>>>()?;
             average(each)
         })
@@ -379,6 +384,9 @@ struct FoldPredictions {
     probs: Vec<f32>,
     /// Epochs trained (the longest member's, for a judgement of several).
     epochs: usize,
+    /// Where the fold's model said each fracture is, judged against the outlines, when there
+    /// are outlines beside the data (a cross-validation of one recipe; not a judgement).
+    located: Option<Vec<crate::eval::Located>>,
 }
 
 fn predict_fold<B: Backend>(
@@ -386,7 +394,7 @@ fn predict_fold<B: Backend>(
     cv_dir: &Path,
     cv: &CvConfig,
     fold: usize,
-    tta: bool,
+    (tta, locate): (bool, bool),
 ) -> Result<FoldPredictions> {
     let (mut model, info) = train::load_final(be, &cv_dir.join(format!("fold-{fold}")))?;
     let cfg = TrainConfig {
@@ -395,12 +403,62 @@ fn predict_fold<B: Backend>(
     };
     let (_, val, _) = train::load_data(&cfg, &info.spec)?;
     let probs = crate::eval::model_probabilities(be, &mut model, &val, cfg.batch_size, tta);
-    Ok(FoldPredictions {
+    let mut fold = FoldPredictions {
         paths: val.paths,
         labels: val.labels,
         probs,
         epochs: info.epoch,
-    })
+        located: None,
+    };
+    let annotations = match locate {
+        true => Annotations::find(&cfg.data, cfg.annotations.as_deref())?,
+        false => None,
+    };
+    if let Some(annotations) = annotations {
+        let maps = crate::eval::fracture_maps_of(be, model, &fold.paths, true)?;
+        let scored = crate::eval::Scored {
+            paths: fold.paths.clone(),
+            labels: fold.labels.clone(),
+            probs: fold.probs.clone(),
+            threshold: info.threshold,
+            failed: Vec::new(),
+        };
+        fold.located = Some(crate::eval::judge_maps(maps, &scored, &annotations));
+    }
+    Ok(fold)
+}
+
+/// Where the folds' models said the fractures are, pooled over the folds and judged against the
+/// outlines (with the groups of a `dataset.csv` beside them, if there is one); None when any fold
+/// has no outlines.
+fn pooled_localization(
+    cv_dir: &Path,
+    preds: &[FoldPredictions],
+) -> Result<Option<LocalizationReport>> {
+    let Some(located) = preds
+        .iter()
+        .map(|p| p.located.clone())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let cv = finished_config(cv_dir).or_else(|_| read_config(cv_dir))?;
+    let Some(annotations) = Annotations::find(&cv.config.data, cv.config.annotations.as_deref())?
+    else {
+        return Ok(None);
+    };
+    let table = annotations.file.with_file_name("dataset.csv");
+    let groups = match table.exists() {
+        true => Some(Groups::read(&table)?),
+        false => None,
+    };
+    let pooled: Vec<_> = located.into_iter().flatten().collect();
+    Ok(Some(crate::eval::report_located(
+        &annotations,
+        &pooled,
+        groups.as_ref(),
+        Bootstrap::default(),
+    )))
 }
 
 /// The figures of out-of-fold predictions, written (summary, predictions, plots) into `cv_dir`.
@@ -446,6 +504,7 @@ fn summarise(
     };
     let (probs, labels) = (all(&|p| &p.probs, None), all(&|p| &p.labels, None));
     let threshold = best_threshold(&probs, &labels);
+    let localization = pooled_localization(cv_dir, preds)?;
     write_predictions(cv_dir, preds)?;
     write_plots(cv_dir, preds, &folds)?;
     let summary = CvSummary {
@@ -461,6 +520,7 @@ fn summarise(
         threshold,
         folds,
         seconds,
+        localization,
     };
     write_summary(&summary, cv_dir)?;
     Ok(summary)
@@ -619,6 +679,10 @@ pub fn render(s: &CvSummary) -> String {
         p.brier,
         p.expected_calibration_error
     ));
+    if let Some(l) = &s.localization {
+        out.push_str("pooled out of fold, ");
+        out.push_str(&l.render());
+    }
     out.push_str(&format!(
         "took {:.1} min; summary.csv, summary.json, predictions.csv, roc.png and reliability.png in {}\n",
         s.seconds / 60.0,

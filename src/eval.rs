@@ -10,7 +10,7 @@ use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
 use crate::data::image::to_model_input;
 use crate::data::{Dataset, Sample, Split};
 use crate::localize::{FractureMap, Location, MapSource};
-use crate::metrics::localization::{judge, LocalizationReport};
+use crate::metrics::localization::{judge, Judged, LocalizationReport};
 use crate::metrics::{Bootstrap, Report};
 use crate::nn::fold::inference_model;
 use crate::nn::{Mode, Model};
@@ -190,36 +190,59 @@ fn localization<B: Backend>(
 ) -> Result<LocalizationReport> {
     let groups = o.groups.as_deref().map(Groups::read).transpose()?;
     let maps = fracture_maps(be, model, &scored.paths, o.quiet)?;
-    let mut judged = Vec::with_capacity(maps.len());
-    let mut paths = Vec::with_capacity(maps.len());
-    let mut from = MapSource::GradCam;
+    let located = judge_maps(maps, scored, annotations);
+    Ok(report_located(
+        annotations,
+        &located,
+        groups.as_ref(),
+        o.bootstrap,
+    ))
+}
+
+/// An image judged against its outlines: its path, the figures' part, and the map's source.
+pub type Located = (PathBuf, Judged, MapSource);
+
+/// Each image's location from its map, judged against its outlines (an image whose map could
+/// not be made is left out).
+pub fn judge_maps(
+    maps: Vec<Result<Mapped, String>>,
+    scored: &Scored,
+    annotations: &Annotations,
+) -> Vec<Located> {
+    let mut located = Vec::with_capacity(maps.len());
     for (i, mapped) in maps.into_iter().enumerate() {
         // every scored image was decoded once already: one that fails now is left out
         let Ok(Mapped { map, size }) = mapped else {
             continue;
         };
         let location = map.locate(size, scored.probs[i]);
-        from = map.source;
         let outlines = annotations
             .get(&scored.paths[i])
             .map(|o| o.scaled_to(size.0, size.1));
-        judged.push(judge(
-            scored.labels[i],
-            size,
-            &location,
-            &map,
-            outlines.as_ref(),
-        ));
-        paths.push(scored.paths[i].clone());
+        let judged = judge(scored.labels[i], size, &location, &map, outlines.as_ref());
+        located.push((scored.paths[i].clone(), judged, map.source));
     }
-    Ok(LocalizationReport::new(
+    located
+}
+
+/// The localization figures of `located` images.
+pub fn report_located(
+    annotations: &Annotations,
+    located: &[Located],
+    groups: Option<&Groups>,
+    bootstrap: Bootstrap,
+) -> LocalizationReport {
+    let paths: Vec<PathBuf> = located.iter().map(|l| l.0.clone()).collect();
+    let judged: Vec<Judged> = located.iter().map(|l| l.1.clone()).collect();
+    let from = located.first().map_or(MapSource::GradCam, |l| l.2);
+    LocalizationReport::new(
         annotations.file.clone(),
         from,
         &judged,
         &paths,
-        groups.as_ref(),
-        o.bootstrap,
-    ))
+        groups,
+        bootstrap,
+    )
 }
 
 /// Mean binary cross-entropy of probabilities (clamped away from 0 and 1) against labels.
@@ -469,14 +492,20 @@ pub struct Prediction {
     pub location: Option<Location>,
 }
 
-/// The fracture map of `img` by a model that has one: the probability of a fracture at each
-/// cell, `σ(map logits)`.
-pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, img: &image::DynamicImage) -> FractureMap {
+/// The fracture map of `input` (an X-ray as the model takes it) by `net`: its own map where it
+/// has one ([`head_map`]), else Grad-CAM.
+pub fn map_of_input<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> Result<FractureMap> {
+    Ok(match net.has_map() {
+        true => head_map(be, net, input),
+        false => crate::explain::explain_input(be, net, input)?.map,
+    })
+}
+
+/// The fracture map of `input` (an X-ray as the model takes it) by a model that has one: the
+/// probability of a fracture at each cell, `σ(map logits)`.
+pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> FractureMap {
     let square = net.spec.square();
-    let x = Tensor::new(
-        [1, 1, square.side, square.side],
-        to_model_input(img, square),
-    );
+    let x = Tensor::new([1, 1, square.side, square.side], input.to_vec());
     let (_, map) = net.forward_with_map(be, be.upload(&x), Mode::Eval);
     let map = be.download(&map.expect("a model with a map"));
     FractureMap {
@@ -507,10 +536,21 @@ pub fn fracture_maps<B: Backend>(
     files: &[PathBuf],
     quiet: bool,
 ) -> Result<Vec<Result<Mapped, String>>> {
-    let (mut net, _) = checkpoint::load(be, &checkpoint_path(model))?;
-    if net.has_map() {
-        net = inference_model(be, &net)?;
-    }
+    let (net, _) = checkpoint::load(be, &checkpoint_path(model))?;
+    fracture_maps_of(be, net, files, quiet)
+}
+
+/// [`fracture_maps`] of a model in memory.
+pub fn fracture_maps_of<B: Backend>(
+    be: &B,
+    net: Model<B>,
+    files: &[PathBuf],
+    quiet: bool,
+) -> Result<Vec<Result<Mapped, String>>> {
+    let mut net = match net.has_map() {
+        true => inference_model(be, &net)?,
+        false => net,
+    };
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -528,14 +568,8 @@ pub fn fracture_maps<B: Backend>(
         .map(|file| {
             bar.inc(1);
             let img = crate::data::image::open(file).map_err(|e| format!("{e:#}"))?;
-            let map = match net.has_map() {
-                true => head_map(be, &mut net, &img),
-                false => {
-                    crate::explain::explain(be, &mut net, &img)
-                        .map_err(|e| format!("{e:#}"))?
-                        .map
-                }
-            };
+            let input = to_model_input(&img, net.spec.square());
+            let map = map_of_input(be, &mut net, &input).map_err(|e| format!("{e:#}"))?;
             Ok(Mapped {
                 map,
                 size: (img.width(), img.height()),

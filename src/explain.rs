@@ -72,12 +72,22 @@ pub fn explain<B: Backend>(
     model: &mut Model<B>,
     image: &image::DynamicImage,
 ) -> Result<Explanation> {
+    explain_input(be, model, &to_model_input(image, model.spec.square()))
+}
+
+/// Runs `model` on `input`, an X-ray as the model takes it (`side × side`), and explains its
+/// score.
+pub fn explain_input<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    input: &[f32],
+) -> Result<Explanation> {
     let [c, h, w] = model.spec.input;
     if c != 1 || h != w {
         bail!("heatmaps need a model of one gray channel on square images");
     }
     let at = target_layer(&model.spec)?;
-    let x = Tensor::new([1, 1, h, w], to_model_input(image, model.spec.square()));
+    let x = Tensor::new([1, 1, h, w], input.to_vec());
     let (logits, activation, gradient) = model.activation_and_gradient(be, be.upload(&x), at);
     Ok(Explanation {
         probability: 1.0 / (1.0 + (-logits.data[0]).exp()),

@@ -7,8 +7,9 @@
 //! - The **point** is the hottest cell, refined to the heat-weighted centroid of it and its eight
 //!   neighbours (a cell of a 6 × 6 map is 76 pixels of a 454-pixel X-ray; the centroid moves the
 //!   point toward the warmer side).
-//! - The **boxes** are the 4-connected regions of cells at [`REGION_LEVEL`] of the peak or more,
-//!   each the extent of its cells, clipped to the image, scored by the image's probability times
+//! - The **boxes** are the 4-connected regions of the map, read bilinearly on a grid of
+//!   [`BOX_GRID`] cells along the X-ray's longer side, at [`BOX_LEVEL`] of the peak or more, each
+//!   the extent of its cells, scored by the image's probability times
 //!   the region's peak (so that boxes of confident images rank first when they are pooled for
 //!   average precision); at most [`MAX_BOXES`] an image, best first.
 
@@ -16,9 +17,14 @@ use crate::data::annotations::Rect;
 use crate::data::image::Square;
 use serde::Serialize;
 
-/// The share of a map's peak at which a cell belongs to a region (a box, and the mask whose Dice
-/// `eval` measures).
+/// The share of a map's peak at which a place belongs to the map's region, the mask whose Dice
+/// with the outlines `eval` measures.
 pub const REGION_LEVEL: f32 = 0.5;
+
+/// The share of a map's peak at which a place belongs to a box. Higher than the region's: read
+/// bilinearly between cells of 8 pixels, a map's half-peak region is wider than a small fracture,
+/// and a box of twice a fracture's side has an IoU of 1/4 with it.
+pub const BOX_LEVEL: f32 = 0.8;
 
 /// Boxes reported per image at most.
 pub const MAX_BOXES: usize = 3;
@@ -124,25 +130,27 @@ impl FractureMap {
                 y: h as f32 / 2.0,
             },
         };
-        let mut boxes: Vec<ScoredBox> = self
-            .regions()
+        // regions of the map read bilinearly on a fine grid over the image, so that a box is
+        // not a whole number of the map's cells
+        let (cols, rows) = fine_grid((w, h));
+        let (cw, ch) = (w as f32 / cols as f32, h as f32 / rows as f32);
+        let mut heat = Vec::with_capacity(cols * rows);
+        for r in 0..rows {
+            for c in 0..cols {
+                let at = ((c as f32 + 0.5) * cw, (r as f32 + 0.5) * ch);
+                heat.push(self.heat_at_pixel((w, h), at));
+            }
+        }
+        let mut boxes: Vec<ScoredBox> = regions(&heat, (cols, rows), BOX_LEVEL * self.peak())
             .into_iter()
-            .filter_map(|(cells, peak)| {
-                let s = self.side as f32;
-                let (c0, r0, c1, r1) = cells;
-                let (x0, y0) = self.to_pixels((w, h), (c0 as f32 / s, r0 as f32 / s));
-                let (x1, y1) = self.to_pixels((w, h), ((c1 + 1) as f32 / s, (r1 + 1) as f32 / s));
-                let (x0, y0) = (x0.clamp(0.0, w as f32), y0.clamp(0.0, h as f32));
-                let (x1, y1) = (x1.clamp(0.0, w as f32), y1.clamp(0.0, h as f32));
-                (x1 > x0 && y1 > y0).then_some(ScoredBox {
-                    rect: Rect {
-                        x: x0,
-                        y: y0,
-                        width: x1 - x0,
-                        height: y1 - y0,
-                    },
-                    score: probability * peak,
-                })
+            .map(|((c0, r0, c1, r1), peak)| ScoredBox {
+                rect: Rect {
+                    x: c0 as f32 * cw,
+                    y: r0 as f32 * ch,
+                    width: (c1 + 1 - c0) as f32 * cw,
+                    height: (r1 + 1 - r0) as f32 * ch,
+                },
+                score: probability * peak,
             })
             .collect();
         boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -179,55 +187,6 @@ impl FractureMap {
         Some((sx / sw / s as f32, sy / sw / s as f32))
     }
 
-    /// The 4-connected regions of cells at [`REGION_LEVEL`] of the peak or more: each its extent
-    /// in cells (first column, first row, last column, last row) and its peak.
-    fn regions(&self) -> Vec<((usize, usize, usize, usize), f32)> {
-        let s = self.side;
-        let peak = self.peak();
-        if peak <= 0.0 {
-            return Vec::new();
-        }
-        let hot: Vec<bool> = self
-            .heat
-            .iter()
-            .map(|&v| v >= REGION_LEVEL * peak)
-            .collect();
-        let mut seen = vec![false; s * s];
-        let mut regions = Vec::new();
-        for start in 0..s * s {
-            if !hot[start] || seen[start] {
-                continue;
-            }
-            seen[start] = true;
-            let mut stack = vec![start];
-            let (mut extent, mut top) = ((s, s, 0, 0), 0f32);
-            while let Some(i) = stack.pop() {
-                let (r, c) = (i / s, i % s);
-                extent = (
-                    extent.0.min(c),
-                    extent.1.min(r),
-                    extent.2.max(c),
-                    extent.3.max(r),
-                );
-                top = top.max(self.heat[i]);
-                let neighbours = [
-                    (r > 0).then(|| i - s),
-                    (r + 1 < s).then(|| i + s),
-                    (c > 0).then(|| i - 1),
-                    (c + 1 < s).then(|| i + 1),
-                ];
-                for n in neighbours.into_iter().flatten() {
-                    if hot[n] && !seen[n] {
-                        seen[n] = true;
-                        stack.push(n);
-                    }
-                }
-            }
-            regions.push((extent, top));
-        }
-        regions
-    }
-
     /// The map's region (cells at [`REGION_LEVEL`] of the peak or more, read bilinearly) on a
     /// `cols × rows` grid laid over a `w × h` image, as [`Outlines::mask`] lays the outlines.
     ///
@@ -244,6 +203,64 @@ impl FractureMap {
         }
         mask
     }
+}
+
+/// The cells along an image's longer side of the grid on which boxes are found.
+pub const BOX_GRID: usize = 128;
+
+/// The box grid of a `w × h` image: [`BOX_GRID`] cells along its longer side.
+fn fine_grid((w, h): (u32, u32)) -> (usize, usize) {
+    let long = w.max(h) as f32;
+    let cells = |side: u32| ((side as f32 / long * BOX_GRID as f32).round() as usize).max(1);
+    (cells(w), cells(h))
+}
+
+/// The 4-connected regions of the cells of `values` (`cols × rows`, row-major) at `level` or
+/// more (none when `level` is not above 0): each its extent in cells (first column, first row,
+/// last column, last row) and its largest value.
+fn regions(
+    values: &[f32],
+    (cols, rows): (usize, usize),
+    level: f32,
+) -> Vec<((usize, usize, usize, usize), f32)> {
+    if level <= 0.0 {
+        return Vec::new();
+    }
+    let hot: Vec<bool> = values.iter().map(|&v| v >= level).collect();
+    let mut seen = vec![false; cols * rows];
+    let mut found = Vec::new();
+    for start in 0..cols * rows {
+        if !hot[start] || seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![start];
+        let (mut extent, mut top) = ((cols, rows, 0, 0), 0f32);
+        while let Some(i) = stack.pop() {
+            let (r, c) = (i / cols, i % cols);
+            extent = (
+                extent.0.min(c),
+                extent.1.min(r),
+                extent.2.max(c),
+                extent.3.max(r),
+            );
+            top = top.max(values[i]);
+            let neighbours = [
+                (r > 0).then(|| i - cols),
+                (r + 1 < rows).then(|| i + cols),
+                (c > 0).then(|| i - 1),
+                (c + 1 < cols).then(|| i + 1),
+            ];
+            for n in neighbours.into_iter().flatten() {
+                if hot[n] && !seen[n] {
+                    seen[n] = true;
+                    stack.push(n);
+                }
+            }
+        }
+        found.push((extent, top));
+    }
+    found
 }
 
 #[cfg(test)]
@@ -284,32 +301,46 @@ mod tests {
     }
 
     #[test]
-    fn boxes_are_connected_warm_regions_clipped_to_the_image() {
-        // two regions of a 4 x 4 map: cells (0,0)-(0,1) at 1.0 and 0.6, and cell (3,3) at 0.5;
-        // (2,2) at 0.4 is below half the peak
+    fn boxes_are_connected_warm_regions_of_the_map_read_over_the_image() {
+        // a 4 x 4 map over an 80 x 80 image (cell centres at 10, 30, 50, 70 px), hot at the
+        // top-left cell (1.0) and the bottom-right one (0.9). Bilinear between centres, the
+        // first is at BOX_LEVEL of the peak or more along the edges up to 10 + 20 (1 - level) px
+        // from the corner; the second down to 70 - 20 (1 - level / 0.9) px; each to within one
+        // cell of the box grid (80 / 128 px)
         let mut heat = vec![0.0; 16];
         heat[0] = 1.0;
-        heat[1] = 0.6;
-        heat[15] = 0.5;
-        heat[10] = 0.4;
-        let l = map(heat, Framing::Squash).locate((400, 200), 0.5);
+        heat[15] = 0.9;
+        let l = map(heat, Framing::Squash).locate((80, 80), 0.5);
         assert_eq!(l.boxes.len(), 2);
-        let b = l.boxes[0];
-        assert_eq!(
-            (b.rect.x, b.rect.y, b.rect.width, b.rect.height, b.score),
-            (0.0, 0.0, 200.0, 50.0, 0.5)
+        let cell = 80.0 / BOX_GRID as f32;
+        let first = l.boxes[0].rect;
+        let edge = 10.0 + 20.0 * (1.0 - BOX_LEVEL);
+        assert_eq!((first.x, first.y), (0.0, 0.0));
+        assert!(
+            (first.width - edge).abs() <= cell && first.width == first.height,
+            "{first:?}"
         );
-        let b = l.boxes[1];
-        assert_eq!(
-            (b.rect.x, b.rect.y, b.rect.width, b.rect.height, b.score),
-            (300.0, 150.0, 100.0, 50.0, 0.25)
+        assert_eq!(l.boxes[0].score, 0.5);
+        let second = l.boxes[1].rect;
+        let edge = 70.0 - 20.0 * (1.0 - BOX_LEVEL / 0.9);
+        assert!(
+            (second.x - edge).abs() <= cell && second.x == second.y,
+            "{second:?}"
         );
-        // pad-edge framing: a 400 x 200 image fills rows 1..3 of the 4 x 4 square; a region in
-        // row 0 is padding only and gives no box, and the point is clamped into the image
+        assert_eq!(second.x + second.width, 80.0);
+        assert!((l.boxes[1].score - 0.45).abs() < 1e-6);
+        // pad-edge framing: a 400 x 200 image fills rows 1..3 of the 4 x 4 square; heat in row
+        // 0 is padding, and what of it reaches the image makes a box inside the image only,
+        // and the point is clamped into the image
         let mut heat = vec![0.0; 16];
         heat[1] = 1.0;
         let l = map(heat, Framing::PadEdge).locate((400, 200), 0.5);
-        assert!(l.boxes.is_empty());
+        for b in &l.boxes {
+            assert!(
+                b.rect.y >= 0.0 && b.rect.y + b.rect.height <= 200.0,
+                "{b:?}"
+            );
+        }
         assert_eq!(l.point, Point { x: 150.0, y: 0.0 });
     }
 

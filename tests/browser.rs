@@ -236,13 +236,40 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
     );
     let mut args = vec!["predict", "--json", "--backend", "cpu"];
     args.extend(&paths);
-    let printed = String::from_utf8_lossy(&run(&args).stdout).into_owned();
-    for (line, shown) in printed.lines().zip(shown.as_array().unwrap()) {
-        let p: Value = serde_json::from_str(line).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 2, "predict answers both");
+    for (p, shown) in printed.iter().zip(shown.as_array().unwrap()) {
         assert_eq!(
             p["probability"].to_string(),
             shown.as_str().unwrap(),
             "the page shows predict's probability"
+        );
+    }
+    // and where the fracture most likely is, as predict says, under each heatmap
+    let wheres = browser.until(
+        "where under each heatmap",
+        "const w = [...document.querySelectorAll('.card .where')].map(e => e.textContent); \
+         return w.length == 2 ? w : null",
+    );
+    for (p, shown) in printed.iter().zip(wheres.as_array().unwrap()) {
+        let (x, y) = (
+            p["where"]["x"].as_f64().unwrap(),
+            p["where"]["y"].as_f64().unwrap(),
+        );
+        let said = format!(
+            "x {}, y {} ({})",
+            x.round(),
+            y.round(),
+            p["from"].as_str().unwrap()
+        );
+        assert!(
+            shown.as_str().unwrap().contains(&said),
+            "{shown} should say {said}"
         );
     }
     browser.until(

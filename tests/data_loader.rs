@@ -382,3 +382,68 @@ fn data_check_reports_which_fractured_images_have_outlines() {
         "{err}"
     );
 }
+
+#[test]
+fn a_fracture_mask_is_windowed_and_warped_with_its_image() {
+    use fracture_cnn::data::{Dataset, MapTarget};
+    // one 20 x 20 framed image whose pixels are its own mask (a blob off centre), a 16 x 16
+    // window of it: every geometric draw that moves the image must move the mask the same way
+    let (framed, size) = (20, 16);
+    let mask: Vec<f32> = (0..framed * framed)
+        .map(|i| {
+            f32::from(u8::from(
+                (3..9).contains(&(i % framed)) && (4..8).contains(&(i / framed)),
+            ))
+        })
+        .collect();
+    let ds = Dataset {
+        size,
+        framed,
+        pixels: mask.clone(),
+        labels: vec![1.0],
+        paths: vec!["a.png".into()],
+        failed: Vec::new(),
+        targets: vec![MapTarget::Outlined(mask)],
+    };
+    let geometry = Augment {
+        brightness: 0.0,
+        contrast: 0.0,
+        ..Augment::XRAY
+    };
+    let mut moved = 0;
+    for key in 0..20u32 {
+        let (x, _) = ds.augmented_batch(&[0], &geometry, |_| Some(key));
+        let (t, weights) = ds.map_targets(&[0], &geometry, |_| Some(key), size);
+        assert_eq!(weights, [1.0]);
+        // (the image's contrast step, (v - mean) * 1 + mean, rounds in the last bit)
+        let off = t
+            .data
+            .iter()
+            .zip(&x.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            off < 1e-6,
+            "key {key}: the mask at full resolution is the image, off by {off}"
+        );
+        // 4 x 4 cells: each the mean of its 4 x 4 pixels
+        let (cells, _) = ds.map_targets(&[0], &geometry, |_| Some(key), 4);
+        let mean = x.data[..4]
+            .iter()
+            .chain(&x.data[16..20])
+            .chain(&x.data[32..36])
+            .chain(&x.data[48..52])
+            .sum::<f32>()
+            / 16.0;
+        assert!((cells.data[0] - mean).abs() < 1e-6);
+        moved += usize::from(x.data != ds.batch(&[0]).0.data);
+    }
+    assert!(moved > 15, "the draws move the image ({moved} of 20)");
+    // a fractured image without an outline weighs 0; a healthy one is all zero
+    let mut ds = ds;
+    ds.targets = vec![MapTarget::Unknown];
+    assert_eq!(ds.map_targets(&[0], &geometry, |_| Some(1), 4).1, [0.0]);
+    ds.targets = vec![MapTarget::Healthy];
+    let (t, w) = ds.map_targets(&[0], &geometry, |_| Some(1), 4);
+    assert_eq!((t.data.iter().sum::<f32>(), w), (0.0, vec![1.0]));
+}

@@ -126,6 +126,11 @@ fn the_api_answers_as_predict_does_and_refuses_bad_uploads() {
     for (s, p) in served.iter().zip(&printed) {
         assert_eq!(s["probability"], p["probability"], "{s} vs {p}");
         assert_eq!(s["label"], p["label"]);
+        // where the fracture most likely is, and its boxes, as predict says
+        for key in ["where", "boxes", "from"] {
+            assert_eq!(s[key], p[key], "{key}: {s} vs {p}");
+        }
+        assert!(s["where"]["x"].as_f64().is_some(), "{s}");
         assert!(p["file"]
             .as_str()
             .unwrap()

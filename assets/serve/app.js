@@ -56,10 +56,15 @@ async function tryFiles(files) {
   }
   const tbody = $("#predictions tbody");
   tbody.replaceChildren(...state.predictions.map((p, i) => el("tr", { class: "clickable", onclick: () => chooseForExplain(state.files[i]) },
-    el("td", {}, p.file), el("td", { class: "num" }, fmt(p.probability)), el("td", {}, p.label))));
+    el("td", {}, p.file), el("td", { class: "num" }, fmt(p.probability)), el("td", {}, p.label), el("td", { class: "where" }, whereText(p)))));
   $("#table-box").hidden = state.predictions.length < 2;
   for (let i = 0; i < state.files.length; i++) addCard(state.files[i], state.predictions[i]);
   chooseForExplain(state.files[0]);
+}
+
+// "x 412, y 230 (fracture-map)": the most likely place of a fracture, in the file's pixels
+function whereText(p) {
+  return p.where ? `x ${Math.round(p.where.x)}, y ${Math.round(p.where.y)} (${p.from})` : "";
 }
 
 async function addCard(file, p) {
@@ -72,8 +77,11 @@ async function addCard(file, p) {
     const e = await api("/api/explain", [file]);
     card.append(el("div", {},
       el("img", { class: "input", src: e.input_png, title: "what the model saw" }),
-      el("img", { src: e.heatmap_png, title: "Grad-CAM: where features that raise the fracture score are active" })),
-      el("div", { class: "hint" }, "left: the model's input (gray, resized); right: Grad-CAM over the X-ray"));
+      el("img", { class: "heatmap", src: e.heatmap_png, title: `${e.location.from}: where the model says the fracture is` })),
+      el("div", { class: "hint where" }, `most likely at ${whereText(p)}; ${e.location.boxes.length} box(es)`),
+      el("div", { class: "hint" }, e.location.from === "fracture-map"
+        ? "left: the model's input (gray, resized); right: the model's fracture map over the X-ray, its boxes (white) and most likely point (magenta)"
+        : "left: the model's input (gray, resized); right: Grad-CAM over the X-ray (where features that raise the score are), its boxes (white) and hottest point (magenta)"));
   } catch (err) {
     card.append(el("div", { class: "error" }, err.message));
   }
@@ -81,7 +89,7 @@ async function addCard(file, p) {
 
 function downloadCsv() {
   const q = (s) => /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-  const rows = ["file,probability,label,threshold", ...state.predictions.map((p) => [q(p.file), p.probability, p.label, p.threshold].join(","))];
+  const rows = ["file,probability,label,threshold,where_x,where_y,from", ...state.predictions.map((p) => [q(p.file), p.probability, p.label, p.threshold, p.where ? p.where.x : "", p.where ? p.where.y : "", p.from || ""].join(","))];
   const a = el("a", { href: URL.createObjectURL(new Blob([rows.join("\n") + "\n"], { type: "text/csv" })), download: "predictions.csv" });
   a.click();
 }

@@ -8,6 +8,7 @@ use crate::backend::Backend;
 use crate::data::image::to_model_input;
 use crate::eval::class_name;
 use crate::explain;
+use crate::localize::{FractureMap, Location};
 use crate::nn::LayerSpec;
 use crate::tensor::Tensor;
 use base64::Engine;
@@ -72,23 +73,65 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
         .iter()
         .map(|part| {
             let (file, img) = decode(state, part)?;
-            Ok((file, to_model_input(&img, square)))
+            let size = (img.width(), img.height());
+            Ok((file, to_model_input(&img, square), size))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let threshold = state.info.threshold;
     let mut predictions = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(BATCH) {
-        let framed: Vec<&[f32]> = chunk.iter().map(|(_, x)| x.as_slice()).collect();
-        for ((file, _), p) in chunk.iter().zip(probabilities(state, &framed)) {
-            predictions.push(json!({
+        let framed: Vec<&[f32]> = chunk.iter().map(|(_, x, _)| x.as_slice()).collect();
+        for ((file, x, size), p) in chunk.iter().zip(probabilities(state, &framed)) {
+            let mut prediction = json!({
                 "file": file,
                 "probability": short(p),
                 "label": class_name(p >= threshold),
                 "threshold": short(threshold),
-            }));
+            });
+            let location = fracture_map(state, x)?.locate(*size, p);
+            merge(&mut prediction, location_json(&location));
+            predictions.push(prediction);
         }
     }
     Ok(json!({ "predictions": predictions }))
+}
+
+/// The fracture map of an X-ray as the model takes it, as `predict` reads `where` from it: the
+/// model's own map (its batch norm folded, as `predict` runs it), or Grad-CAM of the model as
+/// trained.
+fn fracture_map(state: &State, input: &[f32]) -> Result<FractureMap, ApiError> {
+    let map = if state.info.spec.map.is_some() {
+        crate::eval::map_of_input(&Cpu, &mut state.inference(), input)
+    } else {
+        crate::eval::map_of_input(&Cpu, &mut state.model(), input)
+    };
+    map.map_err(|e| ApiError::new(422, format!("{e:#}")))
+}
+
+/// `where`, `boxes` and `from` as `predict --json` writes them, each number as short as it reads
+/// back.
+fn location_json(l: &Location) -> Value {
+    let boxes: Vec<Value> = l
+        .boxes
+        .iter()
+        .map(|b| {
+            let r = b.rect;
+            json!({"x": short(r.x), "y": short(r.y), "width": short(r.width),
+                   "height": short(r.height), "score": short(b.score)})
+        })
+        .collect();
+    json!({
+        "where": {"x": short(l.point.x), "y": short(l.point.y)},
+        "boxes": boxes,
+        "from": l.from.name(),
+    })
+}
+
+/// The fields of the object `extra` added to the object `into`.
+fn merge(into: &mut Value, extra: Value) {
+    if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
+        into.extend(extra);
+    }
 }
 
 /// `POST /api/explain` (one image): its prediction, the gray input the model saw, the Grad-CAM
@@ -104,10 +147,11 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
         framed.iter().map(|v| (v * 255.0).round() as u8).collect(),
     )
     .expect("size × size values");
+    let map = fracture_map(state, &framed)?;
+    let location = map.locate((img.width(), img.height()), p);
+    let mut overlay = explain::overlay(&img, &map, 512);
+    explain::draw_location(&mut overlay, &location, (img.width(), img.height()));
     let mut model = state.model();
-    let e =
-        explain::explain(&Cpu, &mut model, &img).map_err(|e| ApiError::new(422, e.to_string()))?;
-    let overlay = explain::overlay(&img, &e.map, 512);
     let x = Cpu.upload(&input_tensor(state, &[&img]));
     model.outputs_and_parameter_gradients(&Cpu, x);
     let gradients: Vec<Value> = model
@@ -127,6 +171,7 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
         "threshold": short(state.info.threshold),
         "input_png": png_data_url(&DynamicImage::ImageLuma8(input)),
         "heatmap_png": png_data_url(&DynamicImage::ImageRgb8(overlay)),
+        "location": location_json(&location),
         "gradient_histograms": gradients,
     }))
 }
