@@ -316,7 +316,7 @@ pub fn judge<B: Backend>(be: &B, members: &[PathBuf], tta: bool, out: &Path) -> 
             let each = members
                 .iter()
                 .zip(&configs)
-                .map(|(m, cv)| predict_fold(be, m, cv, fold, (tta, false)))
+                .map(|(m, cv)| predict_fold(be, m, cv, fold, (tta, members.len() == 1)))
                 .collect::<Result<Vec<_>>>()?;
             average(each)
         })
@@ -370,6 +370,7 @@ fn average(each: Vec<FoldPredictions>) -> Result<FoldPredictions> {
             *s += q;
         }
         sum.epochs = sum.epochs.max(p.epochs);
+        sum.located = None; // an ensemble's locations are not one model's
     }
     for s in &mut sum.probs {
         *s /= n;
@@ -384,9 +385,10 @@ struct FoldPredictions {
     probs: Vec<f32>,
     /// Epochs trained (the longest member's, for a judgement of several).
     epochs: usize,
-    /// Where the fold's model said each fracture is, judged against the outlines, when there
-    /// are outlines beside the data (a cross-validation of one recipe; not a judgement).
-    located: Option<Vec<crate::eval::Located>>,
+    /// Where the fold's model said each fracture is, judged against the outlines (and the file
+    /// they came from), when there are outlines beside the data (a cross-validation of one
+    /// recipe, or a judgement of one).
+    located: Option<(PathBuf, Vec<crate::eval::Located>)>,
 }
 
 fn predict_fold<B: Backend>(
@@ -423,7 +425,8 @@ fn predict_fold<B: Backend>(
             threshold: info.threshold,
             failed: Vec::new(),
         };
-        fold.located = Some(crate::eval::judge_maps(maps, &scored, &annotations));
+        let located = crate::eval::judge_maps(maps, &scored, &annotations);
+        fold.located = Some((annotations.file.clone(), located));
     }
     Ok(fold)
 }
@@ -431,10 +434,7 @@ fn predict_fold<B: Backend>(
 /// Where the folds' models said the fractures are, pooled over the folds and judged against the
 /// outlines (with the groups of a `dataset.csv` beside them, if there is one); None when any fold
 /// has no outlines.
-fn pooled_localization(
-    cv_dir: &Path,
-    preds: &[FoldPredictions],
-) -> Result<Option<LocalizationReport>> {
+fn pooled_localization(preds: &[FoldPredictions]) -> Result<Option<LocalizationReport>> {
     let Some(located) = preds
         .iter()
         .map(|p| p.located.clone())
@@ -442,11 +442,8 @@ fn pooled_localization(
     else {
         return Ok(None);
     };
-    let cv = finished_config(cv_dir).or_else(|_| read_config(cv_dir))?;
-    let Some(annotations) = Annotations::find(&cv.config.data, cv.config.annotations.as_deref())?
-    else {
-        return Ok(None);
-    };
+    let annotations = Annotations::read(&located[0].0)?;
+    let located: Vec<Vec<crate::eval::Located>> = located.into_iter().map(|l| l.1).collect();
     let table = annotations.file.with_file_name("dataset.csv");
     let groups = match table.exists() {
         true => Some(Groups::read(&table)?),
@@ -504,7 +501,7 @@ fn summarise(
     };
     let (probs, labels) = (all(&|p| &p.probs, None), all(&|p| &p.labels, None));
     let threshold = best_threshold(&probs, &labels);
-    let localization = pooled_localization(cv_dir, preds)?;
+    let localization = pooled_localization(preds)?;
     write_predictions(cv_dir, preds)?;
     write_plots(cv_dir, preds, &folds)?;
     let summary = CvSummary {
