@@ -250,12 +250,7 @@ pub(super) fn heatmaps<B: Backend>(
         if let Some(location) = &prediction.location {
             explain::draw_location(&mut drawing, location, mapped.size);
         }
-        let text = format!(
-            "{}  p = {:.3}  ({})",
-            prediction.label,
-            prediction.probability,
-            mapped.map.source.name()
-        );
+        let text = format!("{}  p = {:.3}", prediction.label, prediction.probability);
         plots::write_labelled_png(&path, drawing, &text)?;
         eprintln!("heatmap of {}: {}", file.display(), path.display());
     }
