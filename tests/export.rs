@@ -133,18 +133,24 @@ fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
     );
 }
 
-fn check_spec(spec: ModelSpec, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let images: Vec<Vec<f32>> = xrays().iter().map(|f| model_input(f, &spec)).collect();
-    let model = trained_looking_model(&spec, &images, seed);
+/// A [`trained_looking_model`] of `spec` saved as `dir/model.safetensors`.
+fn trained_looking_checkpoint(spec: &ModelSpec, seed: u64, dir: &Path) -> PathBuf {
+    let images: Vec<Vec<f32>> = xrays().iter().map(|f| model_input(f, spec)).collect();
+    let model = trained_looking_model(spec, &images, seed);
     let info = CheckpointInfo {
         spec: spec.clone(),
         threshold: 0.5,
         epoch: 1,
         progress: None,
     };
-    let ckpt = dir.path().join("model.safetensors");
+    let ckpt = dir.join("model.safetensors");
     checkpoint::save(&Cpu, &model, &info, Vec::new(), &ckpt).unwrap();
+    ckpt
+}
+
+fn check_spec(spec: ModelSpec, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = trained_looking_checkpoint(&spec, seed, dir.path());
     assert_export_agrees(&ckpt, &spec, dir.path());
 }
 
@@ -173,16 +179,7 @@ fn resnet_with_a_fracture_map_exports_both_outputs() {
         .unwrap();
     check_spec(spec.clone(), 5);
     let dir = tempfile::tempdir().unwrap();
-    let images: Vec<Vec<f32>> = xrays().iter().map(|f| model_input(f, &spec)).collect();
-    let model = trained_looking_model(&spec, &images, 5);
-    let info = CheckpointInfo {
-        spec: spec.clone(),
-        threshold: 0.5,
-        epoch: 1,
-        progress: None,
-    };
-    let ckpt = dir.path().join("model.safetensors");
-    checkpoint::save(&Cpu, &model, &info, Vec::new(), &ckpt).unwrap();
+    let ckpt = trained_looking_checkpoint(&spec, 5, dir.path());
     let onnx = dir.path().join("loc.onnx");
     export::export(&ckpt, &onnx).unwrap();
     let plan = tract_onnx::onnx()

@@ -10,6 +10,7 @@ use image::{GrayImage, Luma};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
 use std::path::Path;
+use std::process::Output;
 
 /// Side of the test's X-rays, and of the square that marks a fracture.
 const SIDE: u32 = 64;
@@ -67,7 +68,34 @@ fn write_marked_dataset(root: &Path, per_class: usize) {
     .unwrap();
 }
 
-fn json_of(o: &std::process::Output) -> Value {
+/// `command` (train or cv) of `model` on `data` at `size` pixels, on the CPU, runs under `runs`,
+/// quiet, with `more` arguments.
+fn run_on(
+    command: &str,
+    (data, runs): (&Path, &Path),
+    (model, size): (&str, u32),
+    more: &[&str],
+) -> Output {
+    let size = size.to_string();
+    let mut args = vec![
+        command,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+        "--model",
+        model,
+        "--image-size",
+        &size,
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(more);
+    run(&args)
+}
+
+fn json_of(o: &Output) -> Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap()
 }
@@ -77,18 +105,8 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
     let dir = tempfile::tempdir().unwrap();
     let (data, runs) = (dir.path().join("data"), dir.path().join("runs"));
     write_marked_dataset(&data, 24);
-    let size = SIDE.to_string();
     let train = |model: &str, epochs: &str| {
-        let o = run(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            runs.to_str().unwrap(),
-            "--model",
-            model,
-            "--image-size",
-            &size,
+        let more = [
             "--epochs",
             epochs,
             "--batch-size",
@@ -96,10 +114,8 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
             "--lr",
             "3e-3",
             "--no-augment",
-            "--backend",
-            "cpu",
-            "--quiet",
-        ]);
+        ];
+        let o = run_on("train", (&data, &runs), (model, SIDE), &more);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -166,21 +182,12 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
     // a map without outlines to learn from is refused before any training
     let bare = dir.path().join("bare");
     common::images::write_separable_dataset(&bare, 3, 16);
-    let o = run(&[
+    let o = run_on(
         "train",
-        "--data",
-        bare.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-        "--model",
-        "resnet-4-1-loc",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--backend",
-        "cpu",
-    ]);
+        (&bare, &runs),
+        ("resnet-4-1-loc", 32),
+        &["--epochs", "1"],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -196,28 +203,17 @@ fn cv_pools_where_the_folds_looked() {
     let dir = tempfile::tempdir().unwrap();
     let (data, runs) = (dir.path().join("data"), dir.path().join("runs"));
     write_marked_dataset(&data, 8);
-    let o = run(&[
-        "cv",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
+    let more = [
         "--folds",
         "2",
-        "--model",
-        "resnet-4-1-loc",
-        "--image-size",
-        "32",
         "--epochs",
         "1",
         "--batch-size",
         "8",
-        "--backend",
-        "cpu",
-        "--quiet",
         "--tta",
         "false",
-    ]);
+    ];
+    let o = run_on("cv", (&data, &runs), ("resnet-4-1-loc", 32), &more);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let printed = String::from_utf8_lossy(&o.stdout);
     assert!(
