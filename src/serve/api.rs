@@ -430,10 +430,15 @@ fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError
     Ok((file, img))
 }
 
-/// An f32 as the shortest decimal that reads back to it, as `predict --json` prints it (not the
-/// 17 digits of its widening to f64).
+/// An f32 as the shortest decimal that reads back to it, exactly as `predict --json` prints it
+/// (not the 17 digits of its widening to f64). Written by the same serializer: where two
+/// shortest decimals read back to the f32 (251.828125 is 251.82812 and 251.82813), Rust's
+/// `Display` and serde_json may pick different ones.
 fn short(v: f32) -> Value {
-    json!(v.to_string().parse::<f64>().unwrap_or(f64::from(v)))
+    serde_json::to_string(&v)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
 }
 
 fn layer_name(state: &State, i: usize) -> String {
@@ -490,4 +495,24 @@ fn histogram(name: &str, values: &[f32]) -> Value {
         counts[(((v - lo) / width * BINS as f32) as usize).min(BINS - 1)] += 1;
     }
     json!({ "name": name, "min": lo, "max": hi, "counts": counts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_as_predict_writes_them() {
+        // 251.828125 = 251 + 53/64 is an f32 with two shortest decimals; predict's serializer
+        // writes one of them, and the page must show the same
+        for v in [251.828125f32, 0.1, 0.8526925, 1e-7, 3.0] {
+            let printed = serde_json::to_string(&v).unwrap();
+            assert_eq!(short(v).to_string(), printed, "{v}");
+        }
+        assert_ne!(
+            251.828125f32.to_string(),
+            serde_json::to_string(&251.828125f32).unwrap(),
+            "the tie this guards against"
+        );
+    }
 }
