@@ -133,7 +133,12 @@ impl Tensor {
     /// that differs, is never close. The scale has no floor, so a tensor of small values (a
     /// gradient of 1e-6) is held to its own size, not to 1.
     pub fn check_close(&self, expected: &Tensor, rel_tol: f32) -> Result<(), String> {
-        let scale = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // the scale of the finite values: an infinity expected would make any answer close
+        let scale = expected
+            .data
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, v| m.max(v.abs()));
         self.check_close_at_scale(expected, rel_tol, scale)
     }
 
@@ -157,7 +162,7 @@ impl Tensor {
             .map(|i| (i, self.abs_diff_at(expected, i)))
             .fold((0, 0f32), |w, d| if d.1 > w.1 { d } else { w });
         match worst {
-            (i, diff) if diff > allowed => Err(format!(
+            (i, diff) if diff > allowed || diff.is_infinite() => Err(format!(
                 "entry {i} is {} where {} was expected: off by {diff:.3e}, more than {rel_tol:e} of the scale {scale:.3e}",
                 self.data[i], expected.data[i]
             )),
@@ -243,6 +248,22 @@ mod tests {
         }
         let nan = Tensor::new([1], vec![f32::NAN]);
         assert!(nan.check_close(&nan, 1.0).is_err(), "NaN on both sides");
+        // an infinity expected: the scale is the finite values', and no answer there is close
+        let expected = Tensor::new([2], vec![f32::INFINITY, 1.0]);
+        for got in [
+            vec![0.0, 1.0],
+            vec![f32::INFINITY, 1.0],
+            vec![f32::NAN, 1.0],
+        ] {
+            let err = Tensor::new([2], got.clone()).check_close(&expected, 1e-5);
+            assert!(err.is_err(), "{got:?} against an infinity passed");
+        }
+        assert!(
+            Tensor::new([2], vec![0.0, 5.0])
+                .check_close(&Tensor::new([2], vec![f32::NEG_INFINITY, 1.0]), 1.0)
+                .is_err(),
+            "a -infinity expected"
+        );
         let zeros = Tensor::zeros([3]);
         assert_eq!(zeros.check_close(&zeros, 0.0), Ok(()), "exact zeros");
         assert!(
