@@ -496,19 +496,22 @@ pub struct Prediction {
 /// has one ([`head_map`]), else Grad-CAM.
 pub fn map_of_input<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> Result<FractureMap> {
     Ok(match net.has_map() {
-        true => head_map(be, net, input),
+        true => head_map(be, net, input)?,
         false => crate::explain::explain_input(be, net, input)?.map,
     })
 }
 
 /// The fracture map of `input` (an X-ray as the model takes it) by a model that has one: the
-/// probability of a fracture at each cell, `σ(map logits)`.
-pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> FractureMap {
+/// probability of a fracture at each cell, `σ(map logits)`; an error for a model without one.
+pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> Result<FractureMap> {
     let square = net.spec.square();
     let x = Tensor::new([1, 1, square.side, square.side], input.to_vec());
     let (_, map) = net.forward_with_map(be, be.upload(&x), Mode::Eval);
-    let map = be.download(&map.expect("a model with a map"));
-    FractureMap {
+    let Some(map) = map else {
+        bail!("{} has no fracture map (spec 'map')", net.spec.name);
+    };
+    let map = be.download(&map);
+    Ok(FractureMap {
         heat: map
             .data
             .iter()
@@ -517,7 +520,7 @@ pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> Fractu
         side: map.dims()[3],
         square,
         source: MapSource::Head,
-    }
+    })
 }
 
 /// An image's fracture map by a model, and the size of the image it lies over.

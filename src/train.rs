@@ -474,6 +474,18 @@ fn attach_outlines(
             cfg.data.join("annotations").display()
         );
     };
+    let infos = spec.layers()?;
+    let map = spec.map_layer()?.map(|m| infos[m].output.clone());
+    if let Some([_, mh, mw]) = map.as_deref() {
+        let side = spec.input[1];
+        if mh != mw || side % mh != 0 {
+            bail!(
+                "{}'s fracture map is {mh}x{mw} on a {side}x{side} input: training it needs a \
+                 square map whose cells each cover a whole number of pixels",
+                spec.name
+            );
+        }
+    }
     let unknown = train_ds.attach_outlines(&annotations, spec.framing);
     val_ds.attach_outlines(&annotations, spec.framing);
     let fractured = train_ds.positives();

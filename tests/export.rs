@@ -201,7 +201,7 @@ fn resnet_with_a_fracture_map_exports_both_outputs() {
         assert_eq!(out.len(), 2, "probability and fracture_map");
         let theirs = out[1].to_plain_array_view::<f32>().unwrap();
         assert_eq!(theirs.shape(), &[1, 1, 12, 12], "stride 8 at 96");
-        let ours = eval::head_map(&Cpu, &mut net, &model_input(file, &spec));
+        let ours = eval::head_map(&Cpu, &mut net, &model_input(file, &spec)).unwrap();
         assert_eq!(ours.heat.len(), 144);
         let theirs: Vec<f32> = theirs.iter().copied().collect();
         let gap = Tensor::new([144], ours.heat.clone()).max_abs_diff(&Tensor::new([144], theirs));

@@ -179,6 +179,31 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
     let plain = eval(&runs.join("resnet-4-1-001/final.safetensors"));
     assert_eq!(plain["from"], "grad-cam", "{plain}");
 
+    // a map whose cells do not tile the input is refused, naming the shapes
+    let spec = dir.path().join("odd-map.toml");
+    std::fs::write(
+        &spec,
+        "name = \"odd-map\"\ninput = [1, 30, 30]\nmap = \"fmap\"\n\
+         [[layers]]\ntype = \"conv2d\"\nfilters = 4\nkernel = 3\nname = \"feat\"\n\
+         [[layers]]\ntype = \"conv2d\"\nfilters = 1\nkernel = 3\nstride = 4\n\
+         padding = \"valid\"\nname = \"fmap\"\n\
+         [[layers]]\ntype = \"global_avgpool\"\ninputs = [\"feat\"]\n\
+         [[layers]]\ntype = \"dense\"\nunits = 1\n",
+    )
+    .unwrap();
+    let o = run_on(
+        "train",
+        (&data, &runs),
+        (spec.to_str().unwrap(), 30),
+        &["--epochs", "1"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("odd-map's fracture map is 7x7 on a 30x30 input"),
+        "{err}"
+    );
+
     // a map without outlines to learn from is refused before any training
     let bare = dir.path().join("bare");
     common::images::write_separable_dataset(&bare, 3, 16);
