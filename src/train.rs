@@ -478,7 +478,7 @@ fn attach_outlines(
     let map = spec.map_layer()?.map(|m| infos[m].output.clone());
     if let Some([_, mh, mw]) = map.as_deref() {
         let side = spec.input[1];
-        if mh != mw || side % mh != 0 {
+        if mh != mw || !side.is_multiple_of(*mh) {
             bail!(
                 "{}'s fracture map is {mh}x{mw} on a {side}x{side} input: training it needs a \
                  square map whose cells each cover a whole number of pixels",
