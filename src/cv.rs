@@ -527,7 +527,8 @@ fn write_predictions(cv_dir: &Path, preds: &[FoldPredictions]) -> Result<()> {
     let mut text = String::from("file,label,fold,probability\n");
     for (i, p) in preds.iter().enumerate() {
         for ((path, label), prob) in p.paths.iter().zip(&p.labels).zip(&p.probs) {
-            text.push_str(&format!("{},{label},{},{prob:.6}\n", path.display(), i + 1));
+            // every digit an f32 needs, so that the pooled figures can be recomputed from it
+            text.push_str(&format!("{},{label},{},{prob}\n", path.display(), i + 1));
         }
     }
     write_atomic(&cv_dir.join("predictions.csv"), text.as_bytes())

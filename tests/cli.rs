@@ -685,6 +685,7 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
         pooled["lo"].as_f64() <= pooled["value"].as_f64(),
         "{pooled}"
     );
+    cv_is_honest(&cv_dir);
 
     // a fold lost (say, stopped before its first checkpoint) is trained again by --resume, alone,
     // to the same numbers: the folds are seeded
@@ -713,6 +714,116 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     let o = run(&cv_args(&data, &out, &["--early-stopping", "2"]));
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--early-stopping"), "{}", text(&o).1);
+}
+
+/// Each property of [`common::cv_checks`] holds of the finished cross-validation in `cv_dir`, and
+/// fails on the folder's files tampered with the leak it guards against.
+fn cv_is_honest(cv_dir: &std::path::Path) {
+    use common::cv_checks::*;
+    let (summary, preds, folds) = (
+        read_summary(cv_dir),
+        read_predictions(cv_dir),
+        read_folds(cv_dir),
+    );
+    thresholds_come_from_other_folds(&summary, &preds).unwrap();
+    pooled_figures_are_the_predictions(&summary, &preds).unwrap();
+    predictions_are_out_of_fold(&preds, &folds).unwrap();
+    near_duplicates_share_a_fold(&folds).unwrap();
+
+    // a fold's threshold chosen on its own predictions
+    let mut leaky = summary.clone();
+    for f in leaky["folds"].as_array_mut().unwrap() {
+        let fold = f["fold"].as_u64().unwrap() as usize;
+        let (probs, labels): (Vec<f32>, Vec<f32>) = preds
+            .iter()
+            .filter(|p| p.fold == fold)
+            .map(|p| (p.probability, p.label))
+            .unzip();
+        f["threshold"] = fracture_cnn::metrics::best_threshold(&probs, &labels).into();
+    }
+    assert!(thresholds_come_from_other_folds(&leaky, &preds).is_err());
+    // pooled figures from anything but the predictions written: a fractured image's and a
+    // healthy one's probabilities swapped
+    let mut swapped = preds.clone();
+    let a = swapped.iter().position(|p| p.label == 1.0).unwrap();
+    let b = swapped.iter().position(|p| p.label == 0.0).unwrap();
+    (swapped[a].probability, swapped[b].probability) =
+        (swapped[b].probability, swapped[a].probability);
+    assert!(pooled_figures_are_the_predictions(&summary, &swapped).is_err());
+    // an image predicted in another fold than its own
+    let mut moved = preds.clone();
+    moved[0].fold = moved[0].fold % 3 + 1;
+    assert!(predictions_are_out_of_fold(&moved, &folds).is_err());
+    // a near-duplicate dealt into another fold than its original
+    let copy = folds
+        .iter()
+        .position(|r| r.file.ends_with("copy.png"))
+        .unwrap();
+    let mut split = folds.clone();
+    split[copy].fold = split[copy].fold % 3 + 1;
+    assert!(near_duplicates_share_a_fold(&split).is_err());
+
+    // what each fold trained and was judged on, as `cv` loads it
+    let cv: fracture_cnn::cv::CvConfig =
+        serde_json::from_str(&std::fs::read_to_string(cv_dir.join("cv.json")).unwrap()).unwrap();
+    for fold in 1..=3 {
+        let cfg = fracture_cnn::train::TrainConfig {
+            fold: Some(fracture_cnn::train::FoldPlan {
+                fold,
+                folds: 3,
+                assignment: cv_dir.join("folds.csv"),
+            }),
+            ..cv.config.clone()
+        };
+        let spec = fracture_cnn::nn::ModelSpec::load(&cfg.model)
+            .unwrap()
+            .with_image_size(16)
+            .unwrap();
+        let (train, val, _) = fracture_cnn::train::load_data(&cfg, &spec).unwrap();
+        let names = |ds: &fracture_cnn::data::Dataset| -> Vec<String> {
+            ds.paths.iter().map(|p| p.display().to_string()).collect()
+        };
+        let (mut train, val) = (names(&train), names(&val));
+        training_leaves_the_fold_out(fold, &train, &val, &folds).unwrap();
+        // the near-duplicate of one of its images among its training images
+        let own = folds.iter().find(|r| r.fold == fold).unwrap();
+        let twin = folds
+            .iter()
+            .find(|r| r.group == own.group && r.file != own.file);
+        train.push(twin.unwrap_or(own).file.clone());
+        assert!(training_leaves_the_fold_out(fold, &train, &val, &folds).is_err());
+    }
+
+    // each out-of-fold probability is the fold model's, as `predict` gives it; another fold's
+    // model does not give it
+    let said_by = |model_fold: usize, fold: usize| -> std::collections::BTreeMap<String, f32> {
+        let model = cv_dir.join(format!("fold-{model_fold}/final.safetensors"));
+        let mut args = vec!["predict", "--json", "--backend", "cpu", "--model"];
+        args.push(model.to_str().unwrap());
+        let files: Vec<&str> = folds
+            .iter()
+            .filter(|r| r.fold == fold)
+            .map(|r| r.file.as_str())
+            .collect();
+        args.extend(files);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o)
+            .0
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let p = v["probability"].as_f64().unwrap() as f32;
+                (v["file"].as_str().unwrap().to_string(), p)
+            })
+            .collect()
+    };
+    for fold in 1..=3 {
+        let own: Vec<Prediction> = preds.iter().filter(|p| p.fold == fold).cloned().collect();
+        predictions_are_the_fold_models(&own, &said_by(fold, fold)).unwrap();
+        let other = said_by(fold % 3 + 1, fold);
+        assert!(predictions_are_the_fold_models(&own, &other).is_err());
+    }
 }
 
 /// `predictions.csv` of a cross-validation or a judgement: file → probability.

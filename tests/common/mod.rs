@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod cli;
+pub mod cv_checks;
 pub mod gpu;
 pub mod gradchecks;
 pub mod http;
