@@ -72,7 +72,7 @@ pub struct TrainConfig {
 }
 
 /// The fracture map's part of the loss (a model with a map only; see
-/// [`loss::map_bce`](crate::nn::loss::map_bce)).
+/// [`crate::nn::loss::map_bce`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MapLoss {
     /// Weight of the map's loss beside the image's.

@@ -1243,3 +1243,67 @@ fn threshold_sets_a_checkpoints_threshold_from_its_cross_validation_and_keeps_it
     let o = run(&["threshold", c]);
     assert_eq!(o.status.code(), Some(2), "--from-cv or --value is required");
 }
+
+/// A line with each run of digits masked and runs of spaces made one: what a line of output looks
+/// like whatever the numbers.
+fn shape(line: &str) -> String {
+    let masked: String = line
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    let mut out = String::new();
+    for c in masked
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+    {
+        if !(c == '#' && out.ends_with('#')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_sample_output_has_the_shape_of_what_train_prints() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let after = readme
+        .split_once("The first prints one line per epoch")
+        .expect("the README introduces the first command's output")
+        .1;
+    let sample: Vec<&str> = after
+        .split_once("```text\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a text block follows")
+        .0
+        .lines()
+        .filter(|l| *l != "...")
+        .collect();
+    assert!(sample.len() >= 6, "{sample:?}");
+    // the first command, shortened to two epochs, from a folder of its own
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo.join("data");
+    let o = std::process::Command::new(common::cli::BIN)
+        .args(["train", "--epochs", "2", "--backend", "cpu", "--data"])
+        .arg(&data)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let printed: Vec<String> = stdout
+        .replace(repo.to_str().unwrap(), "/path/to/fracture-cnn")
+        .lines()
+        .map(shape)
+        .collect();
+    let mut at = 0;
+    for line in sample {
+        let wanted = shape(line);
+        match printed[at..].iter().position(|p| *p == wanted) {
+            Some(k) => at += k + 1,
+            None => panic!("README's line\n  {line}\nis not printed (in order) by\n{stdout}"),
+        }
+    }
+}

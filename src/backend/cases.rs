@@ -561,7 +561,7 @@ impl Op {
         Some(Tensor::new(g.output_shape(), positions))
     }
 
-    /// Every output of every pass, downloaded and named "<pass>: <output>" (with max pooling's
+    /// Every output of every pass, downloaded and named `"<pass>: <output>"` (with max pooling's
     /// positions); for the optimisers, the updated parameters and moments.
     pub fn outputs<B: Backend>(&self, be: &B, seed: u64) -> Vec<(String, Tensor)> {
         let inputs = self.inputs(seed);

@@ -6,7 +6,7 @@
 //! on the cases of [`super::cases`] (`tests/ops.rs`), and its own backward passes against finite
 //! differences of its forward passes.
 //!
-//! Shapes are written next to the arguments; `[N,C,H,W]` tensors are indexed by [`at4`].
+//! Shapes are written next to the arguments; `[N,C,H,W]` tensors are indexed by `at4`.
 
 use super::{hash, AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
@@ -378,7 +378,7 @@ impl Backend for Reference {
         tensor(g.input_shape(), dx)
     }
 
-    /// `x[N,C,H,W]` → `y[N,C,s·H,s·W]`: y[n,c,i,j] = x[n,c,⌊i/s⌋,⌊j/s⌋]
+    /// `x[N,C,H,W]` → `y[N,C,s·H,s·W]`: `y[n,c,i,j] = x[n,c,⌊i/s⌋,⌊j/s⌋]`
     fn upsample_forward(&self, x: &Tensor, s: usize) -> Tensor {
         let (n, c, h, w) = x.shape.nchw();
         let mut y = Vec::with_capacity(x.numel() * s * s);
@@ -391,7 +391,7 @@ impl Backend for Reference {
         }
         tensor([n, c, h * s, w * s], y)
     }
-    /// `dy[N,C,s·H,s·W]` → `dx[N,C,H,W]`: dx[n,c,i,j] = Σ_{a,b < s} dy[n,c,s·i+a,s·j+b]
+    /// `dy[N,C,s·H,s·W]` → `dx[N,C,H,W]`: `dx[n,c,i,j] = Σ_{a,b < s} dy[n,c,s·i+a,s·j+b]`
     fn upsample_backward(&self, dy: &Tensor, s: usize) -> Tensor {
         let (n, c, oh, ow) = dy.shape.nchw();
         let (h, w) = (oh / s, ow / s);
@@ -429,7 +429,7 @@ impl Backend for Reference {
     }
 
     // ---- dense: nn/dense.rs, cpu/dense.rs, gpu/dense.rs (on the GEMM: shaders/gemm.wgsl) ----
-    /// `x[N,I]`, `w[O,I]`, `b[O]` → `y[N,O]`: y[n,o] = b[o] + Σ_i x[n,i]·w[o,i]
+    /// `x[N,I]`, `w[O,I]`, `b[O]` → `y[N,O]`: `y[n,o] = b[o] + Σ_i x[n,i]·w[o,i]`
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
         let y = (0..n * o)
@@ -443,7 +443,7 @@ impl Backend for Reference {
             .collect();
         tensor([n, o], y)
     }
-    /// `dy[N,O]`, `w[O,I]` → `dx[N,I]`: dx[n,i] = Σ_o dy[n,o]·w[o,i]
+    /// `dy[N,O]`, `w[O,I]` → `dx[N,I]`: `dx[n,i] = Σ_o dy[n,o]·w[o,i]`
     fn dense_backward_input(&self, dy: &Tensor, w: &Tensor) -> Tensor {
         let (n, o, i) = (dy.dims()[0], w.dims()[0], w.dims()[1]);
         let dx = (0..n * i)
@@ -456,7 +456,7 @@ impl Backend for Reference {
             .collect();
         tensor([n, i], dx)
     }
-    /// `x[N,I]`, `dy[N,O]` → (`dw[O,I]`: dw[o,i] = Σ_n dy[n,o]·x[n,i], `db[O]` = Σ_n dy[n,o])
+    /// `x[N,I]`, `dy[N,O]` → (`dw[O,I]`: `dw[o,i] = Σ_n dy[n,o]·x[n,i]`, `db[O]`: `db[o] = Σ_n dy[n,o]`)
     fn dense_backward_weight(&self, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
         let (n, i, o) = (x.dims()[0], x.dims()[1], dy.dims()[1]);
         let dw = (0..o * i)
@@ -499,7 +499,7 @@ impl Backend for Reference {
             .collect();
         Tensor::new(x.shape.clone(), dx)
     }
-    /// y[k] = x[k] / (1 − p) where `hash::uniform(key(seed), k)` ≥ p, else 0
+    /// `y[k] = x[k] / (1 − p)` where `hash::uniform(key(seed), k) ≥ p`, else 0
     fn dropout_forward(&self, x: &Tensor, p: f32, seed: u64) -> Tensor {
         let key = hash::key(seed);
         let y = x

@@ -184,7 +184,7 @@ fn layer_cases(spec: &ModelSpec, batch: usize) -> Result<Vec<(LayerInfo, String,
     Ok(out)
 }
 
-/// Every op of `spec`'s layers at the model's shapes with a batch of `batch` ([`layer_cases`]),
+/// Every op of `spec`'s layers at the model's shapes with a batch of `batch` (`layer_cases`),
 /// then the loss and an Adam update of every parameter. Each pass of each op (`backend::cases`,
 /// the list the tests check against the reference) runs the backend's kernel on the case's
 /// inputs.

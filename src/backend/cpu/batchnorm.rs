@@ -159,7 +159,7 @@ fn normalise(
 }
 
 /// The batch's statistics, then y = γ (x − mean) inv_std + β through the epilogue `then`
-/// ([`normalise`]).
+/// (`normalise`).
 pub fn forward_train(
     x: &[f32],
     (gamma, beta): (&[f32], &[f32]),

@@ -115,19 +115,19 @@ pub enum Unfolding {
     /// no `col` round trip through memory. The default where [`Unfolding::Flat`] does not pay,
     /// and the only implicit way for the weight and input gradients.
     Implicit,
-    /// The image copied once into padded planes laid out flat ([`Flat`], dealt into phases at a
+    /// The image copied once into padded planes laid out flat (`Flat`, dealt into phases at a
     /// stride), where row (ci, ky, kx) of `col` is one contiguous run of plane ci from the tap's
-    /// offset ([`FlatCol`]): packing a block is copying runs, with no index arithmetic per pixel
+    /// offset (`FlatCol`): packing a block is copying runs, with no index arithmetic per pixel
     /// nor, at a stride, per element. The product then has `(KW−1)/s` columns per output row
     /// past the plane's edge, dropped afterwards. The input gradient folds dcol back the same
-    /// way ([`FlatInputGradient`]). The same sums as the others, bit for bit (the same products,
+    /// way (`FlatInputGradient`). The same sums as the others, bit for bit (the same products,
     /// only packed and folded differently).
     Flat,
 }
 
 impl Unfolding {
     /// The unfolding of `g`'s forward pass and input gradient: [`Unfolding::Flat`] where it
-    /// applies and pays ([`flat_unfolding_pays`]), else implicit (the input gradient's
+    /// applies and pays (`flat_unfolding_pays`), else implicit (the input gradient's
     /// implicit way is `col2im`); `FRACTURE_CONV_UNFOLDING=copy|implicit|flat` forces one (flat
     /// only where it applies), for benchmarks and tests.
     pub fn choose(g: &Conv2dGeom) -> Unfolding {
@@ -482,7 +482,7 @@ impl Conv<'_> {
     }
 }
 
-/// One image's input channels laid out flat ([`Flat`]): each plane padded (dealt into phases
+/// One image's input channels laid out flat (`Flat`): each plane padded (dealt into phases
 /// at a stride), `[Ci, padded_len]`, and the offset of each tap into a plane's phases.
 struct FlatPlanes {
     flat: Flat,
@@ -714,10 +714,10 @@ pub enum WeightGradient {
 }
 
 impl WeightGradient {
-    /// Flat where it applies, the output plane has [`FLAT_MIN_OUTPUTS`] pixels or more and the
-    /// layer fewer than [`FLAT_MAX_CHANNELS`] output channels; not for a pointwise layer (already
+    /// Flat where it applies, the output plane has `FLAT_MIN_OUTPUTS` pixels or more and the
+    /// layer fewer than `FLAT_MAX_CHANNELS` output channels; not for a pointwise layer (already
     /// a plain GEMM), nor under `FRACTURE_CONV_UNFOLDING=copy`. Dots for a pointwise layer whose
-    /// plane has [`DOTS_MIN_PIXELS`] pixels or more, a whole number of AVX-512 registers.
+    /// plane has `DOTS_MIN_PIXELS` pixels or more, a whole number of AVX-512 registers.
     pub fn choose(g: &Conv2dGeom) -> WeightGradient {
         let pixels = g.out_h * g.out_w;
         if g.is_pointwise() && pixels >= DOTS_MIN_PIXELS && pixels.is_multiple_of(16) {
@@ -752,7 +752,7 @@ const DOTS_MIN_PIXELS: usize = 1024;
 /// at 32×32 and 16×16 were no faster flat (20–26 ms both ways; 11–14 against 11–15).
 const FLAT_MAX_CHANNELS: usize = 128;
 
-/// One image and its dy laid out flat ([`Flat`]): the operands of [`WeightGradient::Flat`].
+/// One image and its dy laid out flat (`Flat`): the operands of [`WeightGradient::Flat`].
 struct FlatGrid<'g> {
     planes: FlatPlanes,
     g: &'g Conv2dGeom,

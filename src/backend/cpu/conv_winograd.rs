@@ -54,7 +54,7 @@ pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bo
 
 /// How many images of `g`'s batch go through the 16 products together. One image of a small
 /// plane has few tiles: a 6×6 output has 9, which fill 9 of the 32 columns of the GEMM's one
-/// strip, so the products ran at a quarter of their rate. Below [`GROUP_BELOW_TILES`] an image's
+/// strip, so the products ran at a quarter of their rate. Below `GROUP_BELOW_TILES` an image's
 /// tiles, the tiles of as many images as fit one block sit side by side in V and M (each image's
 /// a run of columns), leaving at least one group per thread. Every output is the same sum as
 /// alone: a column's products do not depend on the columns beside it.
@@ -69,7 +69,7 @@ pub fn images_per_group(g: &Conv2dGeom) -> usize {
 
 /// `dx[N,Ci,H,W]` of a 3×3 stride-1 convolution: itself a 3×3 stride-1 convolution, of `dy` with
 /// the filters turned by 180° and their channels swapped,
-///   dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][2 − ky][2 − kx],
+///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][2 − ky][2 − kx]`,
 /// padded by p' = 2 − pad_top above and q' = 2 − pad_left on the left.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let turned = Conv2dGeom {

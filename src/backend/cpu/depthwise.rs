@@ -3,14 +3,14 @@
 //! A depthwise layer does `KH·KW` multiply-adds per output value where a full convolution does
 //! `Ci·KH·KW`, so there is no matrix product worth lowering it onto: each pass is direct loops
 //! over (image, channel) planes, a few per rayon task when they are small. Two ways:
-//! - **flat** ([`Flat`], a stride the same both ways; `flat.rs`): the plane is copied once into a
+//! - **flat** (`Flat`, a stride the same both ways; `flat.rs`): the plane is copied once into a
 //!   buffer with its zero padding around it, where every tap is a fixed offset from its output:
 //!   the whole plane one loop, each block of outputs summed over all taps in registers and
 //!   written once. The weight gradient is `KH·KW` dot products over the same buffer; at stride 1
 //!   the input gradient is the same correlation of dy with the turned filter. At a larger stride
-//!   the input gradient is split into phases ([`InputPhase`]), each such a correlation with some
+//!   the input gradient is split into phases (`InputPhase`), each such a correlation with some
 //!   of the taps.
-//! - **per tap** ([`for_each_tap`], strides unequal in the two directions): for each kernel tap
+//! - **per tap** (`for_each_tap`, strides unequal in the two directions): for each kernel tap
 //!   (ky, kx) the loops run only over the outputs whose input pixel lies inside the image, so
 //!   the innermost loop has no bounds test.
 
@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// `xs` added into `lanes`, value i into lane i mod [`LANES`].
+/// `xs` added into `lanes`, value i into lane i mod `LANES`.
 fn add_lanes(lanes: &mut [f32; LANES], xs: &[f32]) {
     let blocks = xs.chunks_exact(LANES);
     for (l, &v) in blocks.remainder().iter().enumerate() {
@@ -201,7 +201,7 @@ fn sum_into_planes(
 /// `dx[N,C,H,W]`: each output's gradient goes back to the pixels it read, times their weights:
 /// `dx[n,c,iy,ix]` = Σ over taps and outputs that read (iy, ix) of `w[c,ky,kx]` · `dy[n,c,oy,ox]`.
 /// At stride 1, the correlation of dy with each filter turned by 180°; at a larger stride the
-/// same, phase by phase ([`InputPhase`]).
+/// same, phase by phase (`InputPhase`).
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let taps = g.kh * g.kw;
     if let Some(f) = Flat::backward_input(g) {
@@ -217,7 +217,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     }
 }
 
-/// The input gradient by the per-tap loops ([`for_each_tap`]): each tap's products scattered
+/// The input gradient by the per-tap loops (`for_each_tap`): each tap's products scattered
 /// into dx, `stride` apart.
 fn backward_input_per_tap(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
@@ -234,7 +234,7 @@ fn backward_input_per_tap(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
 /// Only the taps `(ry + s·j, rx + s·i)` reach them, from outputs `(A − j, B − i)`, so the phase
 /// is the stride-1 correlation of dy with those taps turned by 180°: at stride 2 a 3×3 filter
 /// splits into 2×2, 2×1, 1×2 and 1×1 taps over four phases, nine multiply-adds per output in
-/// all, each phase summed in registers like the stride-1 passes ([`Flat`]).
+/// all, each phase summed in registers like the stride-1 passes (`Flat`).
 struct InputPhase {
     /// The correlation of dy giving the phase's `rows × cols` pixels (none when no tap
     /// reaches them: a kernel smaller than the stride).
@@ -312,7 +312,7 @@ impl InputPhase {
     }
 }
 
-/// The strided input gradient as the sum of its phases ([`InputPhase`]): each plane of dy
+/// The strided input gradient as the sum of its phases (`InputPhase`): each plane of dy
 /// correlated once per phase in a thread's buffers, and each phase's pixels written once into
 /// dx, `stride` apart.
 fn backward_input_by_phases(
@@ -382,7 +382,7 @@ fn scatter_every(s: usize, src: Option<&[f32]>, dst: &mut [MaybeUninit<f32>], n:
 
 /// (`dw[C,1,KH,KW]` = Σ_{n,oy,ox} `dy[n,c,oy,ox]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`,
 ///  `db[C]` = Σ_{n,oy,ox} `dy[n,c,oy,ox]`), one channel per rayon task (so the sums run in
-/// the same order on every machine). On the flat path each sum is kept in [`LANES`] lanes over
+/// the same order on every machine). On the flat path each sum is kept in `LANES` lanes over
 /// all the images and reduced once: reduced image by image, the ten chains of 32 additions
 /// cost more than the products on MobileNet's 8×8 and 4×4 planes.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<f32>) {

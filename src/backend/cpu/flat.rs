@@ -2,13 +2,13 @@
 //! offset from its output: the depthwise passes (`depthwise.rs`) and the full convolution's
 //! weight gradient (`conv.rs`) run on them.
 //!
-//! A plane is copied once into a buffer with its zero padding around it, rows `wq` wide ([`Flat`]);
+//! A plane is copied once into a buffer with its zero padding around it, rows `wq` wide (`Flat`);
 //! then at stride 1 output `i` (counted in rows of `wq`) reads `P[i + ky·wq + kx]` at tap (ky, kx),
 //! and at stride s the padded plane is dealt into s² phases in which every tap is again a fixed
 //! offset. So a correlation is one loop over the plane with blocks of outputs summed over all taps
-//! in registers ([`correlate`]), and a weight gradient is dot products of dy, laid out on the same
-//! rows, with the padded plane at each tap's offset ([`dot_offsets`] for one channel's own filter,
-//! [`dot_rows`] for every output channel against every input channel). Each is compiled for every
+//! in registers (`correlate`), and a weight gradient is dot products of dy, laid out on the same
+//! rows, with the padded plane at each tap's offset (`dot_offsets` for one channel's own filter,
+//! `dot_rows` for every output channel against every input channel). Each is compiled for every
 //! SIMD level of [`Kernel`] (AVX-512, AVX2 + FMA, portable; the GEMM's choice,
 //! `FRACTURE_CPU_KERNEL`).
 
@@ -193,7 +193,7 @@ pub(super) fn flat_buffers(f: &Flat) -> (Vec<f32>, Vec<f32>) {
     (vec![0f32; f.padded_len()], vec![0f32; f.flat_outputs()])
 }
 
-/// Outputs summed together in registers by [`correlate`] and [`dot_offsets`].
+/// Outputs summed together in registers by `correlate` and `dot_offsets`.
 pub(super) const LANES: usize = 32;
 
 /// `out[i]` = bias + Σ_k `w[k]` · `p[i + offsets[k]]`, in blocks of [`LANES`] outputs (`out`
@@ -333,7 +333,7 @@ pub(super) fn dot_offsets(
     dot_offsets_lanes(a, p, offsets, sums)
 }
 
-/// A SIMD register of f32 lanes as [`dot_rows`] uses it: each of its sums lives in one.
+/// A SIMD register of f32 lanes as `dot_rows` uses it: each of its sums lives in one.
 ///
 /// # Safety
 /// Every function needs the processor to have the implementation's instructions (callers run in
