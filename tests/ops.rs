@@ -11,7 +11,7 @@ use fracture_cnn::backend::cpu::conv::Algorithm;
 use fracture_cnn::backend::cpu::gemm::Kernel;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::GemmKernel;
-use fracture_cnn::backend::reference::Reference;
+use fracture_cnn::backend::reference::{self, Reference};
 use fracture_cnn::backend::Backend;
 use fracture_cnn::tensor::Tensor;
 
@@ -169,4 +169,44 @@ fn largest(t: &Tensor) -> usize {
     (0..t.numel())
         .max_by(|&a, &b| t.data[a].abs().total_cmp(&t.data[b].abs()))
         .unwrap_or(0)
+}
+
+/// Batch norm's running statistics as the layer keeps them, on `be`, against the reference's
+/// definition (PyTorch's) over two training batches of a convolutional and a dense shape.
+fn assert_running_statistics_are_the_references<B: Backend>(be: &B) {
+    use fracture_cnn::nn::{batchnorm::BatchNorm, Layer, Mode};
+    for shape in [vec![3, 4, 5, 5], vec![6, 4]] {
+        let c = shape[1];
+        let mut layer = BatchNorm::new(be, c, 0.1, 1e-5);
+        let mut want = (Tensor::zeros([c]), Tensor::full([c], 1.0));
+        for seed in [1, 2] {
+            let x = Tensor::rand_uniform(shape.clone(), -1.0, 3.0, seed);
+            layer.forward(be, be.upload(&x), Mode::Train { seed });
+            want = reference::batchnorm_running_stats(&x, (&want.0, &want.1), 0.1);
+        }
+        let stats = layer.params();
+        let got = |name: &str| {
+            let p = stats.iter().find(|p| p.name == name).unwrap();
+            be.download(&p.value)
+        };
+        got("running_mean").check_close(&want.0, TOL).unwrap();
+        got("running_var").check_close(&want.1, TOL).unwrap();
+    }
+}
+
+/// One channel of 1, 2, 3, 6 (μ 3, σ² 14/4, unbiased 14/3) moved from mean 0 and variance 1 with
+/// momentum 0.1: mean 0.3 and variance 0.9 + 0.1 · 14/3; then the layer on every backend.
+#[test]
+fn batchnorm_running_statistics_are_pytorchs() {
+    let x = Tensor::new([2, 1, 1, 2], vec![1.0, 2.0, 3.0, 6.0]);
+    let (mean, var) =
+        reference::batchnorm_running_stats(&x, (&Tensor::zeros([1]), &Tensor::full([1], 1.0)), 0.1);
+    mean.check_close(&Tensor::new([1], vec![0.3]), 1e-6)
+        .unwrap();
+    var.check_close(&Tensor::new([1], vec![0.9 + 0.1 * 14.0 / 3.0]), 1e-6)
+        .unwrap();
+    assert_running_statistics_are_the_references(&Cpu);
+    if let Some(gpu) = common::gpu::backend() {
+        assert_running_statistics_are_the_references(gpu);
+    }
 }

@@ -140,6 +140,31 @@ fn channel_moments(x: &Tensor) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Batch norm's running statistics after a training batch `x[N,C,H,W]` or `[N,F]`, as PyTorch
+/// defines them: with M = N·H·W values a channel,
+///   `mean[c] ← (1 − momentum) · mean[c] + momentum · μ[c]`
+///   `var[c]  ← (1 − momentum) · var[c]  + momentum · σ²[c] · M / (M − 1)`
+/// (the unbiased variance: the batch's own σ² normalises the batch, the unbiased one estimates the
+/// population's; M / (M − 1) is 1 when M = 1). `nn/batchnorm.rs` does this with the backend's
+/// `ema_update`; `tests/ops.rs` holds it to this definition.
+pub fn batchnorm_running_stats(
+    x: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    momentum: f32,
+) -> (Tensor, Tensor) {
+    let (n, _, hw) = channels(x);
+    let m = (n * hw) as f64;
+    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    let k = momentum as f64;
+    let moments = channel_moments(x);
+    let step = |old: &Tensor, batch: &dyn Fn(&(f64, f64)) -> f64| {
+        let c = moments.len();
+        let new = (0..c).map(|ch| (1.0 - k) * old.data[ch] as f64 + k * batch(&moments[ch]));
+        tensor([c], new.collect())
+    };
+    (step(mean, &|m| m.0), step(var, &|m| m.1 * unbiased))
+}
+
 /// y = gamma[c] (x − mean[c]) / sqrt(var[c] + eps) + beta[c] for every element of channel c.
 fn normalise(
     x: &Tensor,
