@@ -4,12 +4,12 @@
 //! crash or a full disk never leaves a half-written checkpoint behind.
 
 use crate::backend::Backend;
+use crate::files::write_atomic;
 use crate::nn::{Model, ModelSpec};
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 /// What a checkpoint says about itself beyond its tensors.
@@ -79,39 +79,6 @@ fn write_tensors(info: &CheckpointInfo, tensors: Vec<(String, Tensor)>, path: &P
     let data = safetensors::serialize(views, &Some(metadata))
         .context("cannot serialise the checkpoint")?;
     write_atomic(path, &data)
-}
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create folder {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Some(k) = crate::faults::cut_write_at(path).filter(|&k| k < data.len()) {
-            f.write_all(&data[..k])?;
-            f.sync_all()?;
-            crate::faults::die_mid_write(path, k);
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
 }
 
 /// Sets the decision threshold saved in the checkpoint at `path` (rewritten atomically, every

@@ -2,7 +2,26 @@
 //! plots read by name), how it is written, and where it shows in the epoch's log line. A new
 //! figure is one row here, and the CSV, the log and the plots agree on it.
 
-use crate::train::EpochReport;
+use crate::metrics::Metrics;
+use serde::Serialize;
+
+/// The figures of one epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    /// Validation metrics at the threshold 0.5.
+    pub val: Metrics,
+    /// The threshold that maximises balanced accuracy on validation (saved with the model), and
+    /// the validation metrics there.
+    pub threshold: f32,
+    pub at_threshold: Metrics,
+    /// The learning rate of the epoch.
+    pub lr: f32,
+    pub seconds: f64,
+    pub train_images_per_s: f64,
+}
 
 /// How a column's value is written.
 #[derive(Clone, Copy, PartialEq)]

@@ -23,10 +23,11 @@
 pub mod compare;
 
 use crate::backend::Backend;
-use crate::checkpoint::{self, write_atomic};
+use crate::checkpoint;
 use crate::data::annotations::{Annotations, Groups};
 use crate::data::folds::Assignment;
 use crate::data::DataDir;
+use crate::files::write_atomic;
 use crate::metrics::localization::LocalizationReport;
 use crate::metrics::report::{average_precision, brier, mean_and_sd};
 use crate::metrics::{best_threshold, roc_curve, Bootstrap, Metrics, Report};

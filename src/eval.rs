@@ -158,7 +158,7 @@ pub fn evaluate<B: Backend>(
                 class_name(p >= threshold)
             ));
         }
-        checkpoint::write_atomic(csv, text.as_bytes())?;
+        crate::files::write_atomic(csv, text.as_bytes())?;
     }
     let report = Report::new(probs, labels, threshold, bce(probs, labels), o.bootstrap);
     if let Some(dir) = &o.figures {

@@ -1,8 +1,20 @@
 //! fracture-cnn: a convolutional-network engine written from scratch, with a CPU backend (rayon)
 //! and a GPU backend (WGSL compute shaders on wgpu), that trains a classifier of bone X-rays.
 //!
-//! Read it bottom-up: [`tensor`] (host tensors) → [`backend`] (the primitive ops, forward and
-//! backward) → [`nn`] (layers and models built from them) → [`optim`], [`data`], [`train`] → [`eval`].
+//! Read it bottom-up. The modules stand in layers, and each uses only modules of the layers below
+//! its own (`tests/architecture.rs` reads this list and checks every `crate::` path in `src/`,
+//! intra-doc links included):
+//! 1. [`tensor`] (host tensors), [`faults`] (fault injection for the tests)
+//! 2. [`backend`]: the primitive ops, forward and backward, on the CPU and the GPU; [`files`]:
+//!    files written whole or not at all
+//! 3. [`data`]: X-rays, their folds, augmentation and outlines
+//! 4. [`nn`]: layers and models built from the ops; [`localize`]: where a map says a fracture is
+//! 5. [`checkpoint`], [`optim`], [`metrics`], [`explain`] (Grad-CAM), [`gradcheck`]
+//! 6. [`columns`], [`callbacks`], [`plots`], [`bench`](mod@bench), [`export`]
+//! 7. [`train`], [`eval`], [`inspect`]
+//! 8. [`cv`], [`serve`]
+//!
+//! The binary's `cli` sits on top of them all.
 
 pub mod backend;
 pub mod bench;
@@ -15,6 +27,7 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod faults;
+pub mod files;
 pub mod gradcheck;
 pub mod inspect;
 pub mod localize;

@@ -2,7 +2,7 @@
 //! from `metrics.csv` after every epoch, and the ROC curve and confusion matrix of the best
 //! epoch. Drawn with `plotters` into a pixel buffer, encoded by `image`, written atomically.
 
-use crate::checkpoint::write_atomic;
+use crate::files::write_atomic;
 use crate::metrics::report::CalibrationBin;
 use crate::metrics::{roc_curve, Confusion};
 use anyhow::{Context, Result};

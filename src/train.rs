@@ -4,7 +4,7 @@
 use crate::backend::{hash, Backend};
 use crate::callbacks::{Callbacks, Standing};
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::columns;
+use crate::columns::{self, EpochReport};
 use crate::data::{augment, Augment, DataDir, Dataset, Framing, Split, Square};
 use crate::metrics::{self, Metrics};
 use crate::nn::{loss, Mode, Model, ModelSpec};
@@ -191,24 +191,6 @@ pub fn stop_on_signals() -> Result<()> {
         eprintln!("\nstopping after this step and saving the run (Ctrl-C again to quit at once)");
     })
     .context("cannot install the Ctrl-C handler")
-}
-
-/// The figures of one epoch.
-#[derive(Clone, Debug, Serialize)]
-pub struct EpochReport {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    /// Validation metrics at the threshold 0.5.
-    pub val: Metrics,
-    /// The threshold that maximises balanced accuracy on validation (saved with the model), and
-    /// the validation metrics there.
-    pub threshold: f32,
-    pub at_threshold: Metrics,
-    /// The learning rate of the epoch.
-    pub lr: f32,
-    pub seconds: f64,
-    pub train_images_per_s: f64,
 }
 
 /// What a finished (or interrupted) run leaves behind.
@@ -760,7 +742,7 @@ fn write_config<B: Backend>(
     let config_json = serde_json::to_string_pretty(&serde_json::json!({
         "config": cfg, "spec": spec, "pos_weight": pos_weight, "backend": be.name(),
     }))?;
-    checkpoint::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())
+    crate::files::write_atomic(&run_dir.join("config.json"), config_json.as_bytes())
 }
 
 /// What a checkpoint of the run says about itself where it stands (no training state).
@@ -919,7 +901,7 @@ fn run<B: Backend>(
         }
         state.csv.push_str(&columns::csv_row(&report));
         state.csv.push('\n');
-        checkpoint::write_atomic(&run_dir.join("metrics.csv"), state.csv.as_bytes())?;
+        crate::files::write_atomic(&run_dir.join("metrics.csv"), state.csv.as_bytes())?;
         warn_on_error(plots::training_curves(run_dir, &state.csv));
         save_last(be, spec, &state, run_dir)?;
         reports.push(report);

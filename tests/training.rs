@@ -174,7 +174,7 @@ fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model()
     // the averaged weights, the mixup draws and the warm-up all carry over a resume
     let part = train::train(&Cpu, &recipe("b", 2)).unwrap();
     let rest = train::resume(&Cpu, &part.run_dir, Some(5)).unwrap();
-    let losses = |epochs: &[train::EpochReport]| -> Vec<(f64, f64)> {
+    let losses = |epochs: &[fracture_cnn::columns::EpochReport]| -> Vec<(f64, f64)> {
         epochs.iter().map(|e| (e.train_loss, e.val.loss)).collect()
     };
     let mut joined = losses(&part.epochs);

@@ -2,17 +2,16 @@
 //! every check and timing of the ops (as llm.c's `dev/cuda` harness does for its kernels):
 //! - each backend's forward and backward passes against the [`Reference`](super::reference)
 //!   backend (`tests/ops.rs`);
-//! - each backward pass against finite differences of its forward pass ([`crate::gradcheck`]);
+//! - each backward pass against finite differences of its forward pass (`gradcheck`);
 //! - the GPU against the CPU, on every GPU kernel variant (`tests/gpu_parity.rs`);
-//! - `bench`'s per-op timings, at a model's own shapes ([`Op::for_layer`]).
+//! - `bench`'s per-op timings, at a model's own shapes (`bench::layer_case`: the backend knows no
+//!   layer).
 //!
 //! A new op, or a new shape that a kernel treats differently, is one entry here.
 
 use super::{
     AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Padding, Pool2dGeom, SgdStep,
 };
-use crate::nn::spec::LayerInfo;
-use crate::nn::LayerSpec;
 use crate::tensor::{Shape, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
@@ -582,54 +581,6 @@ impl Op {
             }
         }
         out
-    }
-
-    /// The ops of one layer of a model at its shapes, with a batch of `batch` (none for a
-    /// flatten, which moves no data).
-    pub fn for_layer(info: &LayerInfo, batch: usize) -> Option<Op> {
-        let batched = |sample: &[usize]| -> Vec<usize> {
-            std::iter::once(batch)
-                .chain(sample.iter().copied())
-                .collect()
-        };
-        let op = match &info.spec {
-            LayerSpec::Conv2d { .. } => {
-                Op::Conv2d(info.spec.conv_geom(&info.input)?.with_batch(batch))
-            }
-            LayerSpec::DepthwiseConv2d { .. } => {
-                Op::Depthwise(info.spec.conv_geom(&info.input)?.with_batch(batch))
-            }
-            LayerSpec::MaxPool { .. } => {
-                Op::MaxPool(info.spec.pool_geom(&info.input)?.with_batch(batch))
-            }
-            LayerSpec::BatchNorm { .. } => Op::BatchNorm(batched(&info.input), Epilogue::NONE),
-            LayerSpec::GlobalAvgPool => {
-                let [c, h, w] = info.input[..] else {
-                    return None;
-                };
-                Op::GlobalAvgPool([batch, c, h, w])
-            }
-            LayerSpec::Dense { units } => Op::Dense {
-                n: batch,
-                i: info.input[0],
-                o: *units,
-            },
-            // the sum itself; a projection's 1x1 convolution is timed within whole steps
-            LayerSpec::Add => Op::Add(batched(&info.output)),
-            LayerSpec::Relu => Op::Relu(batched(&info.input)),
-            LayerSpec::Dropout { rate } => Op::Dropout {
-                shape: batched(&info.input),
-                p: *rate,
-            },
-            LayerSpec::Flatten => return None,
-            LayerSpec::Upsample { factor } => {
-                let [c, h, w] = info.input[..] else {
-                    return None;
-                };
-                Op::Upsample([batch, c, h, w], *factor)
-            }
-        };
-        Some(op)
     }
 }
 

@@ -10,9 +10,11 @@ pub mod report;
 
 pub use report::{Backends, ChildResult, Report};
 
+use crate::backend::cases;
 use crate::backend::gpu::{Gpu, KernelTime};
-use crate::backend::{cases, AdamStep, Backend, Epilogue};
+use crate::backend::{AdamStep, Backend, Epilogue};
 use crate::nn::spec::LayerInfo;
+use crate::nn::LayerSpec;
 use crate::nn::{self, loss, Mode, Model, ModelSpec};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::tensor::Tensor;
@@ -152,6 +154,50 @@ fn batched(batch: usize, sample: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// The op case of one layer of a model at its shapes, with a batch of `batch` (none for a
+/// flatten, which moves no data).
+fn layer_case(info: &LayerInfo, batch: usize) -> Option<cases::Op> {
+    let batched = |sample: &[usize]| batched(batch, sample);
+    let op = match &info.spec {
+        LayerSpec::Conv2d { .. } => {
+            cases::Op::Conv2d(info.spec.conv_geom(&info.input)?.with_batch(batch))
+        }
+        LayerSpec::DepthwiseConv2d { .. } => {
+            cases::Op::Depthwise(info.spec.conv_geom(&info.input)?.with_batch(batch))
+        }
+        LayerSpec::MaxPool { .. } => {
+            cases::Op::MaxPool(info.spec.pool_geom(&info.input)?.with_batch(batch))
+        }
+        LayerSpec::BatchNorm { .. } => cases::Op::BatchNorm(batched(&info.input), Epilogue::NONE),
+        LayerSpec::GlobalAvgPool => {
+            let [c, h, w] = info.input[..] else {
+                return None;
+            };
+            cases::Op::GlobalAvgPool([batch, c, h, w])
+        }
+        LayerSpec::Dense { units } => cases::Op::Dense {
+            n: batch,
+            i: info.input[0],
+            o: *units,
+        },
+        // the sum itself; a projection's 1x1 convolution is timed within whole steps
+        LayerSpec::Add => cases::Op::Add(batched(&info.output)),
+        LayerSpec::Relu => cases::Op::Relu(batched(&info.input)),
+        LayerSpec::Dropout { rate } => cases::Op::Dropout {
+            shape: batched(&info.input),
+            p: *rate,
+        },
+        LayerSpec::Flatten => return None,
+        LayerSpec::Upsample { factor } => {
+            let [c, h, w] = info.input[..] else {
+                return None;
+            };
+            cases::Op::Upsample([batch, c, h, w], *factor)
+        }
+    };
+    Some(op)
+}
+
 /// The op cases of `spec`'s layers as a training step runs them, with a batch of `batch`: a batch
 /// norm with the ReLU and max pooling it runs inside its passes (`nn::model::epilogues`) is one
 /// case, and those layers have none of their own. With each: its layer and its label.
@@ -165,7 +211,7 @@ fn layer_cases(spec: &ModelSpec, batch: usize) -> Result<Vec<(LayerInfo, String,
             covered -= 1;
             continue;
         }
-        let Some(mut case) = cases::Op::for_layer(&info, batch) else {
+        let Some(mut case) = layer_case(&info, batch) else {
             continue; // a flatten moves no data
         };
         let mut label = format!("{:02} {}", info.index, info.spec.describe());

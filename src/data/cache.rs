@@ -9,7 +9,7 @@
 
 use super::folder::Sample;
 use super::image::Framing;
-use crate::checkpoint::write_atomic;
+use crate::files::write_atomic;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

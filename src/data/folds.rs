@@ -5,7 +5,7 @@
 
 use super::check::{self, DHash};
 use super::folder::{DataDir, Sample};
-use crate::checkpoint::write_atomic;
+use crate::files::write_atomic;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};

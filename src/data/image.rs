@@ -54,7 +54,7 @@ pub struct Square {
     pub side: usize,
     pub framing: Framing,
     /// The input's side as a fraction of the framed square's, from
-    /// [`MIN_CROP`](crate::nn::spec::MIN_CROP) to 1.
+    /// `nn::spec::MIN_CROP` to 1.
     pub crop: f32,
 }
 

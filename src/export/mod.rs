@@ -55,7 +55,7 @@ pub fn export(checkpoint: &Path, out: &Path) -> Result<Exported> {
     let (model, info) = checkpoint::load(&Cpu, checkpoint)?;
     let (bytes, nodes) = onnx_model(&Cpu, &model, &info)
         .with_context(|| format!("cannot export {}", checkpoint.display()))?;
-    checkpoint::write_atomic(out, &bytes)?;
+    crate::files::write_atomic(out, &bytes)?;
     Ok(Exported {
         nodes,
         bytes: bytes.len(),
