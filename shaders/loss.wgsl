@@ -1,5 +1,5 @@
 // loss.wgsl — the fused sigmoid + binary cross-entropy on logits, and its gradient.
-// Twin of bce_with_logits in src/backend/cpu/elementwise.rs; derived in src/nn/loss.rs.
+// Twin of bce_with_logits in src/backend/cpu/loss.rs; derived in src/nn/loss.rs.
 //
 // Bindings: 0 params (uniform), 1 z (logits, read), 2 y (targets, read), 3 grad (read_write),
 // 4 loss (one value, read_write).

@@ -1,4 +1,4 @@
-// optim.wgsl — parameter updates, in place. Twin of adam/sgd in src/backend/cpu/elementwise.rs.
+// optim.wgsl — parameter updates, in place. Twin of adam/sgd in src/backend/cpu/optim.rs.
 //
 // Bindings: 0 params (uniform), 1 grad (read), 2 param, 3 state_a (Adam's m, SGD's velocity),
 // 4 state_b (Adam's v) (read_write).

@@ -79,6 +79,10 @@ pub struct MapLoss {
     pub weight: f32,
     /// Weight of a fracture cell against a cell without one.
     pub pos_weight: f32,
+    /// Weight of the pointing loss ([`crate::nn::loss::map_pointing`]: a softmax over each
+    /// fractured image's cells against its outlines) beside the per-cell loss; 0 leaves it out.
+    #[serde(default)]
+    pub pointing: f32,
 }
 
 impl Default for MapLoss {
@@ -86,6 +90,7 @@ impl Default for MapLoss {
         MapLoss {
             weight: 1.0,
             pos_weight: 10.0,
+            pointing: 0.0,
         }
     }
 }
@@ -281,6 +286,9 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
             m.weight,
             m.pos_weight
         );
+    }
+    if !(m.pointing.is_finite() && m.pointing >= 0.0) {
+        bail!("--map-pointing must be 0 or more, got {}", m.pointing);
     }
     Ok(())
 }
@@ -1108,7 +1116,16 @@ fn train_step<B: Backend>(
     let (map_loss, dmap) = match (map, map_targets) {
         (Some(map), Some((t, weights))) => {
             let m = &cfg.map_loss;
-            let (lm, mut dm) = loss::map_bce(&be.download(&map), &t, &weights, m.pos_weight);
+            let map = be.download(&map);
+            let (mut lm, mut dm) = loss::map_bce(&map, &t, &weights, m.pos_weight);
+            if m.pointing > 0.0 {
+                let (lp, dp) = loss::map_pointing(&map, &t, &weights);
+                lm += m.pointing * lp;
+                dm.data
+                    .iter_mut()
+                    .zip(&dp.data)
+                    .for_each(|(g, p)| *g += m.pointing * p);
+            }
             dm.data.iter_mut().for_each(|g| *g *= m.weight);
             (m.weight * lm, Some(be.upload(&dm)))
         }

@@ -84,6 +84,12 @@ fn runtime_errors_exit_1_with_a_message_naming_the_problem() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--lr must be a positive number"));
 
+    let o = run(&["train", "--map-pointing=-0.5", "--backend", "cpu"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o)
+        .1
+        .contains("--map-pointing must be 0 or more, got -0.5"));
+
     let o = run(&["model", "summary", "--model", "resnot"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o)

@@ -105,8 +105,8 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
     let dir = tempfile::tempdir().unwrap();
     let (data, runs) = (dir.path().join("data"), dir.path().join("runs"));
     write_marked_dataset(&data, 24);
-    let train = |model: &str, epochs: &str| {
-        let more = [
+    let train_with = |model: &str, epochs: &str, extra: &[&str]| {
+        let mut more = vec![
             "--epochs",
             epochs,
             "--batch-size",
@@ -115,10 +115,12 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
             "3e-3",
             "--no-augment",
         ];
+        more.extend_from_slice(extra);
         let o = run_on("train", (&data, &runs), (model, SIDE), &more);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    let train = |model: &str, epochs: &str| train_with(model, epochs, &[]);
     let printed = train("resnet-4-1-loc", "25");
     assert!(
         printed.contains("24 of 24 fractured training images outlined"),
@@ -173,6 +175,23 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
         (0.0..=64.0).contains(&x) && (0.0..=64.0).contains(&y),
         "{p}"
     );
+
+    // the pointing loss joins the map's: one epoch from the same seed with it and without it,
+    // whose losses differ by about the softmax's over the cells (ln 16 at first for a 4 × 4
+    // map), and whose weights move elsewhere (the same validation loss would mean its gradient
+    // never reached them)
+    let epoch_line = |extra: &[&str]| {
+        let printed = train_with("resnet-4-1-loc", "1", extra);
+        let line = printed.lines().find(|l| l.starts_with("epoch")).unwrap();
+        let figure = |name: &str| -> f64 {
+            let after = line.split(name).nth(1).unwrap().trim_start();
+            after.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        (figure("train loss"), figure("val loss"))
+    };
+    let (without, with) = (epoch_line(&[]), epoch_line(&["--map-pointing", "1"]));
+    assert!(with.0 > without.0 + 1.0, "{with:?} against {without:?}");
+    assert_ne!(with.1, without.1, "the pointing loss moved no weight");
 
     // the same recipe without a map points by Grad-CAM, and is judged by the same figures
     train("resnet-4-1", "3");

@@ -1,8 +1,10 @@
 //! The `Backend` trait: every primitive operation a model needs, forward and backward.
 //!
 //! Layers in `crate::nn` are written once against this trait; each backend (`cpu`, `gpu`) implements
-//! it for its own tensor type. The CPU backend is the reference: every other backend is tested
-//! against it on the same inputs, and it is itself tested against finite differences.
+//! it for its own tensor type. The reference backend (`reference.rs`: plain loops, sums in f64)
+//! defines every op: the CPU and GPU backends are tested against it on the cases of `cases.rs`,
+//! every backend's backward passes against finite differences of its forward passes, and the GPU
+//! against the CPU.
 //!
 //! Conventions (shared by every backend, so that results agree):
 //! - images are NCHW, dense features are `[N, F]` and are treated by batch norm as `[N, F, 1, 1]`;

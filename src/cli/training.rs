@@ -108,6 +108,11 @@ pub(super) struct TrainArgs {
     /// cover about 1 % of an X-ray).
     #[arg(long, value_name = "WEIGHT", default_value_t = 10.0)]
     map_pos_weight: f32,
+    /// Weight of the map's pointing loss beside its per-cell loss: a softmax over each fractured
+    /// X-ray's cells against its outlines, which trains the hottest place to be the fracture's
+    /// (0: left out).
+    #[arg(long, value_name = "WEIGHT", default_value_t = 0.0)]
+    map_pointing: f32,
     /// Continue the run in this folder (runs/<model>-NNN) from its last.safetensors, with the
     /// run's own options (only --epochs, --backend, --threads and --quiet apply).
     #[arg(long, value_name = "RUN_DIR")]
@@ -374,6 +379,7 @@ pub(super) fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         map_loss: train::MapLoss {
             weight: a.map_weight,
             pos_weight: a.map_pos_weight,
+            pointing: a.map_pointing,
         },
     })
 }

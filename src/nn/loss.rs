@@ -79,6 +79,42 @@ pub fn map_bce(
     (loss as f32, Tensor::new(map.shape.clone(), grad))
 }
 
+/// The fracture map's pointing loss, on the host: for each outlined image with a fracture, the
+/// cross-entropy between a softmax over its cells and the outline's share of each cell,
+///   q = t / Σt,   p = softmax(z),   ℓ = −Σ q·log p = logsumexp(z) − Σ q·z,   ∂ℓ/∂z = p − q.
+/// Where the per-cell loss asks each cell on its own whether it holds a fracture, this one asks
+/// which cell of the image does: it is least when the hottest cells are the fracture's, which is
+/// what the pointing game scores. The mean of ℓ over the images it applies to (weight 1 in
+/// `image_weights` and some target); the gradient carries that mean's 1 / images.
+/// Returns (loss, dloss/`dmap[N,1,H,W]`).
+pub fn map_pointing(map: &Tensor, targets: &Tensor, image_weights: &[f32]) -> (f32, Tensor) {
+    assert_eq!(map.shape, targets.shape, "a target per cell");
+    let n = image_weights.len();
+    let cells = map.numel() / n.max(1);
+    let mut grad = vec![0f32; map.numel()];
+    let pointed: Vec<usize> = (0..n)
+        .filter(|&k| image_weights[k] > 0.0)
+        .filter(|&k| targets.data[k * cells..(k + 1) * cells].iter().sum::<f32>() > 0.0)
+        .collect();
+    let mut sum = 0f64;
+    for &k in &pointed {
+        let z = &map.data[k * cells..(k + 1) * cells];
+        let t = &targets.data[k * cells..(k + 1) * cells];
+        let total: f64 = t.iter().map(|&v| v as f64).sum();
+        let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let exps: Vec<f64> = z.iter().map(|&v| (v as f64 - top).exp()).collect();
+        let norm: f64 = exps.iter().sum();
+        let log_norm = top + norm.ln();
+        for c in 0..cells {
+            let q = t[c] as f64 / total;
+            sum += q * (log_norm - z[c] as f64);
+            grad[k * cells + c] = ((exps[c] / norm - q) / pointed.len() as f64) as f32;
+        }
+    }
+    let loss = sum / pointed.len().max(1) as f64;
+    (loss as f32, Tensor::new(map.shape.clone(), grad))
+}
+
 /// softplus(z) = ln(1 + e^z), without overflow.
 fn softplus(z: f32) -> f32 {
     z.max(0.0) + (-z.abs()).exp().ln_1p()
@@ -115,5 +151,42 @@ mod tests {
         assert_eq!(loss, 0.0);
         assert!(grad.data.iter().all(|&g| g == 0.0));
         assert!(softplus(100.0).is_finite() && softplus(-100.0) >= 0.0);
+    }
+
+    #[test]
+    fn the_pointing_loss_is_a_softmax_over_cells_against_the_outlines_share() {
+        // three images of 3 cells: outlined with a fracture over cells 0 and 1 (3:1), healthy
+        // (no target: no term), and outlined but left out (weight 0)
+        let z = Tensor::new(
+            [3, 1, 1, 3],
+            vec![0.5, -1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 0.0, 0.0],
+        );
+        let t = Tensor::new(
+            [3, 1, 1, 3],
+            vec![0.75, 0.25, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+        );
+        let w = [1.0, 1.0, 0.0];
+        let (loss, grad) = map_pointing(&z, &t, &w);
+        let lse = (0.5f64.exp() + (-1.0f64).exp() + 2.0f64.exp()).ln();
+        let want = 0.75 * (lse - 0.5) + 0.25 * (lse + 1.0);
+        assert!((loss as f64 - want).abs() < 1e-6, "{loss} {want}");
+        assert!(grad.data[3..].iter().all(|&g| g == 0.0), "{grad:?}");
+        // the gradient p − q sums to 0 over an image's cells, and matches differences
+        assert!(grad.data[..3].iter().sum::<f32>().abs() < 1e-6);
+        for k in 0..3 {
+            let h = 1e-3;
+            let at = |d: f32| {
+                let mut zz = z.clone();
+                zz.data[k] += d;
+                map_pointing(&zz, &t, &w).0 as f64
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+            assert!((numeric - grad.data[k] as f64).abs() < 1e-4, "cell {k}");
+        }
+        // a map hottest on the fracture scores lower than one hottest elsewhere
+        let on = Tensor::new([1, 1, 1, 3], vec![4.0, 0.0, 0.0]);
+        let off = Tensor::new([1, 1, 1, 3], vec![0.0, 0.0, 4.0]);
+        let t1 = Tensor::new([1, 1, 1, 3], vec![1.0, 0.0, 0.0]);
+        assert!(map_pointing(&on, &t1, &[1.0]).0 < map_pointing(&off, &t1, &[1.0]).0);
     }
 }

@@ -1,5 +1,5 @@
 //! The fused sigmoid-BCE loss on the GPU (`shaders/loss.wgsl`), as on the CPU
-//! (`cpu/elementwise.rs`): one workgroup, a tree reduction of the per-sample losses.
+//! (`cpu/loss.rs`): one workgroup, a tree reduction of the per-sample losses.
 
 use super::params::{u, wgsl_params};
 use super::{Gpu, GpuTensor};

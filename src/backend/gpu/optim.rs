@@ -1,5 +1,5 @@
 //! The optimisers' in-place updates on the GPU (`shaders/optim.wgsl`), as on the CPU
-//! (`cpu/elementwise.rs`): one invocation per parameter.
+//! (`cpu/optim.rs`): one invocation per parameter.
 
 use super::context::grid_1d;
 use super::params::{u, wgsl_params};
