@@ -2,6 +2,8 @@
 //! run whose GPU fails to the CPU.
 
 use super::*;
+use std::cell::RefCell;
+use std::path::Path;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(super) enum SamplingName {
@@ -267,10 +269,14 @@ pub(super) fn run_train(a: TrainArgs) -> Result<Outcome> {
     if let Some(dir) = &a.resume {
         refuse_resume_conflicts(&a, &dir.join("config.json"))?;
         let (dir, epochs) = (dir.clone(), a.epochs);
+        let run = RefCell::new(Some(dir.clone()));
         let summary = match pick_backend(a.backend)? {
-            Some(gpu) => on_gpu(a.backend, || train::resume(&gpu, &dir, epochs), &|| {
-                train::resume(&Cpu, &dir, epochs)
-            }),
+            Some(gpu) => on_gpu(
+                a.backend,
+                &run,
+                || train::resume(&gpu, &dir, epochs),
+                &|| train::resume(&Cpu, &dir, epochs),
+            ),
             None => train::resume(&Cpu, &dir, epochs),
         }?;
         return Ok(outcome(&summary));
@@ -278,9 +284,14 @@ pub(super) fn run_train(a: TrainArgs) -> Result<Outcome> {
     let cfg = train_config(&a)?;
     let summary = match pick_backend(a.backend)? {
         Some(gpu) => profiled(&gpu, a.profile, || {
-            on_gpu(a.backend, || train::train(&gpu, &cfg), &|| {
-                train::train(&Cpu, &cfg)
-            })
+            let run = RefCell::new(None);
+            let told = |dir: &Path| *run.borrow_mut() = Some(dir.to_path_buf());
+            on_gpu(
+                a.backend,
+                &run,
+                || train::train_telling(&gpu, &cfg, &told),
+                &|| train::train(&Cpu, &cfg),
+            )
         }),
         None => {
             if a.profile {
@@ -436,9 +447,11 @@ pub(super) fn profiled<R>(gpu: &Gpu, profile: bool, work: impl FnOnce() -> Resul
 
 /// Runs `work` on the GPU. If the GPU fails on the way (device lost, out of memory), the run is
 /// carried on on the CPU from its last checkpoint under `--backend auto` (from the start, by
-/// `restart`, if it had none yet); under `--backend gpu` the error says how to resume.
+/// `restart`, if it had none yet); under `--backend gpu` the error says how to resume. `run` holds
+/// the run's folder once `work` has made it.
 pub(super) fn on_gpu(
     choice: BackendChoice,
+    run: &RefCell<Option<PathBuf>>,
     work: impl FnOnce() -> Result<train::RunSummary>,
     restart: &dyn Fn() -> Result<train::RunSummary>,
 ) -> Result<train::RunSummary> {
@@ -449,7 +462,7 @@ pub(super) fn on_gpu(
             Err(other) => std::panic::resume_unwind(other),
         },
     };
-    let run = train::current_run();
+    let run = run.borrow().clone();
     let checkpoint = run
         .as_ref()
         .map(|dir| dir.join("last.safetensors"))
