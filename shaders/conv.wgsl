@@ -1,6 +1,6 @@
 // conv.wgsl — unfolding images into patch columns (im2col) and folding columns back (col2im),
 // which turn the three passes of a convolution into products for gemm.wgsl.
-// Twin of im2col/col2im in src/backend/cpu/conv.rs.
+// Twin of im2col/col2im in src/backend/cpu/conv/unfold.rs.
 //
 // For a chunk of `images` images starting at image `first`:
 //   col[n][r][q] with r = (ci, ky, kx) and q = (oy, ox) holds x[first + n, ci, oy·sh + ky − pt, ox·sw + kx − pl]

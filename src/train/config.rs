@@ -92,7 +92,7 @@ impl Default for MapLoss {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Regularise {
     /// Validate, save and judge an exponential moving average of the weights with this decay
-    /// (e.g. 0.999), see [`WeightAverage`].
+    /// (e.g. 0.999), see [`WeightAverage`](crate::optim::WeightAverage).
     pub ema: Option<f32>,
     /// Train towards y(1 − ε) + ε/2 instead of y ∈ {0, 1}: the model is not pushed to infinite
     /// logits on images whose label a radiologist might dispute.

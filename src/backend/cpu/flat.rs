@@ -1,6 +1,6 @@
 //! Correlations over zero-padded planes laid out flat, where every tap of a filter is a fixed
 //! offset from its output: the depthwise passes (`depthwise.rs`) and the full convolution's
-//! weight gradient (`conv.rs`) run on them.
+//! weight gradient (`conv/weight_gradient.rs`) run on them.
 //!
 //! A plane is copied once into a buffer with its zero padding around it, rows `wq` wide (`Flat`);
 //! then at stride 1 output `i` (counted in rows of `wq`) reads `P[i + ky·wq + kx]` at tap (ky, kx),

@@ -4,7 +4,6 @@
 
 pub mod batchnorm;
 pub mod conv;
-pub mod conv_winograd;
 pub mod dense;
 pub mod depthwise;
 pub mod elementwise;

@@ -18,9 +18,18 @@
 //! than 128 output channels it is not a GEMM at all but dot products over the padded image laid
 //! out flat ([`WeightGradient`]).
 
-use super::flat::{dot_rows, Flat};
-use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackB, PackedA, NR};
-use super::{as_uninit, conv_winograd, filled, pool, written_by};
+mod flat_unfolding;
+mod unfold;
+mod weight_gradient;
+pub mod winograd;
+
+use flat_unfolding::*;
+pub use unfold::*;
+pub use weight_gradient::*;
+
+use super::flat::Flat;
+use super::gemm::{gemm, gemm_with_epilogue, Epilogue, Kernel, MatRef, PackedA};
+use super::{as_uninit, pool, written_by};
 use crate::backend::{Conv2dGeom, Pool2dGeom};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -53,55 +62,6 @@ fn with_buffer<R>(
 /// [`with_buffer`] with this thread's unfolding buffer, sized to one image's `col`.
 fn with_col<R>(g: &Conv2dGeom, f: impl FnOnce(&mut [f32]) -> R) -> R {
     with_buffer(&COL, g.patch_len() * g.out_h * g.out_w, f)
-}
-
-/// Input row (or column) read by output row `o` at kernel offset `k`, if inside the image.
-#[inline]
-fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
-}
-
-/// Unfolds one image `x[Ci,H,W]` into `col[Ci·KH·KW, Ho·Wo]`.
-pub fn im2col(x: &[f32], g: &Conv2dGeom, col: &mut [f32]) {
-    let (ho, wo) = (g.out_h, g.out_w);
-    let rows = col.chunks_exact_mut(ho * wo);
-    for (r, row) in rows.enumerate() {
-        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
-            match source_index(oy, ky, g.stride_h, g.pad_top, g.h) {
-                None => out.fill(0.0),
-                Some(iy) => {
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        *o = source_index(ox, kx, g.stride_w, g.pad_left, g.w)
-                            .map_or(0.0, |ix| src[ix]);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Folds `col[Ci·KH·KW, Ho·Wo]` back into `dx[Ci,H,W]` (which it overwrites), summing overlaps.
-pub fn col2im(col: &[f32], g: &Conv2dGeom, dx: &mut [MaybeUninit<f32>]) {
-    let dx = filled(dx, 0.0);
-    let (ho, wo) = (g.out_h, g.out_w);
-    for (r, row) in col.chunks_exact(ho * wo).enumerate() {
-        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for (oy, src) in row.chunks_exact(wo).enumerate() {
-            let Some(iy) = source_index(oy, ky, g.stride_h, g.pad_top, g.h) else {
-                continue;
-            };
-            let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-            for (ox, s) in src.iter().enumerate() {
-                if let Some(ix) = source_index(ox, kx, g.stride_w, g.pad_left, g.w) {
-                    dst[ix] += s;
-                }
-            }
-        }
-    }
 }
 
 /// How the unfolded input `col` reaches the GEMM.
@@ -172,7 +132,7 @@ fn flat_unfolding_pays(g: &Conv2dGeom) -> bool {
 pub enum Algorithm {
     /// The filters times the unfolded input ([`Unfolding`]): any kernel, stride and padding.
     Gemm,
-    /// Winograd F(2×2, 3×3) ([`super::conv_winograd`]): 2.25× fewer multiply-adds for 3×3
+    /// Winograd F(2×2, 3×3) ([`winograd`]): 2.25× fewer multiply-adds for 3×3
     /// stride-1 layers, which pays for its two transforms once both sides have at least
     /// [`WINOGRAD_MIN_CHANNELS`] channels (a 1-channel first layer has little to multiply).
     Winograd,
@@ -187,7 +147,7 @@ impl Algorithm {
     pub fn choose(g: &Conv2dGeom) -> Algorithm {
         let pays = g.c_in.min(g.c_out) >= WINOGRAD_MIN_CHANNELS;
         match Algorithm::forced() {
-            _ if !conv_winograd::applies(g) => Algorithm::Gemm,
+            _ if !winograd::applies(g) => Algorithm::Gemm,
             Some(a) => a,
             None if pays => Algorithm::Winograd,
             None => Algorithm::Gemm,
@@ -209,141 +169,6 @@ impl Algorithm {
 /// The process's forced algorithm, decided once (see [`Algorithm::forced`]).
 static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
 
-/// The `col[Ci·KH·KW, m·Ho·Wo]` of `m` images side by side (or, `transposed`, its transpose) as a
-/// GEMM operand that is never stored: packing a block reads the images.
-#[derive(Clone, Copy)]
-pub struct Unfolded<'a> {
-    /// The images, `[m,Ci,H,W]`; col's columns are their output pixels, image by image.
-    pub x: &'a [f32],
-    pub g: &'a Conv2dGeom,
-    pub transposed: bool,
-}
-
-impl Unfolded<'_> {
-    /// Output pixels of all the images: col's columns.
-    fn pixels(&self) -> usize {
-        let g = self.g;
-        self.x.len() / (g.c_in * g.h * g.w) * g.out_h * g.out_w
-    }
-
-    /// Writes row r of col, from pixel j0 for nc pixels, into `out` in runs that stay inside one
-    /// output row of one image and one packed strip: the run of pixel j0 + j starts at `at(j)`.
-    /// Positions advance by counting, not dividing (this runs for every row of every block).
-    #[inline]
-    fn pack_row(
-        &self,
-        r: usize,
-        j0: usize,
-        nc: usize,
-        out: &mut [f32],
-        at: impl Fn(usize) -> usize,
-    ) {
-        let g = self.g;
-        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-        let image_len = g.c_in * g.h * g.w;
-        let (n, pixel) = (j0 / (g.out_h * g.out_w), j0 % (g.out_h * g.out_w));
-        // the input plane `ci` of image n starts at `plane`
-        let mut plane = n * image_len + ci * g.h * g.w;
-        let (mut oy, mut ox) = (pixel / g.out_w, pixel % g.out_w);
-        let mut j = 0;
-        while j < nc {
-            let len = (g.out_w - ox).min(NR - j % NR).min(nc - j);
-            let seg = &mut out[at(j)..][..len];
-            match source_index(oy, ky, g.stride_h, g.pad_top, g.h) {
-                None => seg.fill(0.0),
-                Some(iy) => {
-                    let row = &self.x[plane + iy * g.w..][..g.w];
-                    gather_columns(row, ox, kx, g, seg)
-                }
-            }
-            j += len;
-            ox += len;
-            if ox == g.out_w {
-                (oy, ox) = (oy + 1, 0);
-                if oy == g.out_h {
-                    (plane, oy) = (plane + image_len, 0);
-                }
-            }
-        }
-    }
-}
-
-/// `seg[i]` = the input value under output column `ox0 + i` at kernel column kx, 0 in the padding.
-fn gather_columns(src: &[f32], ox0: usize, kx: usize, g: &Conv2dGeom, seg: &mut [f32]) {
-    if g.stride_w != 1 {
-        for (i, o) in seg.iter_mut().enumerate() {
-            *o = source_index(ox0 + i, kx, g.stride_w, g.pad_left, g.w).map_or(0.0, |ix| src[ix]);
-        }
-        return;
-    }
-    // At stride 1, output column ox reads input column ox + kx - pad_left: one contiguous run
-    // between zeros on the left (ox < pad_left - kx) and on the right (ox ≥ w + pad_left - kx).
-    let first = g.pad_left.saturating_sub(kx).clamp(ox0, ox0 + seg.len()) - ox0;
-    let end = (g.w + g.pad_left)
-        .saturating_sub(kx)
-        .clamp(ox0 + first, ox0 + seg.len())
-        - ox0;
-    seg[..first].fill(0.0);
-    let ix0 = ox0 + first + kx - g.pad_left;
-    copy_run(&mut seg[first..end], &src[ix0..ix0 + end - first]);
-    seg[end..].fill(0.0);
-}
-
-/// `dst.copy_from_slice(src)` as inline vector moves: packing calls it for runs of at most one
-/// strip (32 floats), where a call to memmove costs as much as the copy (a quarter of a 3×3
-/// convolution's time went there).
-#[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    let (mut d8, s8) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
-    for (d, s) in (&mut d8).zip(s8.clone()) {
-        let s: &[f32; 8] = s.try_into().expect("a chunk of 8");
-        d.copy_from_slice(s);
-    }
-    let (d_tail, s_tail) = (d8.into_remainder(), s8.remainder());
-    for (d, s) in d_tail.iter_mut().zip(s_tail) {
-        *d = *s;
-    }
-}
-
-impl PackB for Unfolded<'_> {
-    fn rows(&self) -> usize {
-        let (k, p) = (self.g.patch_len(), self.pixels());
-        if self.transposed {
-            p
-        } else {
-            k
-        }
-    }
-    fn cols(&self) -> usize {
-        let (k, p) = (self.g.patch_len(), self.pixels());
-        if self.transposed {
-            k
-        } else {
-            p
-        }
-    }
-    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
-        let strips = nc.div_ceil(NR);
-        if !self.transposed {
-            for p in 0..kc {
-                self.pack_row(p0 + p, j0, nc, out, |j| ((j / NR) * kc + p) * NR + j % NR);
-            }
-            return;
-        }
-        // B = colᵀ: packed column j is patch row j0 + j over output pixels p0..p0+kc.
-        let mut run = vec![0f32; kc];
-        for s in 0..strips {
-            let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
-            for j in 0..NR.min(nc - s * NR) {
-                self.pack_row(j0 + s * NR + j, p0, kc, &mut run, |i| i);
-                for (dst, v) in strip.iter_mut().skip(j).step_by(NR).zip(&run) {
-                    *dst = *v;
-                }
-            }
-        }
-    }
-}
-
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue (or
 /// Winograd's output transform), on each block of y while it is in cache.
 pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
@@ -362,7 +187,7 @@ pub fn forward_pooled(
     pool: Option<&Pool2dGeom>,
 ) -> Vec<f32> {
     let filters = match Algorithm::choose(g) {
-        Algorithm::Winograd => Filters::Winograd(conv_winograd::prepare(w, g)),
+        Algorithm::Winograd => Filters::Winograd(winograd::prepare(w, g)),
         // packed once for all the images
         Algorithm::Gemm => Filters::Gemm(
             PackedA::new(MatRef::rows(w, g.c_out, g.patch_len())),
@@ -389,7 +214,7 @@ fn forward_with(
     let out_image = pool.map_or(conv_image, |p| p.c * p.out_h * p.out_w);
     // Winograd's products take the tiles of several small images at once
     let group = match (filters, pool) {
-        (Filters::Winograd(_), None) => conv_winograd::images_per_group(g),
+        (Filters::Winograd(_), None) => winograd::images_per_group(g),
         _ => 1,
     };
     let each_group = |planes: &mut Option<FlatImage>,
@@ -424,7 +249,7 @@ fn forward_with(
 enum Filters {
     /// `w[Co, Ci·KH·KW]` packed for the GEMM, and how `col` reaches it.
     Gemm(PackedA, Unfolding),
-    /// Transformed and packed for Winograd ([`conv_winograd::prepare`]).
+    /// Transformed and packed for Winograd ([`winograd::prepare`]).
     Winograd(Vec<PackedA>),
 }
 
@@ -438,14 +263,12 @@ struct Conv<'a> {
 
 impl Conv<'_> {
     /// Images `xs[m,Ci,H,W]` into `ys[m,Co,Ho,Wo]`, every element of which it writes: one image
-    /// for the GEMM, a group for Winograd ([`conv_winograd::images_per_group`]); `flat` is this
+    /// for the GEMM, a group for Winograd ([`winograd::images_per_group`]); `flat` is this
     /// task's buffers when the unfolding is [`Unfolding::Flat`].
     fn images(&self, xs: &[f32], flat: Option<&mut FlatImage>, ys: &mut [MaybeUninit<f32>]) {
         let g = self.g;
         let (wm, unfolding) = match self.filters {
-            Filters::Winograd(u) => {
-                return conv_winograd::images(xs, u, Some(self.b), self.relu, g, ys)
-            }
+            Filters::Winograd(u) => return winograd::images(xs, u, Some(self.b), self.relu, g, ys),
             Filters::Gemm(wm, unfolding) => (wm, *unfolding),
         };
         debug_assert_eq!(
@@ -482,111 +305,10 @@ impl Conv<'_> {
     }
 }
 
-/// One image's input channels laid out flat (`Flat`): each plane padded (dealt into phases
-/// at a stride), `[Ci, padded_len]`, and the offset of each tap into a plane's phases.
-struct FlatPlanes {
-    flat: Flat,
-    offsets: Vec<usize>,
-    planes: Vec<f32>,
-}
-
-impl FlatPlanes {
-    /// Zeroed once: each image writes the same positions, so the padding stays zero.
-    fn new(flat: Flat, c_in: usize) -> FlatPlanes {
-        FlatPlanes {
-            flat,
-            offsets: flat.offsets(),
-            planes: vec![0.0; c_in * flat.padded_len()],
-        }
-    }
-
-    /// Lays out one image `x[Ci,H,W]`.
-    fn lay_out(&mut self, x: &[f32]) {
-        let f = &self.flat;
-        let planes = self.planes.chunks_exact_mut(f.padded_len());
-        for (padded, plane) in planes.zip(x.chunks_exact(f.in_h * f.in_w)) {
-            f.pad(plane, padded);
-        }
-    }
-
-    /// Each input channel's padded plane.
-    fn each(&self) -> impl Iterator<Item = &[f32]> {
-        self.planes.chunks_exact(self.flat.padded_len())
-    }
-}
-
-/// One image's `col[Ci·KH·KW, Ho·wq]` over its flat planes ([`Unfolding::Flat`]): row (ci, k)
-/// is plane ci from tap k's offset, column i the flat output i (rows of [`Flat::wq`]).
-struct FlatCol<'a>(&'a FlatPlanes);
-
-impl PackB for FlatCol<'_> {
-    fn rows(&self) -> usize {
-        self.0.planes.len() / self.0.flat.padded_len() * self.0.offsets.len()
-    }
-    fn cols(&self) -> usize {
-        self.0.flat.out_h * self.0.flat.wq()
-    }
-    fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
-        let (taps, len) = (self.0.offsets.len(), self.0.flat.padded_len());
-        // strip by strip, so that `out` is written in order; each row's run is contiguous
-        for (s, strip) in out.chunks_exact_mut(NR * kc).enumerate() {
-            let (j, width) = (j0 + s * NR, NR.min(nc - s * NR));
-            for (p, dst) in strip.chunks_exact_mut(NR).enumerate() {
-                let r = p0 + p;
-                let at = (r / taps) * len + self.0.offsets[r % taps] + j;
-                copy_run(&mut dst[..width], &self.0.planes[at..at + width]);
-            }
-        }
-    }
-}
-
-/// The buffers of one task's [`Unfolding::Flat`] forward passes: the image's flat planes and
-/// the product in flat rows, `[Co, Ho·wq]`.
-struct FlatImage {
-    planes: FlatPlanes,
-    product: Vec<f32>,
-}
-
-impl FlatImage {
-    fn new(flat: Flat, g: &Conv2dGeom) -> FlatImage {
-        FlatImage {
-            planes: FlatPlanes::new(flat, g.c_in),
-            product: vec![0.0; g.c_out * flat.out_h * flat.wq()],
-        }
-    }
-
-    /// `yn[Co,Ho,Wo]` = the epilogue of wm · col(xn), every element written.
-    fn forward(
-        &mut self,
-        xn: &[f32],
-        wm: &PackedA,
-        epilogue: Epilogue,
-        yn: &mut [MaybeUninit<f32>],
-    ) {
-        self.planes.lay_out(xn);
-        let f = self.planes.flat;
-        let cols = f.out_h * f.wq();
-        // SAFETY: the GEMM writes f32s only.
-        let product = unsafe { as_uninit(&mut self.product) };
-        gemm_with_epilogue(
-            Kernel::detect(),
-            wm,
-            FlatCol(&self.planes),
-            product,
-            cols,
-            epilogue,
-        );
-        let planes = yn.chunks_exact_mut(f.out_h * f.out_w);
-        for (y, flat) in planes.zip(self.product.chunks_exact(cols)) {
-            f.unflatten(flat, y, false);
-        }
-    }
-}
-
 /// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
 pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     if Algorithm::choose(g) == Algorithm::Winograd {
-        return conv_winograd::backward_input(dy, w, g);
+        return winograd::backward_input(dy, w, g);
     }
     backward_input_by(Unfolding::choose(g), dy, w, g)
 }
@@ -625,61 +347,6 @@ fn backward_input_by(unfolding: Unfolding, dy: &[f32], w: &[f32], g: &Conv2dGeom
     }
 }
 
-/// The buffers of one task's input gradients on flat planes ([`Unfolding::Flat`]): dy in rows
-/// of `wq`, the product `dcol[Ci·KH·KW, Ho·wq]`, and dx on the image's padded planes, into
-/// which row (ci, k) of dcol is added at tap k's offset: a contiguous run, where [`col2im`]
-/// places each element of a strided layer one at a time. The same sums in the same order.
-struct FlatInputGradient {
-    planes: FlatPlanes,
-    dy_rows: Vec<f32>,
-    dcol: Vec<f32>,
-    c_out: usize,
-}
-
-impl FlatInputGradient {
-    fn new(flat: Flat, g: &Conv2dGeom) -> FlatInputGradient {
-        let cols = flat.out_h * flat.wq();
-        FlatInputGradient {
-            planes: FlatPlanes::new(flat, g.c_in),
-            // each row's last (kw − 1)/s values stay 0: their dcol columns are 0
-            dy_rows: vec![0.0; g.c_out * cols],
-            dcol: vec![0.0; g.patch_len() * cols],
-            c_out: g.c_out,
-        }
-    }
-
-    /// `dxn[Ci,H,W]` = col2im(wt · dyn), every element written.
-    fn image(&mut self, wt: MatRef, dyn_: &[f32], dxn: &mut [MaybeUninit<f32>]) {
-        let f = self.planes.flat;
-        let cols = f.out_h * f.wq();
-        dy_in_rows(&f, dyn_, &mut self.dy_rows, cols);
-        let dy = MatRef::rows(&self.dy_rows, self.c_out, cols);
-        gemm(wt, dy, &mut self.dcol, cols, false);
-        let (taps, len) = (self.planes.offsets.len(), f.padded_len());
-        self.planes.planes.fill(0.0);
-        for (r, row) in self.dcol.chunks_exact(cols).enumerate() {
-            let at = (r / taps) * len + self.planes.offsets[r % taps];
-            let dst = &mut self.planes.planes[at..at + cols];
-            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
-        }
-        let planes = dxn.chunks_exact_mut(f.in_h * f.in_w);
-        for (plane, padded) in planes.zip(self.planes.each()) {
-            f.unpad(padded, plane);
-        }
-    }
-}
-
-/// Each plane of `dy[Co,Ho,Wo]` into `rows` (`row_len` floats a plane) laid out on `f`'s flat
-/// outputs: its rows `wq` apart, the values past each row's `Wo` left as they are (0).
-fn dy_in_rows(f: &Flat, dy: &[f32], rows: &mut [f32], row_len: usize) {
-    let planes = rows.chunks_exact_mut(row_len);
-    for (flat, plane) in planes.zip(dy.chunks_exact(f.out_h * f.out_w)) {
-        for (row, d) in flat.chunks_mut(f.wq()).zip(plane.chunks_exact(f.out_w)) {
-            row[..f.out_w].copy_from_slice(d);
-        }
-    }
-}
-
 /// Σ xs, in 8 interleaved accumulators (vectorised, and not paced by one chain of additions).
 pub(super) fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -691,170 +358,6 @@ pub(super) fn sum(xs: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// How a convolution's weight gradient `dw = Σₙ dyₙ · colₙᵀ` is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightGradient {
-    /// A GEMM of dy with colᵀ, which the packing gathers from the image (`Unfolded`; the image
-    /// itself when pointwise; a written im2col under `FRACTURE_CONV_UNFOLDING=copy`). Wins on
-    /// small planes, where each sum of the flat way is short and its reduction dominates.
-    Gemm,
-    /// Dot products of dy with the padded image at each tap's offset, nothing packed
-    /// (`flat::dot_rows`; strides the same both ways). Wins on large planes of few output
-    /// channels: there each element of colᵀ is used by only `Co` multiply-adds, so gathering it
-    /// cost more than the product (resnet at 192: the 7×7/2 layer's 15.5 → 4.3 ms, a 16-channel
-    /// 48×48 layer's 6.0 → 2.2, a 32-channel 24×24 one's 4.0 → 1.9).
-    Flat,
-    /// A pointwise layer's `dw[Co, Ci]` as the dot products of dy's rows with x's
-    /// (`flat::dot_rows`, x's channel planes as the taps), both read where they lie. Wins on
-    /// large planes of few channels: the GEMM pads 16 input channels to its 32 columns and
-    /// packs both operands across their contiguous direction.
-    Dots,
-}
-
-impl WeightGradient {
-    /// Flat where it applies, the output plane has `FLAT_MIN_OUTPUTS` pixels or more and the
-    /// layer fewer than `FLAT_MAX_CHANNELS` output channels; not for a pointwise layer (already
-    /// a plain GEMM), nor under `FRACTURE_CONV_UNFOLDING=copy`. Dots for a pointwise layer whose
-    /// plane has `DOTS_MIN_PIXELS` pixels or more, a whole number of AVX-512 registers.
-    pub fn choose(g: &Conv2dGeom) -> WeightGradient {
-        let pixels = g.out_h * g.out_w;
-        if g.is_pointwise() && pixels >= DOTS_MIN_PIXELS && pixels.is_multiple_of(16) {
-            return WeightGradient::Dots;
-        }
-        let flat = g.stride_h == g.stride_w
-            && !g.is_pointwise()
-            && g.out_h * g.out_w >= FLAT_MIN_OUTPUTS
-            && g.c_out < FLAT_MAX_CHANNELS
-            && Unfolding::forced() != Some(Unfolding::Copy);
-        if flat {
-            WeightGradient::Flat
-        } else {
-            WeightGradient::Gemm
-        }
-    }
-}
-
-/// Output pixels from which [`WeightGradient::Flat`] is chosen: resnet's 3×3 layers (batch 32,
-/// per layer) were faster flat at 12×12 (2.55 against 2.85 ms) and with the GEMM at 8×8 (1.62
-/// against 1.41 ms) and 6×6 (5.1 against 2.8 ms).
-const FLAT_MIN_OUTPUTS: usize = 100;
-
-/// Pixels from which [`WeightGradient::Dots`] is chosen for a pointwise layer: below, each dot
-/// product is short and its sum across the register's lanes costs more than the GEMM's packing.
-const DOTS_MIN_PIXELS: usize = 1024;
-
-/// Output channels from which the GEMM is chosen: its packing is shared by more rows of the
-/// product. With the 8 × 3 blocks of `dot_rows` (batch 32, alternated three times):
-/// fracturenet's 64-channel layer at 64×64 took 37–40 ms with the GEMM against 24–33 flat, and
-/// resnet's 64-channel 12×12 layers 3.0–3.2 against 2.7–2.8; fracturenet's 128-channel layers
-/// at 32×32 and 16×16 were no faster flat (20–26 ms both ways; 11–14 against 11–15).
-const FLAT_MAX_CHANNELS: usize = 128;
-
-/// One image and its dy laid out flat (`Flat`): the operands of [`WeightGradient::Flat`].
-struct FlatGrid<'g> {
-    planes: FlatPlanes,
-    g: &'g Conv2dGeom,
-    /// `[Co, flat_outputs]`: dy in rows of `wq`, zero past each row's `Wo` outputs.
-    dy_rows: Vec<f32>,
-}
-
-impl<'g> FlatGrid<'g> {
-    /// Zeroed once: each image writes the same positions, so the padding stays zero.
-    fn new((flat, g): (Flat, &'g Conv2dGeom)) -> FlatGrid<'g> {
-        FlatGrid {
-            planes: FlatPlanes::new(flat, g.c_in),
-            g,
-            dy_rows: vec![0.0; g.c_out * flat.flat_outputs()],
-        }
-    }
-
-    /// Lays out one image `x[Ci,H,W]` and its `dy[Co,Ho,Wo]`.
-    fn lay_out(&mut self, x: &[f32], dy: &[f32]) {
-        self.planes.lay_out(x);
-        let f = &self.planes.flat;
-        dy_in_rows(f, dy, &mut self.dy_rows, f.flat_outputs());
-    }
-
-    /// `dw[Co, Ci·KH·KW]` += Σ_i dy[co][i] · plane_ci[i + offset_k] for every (co, ci, k).
-    fn add_weight_gradient(&self, dw: &mut [f32]) {
-        let (f, g) = (&self.planes.flat, self.g);
-        let taps = g.kh * g.kw;
-        let dy = (&self.dy_rows[..], f.flat_outputs());
-        for (ci, plane) in self.planes.each().enumerate() {
-            let out = (&mut dw[ci * taps..], g.patch_len());
-            dot_rows(Kernel::detect(), dy, plane, &self.planes.offsets, out);
-        }
-    }
-}
-
-/// A pointwise layer's `dw[Co, Ci]` += Σₙ dyₙ · xₙᵀ for the images `xs[m,Ci,H,W]` and their
-/// `dys`: `dw[co][ci]` += Σ_i `dy[co][i]` · `x[ci][i]`, each channel plane of x one tap of
-/// `dot_rows` (at `ci·H·W`).
-fn add_pointwise_weight_gradients(xs: &[f32], dys: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
-    let pixels = g.h * g.w;
-    let planes: Vec<usize> = (0..g.c_in).map(|ci| ci * pixels).collect();
-    for (xn, dyn_) in xs
-        .chunks_exact(g.c_in * pixels)
-        .zip(dys.chunks_exact(g.c_out * pixels))
-    {
-        dot_rows(
-            Kernel::detect(),
-            (dyn_, pixels),
-            xn,
-            &planes,
-            (&mut *dw, g.c_in),
-        );
-    }
-}
-
-/// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image.
-fn add_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
-    let (k, p) = (g.patch_len(), g.out_h * g.out_w);
-    let dym = MatRef::rows(dyn_, g.c_out, p);
-    if g.is_pointwise() {
-        gemm(dym, MatRef::rows(xn, k, p).t(), dw, k, true);
-    } else if Unfolding::forced() != Some(Unfolding::Copy) {
-        let colt = Unfolded {
-            x: xn,
-            g,
-            transposed: true,
-        };
-        gemm(dym, colt, dw, k, true);
-    } else {
-        with_col(g, |col| {
-            im2col(xn, g, col);
-            gemm(dym, MatRef::rows(col, k, p).t(), dw, k, true);
-        });
-    }
-}
-
-/// `dw[Co, Ci·KH·KW]` += Σₙ dyₙ · colₙᵀ for the images `xs[m,Ci,H,W]` and their `dys`, as one
-/// product: dy's rows side by side `[Co, m·Ho·Wo]` times the images' colᵀ, whose K is every
-/// image's pixels. Per image, a small plane's product is a loop over k shorter than one of the
-/// GEMM's slices, and dw's blocks are read and written again for every image.
-fn add_weight_gradient_together(xs: &[f32], dys: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
-    let p = g.out_h * g.out_w;
-    let m = dys.len() / (g.c_out * p);
-    let mut side = vec![0f32; g.c_out * m * p];
-    for (n, dyn_) in dys.chunks_exact(g.c_out * p).enumerate() {
-        for (co, row) in dyn_.chunks_exact(p).enumerate() {
-            side[(co * m + n) * p..][..p].copy_from_slice(row);
-        }
-    }
-    let colt = Unfolded {
-        x: xs,
-        g,
-        transposed: true,
-    };
-    gemm(
-        MatRef::rows(&side, g.c_out, m * p),
-        colt,
-        dw,
-        g.patch_len(),
-        true,
-    );
 }
 
 /// Output pixels per image below which a chunk's images make one weight-gradient product
@@ -938,6 +441,7 @@ fn backward_weight_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::gemm::{PackB, NR};
     use crate::backend::Padding;
     use crate::tensor::Tensor;
 

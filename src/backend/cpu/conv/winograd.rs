@@ -1,5 +1,5 @@
 //! 3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin and Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", 2016): the variant of [`super::conv`] that does
+//! Algorithms for Convolutional Neural Networks", 2016): the variant of the convolution ([`super`]) that does
 //! 2.25× fewer multiply-adds.
 //!
 //! Each 2×2 block ("tile") of an output channel comes from the 4×4 input block under it:
@@ -17,7 +17,7 @@
 //! the direct sum by a few ulps of its largest terms; the op tests bound it against the reference
 //! (`tests/ops.rs`, with this algorithm forced on every 3×3 stride-1 case).
 
-use super::gemm::{gemm, MatRef, PackedA, NR};
+use crate::backend::cpu::gemm::{gemm, MatRef, PackedA, NR};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -37,7 +37,7 @@ pub fn applies(g: &Conv2dGeom) -> bool {
     (g.kh, g.kw, g.stride_h, g.stride_w) == (3, 3, 1, 1)
 }
 
-/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::conv::forward`]).
+/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::forward`]).
 pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
     let u = prepare(w, g);
     let group = images_per_group(g);
