@@ -315,3 +315,25 @@ fn relu_and_pooling_inside_batch_norm_train_as_the_layers_one_by_one() {
         }
     }
 }
+
+/// The negative control of the fold's tolerance: the folded first convolution's weights off by
+/// 0.1 % (as a batch norm folded with its variance off by 0.2 % would leave them) fail the
+/// comparison at [`TOL`], on every preset.
+#[test]
+fn a_fold_off_by_a_tenth_of_a_percent_fails_the_comparison() {
+    for name in ["fracturenet", "mobilenet", "resnet"] {
+        let spec = ModelSpec::load(name).unwrap().with_image_size(64).unwrap();
+        let (mut plain, x) = model_with_statistics(&Cpu, &spec, 7);
+        let mut folded = inference_model(&Cpu, &plain).unwrap();
+        let first = folded
+            .named_params()
+            .iter()
+            .position(|p| p.name.ends_with("weight"))
+            .unwrap();
+        let w = &mut folded.params_mut()[first].value;
+        w.data.iter_mut().for_each(|v| *v *= 1.001);
+        let want = plain.forward(&Cpu, x.clone(), Mode::Eval);
+        let got = folded.forward(&Cpu, x, Mode::Eval);
+        assert!(got.check_close(&want, TOL).is_err(), "{name}");
+    }
+}
