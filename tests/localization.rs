@@ -153,7 +153,17 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
     assert!(centre < 0.3, "{l}");
     assert!(pointing >= 0.75, "pointing game {pointing}: {l}");
     assert!(l["dice"]["value"].as_f64().unwrap() > 0.3, "{l}");
-    assert!(l["box_ap50"]["value"].as_f64().unwrap() > 0.3, "{l}");
+    // the pointing loss (on by default) sharpens the map to a peak, so that its region at 0.8 of
+    // the peak is smaller than a mark: some boxes match, and the per-cell loss alone matches most
+    assert!(l["box_ap50"]["value"].as_f64().unwrap() > 0.0, "{l}");
+    train_with("resnet-4-1-loc", "25", &["--map-pointing", "0"]);
+    let per_cell = eval(&runs.join("resnet-4-1-loc-002/final.safetensors"));
+    let pointing = per_cell["pointing_game"]["value"].as_f64().unwrap();
+    assert!(pointing >= 0.75, "pointing game {pointing}: {per_cell}");
+    assert!(
+        per_cell["box_ap50"]["value"].as_f64().unwrap() > 0.3,
+        "{per_cell}"
+    );
 
     // predict says where, in the file's pixels, from the map
     let val = data.join("val/fractured/img000.png");
@@ -189,7 +199,10 @@ fn a_model_with_a_map_learns_where_the_marks_are() {
         };
         (figure("train loss"), figure("val loss"))
     };
-    let (without, with) = (epoch_line(&[]), epoch_line(&["--map-pointing", "1"]));
+    let (without, with) = (
+        epoch_line(&["--map-pointing", "0"]),
+        epoch_line(&["--map-pointing", "1"]),
+    );
     assert!(with.0 > without.0 + 1.0, "{with:?} against {without:?}");
     assert_ne!(with.1, without.1, "the pointing loss moved no weight");
 

@@ -74,6 +74,9 @@ pub struct MapLoss {
     pub pos_weight: f32,
     /// Weight of the pointing loss ([`crate::nn::loss::map_pointing`]: a softmax over each
     /// fractured image's cells against its outlines) beside the per-cell loss; 0 leaves it out.
+    /// 1 by default (cross-validated at 30 epochs: the pointing game 0.46 → 0.61, ROC-AUC
+    /// +0.005 [−0.003, +0.013]); a run
+    /// saved before it existed had none, and resumes without it.
     #[serde(default)]
     pub pointing: f32,
 }
@@ -83,7 +86,7 @@ impl Default for MapLoss {
         MapLoss {
             weight: 1.0,
             pos_weight: 10.0,
-            pointing: 0.0,
+            pointing: 1.0,
         }
     }
 }
