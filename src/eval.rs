@@ -6,7 +6,8 @@
 use crate::backend::Backend;
 use crate::checkpoint;
 use crate::data::annotations::{Annotations, Groups};
-use crate::data::folder::{find_split, read_split, IMAGE_EXTENSIONS};
+use crate::data::dicom::DicomInfo;
+use crate::data::folder::{find_split, is_image_file, read_split};
 use crate::data::image::to_model_input;
 use crate::data::{Dataset, Sample, Split};
 use crate::localize::{FractureMap, Location, MapSource};
@@ -212,7 +213,7 @@ pub fn judge_maps(
     let mut located = Vec::with_capacity(maps.len());
     for (i, mapped) in maps.into_iter().enumerate() {
         // every scored image was decoded once already: one that fails now is left out
-        let Ok(Mapped { map, size }) = mapped else {
+        let Ok(Mapped { map, size, .. }) = mapped else {
             continue;
         };
         let location = map.locate(size, scored.probs[i]);
@@ -490,6 +491,9 @@ pub struct Prediction {
     /// viewer shows it; None when the image could not be explained.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
+    /// For a DICOM file, what identifies it without personal data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomInfo>,
 }
 
 /// The fracture map of `input` (an X-ray as the model takes it) by `net`: its own map where it
@@ -527,6 +531,8 @@ pub fn head_map<B: Backend>(be: &B, net: &mut Model<B>, input: &[f32]) -> Result
 pub struct Mapped {
     pub map: FractureMap,
     pub size: (u32, u32),
+    /// What a DICOM file says about itself.
+    pub dicom: Option<DicomInfo>,
 }
 
 /// The fracture map of each of `files` by the model at `model`: its own map where it has one
@@ -570,12 +576,14 @@ pub fn fracture_maps_of<B: Backend>(
         .iter()
         .map(|file| {
             bar.inc(1);
-            let img = crate::data::image::open(file).map_err(|e| format!("{e:#}"))?;
-            let input = to_model_input(&img, net.spec.square());
+            let decoded = crate::data::image::open_file(file).map_err(|e| format!("{e:#}"))?;
+            let img = &decoded.image;
+            let input = to_model_input(img, net.spec.square());
             let map = map_of_input(be, &mut net, &input).map_err(|e| format!("{e:#}"))?;
             Ok(Mapped {
                 map,
                 size: (img.width(), img.height()),
+                dicom: decoded.dicom,
             })
         })
         .collect();
@@ -594,9 +602,7 @@ pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if p.extension().is_some_and(|e| {
-                IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())
-            }) {
+            } else if is_image_file(&p) {
                 out.push(p);
             }
         }
@@ -640,11 +646,15 @@ pub fn predict<B: Backend>(
         .iter()
         .zip(&s.probs)
         .zip(maps)
-        .map(|((path, &probability), mapped)| Prediction {
-            file: path.display().to_string(),
-            probability,
-            label: class_name(probability >= s.threshold),
-            location: mapped.ok().map(|m| m.map.locate(m.size, probability)),
+        .map(|((path, &probability), mapped)| {
+            let mapped = mapped.ok();
+            Prediction {
+                file: path.display().to_string(),
+                probability,
+                label: class_name(probability >= s.threshold),
+                location: mapped.as_ref().map(|m| m.map.locate(m.size, probability)),
+                dicom: mapped.and_then(|m| m.dicom),
+            }
         })
         .collect();
     Ok((predictions, s.failed))

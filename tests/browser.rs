@@ -216,11 +216,17 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
          return line.includes('resnet') && line.includes('averaged over 4 views')",
     );
 
-    // Try: two X-rays, their probabilities as predict --json gives them
-    let xrays: Vec<PathBuf> = ["fractured/IMG0000025.jpg", "not_fractured/IMG0000020.jpg"]
+    // Try: two X-rays and a DICOM made of a third, their probabilities as predict --json gives
+    let mut xrays: Vec<PathBuf> = ["fractured/IMG0000025.jpg", "not_fractured/IMG0000020.jpg"]
         .iter()
         .map(|f| data.join("val").join(f))
         .collect();
+    let third = fracture_cnn::data::image::open(&data.join("val/fractured/IMG0000822.jpg"))
+        .unwrap()
+        .to_luma8();
+    let dcm = runs.path().join("IMG0000822.dcm");
+    std::fs::write(&dcm, common::dicom::file_of_gray(&third)).unwrap();
+    xrays.push(dcm);
     let paths: Vec<&str> = xrays.iter().map(|p| p.to_str().unwrap()).collect();
     let input = browser.find("#files");
     browser.command(
@@ -229,10 +235,10 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
         json!({ "text": paths.join("\n") }),
     );
     let shown = browser.until(
-        "both probabilities and heatmaps",
+        "the three probabilities and heatmaps",
         "const p = [...document.querySelectorAll('.prob')].map(e => e.dataset.probability); \
          const maps = document.querySelectorAll('.card img').length; \
-         return p.length == 2 && maps == 4 ? p : null",
+         return p.length == 3 && maps == 6 ? p : null",
     );
     let mut args = vec!["predict", "--json", "--backend", "cpu"];
     args.extend(&paths);
@@ -242,7 +248,7 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(printed.len(), 2, "predict answers both");
+    assert_eq!(printed.len(), 3, "predict answers all three");
     for (p, shown) in printed.iter().zip(shown.as_array().unwrap()) {
         assert_eq!(
             p["probability"].to_string(),
@@ -254,7 +260,7 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
     let wheres = browser.until(
         "where under each heatmap",
         "const w = [...document.querySelectorAll('.card .where')].map(e => e.textContent); \
-         return w.length == 2 ? w : null",
+         return w.length == 3 ? w : null",
     );
     for (p, shown) in printed.iter().zip(wheres.as_array().unwrap()) {
         let (x, y) = (
@@ -272,6 +278,15 @@ fn the_page_tries_explains_and_shows_runs_in_chromium() {
             "{shown} should say {said}"
         );
     }
+    // the DICOM's card says what the file is, never who
+    let said = browser.until(
+        "the DICOM's line",
+        "const d = document.querySelector('.card .dicom'); return d && d.textContent",
+    );
+    assert_eq!(
+        said.as_str().unwrap(),
+        "DICOM DX HAND, MONOCHROME2 8-bit, stored range 0..255"
+    );
     browser.until(
         "the heatmaps to load",
         "return [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)",

@@ -349,3 +349,59 @@ fn a_stalled_upload_frees_its_worker_after_the_timeout() {
     );
     drop(stalled);
 }
+
+#[test]
+fn a_dicom_upload_answers_as_predict_does_and_a_damaged_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = fracture_cnn::data::image::open(&xrays()[0])
+        .unwrap()
+        .to_luma8();
+    let dcm = dir.path().join("IM0001");
+    std::fs::write(&dcm, common::dicom::file_of_gray(&gray)).unwrap();
+    let bytes = std::fs::read(&dcm).unwrap();
+    let s = Server::start(&["--max-megapixels", "0.03"]);
+    let a = s.address.as_str();
+    let reply = post_files(a, "/api/predict", &[("image", "IM0001", &bytes)]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let served = reply.json()["predictions"][0].clone();
+    let o = run(&[
+        "predict",
+        "--json",
+        "--backend",
+        "cpu",
+        dcm.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let printed: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    for key in ["probability", "label", "where", "boxes", "from", "dicom"] {
+        assert_eq!(served[key], printed[key], "{key}: {served} vs {printed}");
+    }
+    assert_eq!(served["dicom"]["modality"], "DX");
+    assert!(!reply.text().contains(common::dicom::PATIENT_NAME));
+    let explained = post_files(a, "/api/explain", &[("image", "IM0001", &bytes)]);
+    assert_eq!(explained.status, 200, "{}", explained.text());
+    // cut short: refused with the reason, and the server answers the next request
+    let cut = &bytes[..bytes.len() - 100];
+    let r = post_files(a, "/api/predict", &[("image", "cut.dcm", cut)]);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let error = r.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("cut.dcm is a damaged DICOM file"), "{error}");
+    // 160 x 128 = 20,480 pixels: over a limit of 10,000, refused before its pixels are decoded
+    let small = Server::start(&["--max-megapixels", "0.01"]);
+    let r = post_files(
+        &small.address,
+        "/api/predict",
+        &[("image", "IM0001", &bytes)],
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("IM0001 is 160x128 pixels"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        post_files(a, "/api/predict", &[("image", "IM0001", &bytes)]).status,
+        200
+    );
+}

@@ -67,11 +67,19 @@ function whereText(p) {
   return p.where ? `x ${Math.round(p.where.x)}, y ${Math.round(p.where.y)} (${p.from})` : "";
 }
 
+// "DICOM CR HAND, MONOCHROME1 12-bit, file window 2048/4096": what the file said (never who)
+function dicomText(d) {
+  const what = [d.modality, d.body_part].filter(Boolean).join(" ");
+  const frames = d.frames > 1 ? `, the first of ${d.frames} frames` : "";
+  return `DICOM ${what}${what ? ", " : ""}${d.photometric_interpretation} ${d.bits_stored}-bit, ${d.window}${frames}`;
+}
+
 async function addCard(file, p) {
   const cls = p.label === "fractured" ? "label-fractured" : "label-not";
   const card = el("div", { class: "card" },
     el("div", {}, el("span", { class: "prob", "data-file": p.file, "data-probability": String(p.probability) }, fmt(p.probability)), " ",
       el("span", { class: cls }, p.label), ` — ${p.file}`));
+  if (p.dicom) card.append(el("div", { class: "hint dicom" }, dicomText(p.dicom)));
   $("#cards").append(card);
   try {
     const e = await api("/api/explain", [file]);

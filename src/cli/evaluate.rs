@@ -181,6 +181,9 @@ pub(super) fn predict(a: PredictArgs) -> Result<()> {
         eprintln!("warning: skipping {}: {why}", p.display());
     }
     for p in &predictions {
+        if let Some(frames) = p.dicom.as_ref().map(|d| d.frames).filter(|&n| n > 1) {
+            eprintln!("note: {} has {frames} frames; the first was read", p.file);
+        }
         if a.json {
             println!("{}", serde_json::to_string(p)?);
         } else {

@@ -27,6 +27,8 @@ pub struct ImageInfo {
     /// Pixel layout as stored, e.g. "L8", "Rgb8", "L16".
     pub color: String,
     pub format: String,
+    /// A DICOM file's photometric interpretation and bits stored ("MONOCHROME1 12-bit").
+    pub dicom: Option<String>,
     pub hash: DHash,
 }
 
@@ -155,24 +157,21 @@ pub fn distance(a: &DHash, b: &DHash) -> u32 {
 }
 
 fn inspect(split: &str, s: &Sample) -> Result<ImageInfo, String> {
-    let reader = image::ImageReader::open(&s.path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| e.to_string())?;
-    let format = reader
-        .format()
-        .map_or("unknown".into(), |f| format!("{f:?}").to_lowercase());
     // upright, as the model sees it: width and height as a viewer shows them
-    let (img, stored) = super::image::decode_upright_stored(reader).map_err(|e| e.to_string())?;
-    let color = format!("{stored:?}");
+    let decoded = super::image::open_file(&s.path).map_err(|e| format!("{e:#}"))?;
+    let img = &decoded.image;
     Ok(ImageInfo {
         split: split.to_string(),
         path: s.path.clone(),
         fractured: s.label == 1.0,
         width: img.width(),
         height: img.height(),
-        color,
-        format,
-        hash: dhash(&img),
+        color: decoded.stored,
+        format: decoded.format,
+        dicom: decoded
+            .dicom
+            .map(|d| format!("{} {}-bit", d.photometric_interpretation, d.bits_stored)),
+        hash: dhash(img),
     })
 }
 
@@ -260,6 +259,49 @@ fn percent(part: usize, whole: usize) -> f64 {
 
 impl DataReport {
     /// The report as text, with a warning for each shortcut a model could learn.
+    /// DICOM files per class by photometric interpretation and bits stored, if there are any:
+    /// MONOCHROME1 in one class only, say, is a cue as telling as a file format.
+    fn render_dicom(&self, out: &mut String) {
+        let mut kinds: Vec<&str> = self
+            .images
+            .iter()
+            .filter_map(|i| i.dicom.as_deref())
+            .collect();
+        if kinds.is_empty() {
+            return;
+        }
+        kinds.sort();
+        kinds.dedup();
+        let _ = writeln!(
+            out,
+            "\nDICOM files per class, by photometric interpretation and bits stored (share of the \
+             class's images):"
+        );
+        let _ = writeln!(
+            out,
+            "{:<24}{:>17}{:>17}",
+            "kind", "fractured", "not_fractured"
+        );
+        for kind in kinds {
+            let share = |f: bool| {
+                let class = self.images.iter().filter(|i| i.fractured == f);
+                let n = class.clone().count();
+                let k = class.filter(|i| i.dicom.as_deref() == Some(kind)).count();
+                (k, percent(k, n))
+            };
+            let ((kp, sp), (kn, sn)) = (share(true), share(false));
+            let _ = writeln!(out, "{kind:<24}{kp:>8} ({sp:>5.1}%){kn:>8} ({sn:>5.1}%)");
+            if (sp - sn).abs() >= 5.0 {
+                let _ = writeln!(
+                    out,
+                    "warning: {kind} DICOM differs by {:.0} points between the classes: a model \
+                     can learn how the files were made instead of fractures",
+                    (sp - sn).abs()
+                );
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -345,6 +387,7 @@ impl DataReport {
                 }
             }
         }
+        self.render_dicom(&mut out);
         let _ = writeln!(out, "\nunusable files: {}", self.unusable.len());
         for (p, why) in &self.unusable {
             let _ = writeln!(out, "  {}: {why}", p.display());

@@ -24,6 +24,13 @@ const NEGATIVE: &[&str] = &[
 /// File endings the image decoder reads.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff", "gif", "webp"];
 
+/// Whether `path` is an image to read: its ending is one the image decoder reads, or its content
+/// is DICOM (PACS exports often have no ending, or a number for one).
+pub fn is_image_file(path: &Path) -> bool {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) || super::dicom::is_dicom_file(path)
+}
+
 /// Positive class = fractured.
 pub const CLASS_NAMES: [&str; 2] = ["not_fractured", "fractured"];
 
@@ -113,8 +120,7 @@ pub fn read_split(dir: &Path) -> Result<Split> {
             .collect();
         files.sort();
         for path in files {
-            let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
-            if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            if is_image_file(&path) {
                 split.samples.push(Sample { path, label });
             } else {
                 split.skipped.push(path);

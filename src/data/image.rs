@@ -1,5 +1,6 @@
 //! Decoding an X-ray into the model's input: one gray channel in [0, 1], resized to a square.
 
+use super::dicom::{self, DicomInfo};
 use anyhow::{Context, Result};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageBuffer, Luma};
@@ -123,20 +124,74 @@ pub fn copy_window(
 }
 
 /// Decodes any format the `image` crate reads (JPEG, PNG, BMP, TIFF, ...; 8 or 16 bits; gray,
-/// RGB, RGBA or palette), converts it to gray and frames it in `size × size` (row-major).
+/// RGB, RGBA or palette) or DICOM, converts it to gray and frames it in `size × size`
+/// (row-major).
 pub fn load_gray(path: &Path, size: usize, framing: Framing) -> Result<Vec<f32>> {
     Ok(to_gray_square(&open(path)?, size, framing))
 }
 
-/// Decodes an image file upright (see [`decode_upright`]), refusing headers that claim more
-/// pixels than any radiograph has.
+/// An image file decoded upright, and what its file says about it.
+pub struct Decoded {
+    pub image: DynamicImage,
+    /// The file format: "jpeg", "png", ..., "dicom".
+    pub format: String,
+    /// The pixel layout as stored: "L8", "Rgb8", "L16", ...
+    pub stored: String,
+    /// What a DICOM file says about itself (no personal data).
+    pub dicom: Option<DicomInfo>,
+}
+
+/// Decodes an image file upright (see [`decode_upright`]), or a DICOM file (by content,
+/// whatever its name; see [`super::dicom`]), refusing headers that claim more pixels than any
+/// radiograph has.
 pub fn open(path: &Path) -> Result<DynamicImage> {
+    Ok(open_file(path)?.image)
+}
+
+/// [`open`], with what the file says about the image.
+pub fn open_file(path: &Path) -> Result<Decoded> {
+    if dicom::is_dicom_file(path) {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return decode_dicom(&bytes, &path.display().to_string());
+    }
     let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?;
     reader.limits(decode_limits());
-    decode_upright(reader).with_context(|| format!("{} is not a readable image", path.display()))
+    let format = reader
+        .format()
+        .map_or("unknown".into(), |f| format!("{f:?}").to_lowercase());
+    let (image, stored) = decode_upright_stored(reader)
+        .with_context(|| format!("{} is not a readable image", path.display()))?;
+    Ok(Decoded {
+        image,
+        format,
+        stored: format!("{stored:?}"),
+        dicom: None,
+    })
+}
+
+/// A DICOM file's image (the bytes of the whole file; `name` names it in errors).
+pub fn decode_dicom(bytes: &[u8], name: &str) -> Result<Decoded> {
+    let (image, info) = dicom::decode(bytes, name)?;
+    Ok(Decoded {
+        stored: dicom_layout(&info).into(),
+        image,
+        format: "dicom".into(),
+        dicom: Some(info),
+    })
+}
+
+/// The layout a DICOM's samples compare with among other formats' ("L8", "L16", "Rgb8").
+fn dicom_layout(info: &DicomInfo) -> &'static str {
+    match (info.photometric_interpretation.as_str(), info.bits_stored) {
+        ("RGB", b) if b <= 8 => "Rgb8",
+        ("RGB", _) => "Rgb16",
+        (_, b) if b <= 8 => "L8",
+        _ => "L16",
+    }
 }
 
 /// Decodes with the reader's limits, then turns the image as its EXIF orientation tag says, so

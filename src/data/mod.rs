@@ -5,6 +5,7 @@ pub mod annotations;
 pub mod augment;
 pub mod cache;
 pub mod check;
+pub mod dicom;
 pub mod folder;
 pub mod folds;
 pub mod image;

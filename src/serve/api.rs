@@ -5,6 +5,7 @@ use super::multipart::{self, Part};
 use super::{ApiError, Body, State};
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
+use crate::data::dicom::{self, DicomInfo};
 use crate::data::image::to_model_input;
 use crate::eval::class_name;
 use crate::explain;
@@ -72,16 +73,16 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
     let inputs = image_parts(body)?
         .iter()
         .map(|part| {
-            let (file, img) = decode(state, part)?;
+            let Upload { file, img, dicom } = decode(state, part)?;
             let size = (img.width(), img.height());
-            Ok((file, to_model_input(&img, square), size))
+            Ok((file, to_model_input(&img, square), size, dicom))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let threshold = state.info.threshold;
     let mut predictions = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(BATCH) {
-        let framed: Vec<&[f32]> = chunk.iter().map(|(_, x, _)| x.as_slice()).collect();
-        for ((file, x, size), p) in chunk.iter().zip(probabilities(state, &framed)) {
+        let framed: Vec<&[f32]> = chunk.iter().map(|(_, x, _, _)| x.as_slice()).collect();
+        for ((file, x, size, dicom), p) in chunk.iter().zip(probabilities(state, &framed)) {
             let mut prediction = json!({
                 "file": file,
                 "probability": short(p),
@@ -90,6 +91,9 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
             });
             let location = fracture_map(state, x)?.locate(*size, p);
             merge(&mut prediction, location_json(&location));
+            if let Some(dicom) = dicom {
+                merge(&mut prediction, json!({ "dicom": dicom }));
+            }
             predictions.push(prediction);
         }
     }
@@ -137,7 +141,7 @@ fn merge(into: &mut Value, extra: Value) {
 /// `POST /api/explain` (one image): its prediction, the gray input the model saw, the Grad-CAM
 /// overlay (PNG data URLs), and the histogram of each parameter's gradient for this image.
 pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
-    let (file, img) = first_image(state, body)?;
+    let Upload { file, img, .. } = first_image(state, body)?;
     let size = state.info.spec.square().side;
     let framed = to_model_input(&img, state.info.spec.square());
     let p = probabilities(state, &[&framed])[0];
@@ -179,7 +183,7 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
 /// `POST /api/layer?index=I` (one image): layer I's output for the image: feature maps as PNGs
 /// (each scaled to its own range, the first [`MAX_MAPS`]), or the values of a flat output.
 pub fn layer(state: &State, body: &Body, index: usize) -> Result<Value, ApiError> {
-    let (_, img) = first_image(state, body)?;
+    let Upload { img, .. } = first_image(state, body)?;
     let outputs = layer_outputs(state, &img, index)?;
     let y = &outputs[index];
     let shape = &y.dims()[1..];
@@ -239,7 +243,7 @@ pub fn dot(state: &State, body: &Body, at: DotAt) -> Result<Value, ApiError> {
             ),
         ));
     }
-    let (_, img) = first_image(state, body)?;
+    let Upload { img, .. } = first_image(state, body)?;
     let outputs = layer_outputs(state, &img, at.layer)?;
     let input = match info.sources[0] {
         Some(j) => outputs[j].clone(),
@@ -381,14 +385,25 @@ fn image_parts(body: &Body) -> Result<Vec<Part<'_>>, ApiError> {
 }
 
 /// The first image part, decoded (the others are not).
-fn first_image(state: &State, body: &Body) -> Result<(String, DynamicImage), ApiError> {
+fn first_image(state: &State, body: &Body) -> Result<Upload, ApiError> {
     decode(state, &image_parts(body)?[0])
 }
 
-/// One uploaded image, refused with the reason when it is not an image, is larger than the
-/// pixel limit, or is cut short.
-fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError> {
+/// An uploaded image, decoded.
+struct Upload {
+    file: String,
+    img: DynamicImage,
+    /// What a DICOM upload says about itself (no personal data).
+    dicom: Option<DicomInfo>,
+}
+
+/// One uploaded image (any format `predict` reads, DICOM included), refused with the reason
+/// when it is not an image, is larger than the pixel limit, or is cut short.
+fn decode(state: &State, part: &Part) -> Result<Upload, ApiError> {
     let file = part.filename.clone().unwrap_or_else(|| "image".into());
+    if dicom::is_dicom(part.data) {
+        return decode_dicom(state, part.data, file);
+    }
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(part.data))
             .with_guessed_format()
@@ -397,23 +412,17 @@ fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError
     let not_an_image = || {
         ApiError::new(
             415,
-            format!("{file} is not an image this server reads (JPEG, PNG, BMP, TIFF, GIF or WebP)"),
+            format!(
+                "{file} is not an image this server reads (JPEG, PNG, BMP, TIFF, GIF, WebP or \
+                 DICOM)"
+            ),
         )
     };
     let format = reader().format().ok_or_else(not_an_image)?;
     let (w, h) = reader()
         .into_dimensions()
         .map_err(|e| ApiError::new(422, format!("{file} cannot be read: {e}")))?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > state.max_pixels {
-        return Err(ApiError::new(
-            413,
-            format!(
-                "{file} is {w}x{h} pixels, more than the limit of {}",
-                state.max_pixels
-            ),
-        ));
-    }
+    within_limit(state, &file, (w, h))?;
     if format == image::ImageFormat::Jpeg && !part.data.ends_with(&[0xFF, 0xD9]) {
         // the JPEG decoder fills a cut-off image with gray instead of failing
         return Err(ApiError::new(
@@ -427,7 +436,38 @@ fn decode(state: &State, part: &Part) -> Result<(String, DynamicImage), ApiError
     r.limits(limits);
     let img = crate::data::image::decode_upright(r)
         .map_err(|e| ApiError::new(422, format!("{file} is truncated or damaged: {e}")))?;
-    Ok((file, img))
+    Ok(Upload {
+        file,
+        img,
+        dicom: None,
+    })
+}
+
+/// A DICOM upload: its attributes read and its size checked before any pixel is decoded.
+fn decode_dicom(state: &State, bytes: &[u8], file: String) -> Result<Upload, ApiError> {
+    let unreadable = |e: anyhow::Error| ApiError::new(422, format!("{e:#}"));
+    let parsed = dicom::Dicom::parse(bytes, &file).map_err(unreadable)?;
+    within_limit(state, &file, parsed.size())?;
+    let (img, info) = parsed.decode().map_err(unreadable)?;
+    Ok(Upload {
+        file,
+        img,
+        dicom: Some(info),
+    })
+}
+
+/// A 413 when an image of `w × h` has more pixels than the server takes.
+fn within_limit(state: &State, file: &str, (w, h): (u32, u32)) -> Result<(), ApiError> {
+    if u64::from(w) * u64::from(h) > state.max_pixels {
+        return Err(ApiError::new(
+            413,
+            format!(
+                "{file} is {w}x{h} pixels, more than the limit of {}",
+                state.max_pixels
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An f32 as the shortest decimal that reads back to it, exactly as `predict --json` prints it
