@@ -18,7 +18,7 @@
 //! Patient name, id and birth date are never read into anything this module returns.
 
 use anyhow::{anyhow, bail, Context, Result};
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
@@ -172,6 +172,7 @@ impl Dicom {
         if !is_dicom(bytes) {
             bail!("{name} is not DICOM: no 'DICM' after its 128-byte preamble");
         }
+        lengths_fit(bytes).with_context(|| format!("{name} is a damaged DICOM file"))?;
         let obj = OpenFileOptions::new()
             .read_preamble(ReadPreamble::Always)
             .from_reader(bytes)
@@ -196,6 +197,149 @@ impl Dicom {
             .decode(&self.obj)
             .with_context(|| format!("{}: its pixels cannot be decoded", self.name))
     }
+}
+
+/// What holds the elements being scanned by [`lengths_fit`].
+#[derive(Clone, Copy, PartialEq)]
+enum Holder {
+    /// A data set (the file's, or a sequence item's): elements.
+    DataSet,
+    /// A sequence: items, each a data set.
+    Sequence,
+    /// Encapsulated pixel data: items, each a fragment of bytes.
+    Fragments,
+}
+
+const UNDEFINED: u32 = u32::MAX;
+
+/// The value representations DICOM defines (PS3.5 6.2); a parser reads another as a long value.
+const KNOWN_VRS: [&[u8; 2]; 34] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+];
+
+/// Checks that every element's declared length fits in the bytes that follow it. dicom-rs
+/// allocates a value's declared length before reading it, so one damaged length byte (or a
+/// hostile upload) would cost gigabytes and seconds before the file is refused. Scans the little-
+/// endian syntaxes, implicit and explicit VR, into sequences and items; deflated and big-endian
+/// data sets are left to the parser.
+fn lengths_fit(bytes: &[u8]) -> Result<()> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let mut at = HEAD_LEN;
+    let mut implicit = false;
+    let mut stack: Vec<(Holder, Option<usize>)> = vec![(Holder::DataSet, None)];
+    while at + 8 <= bytes.len() {
+        while stack.len() > 1
+            && stack
+                .last()
+                .is_some_and(|(_, end)| end.is_some_and(|e| at >= e))
+        {
+            stack.pop();
+        }
+        let holder = stack.last().map_or(Holder::DataSet, |h| h.0);
+        let (group, element) = (u16_at(at), u16_at(at + 2));
+        let in_meta = group == 0x0002;
+        if group == 0xFFFE {
+            // items and delimiters: a tag and a 4-byte length, never a VR
+            let len = u32_at(at + 4);
+            at += 8;
+            match element {
+                0xE000 if holder == Holder::Sequence => {
+                    let end = match len {
+                        UNDEFINED => None,
+                        _ => Some(at + fits(len, at, bytes.len(), (group, element))?),
+                    };
+                    stack.push((Holder::DataSet, end));
+                }
+                0xE000 => at += fits(len, at, bytes.len(), (group, element))?,
+                _ => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                }
+            }
+            continue;
+        }
+        let (vr, len, header) = if implicit && !in_meta {
+            let vr = StandardDataDictionary
+                .by_tag(dicom_core::Tag(group, element))
+                .map(|e| e.vr().relaxed());
+            (vr.map_or(*b"UN", |v| v.to_bytes()), u32_at(at + 4), 8)
+        } else {
+            let vr = [bytes[at + 4], bytes[at + 5]];
+            if !KNOWN_VRS.contains(&&vr) {
+                bail!(
+                    "its element ({group:04X},{element:04X}) has no known value representation \
+                     ({:?})",
+                    String::from_utf8_lossy(&vr)
+                );
+            }
+            if matches!(
+                &vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            ) {
+                if at + 12 > bytes.len() {
+                    break;
+                }
+                (vr, u32_at(at + 8), 12)
+            } else {
+                (vr, u16_at(at + 6) as u32, 8)
+            }
+        };
+        at += header;
+        if len == UNDEFINED {
+            let is_pixels = (group, element) == (0x7FE0, 0x0010);
+            let kind = if is_pixels {
+                Holder::Fragments
+            } else {
+                Holder::Sequence
+            };
+            stack.push((kind, None));
+        } else if &vr == b"SQ" {
+            let size = fits(len, at, bytes.len(), (group, element))?;
+            stack.push((Holder::Sequence, Some(at + size)));
+        } else {
+            let size = fits(len, at, bytes.len(), (group, element))?;
+            if (group, element) == (0x0002, 0x0010) {
+                let uid = String::from_utf8_lossy(&bytes[at..at + size]);
+                let uid = uid.trim_end_matches(['\0', ' ']);
+                match uid {
+                    "1.2.840.10008.1.2" => implicit = true,
+                    "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2" => return Ok(()),
+                    _ => {}
+                }
+            }
+            at += size;
+        }
+    }
+    Ok(())
+}
+
+/// `len` as a size, if that many bytes remain after `at`.
+fn fits(len: u32, at: usize, total: usize, (group, element): (u16, u16)) -> Result<usize> {
+    let remain = total.saturating_sub(at);
+    if len as usize > remain {
+        bail!(
+            "its element ({group:04X},{element:04X}) claims {len} bytes where {remain} remain \
+             (a damaged length, or a file cut short)"
+        );
+    }
+    Ok(len as usize)
 }
 
 /// The attributes that say how to read the pixels, checked before decoding any.

@@ -3,6 +3,7 @@
 
 /// Transfer syntaxes the tests write.
 pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 pub const JPEG_LS: &str = "1.2.840.10008.1.2.4.80";
 /// Digital X-ray image storage, for presentation.
@@ -60,12 +61,22 @@ pub const SOP_INSTANCE_UID: &str = "1.2.826.0.1.3680043.9.7433.1.42";
 
 /// A data element: tag, VR, value (padded to an even length as the VR says).
 fn element(out: &mut Vec<u8>, (group, elem): (u16, u16), vr: &str, value: &[u8]) {
+    encode(out, (group, elem), vr, value, false)
+}
+
+/// An element, in implicit VR (no VR, a 4-byte length) when `implicit`.
+fn encode(out: &mut Vec<u8>, (group, elem): (u16, u16), vr: &str, value: &[u8], implicit: bool) {
     let mut value = value.to_vec();
     if value.len() % 2 == 1 {
         value.push(if vr == "UI" || vr == "OB" { 0 } else { b' ' });
     }
     out.extend(group.to_le_bytes());
     out.extend(elem.to_le_bytes());
+    if implicit {
+        out.extend((value.len() as u32).to_le_bytes());
+        out.extend(value);
+        return;
+    }
     out.extend(vr.as_bytes());
     if matches!(vr, "OB" | "OW" | "SQ" | "UN" | "UT") {
         out.extend([0, 0]);
@@ -111,45 +122,178 @@ pub fn file(spec: &Spec) -> Vec<u8> {
 }
 
 fn data_set(spec: &Spec) -> Vec<u8> {
+    let implicit = spec.transfer_syntax == IMPLICIT_LE;
     let mut d = Vec::new();
-    text(&mut d, (0x0008, 0x0016), "UI", DX_STORAGE);
-    text(&mut d, (0x0008, 0x0018), "UI", SOP_INSTANCE_UID);
-    text(&mut d, (0x0008, 0x0060), "CS", "DX");
-    text(&mut d, (0x0010, 0x0010), "PN", PATIENT_NAME);
-    text(&mut d, (0x0010, 0x0020), "LO", PATIENT_ID);
-    text(&mut d, (0x0010, 0x0030), "DA", PATIENT_BIRTH_DATE);
-    text(&mut d, (0x0018, 0x0015), "CS", "HAND");
-    short(&mut d, (0x0028, 0x0002), spec.samples);
-    text(&mut d, (0x0028, 0x0004), "CS", spec.photometric);
+    encode(
+        &mut d,
+        (0x0008, 0x0016),
+        "UI",
+        DX_STORAGE.as_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0008, 0x0018),
+        "UI",
+        SOP_INSTANCE_UID.as_bytes(),
+        implicit,
+    );
+    encode(&mut d, (0x0008, 0x0060), "CS", "DX".as_bytes(), implicit);
+    referenced_image(&mut d, implicit);
+    encode(
+        &mut d,
+        (0x0010, 0x0010),
+        "PN",
+        PATIENT_NAME.as_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0010, 0x0020),
+        "LO",
+        PATIENT_ID.as_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0010, 0x0030),
+        "DA",
+        PATIENT_BIRTH_DATE.as_bytes(),
+        implicit,
+    );
+    encode(&mut d, (0x0018, 0x0015), "CS", "HAND".as_bytes(), implicit);
+    encode(
+        &mut d,
+        (0x0028, 0x0002),
+        "US",
+        &(spec.samples).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0004),
+        "CS",
+        spec.photometric.as_bytes(),
+        implicit,
+    );
     if spec.frames > 1 {
-        text(&mut d, (0x0028, 0x0008), "IS", &spec.frames.to_string());
+        encode(
+            &mut d,
+            (0x0028, 0x0008),
+            "IS",
+            &spec.frames.to_string().as_bytes(),
+            implicit,
+        );
     }
-    short(&mut d, (0x0028, 0x0010), spec.height);
-    short(&mut d, (0x0028, 0x0011), spec.width);
-    short(&mut d, (0x0028, 0x0100), spec.bits_allocated);
-    short(&mut d, (0x0028, 0x0101), spec.bits_stored);
-    short(&mut d, (0x0028, 0x0102), spec.bits_stored - 1);
-    short(&mut d, (0x0028, 0x0103), spec.signed as u16);
+    encode(
+        &mut d,
+        (0x0028, 0x0010),
+        "US",
+        &(spec.height).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0011),
+        "US",
+        &(spec.width).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0100),
+        "US",
+        &(spec.bits_allocated).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0101),
+        "US",
+        &(spec.bits_stored).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0102),
+        "US",
+        &(spec.bits_stored - 1).to_le_bytes(),
+        implicit,
+    );
+    encode(
+        &mut d,
+        (0x0028, 0x0103),
+        "US",
+        &(spec.signed as u16).to_le_bytes(),
+        implicit,
+    );
     if let Some((center, width)) = spec.window {
-        text(&mut d, (0x0028, 0x1050), "DS", &center.to_string());
-        text(&mut d, (0x0028, 0x1051), "DS", &width.to_string());
+        encode(
+            &mut d,
+            (0x0028, 0x1050),
+            "DS",
+            &center.to_string().as_bytes(),
+            implicit,
+        );
+        encode(
+            &mut d,
+            (0x0028, 0x1051),
+            "DS",
+            &width.to_string().as_bytes(),
+            implicit,
+        );
     }
     if let Some((slope, intercept)) = spec.rescale {
-        text(&mut d, (0x0028, 0x1052), "DS", &intercept.to_string());
-        text(&mut d, (0x0028, 0x1053), "DS", &slope.to_string());
+        encode(
+            &mut d,
+            (0x0028, 0x1052),
+            "DS",
+            &intercept.to_string().as_bytes(),
+            implicit,
+        );
+        encode(
+            &mut d,
+            (0x0028, 0x1053),
+            "DS",
+            &slope.to_string().as_bytes(),
+            implicit,
+        );
     }
     if spec.with_pixel_data {
         match &spec.fragment {
-            None => element(
+            None => encode(
                 &mut d,
                 (0x7FE0, 0x0010),
                 pixel_vr(spec),
                 &native_pixels(spec),
+                implicit,
             ),
             Some(fragment) => encapsulated(&mut d, fragment),
         }
     }
     d
+}
+
+/// A Referenced Image Sequence of undefined length holding one item of defined length, so that
+/// every file has a nested data set to read past.
+fn referenced_image(out: &mut Vec<u8>, implicit: bool) {
+    let mut item = Vec::new();
+    encode(
+        &mut item,
+        (0x0008, 0x1155),
+        "UI",
+        SOP_INSTANCE_UID.as_bytes(),
+        implicit,
+    );
+    out.extend([0x08, 0x00, 0x40, 0x11]);
+    if !implicit {
+        out.extend(b"SQ\0\0");
+    }
+    out.extend(u32::MAX.to_le_bytes());
+    out.extend([0xFE, 0xFF, 0x00, 0xE0]);
+    out.extend((item.len() as u32).to_le_bytes());
+    out.extend(item);
+    out.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
 }
 
 fn pixel_vr(spec: &Spec) -> &'static str {
