@@ -91,10 +91,6 @@ fn text(out: &mut Vec<u8>, tag: (u16, u16), vr: &str, value: &str) {
     element(out, tag, vr, value.as_bytes());
 }
 
-fn short(out: &mut Vec<u8>, tag: (u16, u16), value: u16) {
-    element(out, tag, "US", &value.to_le_bytes());
-}
-
 /// The whole file: preamble, file meta group, data set.
 pub fn file(spec: &Spec) -> Vec<u8> {
     let mut meta = Vec::new();
@@ -181,7 +177,7 @@ fn data_set(spec: &Spec) -> Vec<u8> {
             &mut d,
             (0x0028, 0x0008),
             "IS",
-            &spec.frames.to_string().as_bytes(),
+            spec.frames.to_string().as_bytes(),
             implicit,
         );
     }
@@ -232,14 +228,14 @@ fn data_set(spec: &Spec) -> Vec<u8> {
             &mut d,
             (0x0028, 0x1050),
             "DS",
-            &center.to_string().as_bytes(),
+            center.to_string().as_bytes(),
             implicit,
         );
         encode(
             &mut d,
             (0x0028, 0x1051),
             "DS",
-            &width.to_string().as_bytes(),
+            width.to_string().as_bytes(),
             implicit,
         );
     }
@@ -248,14 +244,14 @@ fn data_set(spec: &Spec) -> Vec<u8> {
             &mut d,
             (0x0028, 0x1052),
             "DS",
-            &intercept.to_string().as_bytes(),
+            intercept.to_string().as_bytes(),
             implicit,
         );
         encode(
             &mut d,
             (0x0028, 0x1053),
             "DS",
-            &slope.to_string().as_bytes(),
+            slope.to_string().as_bytes(),
             implicit,
         );
     }
