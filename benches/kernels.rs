@@ -55,7 +55,7 @@ fn gemm_sizes(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, &n| {
             bench.iter(|| {
                 let (am, bm) = (gemm::MatRef::rows(&a, n, n), gemm::MatRef::rows(&b, n, n));
-                gemm::gemm(am, bm, &mut out, n, false)
+                gemm::gemm(gemm::Kernel::fastest(), am, bm, &mut out, n, false)
             })
         });
     }
@@ -65,7 +65,7 @@ fn gemm_sizes(c: &mut Criterion) {
 fn all(c: &mut Criterion) {
     cpu::keep_freed_memory();
     gemm_sizes(c);
-    backend(c, "cpu", &Cpu);
+    backend(c, "cpu", &Cpu::new());
     match Gpu::new() {
         Ok(gpu) => backend(c, "gpu", &gpu),
         Err(e) => eprintln!("no GPU benchmarks: {e:#}"),

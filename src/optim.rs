@@ -264,7 +264,7 @@ mod weight_average_tests {
             "name = \"t\"\ninput = [1, 2, 2]\nlayers = [{ type = \"flatten\" }, { type = \"dense\", units = 1 }]",
         )
         .unwrap();
-        let be = Cpu;
+        let be = Cpu::new();
         let mut model = Model::new(&be, &spec, 1).unwrap();
         let w0 = be.download(&model.named_params()[0].param.value);
         let mut avg = WeightAverage::new(&be, &model, 0.9);

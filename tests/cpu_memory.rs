@@ -28,7 +28,7 @@ fn minor_page_faults() -> i64 {
 #[test]
 fn a_warmed_up_training_step_takes_no_fresh_memory() {
     cpu::keep_freed_memory();
-    let be = Cpu;
+    let be = Cpu::new();
     let spec = ModelSpec::load("fracturenet")
         .unwrap()
         .with_image_size(64)

@@ -79,9 +79,9 @@ fn explained_gradient_matches_finite_differences<B: Backend>(
 
 #[test]
 fn the_explanation_gradient_is_proven_on_the_cpu() {
-    explained_gradient_matches_finite_differences(&Cpu, 0);
+    explained_gradient_matches_finite_differences(&Cpu::new(), 0);
     let at = target_layer(&ModelSpec::load("fracturenet").unwrap()).unwrap();
-    let (a, da) = explained_gradient_matches_finite_differences(&Cpu, at);
+    let (a, da) = explained_gradient_matches_finite_differences(&Cpu::new(), at);
     // the map of the fracture score, and of its opposite (where the features lowering it are)
     let minus = Tensor::new(da.shape.clone(), da.data.iter().map(|v| -v).collect());
     let (cam, other) = (grad_cam(&a, &da), grad_cam(&a, &minus));
@@ -101,10 +101,10 @@ fn the_gpu_explains_like_the_cpu() {
         return;
     };
     explained_gradient_matches_finite_differences(gpu, 0);
-    let (mut model, x) = model_and_image(&Cpu);
+    let (mut model, x) = model_and_image(&Cpu::new());
     let at = target_layer(&model.spec).unwrap();
     let (a_gpu, da_gpu) = explained_gradient_matches_finite_differences(gpu, at);
-    let (_, a, da) = model.activation_and_gradient(&Cpu, Cpu.upload(&x), at);
+    let (_, a, da) = model.activation_and_gradient(&Cpu::new(), Cpu::new().upload(&x), at);
     let close = |p: &Tensor, q: &Tensor| {
         let top = q.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         p.data

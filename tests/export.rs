@@ -40,7 +40,7 @@ fn xrays() -> Vec<PathBuf> {
 /// their probabilities differ, and an export that got any layer wrong could not agree).
 fn trained_looking_model(spec: &ModelSpec, images: &[Vec<f32>], seed: u64) -> Model<Cpu> {
     let one_batch = common::models::taking_one_batch_statistics(spec);
-    let mut model = Model::new(&Cpu, &one_batch, seed).unwrap();
+    let mut model = Model::new(&Cpu::new(), &one_batch, seed).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     for p in model.params_mut() {
         let (lo, hi) = match p.name {
@@ -48,15 +48,15 @@ fn trained_looking_model(spec: &ModelSpec, images: &[Vec<f32>], seed: u64) -> Mo
             "gamma" => (0.5, 1.5),
             _ => continue,
         };
-        let shape = Cpu.shape(&p.value).clone();
+        let shape = Cpu::new().shape(&p.value).clone();
         let data = (0..shape.numel()).map(|_| rng.gen_range(lo..hi)).collect();
-        p.value = Cpu.upload(&Tensor::new(shape, data));
+        p.value = Cpu::new().upload(&Tensor::new(shape, data));
     }
     let [c, h, w] = spec.input;
     let x = Tensor::new([images.len(), c, h, w], images.concat());
-    model.forward(&Cpu, Cpu.upload(&x), Mode::Train { seed });
-    let logits = Cpu
-        .download(&model.forward(&Cpu, Cpu.upload(&x), Mode::Eval))
+    model.forward(&Cpu::new(), Cpu::new().upload(&x), Mode::Train { seed });
+    let logits = Cpu::new()
+        .download(&model.forward(&Cpu::new(), Cpu::new().upload(&x), Mode::Eval))
         .data;
     let n = logits.len() as f32;
     let mean = logits.iter().sum::<f32>() / n;
@@ -73,8 +73,12 @@ fn trained_looking_model(spec: &ModelSpec, images: &[Vec<f32>], seed: u64) -> Mo
             t.data.iter().map(|v| v * k - shift).collect(),
         )
     };
-    weight.value = Cpu.upload(&scale(&Cpu.download(&weight.value), 1.0 / sd, 0.0));
-    bias.value = Cpu.upload(&scale(&Cpu.download(&bias.value), 1.0 / sd, mean / sd));
+    weight.value = Cpu::new().upload(&scale(&Cpu::new().download(&weight.value), 1.0 / sd, 0.0));
+    bias.value = Cpu::new().upload(&scale(
+        &Cpu::new().download(&bias.value),
+        1.0 / sd,
+        mean / sd,
+    ));
     model
 }
 
@@ -110,7 +114,8 @@ fn assert_export_agrees(ckpt: &Path, spec: &ModelSpec, dir: &Path) {
     let [_, h, w] = spec.input;
     let images: Vec<Vec<f32>> = files.iter().map(|f| model_input(f, spec)).collect();
     let theirs = tract_probabilities(&onnx, &images, h, w);
-    let (ours, failed) = eval::predict(&Cpu, &[ckpt.to_path_buf()], &files, 3, false).unwrap();
+    let (ours, failed) =
+        eval::predict(&Cpu::new(), &[ckpt.to_path_buf()], &files, 3, false).unwrap();
     assert!(failed.is_empty());
     assert_eq!(ours.len(), theirs.len(), "an answer per X-ray from both");
     let probabilities: Vec<f32> = ours.iter().map(|p| p.probability).collect();
@@ -145,7 +150,7 @@ fn trained_looking_checkpoint(spec: &ModelSpec, seed: u64, dir: &Path) -> PathBu
         progress: None,
     };
     let ckpt = dir.join("model.safetensors");
-    checkpoint::save(&Cpu, &model, &info, Vec::new(), &ckpt).unwrap();
+    checkpoint::save(&Cpu::new(), &model, &info, Vec::new(), &ckpt).unwrap();
     ckpt
 }
 
@@ -190,8 +195,8 @@ fn resnet_with_a_fracture_map_exports_both_outputs() {
         .unwrap()
         .into_runnable()
         .unwrap();
-    let (net, _) = checkpoint::load(&Cpu, &ckpt).unwrap();
-    let mut net = fracture_cnn::nn::fold::inference_model(&Cpu, &net).unwrap();
+    let (net, _) = checkpoint::load(&Cpu::new(), &ckpt).unwrap();
+    let mut net = fracture_cnn::nn::fold::inference_model(&Cpu::new(), &net).unwrap();
     let mut worst = 0f32;
     let mut spread = (1f32, 0f32);
     for file in xrays().iter().take(4) {
@@ -201,7 +206,7 @@ fn resnet_with_a_fracture_map_exports_both_outputs() {
         assert_eq!(out.len(), 2, "probability and fracture_map");
         let theirs = out[1].to_plain_array_view::<f32>().unwrap();
         assert_eq!(theirs.shape(), &[1, 1, 12, 12], "stride 8 at 96");
-        let ours = eval::head_map(&Cpu, &mut net, &model_input(file, &spec)).unwrap();
+        let ours = eval::head_map(&Cpu::new(), &mut net, &model_input(file, &spec)).unwrap();
         assert_eq!(ours.heat.len(), 144);
         let theirs: Vec<f32> = theirs.iter().copied().collect();
         let gap = Tensor::new([144], ours.heat.clone()).max_abs_diff(&Tensor::new([144], theirs));
@@ -288,6 +293,6 @@ fn uneven_padding_and_framing_export() {
 fn the_shipped_model_exports() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = eval::shipped_model();
-    let (_, info) = checkpoint::load(&Cpu, &ckpt).unwrap();
+    let (_, info) = checkpoint::load(&Cpu::new(), &ckpt).unwrap();
     assert_export_agrees(&ckpt, &info.spec, dir.path());
 }

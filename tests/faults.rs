@@ -211,14 +211,14 @@ fn bad_checkpoints_are_refused_with_the_file_named() {
             .unwrap()
             .with_image_size(size)
             .unwrap();
-        let other = Model::new(&Cpu, &spec, 1).unwrap();
+        let other = Model::new(&Cpu::new(), &spec, 1).unwrap();
         let info = checkpoint::CheckpointInfo {
             spec,
             threshold: 0.5,
             epoch: 1,
             progress: None,
         };
-        checkpoint::save(&Cpu, &other, &info, Vec::new(), &last).unwrap();
+        checkpoint::save(&Cpu::new(), &other, &info, Vec::new(), &last).unwrap();
         let (code, err) = resume();
         assert_eq!(code, Some(1));
         assert!(
@@ -228,7 +228,7 @@ fn bad_checkpoints_are_refused_with_the_file_named() {
     }
     // loading a checkpoint of one model as another names the tensor that differs
     std::fs::write(&last, &good).unwrap();
-    let (_, _, extra) = checkpoint::load_with_extra(&Cpu, &last).unwrap();
+    let (_, _, extra) = checkpoint::load_with_extra(&Cpu::new(), &last).unwrap();
     assert!(extra.keys().all(|k| k.starts_with("optimizer.")));
 }
 
@@ -308,22 +308,22 @@ fn a_non_finite_gradient_is_named_and_large_ones_are_clipped() {
         .unwrap()
         .with_image_size(16)
         .unwrap();
-    let mut model = Model::new(&Cpu, &spec, 1).unwrap();
+    let mut model = Model::new(&Cpu::new(), &spec, 1).unwrap();
     for (i, p) in model.params_mut().into_iter().enumerate() {
         if p.trainable {
-            let shape = Cpu.shape(&p.value).clone();
+            let shape = Cpu::new().shape(&p.value).clone();
             p.grad = Some(fracture_cnn::tensor::Tensor::full(shape, 3.0 + i as f32));
         }
     }
-    let norm = train::check_and_clip_gradients(&Cpu, &mut model, Some(1.0)).unwrap();
+    let norm = train::check_and_clip_gradients(&Cpu::new(), &mut model, Some(1.0)).unwrap();
     assert!(norm > 1.0);
-    let after = train::check_and_clip_gradients(&Cpu, &mut model, None).unwrap();
+    let after = train::check_and_clip_gradients(&Cpu::new(), &mut model, None).unwrap();
     assert!((after - 1.0).abs() < 1e-4, "clipped to {after}");
 
     let names: Vec<String> = model.named_params().into_iter().map(|p| p.name).collect();
     let at = names.iter().position(|n| n == "04.conv2d.weight").unwrap();
     model.params_mut()[at].grad.as_mut().unwrap().data[5] = f32::NAN;
-    let e = train::check_and_clip_gradients(&Cpu, &mut model, None)
+    let e = train::check_and_clip_gradients(&Cpu::new(), &mut model, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("weight of layer 4 (conv2d) became NaN"), "{e}");

@@ -81,7 +81,7 @@ fn every_preset_folds_to_the_same_logits_on_the_cpu() {
             .unwrap()
             .with_image_size(size)
             .unwrap();
-        let removed = check(&Cpu, spec.clone());
+        let removed = check(&Cpu::new(), spec.clone());
         assert!(removed > batchnorms(&spec), "{name}: ReLUs fused too");
         assert_eq!(removed, foldable(&spec), "{name}");
     }
@@ -100,7 +100,7 @@ fn every_preset_folds_to_the_same_logits_on_the_cpu() {
         .unwrap()
         .with_image_size(94)
         .unwrap();
-    assert_eq!(check(&Cpu, keras), 8, "its 8 convolutions' ReLUs");
+    assert_eq!(check(&Cpu::new(), keras), 8, "its 8 convolutions' ReLUs");
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_convolution_read_by_two_layers_keeps_its_batch_norm_apart() {
     )
     .unwrap();
     // the add reads the convolution too: folding the batch norm would change what it adds
-    assert_eq!(check(&Cpu, spec), 0);
+    assert_eq!(check(&Cpu::new(), spec), 0);
 }
 
 #[test]
@@ -199,10 +199,14 @@ fn pooling_inside_the_convolution_gives_the_layer_by_layer_logits() {
         two_readers,
     ];
     for spec in specs {
-        let (plain, x) = model_with_statistics(&Cpu, &spec, 3);
-        let mut folded = inference_model(&Cpu, &plain).unwrap();
-        let layer_by_layer = folded.outputs(&Cpu, Cpu.upload(&x)).pop().unwrap();
-        let fused = Cpu.download(&folded.forward(&Cpu, Cpu.upload(&x), Mode::Eval));
+        let (plain, x) = model_with_statistics(&Cpu::new(), &spec, 3);
+        let mut folded = inference_model(&Cpu::new(), &plain).unwrap();
+        let layer_by_layer = folded
+            .outputs(&Cpu::new(), Cpu::new().upload(&x))
+            .pop()
+            .unwrap();
+        let fused =
+            Cpu::new().download(&folded.forward(&Cpu::new(), Cpu::new().upload(&x), Mode::Eval));
         if let Err(e) = fused.check_close(&layer_by_layer, 1e-5) {
             panic!("{}: pooled inside, the logits differ: {e}", spec.name);
         }
@@ -308,7 +312,7 @@ fn relu_and_pooling_inside_batch_norm_train_as_the_layers_one_by_one() {
         }
     }
     for spec in &specs {
-        check(&Cpu, spec);
+        check(&Cpu::new(), spec);
         // a whole residual network's step on lavapipe is tests/gpu_parity.rs's
         if let Some(gpu) = common::gpu::backend().filter(|_| spec.name != "resnet") {
             check(gpu, spec);
@@ -323,8 +327,8 @@ fn relu_and_pooling_inside_batch_norm_train_as_the_layers_one_by_one() {
 fn a_fold_off_by_a_tenth_of_a_percent_fails_the_comparison() {
     for name in ["fracturenet", "mobilenet", "resnet"] {
         let spec = ModelSpec::load(name).unwrap().with_image_size(64).unwrap();
-        let (mut plain, x) = model_with_statistics(&Cpu, &spec, 7);
-        let mut folded = inference_model(&Cpu, &plain).unwrap();
+        let (mut plain, x) = model_with_statistics(&Cpu::new(), &spec, 7);
+        let mut folded = inference_model(&Cpu::new(), &plain).unwrap();
         let first = folded
             .named_params()
             .iter()
@@ -332,8 +336,8 @@ fn a_fold_off_by_a_tenth_of_a_percent_fails_the_comparison() {
             .unwrap();
         let w = &mut folded.params_mut()[first].value;
         w.data.iter_mut().for_each(|v| *v *= 1.001);
-        let want = plain.forward(&Cpu, x.clone(), Mode::Eval);
-        let got = folded.forward(&Cpu, x, Mode::Eval);
+        let want = plain.forward(&Cpu::new(), x.clone(), Mode::Eval);
+        let got = folded.forward(&Cpu::new(), x, Mode::Eval);
         assert!(got.check_close(&want, TOL).is_err(), "{name}");
     }
 }

@@ -67,7 +67,7 @@ fn the_checkpoint_reader_survives_damaged_files() {
         .unwrap()
         .with_image_size(16)
         .unwrap();
-    let model = Model::new(&Cpu, &spec, 1).unwrap();
+    let model = Model::new(&Cpu::new(), &spec, 1).unwrap();
     let info = checkpoint::CheckpointInfo {
         spec,
         threshold: 0.5,
@@ -75,13 +75,13 @@ fn the_checkpoint_reader_survives_damaged_files() {
         progress: None,
     };
     let good_path = dir.path().join("good.safetensors");
-    checkpoint::save(&Cpu, &model, &info, Vec::new(), &good_path).unwrap();
+    checkpoint::save(&Cpu::new(), &model, &info, Vec::new(), &good_path).unwrap();
     let good = std::fs::read(&good_path).unwrap();
     let path = dir.path().join("damaged.safetensors");
     let mut refused = 0;
     fuzz(&good, 400, 1, |bytes| {
         std::fs::write(&path, bytes).unwrap();
-        match checkpoint::load(&Cpu, &path) {
+        match checkpoint::load(&Cpu::new(), &path) {
             Ok(_) => {}
             Err(e) => {
                 let e = format!("{e:#}");

@@ -43,7 +43,7 @@ fn every_op_case_matches_the_cpu_on_every_gpu_variant() {
     let Some(gpu) = gpu() else { return };
     let (mut failed, mut compared) = (Vec::new(), 0);
     for op in cases::suite() {
-        let want = op.outputs(&Cpu, 3);
+        let want = op.outputs(&Cpu::new(), 3);
         for (how, gpu) in variants(gpu, op.largest_piece()) {
             for ((name, w), (_, g)) in want.iter().zip(op.outputs(&gpu, 3)) {
                 compared += 1;
@@ -74,14 +74,14 @@ fn running_statistics_copies_and_gradient_health() {
     let Some(gpu) = gpu() else { return };
     let (rm, batch) = (rand([300], 1), rand([300], 2));
     let (mut crm, mut grm) = (rm.clone(), gpu.upload(&rm));
-    Cpu.ema_update(&mut crm, &batch, 0.1, 1.5);
+    Cpu::new().ema_update(&mut crm, &batch, 0.1, 1.5);
     gpu.ema_update(&mut grm, &gpu.upload(&batch), 0.1, 1.5);
     same("running statistics", &crm, &gpu.download(&grm), 1e-6);
     let x = rand([3, 1001], 500);
     same("copy", &x, &gpu.download(&gpu.copy(&gpu.upload(&x))), 0.0);
 
     let (a, b) = (rand([1], 504), rand([70_001], 505));
-    let want = Cpu.squared_norms(&[&a, &b]);
+    let want = Cpu::new().squared_norms(&[&a, &b]);
     let got = gpu.squared_norms(&[&gpu.upload(&a), &gpu.upload(&b)]);
     for (w, g) in want.iter().zip(&got) {
         assert!((w - g).abs() <= 1e-5 * w.abs(), "{want:?} vs {got:?}");
@@ -90,7 +90,7 @@ fn running_statistics_copies_and_gradient_health() {
     nan.data[123] = f32::NAN;
     assert!(gpu.squared_norms(&[&gpu.upload(&nan)])[0].is_nan());
     let (mut cb, mut gb) = (b.clone(), gpu.upload(&b));
-    Cpu.scale(&mut cb, 0.25);
+    Cpu::new().scale(&mut cb, 0.25);
     gpu.scale(&mut gb, 0.25);
     same("scale", &cb, &gpu.download(&gb), 0.0);
 }
@@ -126,7 +126,7 @@ fn train_losses<B: Backend>(
 /// The GPU's losses stay within 0.2 % of the CPU's over a few steps.
 fn steps_match(gpu: &Gpu, spec: &ModelSpec, opt: OptimizerKind, batch: usize, steps: usize) {
     let name = &spec.name;
-    let cpu = train_losses(&Cpu, spec, opt, batch, steps);
+    let cpu = train_losses(&Cpu::new(), spec, opt, batch, steps);
     let on_gpu = train_losses(gpu, spec, opt, batch, steps);
     println!("{name}: cpu {cpu:?}\n{name}: gpu {on_gpu:?}");
     for (c, g) in cpu.iter().zip(&on_gpu) {
@@ -190,12 +190,12 @@ const INPUTS_TRIED: u64 = 6;
 /// gradient's size, so gradients that are zero up to rounding would take steps of random sign.
 fn steps_match_from_shared_weights(gpu: &Gpu, spec: &ModelSpec, batch: usize, steps: u64) {
     let (mut on_cpu, mut on_gpu) = (
-        Model::new(&Cpu, spec, 7).unwrap(),
+        Model::new(&Cpu::new(), spec, 7).unwrap(),
         Model::new(gpu, spec, 7).unwrap(),
     );
     let sgd = OptimizerKind::Sgd { momentum: 0.0 };
     let (mut cpu_opt, mut gpu_opt) = (Optimizer::new(sgd, 0.0), Optimizer::new(sgd, 0.0));
-    let mut before = weights(&Cpu, &on_cpu);
+    let mut before = weights(&Cpu::new(), &on_cpu);
     for step in 0..steps {
         let inputs = step * INPUTS_TRIED..(step + 1) * INPUTS_TRIED;
         let stepped = inputs.clone().any(|input| {
@@ -203,7 +203,8 @@ fn steps_match_from_shared_weights(gpu: &Gpu, spec: &ModelSpec, batch: usize, st
             let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, 600 + input);
             let y = Tensor::new([batch], (0..batch).map(|i| (i % 2) as f32).collect());
             let mode = Mode::Train { seed: step };
-            let (cl, cpu_kinks, cd) = forward_from(&Cpu, &mut on_cpu, &before, (&x, &y), mode);
+            let (cl, cpu_kinks, cd) =
+                forward_from(&Cpu::new(), &mut on_cpu, &before, (&x, &y), mode);
             let (gl, gpu_kinks, gd) = forward_from(gpu, &mut on_gpu, &before, (&x, &y), mode);
             println!(
                 "{}: step {step}, input {input}: cpu {cl} gpu {gl}",
@@ -221,8 +222,8 @@ fn steps_match_from_shared_weights(gpu: &Gpu, spec: &ModelSpec, batch: usize, st
                 println!("  a ReLU or pooling choice switched in layers {switched:?}: next input");
                 return false;
             }
-            on_cpu.backward(&Cpu, cd, false);
-            cpu_opt.step(&Cpu, &mut on_cpu, 1e-3);
+            on_cpu.backward(&Cpu::new(), cd, false);
+            cpu_opt.step(&Cpu::new(), &mut on_cpu, 1e-3);
             on_gpu.backward(gpu, gd, false);
             gpu_opt.step(gpu, &mut on_gpu, 1e-3);
             true
@@ -235,7 +236,7 @@ fn steps_match_from_shared_weights(gpu: &Gpu, spec: &ModelSpec, batch: usize, st
         );
         // each weight moved alike: to 1 % of the largest move, give or take the rounding of the
         // weights themselves
-        let (updated, moved_on_gpu) = (weights(&Cpu, &on_cpu), weights(gpu, &on_gpu));
+        let (updated, moved_on_gpu) = (weights(&Cpu::new(), &on_cpu), weights(gpu, &on_gpu));
         let named = on_cpu.named_params();
         let mut closest = (0f32, "");
         for (((old, c), g), name) in before.iter().zip(&updated).zip(&moved_on_gpu).zip(&named) {
@@ -364,7 +365,7 @@ fn gradients_match(name: &str, size: usize, batch: usize) {
     let inputs = 700..700 + INPUTS_TRIED;
     let same_kinks = inputs.clone().find_map(|input| {
         let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, input);
-        let (cpu, cpu_kinks) = grads(&Cpu, &spec, &x, &y);
+        let (cpu, cpu_kinks) = grads(&Cpu::new(), &spec, &x, &y);
         let (on_gpu, gpu_kinks) = grads(gpu, &spec, &x, &y);
         if cpu_kinks != gpu_kinks {
             println!("{name}: input {input}: a ReLU or pooling choice switched: next input");

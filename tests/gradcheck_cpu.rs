@@ -7,29 +7,13 @@ mod common;
 use fracture_cnn::backend::cpu::conv::Algorithm;
 use fracture_cnn::backend::cpu::Cpu;
 
-crate::gradcheck_suite!(Some(&Cpu), 60);
+crate::gradcheck_suite!(Some(&Cpu::new()), 60);
 
 // Tier 2, the slow proofs: every layer type and op these two use is checked entry by entry in
 // tier 1 above, and fracturenet and resnet-4-1 whole; these two take minutes on 2 cores (every
 // entry of their early layers crosses a kink at each step tried, which costs six more forward
 // passes). On the GPU they are replaced by a comparison of every gradient with the CPU's
 // (tests/gpu_parity.rs).
-/// Runs the ignored test `name` in a process of its own with `FRACTURE_CONV_ALGORITHM=gemm`;
-/// panics if it fails or did not run.
-fn in_a_process_with_gemm(name: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--ignored", "--nocapture"])
-        .env("FRACTURE_CONV_ALGORITHM", "gemm")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} with the GEMM convolution:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 #[ignore = "tier 2 (minutes): cargo test --release -- --ignored, which CI runs"]
 fn whole_xray_bone_classifier_at_94x94() {
@@ -38,11 +22,6 @@ fn whole_xray_bone_classifier_at_94x94() {
     // images the input gradient's check fell to 6.9e-2 against 5e-2 with them: this whole-model
     // check of the layers' backward chain runs the GEMM convolution, while Winograd's own
     // gradients are checked op by op in tier 1 (finite differences) and against the reference.
-    // The CPU backend reads its choice once per process, and the other tier-2 check may have
-    // run a convolution first: unless forced already, this check runs in a process of its own.
-    if Algorithm::forced() != Some(Algorithm::Gemm) {
-        return in_a_process_with_gemm("whole_xray_bone_classifier_at_94x94");
-    }
     // 94 is the smallest input that survives its four valid convolutions and six poolings.
     let spec = ModelSpec::load("xray-bone-classifier")
         .unwrap()
@@ -51,7 +30,8 @@ fn whole_xray_bone_classifier_at_94x94() {
     // 6 entries per tensor: most of its early layers' entries cross a kink at every step tried,
     // and each costs 6 forward passes at 94×94 (every layer type is checked entry by entry on
     // its own in the suite above)
-    let reports = gc::model(&Cpu, &spec, 4, gc::Probe::model(6));
+    let gemm = Cpu::new().with_conv_algorithm(Algorithm::Gemm);
+    let reports = gc::model(&gemm, &spec, 4, gc::Probe::model(6));
     common::gradchecks::assert_model(&reports, MODEL_TOL);
 }
 
@@ -64,6 +44,6 @@ fn whole_mobilenet_quarter_width_at_32x32() {
         .unwrap()
         .with_image_size(32)
         .unwrap();
-    let reports = gc::model(&Cpu, &spec, 3, gc::Probe::model(8));
+    let reports = gc::model(&Cpu::new(), &spec, 3, gc::Probe::model(8));
     common::gradchecks::assert_model(&reports, MODEL_TOL);
 }

@@ -2,12 +2,13 @@
 //! on the cases of `backend::cases`: each pass's every output, forward and backward, and the
 //! optimisers' updates. A bug made the same way in a forward and its backward pass (padding on
 //! the wrong side of both, say) passes the finite-difference checks; here it fails.
-//! The CPU runs under each GEMM kernel this processor has; the GPU under each of its variants.
+//! The CPU runs under each GEMM kernel this processor has, and each convolution algorithm and
+//! unfolding forced everywhere; the GPU under each of its variants.
 
 mod common;
 
 use fracture_cnn::backend::cases::{suite, Op};
-use fracture_cnn::backend::cpu::conv::Algorithm;
+use fracture_cnn::backend::cpu::conv::{Algorithm, Unfolding};
 use fracture_cnn::backend::cpu::gemm::Kernel;
 use fracture_cnn::backend::cpu::Cpu;
 use fracture_cnn::backend::gpu::GemmKernel;
@@ -65,53 +66,46 @@ fn assert_matches_reference<B: Backend>(be: &B) {
 
 #[test]
 fn cpu_matches_the_reference() {
-    println!("{}", Cpu.name());
-    println!("convolutions forced to {:?}", Algorithm::forced());
-    assert_matches_reference(&Cpu);
+    assert_matches_reference(&Cpu::new());
 }
 
-/// Runs `cpu_matches_the_reference` in a process of its own with `var=value` (the CPU backend
-/// reads its choices once per process); panics if it fails or its output lacks `ran`, the line
-/// that shows the setting took.
-fn cpu_suite_in_a_process_with(var: &str, value: &str, ran: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "cpu_matches_the_reference", "--nocapture"])
-        .env(var, value)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "with {var}={value}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(ran) && stdout.contains("1 passed"),
-        "{var}={value} did not take:\n{stdout}"
-    );
-}
-
-/// The CPU backend picks its GEMM kernel once per process: each other kernel this processor has
-/// runs `cpu_matches_the_reference` in a process of its own (`FRACTURE_CPU_KERNEL`).
+/// Every GEMM kernel this processor runs (AVX-512, AVX2 + FMA, portable), each a backend of its
+/// own in this process: the SIMD paths of the GEMM, the flat correlations and the dot products.
 #[test]
 fn cpu_matches_the_reference_with_every_gemm_kernel() {
     let others = Kernel::available()
         .into_iter()
-        .filter(|k| *k != Kernel::detect());
+        .filter(|k| *k != Kernel::fastest());
     for kernel in others {
-        let ran = format!("{kernel:?} GEMM kernel");
-        cpu_suite_in_a_process_with("FRACTURE_CPU_KERNEL", kernel.name(), &ran);
+        assert_matches_reference(&Cpu::new().with_kernel(kernel).unwrap());
     }
 }
 
-/// Each convolution algorithm on every case it applies to (`FRACTURE_CONV_ALGORITHM`): the GEMM
-/// also where Winograd would be chosen, Winograd also on thin layers.
+/// Each convolution algorithm on every case it applies to: the GEMM also where Winograd would be
+/// chosen, Winograd also on thin layers; and each unfolding of the GEMM's input.
 #[test]
-fn cpu_matches_the_reference_with_each_conv_algorithm() {
-    for (name, forced) in [("gemm", Algorithm::Gemm), ("winograd", Algorithm::Winograd)] {
-        let ran = format!("forced to Some({forced:?})");
-        cpu_suite_in_a_process_with("FRACTURE_CONV_ALGORITHM", name, &ran);
+fn cpu_matches_the_reference_with_each_conv_algorithm_and_unfolding() {
+    for algorithm in [Algorithm::Gemm, Algorithm::Winograd] {
+        assert_matches_reference(&Cpu::new().with_conv_algorithm(algorithm));
     }
+    for unfolding in [Unfolding::Copy, Unfolding::Implicit, Unfolding::Flat] {
+        let gemm = Cpu::new().with_conv_algorithm(Algorithm::Gemm);
+        assert_matches_reference(&gemm.with_unfolding(unfolding));
+    }
+}
+
+/// A kernel this processor cannot run is refused by name, not run (its instructions would fault).
+#[test]
+fn a_kernel_this_processor_lacks_is_refused() {
+    for kernel in Kernel::all().into_iter().filter(|k| !k.runs_here()) {
+        let e = Cpu::new().with_kernel(kernel).unwrap_err();
+        assert!(
+            e.contains(kernel.name()) && e.contains("does not have"),
+            "{e}"
+        );
+    }
+    let e = Kernel::named("avx9").unwrap_err();
+    assert!(e.contains("\"avx9\"") && e.contains("portable"), "{e}");
 }
 
 #[test]
@@ -205,7 +199,7 @@ fn batchnorm_running_statistics_are_pytorchs() {
         .unwrap();
     var.check_close(&Tensor::new([1], vec![0.9 + 0.1 * 14.0 / 3.0]), 1e-6)
         .unwrap();
-    assert_running_statistics_are_the_references(&Cpu);
+    assert_running_statistics_are_the_references(&Cpu::new());
     if let Some(gpu) = common::gpu::backend() {
         assert_running_statistics_are_the_references(gpu);
     }

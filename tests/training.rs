@@ -47,7 +47,7 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     common::images::write_separable_dataset(&data, 12, 20);
-    let run = train::train(&Cpu, &config(&data, &dir.path().join("runs"), 1, 6)).unwrap();
+    let run = train::train(&Cpu::new(), &config(&data, &dir.path().join("runs"), 1, 6)).unwrap();
     let first = &run.epochs[0];
     let last = run.epochs.last().unwrap();
     assert!(
@@ -75,7 +75,8 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
     assert_eq!(csv.lines().count(), 1 + 6);
 
     // The last checkpoint, reloaded, predicts what the run measured after its last epoch.
-    let (mut model, info) = checkpoint::load(&Cpu, &run.run_dir.join("last.safetensors")).unwrap();
+    let (mut model, info) =
+        checkpoint::load(&Cpu::new(), &run.run_dir.join("last.safetensors")).unwrap();
     assert_eq!(info.epoch, 6);
     let val = DataDir::open(&data).unwrap().val;
     let ds = Dataset::decode(
@@ -84,7 +85,7 @@ fn learns_a_separable_task_and_reloads_to_the_same_predictions() {
         "val",
         true,
     );
-    let (loss, probs) = train::predict(&Cpu, &mut model, &ds, 8);
+    let (loss, probs) = train::predict(&Cpu::new(), &mut model, &ds, 8);
     assert_eq!(roc_auc(&probs, &ds.labels), last.val.roc_auc);
     assert!((loss - last.val.loss).abs() < 1e-9);
 }
@@ -96,7 +97,7 @@ fn same_seed_same_numbers_other_seed_other_numbers() {
     common::images::write_separable_dataset(&data, 6, 16);
     let out = dir.path().join("runs");
     let losses = |seed| -> Vec<(f64, f64)> {
-        let run = train::train(&Cpu, &config(&data, &out, seed, 2)).unwrap();
+        let run = train::train(&Cpu::new(), &config(&data, &out, seed, 2)).unwrap();
         run.epochs
             .iter()
             .map(|e| (e.train_loss, e.val.loss))
@@ -124,9 +125,9 @@ fn a_resumed_run_ends_as_an_uninterrupted_one() {
             .map(|e| (e.train_loss, e.val.loss, e.val.roc_auc))
             .collect()
     };
-    let whole = train::train(&Cpu, &config(&data, &dir.path().join("a"), 3, 3)).unwrap();
-    let part = train::train(&Cpu, &config(&data, &dir.path().join("b"), 3, 1)).unwrap();
-    let rest = train::resume(&Cpu, &part.run_dir, Some(3)).unwrap();
+    let whole = train::train(&Cpu::new(), &config(&data, &dir.path().join("a"), 3, 3)).unwrap();
+    let part = train::train(&Cpu::new(), &config(&data, &dir.path().join("b"), 3, 1)).unwrap();
+    let rest = train::resume(&Cpu::new(), &part.run_dir, Some(3)).unwrap();
     let mut joined = figures(&part);
     joined.extend(figures(&rest));
     assert_eq!(joined, figures(&whole));
@@ -138,7 +139,7 @@ fn a_resumed_run_ends_as_an_uninterrupted_one() {
             .collect::<Vec<_>>()
     };
     assert_eq!(csv(&rest), csv(&whole));
-    let e = train::resume(&Cpu, &rest.run_dir, None)
+    let e = train::resume(&Cpu::new(), &rest.run_dir, None)
         .err()
         .expect("a finished run is not resumed")
         .to_string();
@@ -168,12 +169,12 @@ fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model()
         },
         ..config(&data, &dir.path().join(out), 4, epochs)
     };
-    let whole = train::train(&Cpu, &recipe("a", 5)).unwrap();
+    let whole = train::train(&Cpu::new(), &recipe("a", 5)).unwrap();
     let last = whole.epochs.last().unwrap();
     assert!(last.val.roc_auc > 0.9, "val ROC-AUC {}", last.val.roc_auc);
     // the averaged weights, the mixup draws and the warm-up all carry over a resume
-    let part = train::train(&Cpu, &recipe("b", 2)).unwrap();
-    let rest = train::resume(&Cpu, &part.run_dir, Some(5)).unwrap();
+    let part = train::train(&Cpu::new(), &recipe("b", 2)).unwrap();
+    let rest = train::resume(&Cpu::new(), &part.run_dir, Some(5)).unwrap();
     let losses = |epochs: &[fracture_cnn::columns::EpochReport]| -> Vec<(f64, f64)> {
         epochs.iter().map(|e| (e.train_loss, e.val.loss)).collect()
     };
@@ -189,17 +190,19 @@ fn the_generalisation_ingredients_learn_resume_exactly_and_leave_a_final_model()
         "val",
         true,
     );
-    let (mut fin, _) = checkpoint::load(&Cpu, &whole.run_dir.join("final.safetensors")).unwrap();
-    let (loss, _) = train::predict(&Cpu, &mut fin, &ds, 8);
+    let (mut fin, _) =
+        checkpoint::load(&Cpu::new(), &whole.run_dir.join("final.safetensors")).unwrap();
+    let (loss, _) = train::predict(&Cpu::new(), &mut fin, &ds, 8);
     assert!(
         (loss - last.val.loss).abs() < 1e-9,
         "{loss} vs {}",
         last.val.loss
     );
-    let (mut rebuilt, _) = train::load_final(&Cpu, &whole.run_dir).unwrap();
-    assert_eq!(train::predict(&Cpu, &mut rebuilt, &ds, 8).0, loss);
-    let (mut raw, _) = checkpoint::load(&Cpu, &whole.run_dir.join("last.safetensors")).unwrap();
-    assert_ne!(train::predict(&Cpu, &mut raw, &ds, 8).0, loss);
+    let (mut rebuilt, _) = train::load_final(&Cpu::new(), &whole.run_dir).unwrap();
+    assert_eq!(train::predict(&Cpu::new(), &mut rebuilt, &ds, 8).0, loss);
+    let (mut raw, _) =
+        checkpoint::load(&Cpu::new(), &whole.run_dir.join("last.safetensors")).unwrap();
+    assert_ne!(train::predict(&Cpu::new(), &mut raw, &ds, 8).0, loss);
 }
 
 #[test]
@@ -212,7 +215,10 @@ fn bad_options_are_refused_before_any_work() {
     let refusal = |change: &dyn Fn(&mut TrainConfig)| {
         let mut c = config(&data, &out, 1, 1);
         change(&mut c);
-        format!("{:#}", train::train(&Cpu, &c).err().expect("refused"))
+        format!(
+            "{:#}",
+            train::train(&Cpu::new(), &c).err().expect("refused")
+        )
     };
     assert!(refusal(&|c| c.batch_size = 0).contains("--batch-size"));
     assert!(refusal(&|c| c.lr = f32::NAN).contains("--lr"));
@@ -253,7 +259,7 @@ fn balanced_sampling_draws_both_classes_alike_and_learns() {
     assert_eq!(drawn, ds.balanced_batches(8, 3).concat(), "seeded");
     let mut cfg = config(&data, &dir.path().join("runs"), 1, 6);
     cfg.sampling = train::Sampling::Balanced;
-    let run = train::train(&Cpu, &cfg).unwrap();
+    let run = train::train(&Cpu::new(), &cfg).unwrap();
     assert!(run.epochs.last().unwrap().val.roc_auc > 0.9);
 }
 
@@ -274,7 +280,7 @@ fn early_stopping_and_reduce_on_plateau_act_on_the_monitored_figure() {
         }),
         ..Callbacks::default()
     };
-    let run = train::train(&Cpu, &cfg).unwrap();
+    let run = train::train(&Cpu::new(), &cfg).unwrap();
     let lrs: Vec<f32> = run.epochs.iter().map(|e| e.lr).collect();
     assert_eq!(
         lrs,
@@ -282,7 +288,7 @@ fn early_stopping_and_reduce_on_plateau_act_on_the_monitored_figure() {
         "epoch 3 ran at half the rate, then the run stopped"
     );
     assert_eq!(run.best_epoch, 1);
-    let e = train::resume(&Cpu, &run.run_dir, Some(10))
+    let e = train::resume(&Cpu::new(), &run.run_dir, Some(10))
         .err()
         .unwrap()
         .to_string();
@@ -299,14 +305,14 @@ fn the_framing_travels_with_the_model_to_predict() {
         framing: Some(Framing::PadReflect),
         ..config(&data, &dir.path().join("runs"), 2, 1)
     };
-    let run = train::train(&Cpu, &cfg).unwrap();
+    let run = train::train(&Cpu::new(), &cfg).unwrap();
     let best = run.run_dir.join("best.safetensors");
-    let (mut model, info) = checkpoint::load(&Cpu, &best).unwrap();
+    let (mut model, info) = checkpoint::load(&Cpu::new(), &best).unwrap();
     assert_eq!(info.spec.framing, Framing::PadReflect);
     let val = DataDir::open(&data).unwrap().val;
     let mut framed = |framing| {
         let ds = Dataset::decode(&val.samples, Square::whole(16, framing), "val", true);
-        train::predict(&Cpu, &mut model, &ds, 8).1
+        train::predict(&Cpu::new(), &mut model, &ds, 8).1
     };
     let (reflected, squashed) = (framed(Framing::PadReflect), framed(Framing::Squash));
     assert_ne!(
@@ -314,7 +320,7 @@ fn the_framing_travels_with_the_model_to_predict() {
         "the framing changes what the model sees"
     );
     let paths: Vec<_> = val.samples.iter().map(|s| s.path.clone()).collect();
-    let (answers, _) = fracture_cnn::eval::predict(&Cpu, &[best], &paths, 8, false).unwrap();
+    let (answers, _) = fracture_cnn::eval::predict(&Cpu::new(), &[best], &paths, 8, false).unwrap();
     let predicted: Vec<f32> = answers.iter().map(|a| a.probability).collect();
     assert_eq!(
         predicted, reflected,
@@ -331,9 +337,9 @@ fn the_crop_travels_with_the_model_to_predict_which_judges_the_centre_window() {
         crop: Some(0.8),
         ..config(&data, &dir.path().join("runs"), 2, 2)
     };
-    let run = train::train(&Cpu, &cfg).unwrap();
+    let run = train::train(&Cpu::new(), &cfg).unwrap();
     let best = run.run_dir.join("best.safetensors");
-    let (mut model, info) = checkpoint::load(&Cpu, &best).unwrap();
+    let (mut model, info) = checkpoint::load(&Cpu::new(), &best).unwrap();
     assert_eq!(info.spec.crop, 0.8);
     assert_eq!(info.spec.square().framed_side(), 20, "16 of 20");
     let val = DataDir::open(&data).unwrap().val;
@@ -344,7 +350,7 @@ fn the_crop_travels_with_the_model_to_predict_which_judges_the_centre_window() {
             crop,
         };
         let ds = Dataset::decode(&val.samples, square, "val", true);
-        train::predict(&Cpu, &mut model, &ds, 8).1
+        train::predict(&Cpu::new(), &mut model, &ds, 8).1
     };
     let (centre, whole) = (judged(0.8), judged(1.0));
     // infinite where either side is NaN or infinite (a fold with f32::max would drop a NaN)
@@ -353,7 +359,7 @@ fn the_crop_travels_with_the_model_to_predict_which_judges_the_centre_window() {
         t(a).max_abs_diff(&t(b))
     };
     let paths: Vec<_> = val.samples.iter().map(|s| s.path.clone()).collect();
-    let (answers, _) = fracture_cnn::eval::predict(&Cpu, &[best], &paths, 8, false).unwrap();
+    let (answers, _) = fracture_cnn::eval::predict(&Cpu::new(), &[best], &paths, 8, false).unwrap();
     let predicted: Vec<f32> = answers.iter().map(|a| a.probability).collect();
     // predict runs the inference model (batch norm folded): equal to rounding, which is far
     // below what the crop changes
@@ -377,7 +383,7 @@ fn a_crop_outside_its_range_is_refused_naming_the_option() {
             crop: Some(crop),
             ..config(&data, &dir.path().join("runs"), 2, 1)
         };
-        let Err(e) = train::train(&Cpu, &cfg) else {
+        let Err(e) = train::train(&Cpu::new(), &cfg) else {
             panic!("crop {crop} was taken");
         };
         let e = e.to_string();

@@ -11,6 +11,7 @@ pub mod report;
 pub use report::{Backends, ChildResult, Report};
 
 use crate::backend::cases;
+use crate::backend::cpu::gemm::Kernel;
 use crate::backend::gpu::{Gpu, KernelTime};
 use crate::backend::{AdamStep, Backend, Epilogue};
 use crate::nn::spec::LayerInfo;
@@ -481,11 +482,14 @@ pub fn steps(cfg: &BenchConfig) -> usize {
 }
 
 /// Our GEMM's rate on 1024×1024 matrices, its micro-kernel's alone, and the CPU's measured FMA
-/// peak, in GFLOP/s, into the CPU's report.
-pub fn measure_cpu_peak(report: &mut BackendReport) {
-    report.gemm_gflops = Some(peak::gemm_gflops(1024, 10));
-    report.micro_kernel_gflops = Some(peak::micro_kernel_gflops(Duration::from_millis(300)));
-    report.peak_gflops = Some(peak::peak_gflops(Duration::from_millis(500)));
+/// peak, in GFLOP/s, on `kernel` (the CPU backend's), into the CPU's report.
+pub fn measure_cpu_peak(kernel: Kernel, report: &mut BackendReport) {
+    report.gemm_gflops = Some(peak::gemm_gflops(kernel, 1024, 10));
+    report.micro_kernel_gflops = Some(peak::micro_kernel_gflops(
+        kernel,
+        Duration::from_millis(300),
+    ));
+    report.peak_gflops = Some(peak::peak_gflops(kernel, Duration::from_millis(500)));
 }
 
 /// The most memory this process has held resident, in MiB.
@@ -525,7 +529,7 @@ mod tests {
             repeats: 1,
         };
         let mut names = Vec::new();
-        let report = run(&Cpu, &WallClock(&Cpu), &cfg, &mut |n| {
+        let report = run(&Cpu::new(), &WallClock(&Cpu::new()), &cfg, &mut |n| {
             names.push(n.to_string())
         })
         .unwrap();

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 /// Independent accumulators: enough to cover an FMA's latency (4 cycles) on two FMA units.
 const ACCUMULATORS: usize = 12;
 
-/// Measured FP32 GFLOP/s of all threads running the fused multiply-adds of the GEMM kernel this
-/// processor uses, over about `time`.
-pub fn peak_gflops(time: Duration) -> f64 {
-    let kernel = Kernel::detect();
+/// Measured FP32 GFLOP/s of all threads running the fused multiply-adds of the GEMM kernel
+/// `kernel`, over about `time`.
+pub fn peak_gflops(kernel: Kernel, time: Duration) -> f64 {
     let flops: Vec<(u64, f64)> = rayon::broadcast(|_| {
         let start = Instant::now();
         let mut flops = 0u64;
@@ -31,8 +30,7 @@ pub fn peak_gflops(time: Duration) -> f64 {
 
 /// GFLOP/s of all threads running the GEMM's micro-kernel alone, its operands in cache
 /// ([`micro_kernel_rate`]) over about `time`: the ceiling of the whole product.
-pub fn micro_kernel_gflops(time: Duration) -> f64 {
-    let kernel = Kernel::detect();
+pub fn micro_kernel_gflops(kernel: Kernel, time: Duration) -> f64 {
     let rates = rayon::broadcast(|_| micro_kernel_rate(kernel, time));
     2.0 * rates.iter().sum::<f64>() / 1e9
 }
@@ -116,14 +114,16 @@ unsafe fn fma_loop_avx512(trips: usize) {
     std::hint::black_box(acc);
 }
 
-/// GFLOP/s of our GEMM on `n × n` matrices (all threads), median of `repeats` after a warm-up.
-pub fn gemm_gflops(n: usize, repeats: usize) -> f64 {
+/// GFLOP/s of our GEMM on `kernel` on `n × n` matrices (all threads), median of `repeats` after
+/// a warm-up.
+pub fn gemm_gflops(kernel: Kernel, n: usize, repeats: usize) -> f64 {
     let a = Tensor::rand_uniform([n, n], -1.0, 1.0, 1).data;
     let b = Tensor::rand_uniform([n, n], -1.0, 1.0, 2).data;
     let mut c = vec![0f32; n * n];
     let mut run = || {
         let t = Instant::now();
         gemm(
+            kernel,
             MatRef::rows(&a, n, n),
             MatRef::rows(&b, n, n),
             &mut c,

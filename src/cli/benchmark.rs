@@ -143,8 +143,9 @@ pub(super) fn bench_child(
             }
         }
     } else {
-        let mut r = bench::run(&Cpu, &bench::WallClock(&Cpu), cfg, &mut tick)?;
-        bench::measure_cpu_peak(&mut r);
+        let cpu = cpu()?;
+        let mut r = bench::run(&cpu, &bench::WallClock(&cpu), cfg, &mut tick)?;
+        bench::measure_cpu_peak(cpu.kernel(), &mut r);
         bench::ChildResult::Report(Box::new(r))
     };
     bar.finish_and_clear();

@@ -29,7 +29,8 @@ macro_rules! on_backend {
                 $body
             }
             None => {
-                let $be = &Cpu;
+                let cpu = crate::cli::cpu()?;
+                let $be = &cpu;
                 $body
             }
         }
@@ -182,6 +183,12 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 }
 
 /// The GPU backend to use, or `None` for the CPU.
+/// The CPU backend as the environment configures it: `FRACTURE_CPU_KERNEL`,
+/// `FRACTURE_CONV_ALGORITHM` and `FRACTURE_CONV_UNFOLDING` ([`Cpu::from_env`]), for benchmarks.
+pub(crate) fn cpu() -> Result<Cpu> {
+    Cpu::from_env().map_err(anyhow::Error::msg)
+}
+
 fn pick_backend(choice: BackendChoice) -> Result<Option<Gpu>> {
     match choice {
         BackendChoice::Cpu => Ok(None),

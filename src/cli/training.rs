@@ -276,9 +276,9 @@ pub(super) fn run_train(a: TrainArgs) -> Result<Outcome> {
                 a.backend,
                 &run,
                 || train::resume(&gpu, &dir, epochs),
-                &|| train::resume(&Cpu, &dir, epochs),
+                &|| train::resume(&cpu()?, &dir, epochs),
             ),
-            None => train::resume(&Cpu, &dir, epochs),
+            None => train::resume(&cpu()?, &dir, epochs),
         }?;
         return Ok(outcome(&summary));
     }
@@ -291,14 +291,14 @@ pub(super) fn run_train(a: TrainArgs) -> Result<Outcome> {
                 a.backend,
                 &run,
                 || train::train_telling(&gpu, &cfg, &told),
-                &|| train::train(&Cpu, &cfg),
+                &|| train::train(&cpu()?, &cfg),
             )
         }),
         None => {
             if a.profile {
                 eprintln!("warning: --profile times GPU kernels and this run is on the CPU; `fracture-cnn bench --backend cpu` times the CPU's ops");
             }
-            train::train(&Cpu, &cfg)
+            train::train(&cpu()?, &cfg)
         }
     }?;
     Ok(outcome(&summary))
@@ -474,7 +474,7 @@ pub(super) fn on_gpu(
                 "warning: {fault}; continuing on the CPU from {}",
                 last.display()
             );
-            train::resume(&Cpu, &dir, None)
+            train::resume(&cpu()?, &dir, None)
         }
         (BackendChoice::Auto, _, None) => {
             eprintln!("warning: {fault} before the first checkpoint; starting again on the CPU");

@@ -52,8 +52,8 @@ pub struct Exported {
 
 /// Reads the checkpoint at `checkpoint` and writes it to `out` as ONNX (atomically).
 pub fn export(checkpoint: &Path, out: &Path) -> Result<Exported> {
-    let (model, info) = checkpoint::load(&Cpu, checkpoint)?;
-    let (bytes, nodes) = onnx_model(&Cpu, &model, &info)
+    let (model, info) = checkpoint::load(&Cpu::new(), checkpoint)?;
+    let (bytes, nodes) = onnx_model(&Cpu::new(), &model, &info)
         .with_context(|| format!("cannot export {}", checkpoint.display()))?;
     crate::files::write_atomic(out, &bytes)?;
     Ok(Exported {

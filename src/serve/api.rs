@@ -48,7 +48,7 @@ pub fn model(state: &State) -> Value {
     let histograms: Vec<Value> = model
         .named_params()
         .iter()
-        .map(|p| histogram(&p.name, &Cpu.download(&p.param.value).data))
+        .map(|p| histogram(&p.name, &Cpu::new().download(&p.param.value).data))
         .collect();
     json!({
         "checkpoint": state.checkpoint.display().to_string(),
@@ -105,9 +105,9 @@ pub fn predict(state: &State, body: &Body) -> Result<Value, ApiError> {
 /// trained.
 fn fracture_map(state: &State, input: &[f32]) -> Result<FractureMap, ApiError> {
     let map = if state.info.spec.map.is_some() {
-        crate::eval::map_of_input(&Cpu, &mut state.inference(), input)
+        crate::eval::map_of_input(&Cpu::new(), &mut state.inference(), input)
     } else {
-        crate::eval::map_of_input(&Cpu, &mut state.model(), input)
+        crate::eval::map_of_input(&Cpu::new(), &mut state.model(), input)
     };
     map.map_err(|e| ApiError::new(422, format!("{e:#}")))
 }
@@ -156,8 +156,8 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
     let mut overlay = explain::overlay(&img, &map, 512);
     explain::draw_location(&mut overlay, &location, (img.width(), img.height()));
     let mut model = state.model();
-    let x = Cpu.upload(&input_tensor(state, &[&img]));
-    model.outputs_and_parameter_gradients(&Cpu, x);
+    let x = Cpu::new().upload(&input_tensor(state, &[&img]));
+    model.outputs_and_parameter_gradients(&Cpu::new(), x);
     let gradients: Vec<Value> = model
         .named_params()
         .iter()
@@ -165,7 +165,7 @@ pub fn explain(state: &State, body: &Body) -> Result<Value, ApiError> {
             p.param
                 .grad
                 .as_ref()
-                .map(|g| histogram(&p.name, &Cpu.download(g).data))
+                .map(|g| histogram(&p.name, &Cpu::new().download(g).data))
         })
         .collect();
     Ok(json!({
@@ -253,8 +253,8 @@ pub fn dot(state: &State, body: &Body, at: DotAt) -> Result<Value, ApiError> {
         let model = state.model();
         let params = model.layers[at.layer].params();
         (
-            Cpu.download(&params[0].value),
-            Cpu.download(&params[1].value).data[at.channel],
+            Cpu::new().download(&params[0].value),
+            Cpu::new().download(&params[1].value).data[at.channel],
         )
     };
     let (kh, kw) = (g.kh, g.kw);
@@ -329,7 +329,7 @@ fn after(state: &State, outputs: &[Tensor], at: &DotAt, (h, w): (usize, usize)) 
                 let p: Vec<f32> = model.layers[j]
                     .params()
                     .iter()
-                    .map(|p| Cpu.download(&p.value).data[at.channel])
+                    .map(|p| Cpu::new().download(&p.value).data[at.channel])
                     .collect();
                 json!({ "kind": "batchnorm", "gamma": p[0], "beta": p[1], "mean": p[2],
                         "var": p[3], "eps": short(*eps), "value": at_value(&outputs[j]) })
@@ -352,8 +352,8 @@ fn layer_outputs(state: &State, img: &DynamicImage, index: usize) -> Result<Vec<
             format!("the model has layers 0 to {}, not {index}", n - 1),
         ));
     }
-    let x = Cpu.upload(&input_tensor(state, &[img]));
-    Ok(state.model().outputs(&Cpu, x))
+    let x = Cpu::new().upload(&input_tensor(state, &[img]));
+    Ok(state.model().outputs(&Cpu::new(), x))
 }
 
 /// The model's input for `images`: `[N, 1, S, S]`, framed as in training.
@@ -371,7 +371,7 @@ fn input_tensor(state: &State, images: &[&DynamicImage]) -> Tensor {
 fn probabilities(state: &State, framed: &[&[f32]]) -> Vec<f32> {
     let size = state.info.spec.square().side;
     let x = Tensor::new([framed.len(), 1, size, size], framed.concat());
-    crate::eval::batch_probabilities(&Cpu, &mut state.inference(), x, state.tta)
+    crate::eval::batch_probabilities(&Cpu::new(), &mut state.inference(), x, state.tta)
 }
 
 /// The parts named `image`, or a 400 when there are none.

@@ -55,9 +55,9 @@ pub struct State {
 
 impl State {
     pub fn load(cfg: &ServeConfig) -> Result<Self> {
-        let (model, info) = checkpoint::load(&Cpu, &cfg.model)?;
+        let (model, info) = checkpoint::load(&Cpu::new(), &cfg.model)?;
         Ok(State {
-            inference: Mutex::new(crate::nn::fold::inference_model(&Cpu, &model)?),
+            inference: Mutex::new(crate::nn::fold::inference_model(&Cpu::new(), &model)?),
             model: Mutex::new(model),
             info,
             checkpoint: cfg.model.clone(),

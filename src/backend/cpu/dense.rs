@@ -1,6 +1,6 @@
 //! The dense layer's products on the CPU, on the GEMM (`gemm.rs`), as on the GPU (`gpu/dense.rs`).
 
-use super::gemm::{gemm, MatRef};
+use super::gemm::{gemm, Kernel, MatRef};
 use crate::tensor::Tensor;
 
 /// Adds `b[j]` to every row of a row-major `rows × b.len()` matrix.
@@ -10,10 +10,11 @@ fn add_bias_rows(y: &mut [f32], b: &[f32]) {
 }
 
 /// `y[N,O]` = `x[N,I]` `w[O,I]`^T + `b[O]`
-pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+pub fn forward(kernel: Kernel, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
     let mut y = vec![0f32; n * o];
     gemm(
+        kernel,
         MatRef::rows(&x.data, n, i),
         MatRef::rows(&w.data, o, i).t(),
         &mut y,
@@ -25,10 +26,11 @@ pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// `dx[N,I]` = `dy[N,O]` `w[O,I]`
-pub fn backward_input(dy: &Tensor, w: &Tensor) -> Tensor {
+pub fn backward_input(kernel: Kernel, dy: &Tensor, w: &Tensor) -> Tensor {
     let (n, o, i) = (dy.dims()[0], w.dims()[0], w.dims()[1]);
     let mut dx = vec![0f32; n * i];
     gemm(
+        kernel,
         MatRef::rows(&dy.data, n, o),
         MatRef::rows(&w.data, o, i),
         &mut dx,
@@ -39,10 +41,11 @@ pub fn backward_input(dy: &Tensor, w: &Tensor) -> Tensor {
 }
 
 /// (`dw[O,I]` = dy^T x, `db[O]` = the sum over N of dy)
-pub fn backward_weight(x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
+pub fn backward_weight(kernel: Kernel, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
     let (n, i, o) = (x.dims()[0], x.dims()[1], dy.dims()[1]);
     let mut dw = vec![0f32; o * i];
     gemm(
+        kernel,
         MatRef::rows(&dy.data, n, o).t(),
         MatRef::rows(&x.data, n, i),
         &mut dw,

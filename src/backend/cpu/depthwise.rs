@@ -37,6 +37,7 @@ fn add_lanes(lanes: &mut [f32; LANES], xs: &[f32]) {
 /// its channel c = p mod `channels` (`filters[channels, taps]`), plus `bias[c]` when given, then
 /// ReLU when `relu`.
 fn correlate_planes(
+    kernel: Kernel,
     f: &Flat,
     input: &[f32],
     (filters, bias, relu): (&[f32], Option<&[f32]>, bool),
@@ -58,7 +59,7 @@ fn correlate_planes(
                     f.pad(ip, padded);
                     let filter = &filters[c * taps..(c + 1) * taps];
                     let b = bias.map_or(0.0, |b| b[c]);
-                    correlate(Kernel::detect(), padded, &offsets, filter, b, flat);
+                    correlate(kernel, padded, &offsets, filter, b, flat);
                     f.unflatten(flat, op, relu);
                 },
             )
@@ -150,10 +151,18 @@ fn strided_dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
 
 /// `y[N,C,Ho,Wo]` = `b[c]` + Σ_{ky,kx} `w[c,ky,kx]` · `x[n, c, oy·sh + ky − pt, ox·sw + kx − pl]`, then
 /// max(0, ·) when `relu`
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
+/// (`kernel` the SIMD level of the flat path's correlations)
+pub fn forward(
+    kernel: Kernel,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    g: &Conv2dGeom,
+    relu: bool,
+) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     if let Some(f) = Flat::forward(g) {
-        return correlate_planes(&f, x, (w, Some(b), relu), g.c_in);
+        return correlate_planes(kernel, &f, x, (w, Some(b), relu), g.c_in);
     }
     let add_taps = |plane: usize, yp: &mut [f32], xp: &[f32]| {
         let filter = &w[plane % g.c_in * taps..][..taps];
@@ -202,17 +211,17 @@ fn sum_into_planes(
 /// `dx[n,c,iy,ix]` = Σ over taps and outputs that read (iy, ix) of `w[c,ky,kx]` · `dy[n,c,oy,ox]`.
 /// At stride 1, the correlation of dy with each filter turned by 180°; at a larger stride the
 /// same, phase by phase (`InputPhase`).
-pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+pub fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let taps = g.kh * g.kw;
     if let Some(f) = Flat::backward_input(g) {
         let turned: Vec<f32> = w
             .chunks_exact(taps)
             .flat_map(|filter| filter.iter().rev().copied())
             .collect();
-        return correlate_planes(&f, dy, (&turned, None, false), g.c_in);
+        return correlate_planes(kernel, &f, dy, (&turned, None, false), g.c_in);
     }
     match InputPhase::all(g) {
-        Some(phases) => backward_input_by_phases(dy, w, g, &phases),
+        Some(phases) => backward_input_by_phases(kernel, dy, w, g, &phases),
         None => backward_input_per_tap(dy, w, g),
     }
 }
@@ -316,6 +325,7 @@ impl InputPhase {
 /// correlated once per phase in a thread's buffers, and each phase's pixels written once into
 /// dx, `stride` apart.
 fn backward_input_by_phases(
+    kernel: Kernel,
     dy: &[f32],
     w: &[f32],
     g: &Conv2dGeom,
@@ -360,7 +370,7 @@ fn backward_input_by_phases(
                     f.pad(dyp, padded);
                     turned.clear();
                     turned.extend(phase.taps.iter().map(|&t| filter[t]));
-                    correlate(Kernel::detect(), padded, offsets, turned, 0.0, flat);
+                    correlate(kernel, padded, offsets, turned, 0.0, flat);
                     for (row, src) in rows.zip(flat.chunks(f.wq())) {
                         scatter_every(s, Some(&src[..phase.cols]), &mut row[x0..], phase.cols);
                     }
@@ -385,7 +395,12 @@ fn scatter_every(s: usize, src: Option<&[f32]>, dst: &mut [MaybeUninit<f32>], n:
 /// the same order on every machine). On the flat path each sum is kept in `LANES` lanes over
 /// all the images and reduced once: reduced image by image, the ten chains of 32 additions
 /// cost more than the products on MobileNet's 8×8 and 4×4 planes.
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<f32>) {
+pub fn backward_weight(
+    kernel: Kernel,
+    x: &[f32],
+    dy: &[f32],
+    g: &Conv2dGeom,
+) -> (Vec<f32>, Vec<f32>) {
     let (in_plane, out_plane, taps) = (g.h * g.w, g.out_h * g.out_w, g.kh * g.kw);
     let per_channel: Vec<(Vec<f32>, f32)> = (0..g.c_in)
         .into_par_iter()
@@ -408,7 +423,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<
                     for (row, d) in dy_flat.chunks_mut(f.wq()).zip(dyp.chunks_exact(g.out_w)) {
                         row[..g.out_w].copy_from_slice(d);
                     }
-                    dot_offsets(Kernel::detect(), &dy_flat, &padded, offsets, &mut dw_lanes);
+                    dot_offsets(kernel, &dy_flat, &padded, offsets, &mut dw_lanes);
                     continue;
                 }
                 for_each_tap(g, |k, out, input| {
@@ -481,10 +496,15 @@ mod tests {
             let dy = crate::tensor::Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 5).data;
             let filters = crate::tensor::Tensor::rand_uniform([3 * k.0 * k.1], -1.0, 1.0, 6).data;
             let want = backward_input_per_tap(&dy, &filters, &g);
-            let got = backward_input(&dy, &filters, &g);
-            assert_eq!(got.len(), want.len());
-            for (j, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() < 1e-5, "case {i}, dx[{j}]: {a} against {b}");
+            for kernel in Kernel::available() {
+                let got = backward_input(kernel, &dy, &filters, &g);
+                assert_eq!(got.len(), want.len());
+                for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "case {i} on {kernel:?}, dx[{j}]: {a} against {b}"
+                    );
+                }
             }
         }
     }
@@ -507,13 +527,13 @@ mod tests {
                 .map(|i| (i as f32 * 0.91).cos())
                 .collect();
             let b = [0.1, -0.2, 0.3];
-            let (got, want) = (
-                forward(&x, &wt, &b, &g, false),
-                naive_forward(&x, &wt, &b, &g),
-            );
-            assert_eq!(got.len(), want.len());
-            for (a, e) in got.iter().zip(&want) {
-                assert!((a - e).abs() < 1e-5, "{g:?}: {a} vs {e}");
+            let want = naive_forward(&x, &wt, &b, &g);
+            for kernel in Kernel::available() {
+                let got = forward(kernel, &x, &wt, &b, &g, false);
+                assert_eq!(got.len(), want.len());
+                for (a, e) in got.iter().zip(&want) {
+                    assert!((a - e).abs() < 1e-5, "{g:?} on {kernel:?}: {a} vs {e}");
+                }
             }
         }
     }

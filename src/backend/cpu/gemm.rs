@@ -148,33 +148,31 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel the CPU backend runs: the fastest this processor runs, or the one named by
-    /// `FRACTURE_CPU_KERNEL` (portable, avx2 or avx512), so that tests and benchmarks can run
-    /// every path on one machine. A name this processor cannot run is reported once and the
-    /// fastest kernel is used instead.
-    pub fn detect() -> Kernel {
-        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let fastest = *Kernel::available().last().expect("the portable kernel");
-            let Ok(name) = std::env::var("FRACTURE_CPU_KERNEL") else {
-                return fastest;
-            };
-            match Kernel::available().into_iter().find(|k| k.name() == name) {
-                Some(k) => k,
-                None => {
-                    eprintln!(
-                        "warning: FRACTURE_CPU_KERNEL={name} is not a GEMM kernel this processor runs \
-                         (it runs: {}); using {}",
-                        Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
-                        fastest.name()
-                    );
-                    fastest
-                }
-            }
-        })
+    /// The fastest kernel this processor runs: the CPU backend's default.
+    pub fn fastest() -> Kernel {
+        *Kernel::available().last().expect("the portable kernel")
     }
 
-    /// The name `FRACTURE_CPU_KERNEL` takes.
+    /// The kernel called `name` (portable, avx2 or avx512), if this processor runs it.
+    pub fn named(name: &str) -> Result<Kernel, String> {
+        let runs = || {
+            let names: Vec<_> = Kernel::available().iter().map(|k| k.name()).collect();
+            names.join(", ")
+        };
+        match Kernel::all().into_iter().find(|k| k.name() == name) {
+            Some(k) if k.runs_here() => Ok(k),
+            Some(_) => Err(format!(
+                "the {name} GEMM kernel needs instructions this processor does not have (it runs: {})",
+                runs()
+            )),
+            None => Err(format!(
+                "no GEMM kernel is called {name:?} (this processor runs: {})",
+                runs()
+            )),
+        }
+    }
+
+    /// Its name, as [`Kernel::named`] and `FRACTURE_CPU_KERNEL` take it.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
@@ -298,11 +296,6 @@ impl PackA for &PackedA {
     }
 }
 
-/// `C = A · B` (or `C += A · B` when `accumulate`), C row-major `M × N` with row stride `ldc`.
-pub fn gemm(a: impl PackA, b: impl PackB, c: &mut [f32], ldc: usize, accumulate: bool) {
-    gemm_with(Kernel::detect(), a, b, c, ldc, accumulate)
-}
-
 /// What is done to each block of C after its last slice of K, while the block is still in L1,
 /// instead of in a pass of its own over the whole of C: a bias per row added (a convolution's
 /// output channel), then max(0, ·).
@@ -355,8 +348,9 @@ pub fn gemm_with_epilogue(
     run_gemm(kernel, a, b, c, ldc, false, epilogue)
 }
 
-/// [`gemm`] with an explicit micro-kernel (tests run every kernel against a naive loop).
-pub fn gemm_with(
+/// `C = A · B` (or `C += A · B` when `accumulate`), C row-major `M × N` with row stride `ldc`,
+/// on the micro-kernel `kernel` (which must run here: [`Kernel::runs_here`]).
+pub fn gemm(
     kernel: Kernel,
     a: impl PackA,
     b: impl PackB,
@@ -368,7 +362,7 @@ pub fn gemm_with(
     run_gemm(kernel, a, b, c, ldc, accumulate, Epilogue::default())
 }
 
-/// The product behind [`gemm_with`] and [`gemm_with_epilogue`], into C given as its pointer and
+/// The product behind [`gemm`] and [`gemm_with_epilogue`], into C given as its pointer and
 /// length: without `accumulate` C may be uninitialised, and no reference to it is formed before
 /// its elements are written.
 fn run_gemm(
@@ -432,7 +426,7 @@ fn even_split(len: usize, max: usize, unit: usize) -> usize {
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: the pointer is only written through by `gemm_tile`, each task to its own tile, and C
-// outlives the tasks (`gemm_with` returns after all of them).
+// outlives the tasks (`gemm` returns after all of them).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
@@ -678,7 +672,7 @@ unsafe fn run_kernel(
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     match kernel {
         Kernel::Portable => kernel_portable(kc, a, b, c, ldc, overwrite),
-        // SAFETY: `gemm_with` refuses a kernel whose instructions this processor lacks
+        // SAFETY: `gemm` refuses a kernel whose instructions this processor lacks
         // (`Kernel::runs_here`); the rest is this function's contract.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => kernel_avx2_fma(kc, a, b, c, ldc, overwrite),
@@ -922,13 +916,13 @@ mod tests {
                 for (av, bv) in &cases {
                     let want = naive(av, bv);
                     let mut c = vec![f32::NAN; m * n];
-                    gemm_with(kernel, *av, *bv, &mut c, n, false);
+                    gemm(kernel, *av, *bv, &mut c, n, false);
                     let tol = 1e-5 * (k as f32).sqrt() * 4.0;
                     for (x, y) in c.iter().zip(&want) {
                         assert!((x - y).abs() <= tol, "{kernel:?} {m}x{k}x{n}: {x} vs {y}");
                     }
                     // accumulate adds a second product on top
-                    gemm_with(kernel, *av, *bv, &mut c, n, true);
+                    gemm(kernel, *av, *bv, &mut c, n, true);
                     for (x, y) in c.iter().zip(&want) {
                         assert!((x - 2.0 * y).abs() <= 2.0 * tol);
                     }
@@ -954,8 +948,8 @@ mod tests {
             for kernel in Kernel::available() {
                 let bm = MatRef::rows(&b, k, n);
                 let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
-                gemm_with(kernel, am, bm, &mut want, n, false);
-                gemm_with(kernel, &packed, bm, &mut got, n, false);
+                gemm(kernel, am, bm, &mut want, n, false);
+                gemm(kernel, &packed, bm, &mut got, n, false);
                 assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}");
             }
         }
@@ -1026,7 +1020,7 @@ mod tests {
         for kernel in Kernel::all().into_iter().filter(|k| !k.runs_here()) {
             let refused = std::panic::catch_unwind(|| {
                 let mut c = vec![0.0; 4];
-                gemm_with(
+                gemm(
                     kernel,
                     MatRef::rows(&a, 2, 2),
                     MatRef::rows(&b, 2, 2),
@@ -1050,6 +1044,7 @@ mod tests {
         let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 5).data;
         let mut c = vec![9.0f32; m * ldc];
         gemm(
+            Kernel::fastest(),
             MatRef::rows(&a, m, k),
             MatRef::rows(&b, k, n),
             &mut c,
@@ -1069,6 +1064,7 @@ mod tests {
         }
         let mut z = vec![1.0f32; 6];
         gemm(
+            Kernel::fastest(),
             MatRef::rows(&[], 2, 0),
             MatRef::rows(&[], 0, 3),
             &mut z,

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod upsample;
 
 use self::batchnorm::Dims;
+use self::gemm::Kernel;
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
 use std::mem::MaybeUninit;
@@ -90,8 +91,99 @@ pub(crate) unsafe fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 }
 
 /// The CPU backend. Its tensors are host tensors; it uses rayon's global thread pool.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+///
+/// Configured by value, as the GPU backend is: the GEMM micro-kernel every product runs on and,
+/// for benchmarks and tests, a convolution algorithm or unfolding forced everywhere instead of
+/// chosen per layer. Two backends with different settings run side by side in one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cpu {
+    kernel: Kernel,
+    algorithm: Option<conv::Algorithm>,
+    unfolding: Option<conv::Unfolding>,
+}
+
+impl Default for Cpu {
+    fn default() -> Cpu {
+        Cpu::new()
+    }
+}
+
+impl Cpu {
+    /// The fastest GEMM kernel this processor runs; each convolution's algorithm and unfolding
+    /// chosen for its shape.
+    pub fn new() -> Cpu {
+        Cpu {
+            kernel: Kernel::fastest(),
+            algorithm: None,
+            unfolding: None,
+        }
+    }
+
+    /// This backend on the GEMM kernel `kernel`: refused when this processor lacks its
+    /// instructions (the SIMD kernels are `unsafe` to run without them).
+    pub fn with_kernel(self, kernel: Kernel) -> Result<Cpu, String> {
+        match Kernel::named(kernel.name()) {
+            Ok(kernel) => Ok(Cpu { kernel, ..self }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every convolution `algorithm` runs wherever it applies (the GEMM everywhere; Winograd on
+    /// every 3×3 stride-1 layer, thin ones included).
+    pub fn with_conv_algorithm(self, algorithm: conv::Algorithm) -> Cpu {
+        Cpu {
+            algorithm: Some(algorithm),
+            ..self
+        }
+    }
+
+    /// Every GEMM convolution unfolds its input the way `unfolding` says (flat only where it
+    /// applies).
+    pub fn with_unfolding(self, unfolding: conv::Unfolding) -> Cpu {
+        Cpu {
+            unfolding: Some(unfolding),
+            ..self
+        }
+    }
+
+    /// [`Cpu::new`] with what the environment forces, for benchmarks run through the binary:
+    /// `FRACTURE_CPU_KERNEL=portable|avx2|avx512`, `FRACTURE_CONV_ALGORITHM=gemm|winograd`,
+    /// `FRACTURE_CONV_UNFOLDING=copy|implicit|flat`. A value it cannot take is an error naming
+    /// the variable.
+    pub fn from_env() -> Result<Cpu, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let named = |name: &str, e: String| format!("{name}: {e}");
+        let mut cpu = Cpu::new();
+        if let Some(v) = var("FRACTURE_CPU_KERNEL") {
+            let kernel = Kernel::named(&v).map_err(|e| named("FRACTURE_CPU_KERNEL", e))?;
+            cpu = cpu.with_kernel(kernel)?;
+        }
+        if let Some(v) = var("FRACTURE_CONV_ALGORITHM") {
+            let a = conv::Algorithm::named(&v).map_err(|e| named("FRACTURE_CONV_ALGORITHM", e))?;
+            cpu = cpu.with_conv_algorithm(a);
+        }
+        if let Some(v) = var("FRACTURE_CONV_UNFOLDING") {
+            let u = conv::Unfolding::named(&v).map_err(|e| named("FRACTURE_CONV_UNFOLDING", e))?;
+            cpu = cpu.with_unfolding(u);
+        }
+        Ok(cpu)
+    }
+
+    /// The GEMM kernel every product runs on.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// The convolution algorithm forced everywhere, if any.
+    pub fn forced_algorithm(&self) -> Option<conv::Algorithm> {
+        self.algorithm
+    }
+
+    /// How `g`'s convolution is computed on this backend.
+    fn conv_plan(&self, g: &Conv2dGeom) -> conv::Plan {
+        conv::Plan::choose(g, self.kernel, self.algorithm, self.unfolding)
+    }
+}
 
 fn t(shape: impl Into<Shape>, data: Vec<f32>) -> Tensor {
     Tensor::new(shape, data)
@@ -107,10 +199,14 @@ impl Backend for Cpu {
     type Indices = Vec<u32>;
 
     fn name(&self) -> String {
+        let forced = match (self.algorithm, self.unfolding) {
+            (None, None) => String::new(),
+            (a, u) => format!(", convolutions forced to {a:?} / {u:?}"),
+        };
         format!(
-            "cpu ({} threads, {:?} GEMM kernel)",
+            "cpu ({} threads, {:?} GEMM kernel{forced})",
             rayon::current_num_threads(),
-            gemm::Kernel::detect()
+            self.kernel
         )
     }
 
@@ -137,14 +233,14 @@ impl Backend for Cpu {
         debug_assert_eq!(x.dims(), g.input_shape());
         t(
             g.output_shape(),
-            conv::forward(&x.data, &w.data, &b.data, g, false),
+            conv::forward(&self.conv_plan(g), &x.data, &w.data, &b.data, g, false),
         )
     }
     fn conv2d_relu_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom) -> Tensor {
         debug_assert_eq!(x.dims(), g.input_shape());
         t(
             g.output_shape(),
-            conv::forward(&x.data, &w.data, &b.data, g, true),
+            conv::forward(&self.conv_plan(g), &x.data, &w.data, &b.data, g, true),
         )
     }
     fn conv2d_maxpool_forward(
@@ -157,14 +253,16 @@ impl Backend for Cpu {
     ) -> Tensor {
         debug_assert_eq!(x.dims(), g.input_shape());
         debug_assert_eq!(p.input_shape(), g.output_shape());
-        let y = conv::forward_pooled(&x.data, &w.data, &b.data, g, relu, Some(p));
+        let plan = self.conv_plan(g);
+        let y = conv::forward_pooled(&plan, &x.data, &w.data, &b.data, g, relu, Some(p));
         t(p.output_shape(), y)
     }
     fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
-        t(g.input_shape(), conv::backward_input(&dy.data, &w.data, g))
+        let dx = conv::backward_input(&self.conv_plan(g), &dy.data, &w.data, g);
+        t(g.input_shape(), dx)
     }
     fn conv2d_backward_weight(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> (Tensor, Tensor) {
-        let (dw, db) = conv::backward_weight(&x.data, &dy.data, g);
+        let (dw, db) = conv::backward_weight(&self.conv_plan(g), &x.data, &dy.data, g);
         (t(g.weight_shape(), dw), t([g.c_out], db))
     }
 
@@ -176,7 +274,7 @@ impl Backend for Cpu {
         g: &Conv2dGeom,
     ) -> Tensor {
         debug_assert_eq!(x.dims(), g.input_shape());
-        let y = depthwise::forward(&x.data, &w.data, &b.data, g, false);
+        let y = depthwise::forward(self.kernel, &x.data, &w.data, &b.data, g, false);
         t(g.output_shape(), y)
     }
     fn depthwise_conv2d_relu_forward(
@@ -187,13 +285,13 @@ impl Backend for Cpu {
         g: &Conv2dGeom,
     ) -> Tensor {
         debug_assert_eq!(x.dims(), g.input_shape());
-        let y = depthwise::forward(&x.data, &w.data, &b.data, g, true);
+        let y = depthwise::forward(self.kernel, &x.data, &w.data, &b.data, g, true);
         t(g.output_shape(), y)
     }
     fn depthwise_conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
         t(
             g.input_shape(),
-            depthwise::backward_input(&dy.data, &w.data, g),
+            depthwise::backward_input(self.kernel, &dy.data, &w.data, g),
         )
     }
     fn depthwise_conv2d_backward_weight(
@@ -202,7 +300,7 @@ impl Backend for Cpu {
         dy: &Tensor,
         g: &Conv2dGeom,
     ) -> (Tensor, Tensor) {
-        let (dw, db) = depthwise::backward_weight(&x.data, &dy.data, g);
+        let (dw, db) = depthwise::backward_weight(self.kernel, &x.data, &dy.data, g);
         (t(g.depthwise_weight_shape(), dw), t([g.c_in], db))
     }
 
@@ -302,13 +400,13 @@ impl Backend for Cpu {
     }
 
     fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
-        dense::forward(x, w, b)
+        dense::forward(self.kernel, x, w, b)
     }
     fn dense_backward_input(&self, dy: &Tensor, w: &Tensor) -> Tensor {
-        dense::backward_input(dy, w)
+        dense::backward_input(self.kernel, dy, w)
     }
     fn dense_backward_weight(&self, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
-        dense::backward_weight(x, dy)
+        dense::backward_weight(self.kernel, x, dy)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {

@@ -69,13 +69,15 @@ impl PackB for FlatCol<'_> {
 /// The buffers of one task's [`Unfolding::Flat`] forward passes: the image's flat planes and
 /// the product in flat rows, `[Co, Ho·wq]`.
 pub(super) struct FlatImage {
+    kernel: Kernel,
     planes: FlatPlanes,
     product: Vec<f32>,
 }
 
 impl FlatImage {
-    pub(super) fn new(flat: Flat, g: &Conv2dGeom) -> FlatImage {
+    pub(super) fn new(flat: Flat, g: &Conv2dGeom, kernel: Kernel) -> FlatImage {
         FlatImage {
+            kernel,
             planes: FlatPlanes::new(flat, g.c_in),
             product: vec![0.0; g.c_out * flat.out_h * flat.wq()],
         }
@@ -95,7 +97,7 @@ impl FlatImage {
         // SAFETY: the GEMM writes f32s only.
         let product = unsafe { as_uninit(&mut self.product) };
         gemm_with_epilogue(
-            Kernel::detect(),
+            self.kernel,
             wm,
             FlatCol(&self.planes),
             product,
@@ -114,6 +116,7 @@ impl FlatImage {
 /// which row (ci, k) of dcol is added at tap k's offset: a contiguous run, where [`col2im`]
 /// places each element of a strided layer one at a time. The same sums in the same order.
 pub(super) struct FlatInputGradient {
+    kernel: Kernel,
     planes: FlatPlanes,
     dy_rows: Vec<f32>,
     dcol: Vec<f32>,
@@ -121,9 +124,10 @@ pub(super) struct FlatInputGradient {
 }
 
 impl FlatInputGradient {
-    pub(super) fn new(flat: Flat, g: &Conv2dGeom) -> FlatInputGradient {
+    pub(super) fn new(flat: Flat, g: &Conv2dGeom, kernel: Kernel) -> FlatInputGradient {
         let cols = flat.out_h * flat.wq();
         FlatInputGradient {
+            kernel,
             planes: FlatPlanes::new(flat, g.c_in),
             // each row's last (kw − 1)/s values stay 0: their dcol columns are 0
             dy_rows: vec![0.0; g.c_out * cols],
@@ -138,7 +142,7 @@ impl FlatInputGradient {
         let cols = f.out_h * f.wq();
         dy_in_rows(&f, dyn_, &mut self.dy_rows, cols);
         let dy = MatRef::rows(&self.dy_rows, self.c_out, cols);
-        gemm(wt, dy, &mut self.dcol, cols, false);
+        gemm(self.kernel, wt, dy, &mut self.dcol, cols, false);
         let (taps, len) = (self.planes.offsets.len(), f.padded_len());
         self.planes.planes.fill(0.0);
         for (r, row) in self.dcol.chunks_exact(cols).enumerate() {

@@ -88,11 +88,10 @@ pub enum Unfolding {
 impl Unfolding {
     /// The unfolding of `g`'s forward pass and input gradient: [`Unfolding::Flat`] where it
     /// applies and pays (`flat_unfolding_pays`), else implicit (the input gradient's
-    /// implicit way is `col2im`); `FRACTURE_CONV_UNFOLDING=copy|implicit|flat` forces one (flat
-    /// only where it applies), for benchmarks and tests.
-    pub fn choose(g: &Conv2dGeom) -> Unfolding {
+    /// implicit way is `col2im`); `forced` (benchmarks, tests) wins where it applies.
+    pub fn choose(g: &Conv2dGeom, forced: Option<Unfolding>) -> Unfolding {
         let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
-        match Unfolding::forced() {
+        match forced {
             Some(Unfolding::Flat) if flat_applies => Unfolding::Flat,
             Some(Unfolding::Copy) => Unfolding::Copy,
             Some(_) => Unfolding::Implicit,
@@ -101,17 +100,16 @@ impl Unfolding {
         }
     }
 
-    /// The unfolding `FRACTURE_CONV_UNFOLDING` (read once per process) forces, if any.
-    pub fn forced() -> Option<Unfolding> {
-        static FORCED: std::sync::OnceLock<Option<Unfolding>> = std::sync::OnceLock::new();
-        *FORCED.get_or_init(
-            || match std::env::var("FRACTURE_CONV_UNFOLDING").as_deref() {
-                Ok("copy") => Some(Unfolding::Copy),
-                Ok("implicit") => Some(Unfolding::Implicit),
-                Ok("flat") => Some(Unfolding::Flat),
-                _ => None,
-            },
-        )
+    /// The unfolding called `name`: copy, implicit or flat.
+    pub fn named(name: &str) -> Result<Unfolding, String> {
+        match name {
+            "copy" => Ok(Unfolding::Copy),
+            "implicit" => Ok(Unfolding::Implicit),
+            "flat" => Ok(Unfolding::Flat),
+            _ => Err(format!(
+                "no unfolding is called {name:?} (copy, implicit or flat)"
+            )),
+        }
     }
 }
 
@@ -142,11 +140,11 @@ pub enum Algorithm {
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 impl Algorithm {
-    /// Winograd where it applies and pays, else the GEMM. `FRACTURE_CONV_ALGORITHM=gemm` keeps
-    /// the GEMM everywhere and `=winograd` takes Winograd wherever it applies (benchmarks, tests).
-    pub fn choose(g: &Conv2dGeom) -> Algorithm {
+    /// Winograd where it applies and pays, else the GEMM; `forced` (benchmarks, tests) wins
+    /// where it applies: the GEMM everywhere, or Winograd on thin layers too.
+    pub fn choose(g: &Conv2dGeom, forced: Option<Algorithm>) -> Algorithm {
         let pays = g.c_in.min(g.c_out) >= WINOGRAD_MIN_CHANNELS;
-        match Algorithm::forced() {
+        match forced {
             _ if !winograd::applies(g) => Algorithm::Gemm,
             Some(a) => a,
             None if pays => Algorithm::Winograd,
@@ -154,31 +152,65 @@ impl Algorithm {
         }
     }
 
-    /// The algorithm `FRACTURE_CONV_ALGORITHM` (read once per process) forces, if any.
-    pub fn forced() -> Option<Algorithm> {
-        *FORCED.get_or_init(
-            || match std::env::var("FRACTURE_CONV_ALGORITHM").as_deref() {
-                Ok("gemm") => Some(Algorithm::Gemm),
-                Ok("winograd") => Some(Algorithm::Winograd),
-                _ => None,
-            },
-        )
+    /// The algorithm called `name`: gemm or winograd.
+    pub fn named(name: &str) -> Result<Algorithm, String> {
+        match name {
+            "gemm" => Ok(Algorithm::Gemm),
+            "winograd" => Ok(Algorithm::Winograd),
+            _ => Err(format!(
+                "no convolution algorithm is called {name:?} (gemm or winograd)"
+            )),
+        }
     }
 }
 
-/// The process's forced algorithm, decided once (see [`Algorithm::forced`]).
-static FORCED: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
+/// How one convolution runs on the CPU: the GEMM micro-kernel, and for its shape the algorithm,
+/// the unfolding and the weight gradient's method, chosen by the backend ([`super::Cpu`]) once
+/// per call from its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub kernel: Kernel,
+    pub algorithm: Algorithm,
+    pub unfolding: Unfolding,
+    pub weight_gradient: WeightGradient,
+}
+
+impl Plan {
+    /// Each choice for `g` on `kernel`, the algorithm and unfolding as forced where they are.
+    pub fn choose(
+        g: &Conv2dGeom,
+        kernel: Kernel,
+        algorithm: Option<Algorithm>,
+        unfolding: Option<Unfolding>,
+    ) -> Plan {
+        let unfolding = Unfolding::choose(g, unfolding);
+        Plan {
+            kernel,
+            algorithm: Algorithm::choose(g, algorithm),
+            unfolding,
+            weight_gradient: WeightGradient::choose(g, unfolding),
+        }
+    }
+}
 
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue (or
 /// Winograd's output transform), on each block of y while it is in cache.
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dGeom, relu: bool) -> Vec<f32> {
-    forward_pooled(x, w, b, g, relu, None)
+pub fn forward(
+    plan: &Plan,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    g: &Conv2dGeom,
+    relu: bool,
+) -> Vec<f32> {
+    forward_pooled(plan, x, w, b, g, relu, None)
 }
 
 /// [`forward`], then max pooling `pool` over its output when given: each image's convolution
 /// goes into this thread's buffer, still in cache when it is pooled, and only the pooled image
 /// is written out (a quarter of it for 2×2 pooling).
 pub fn forward_pooled(
+    plan: &Plan,
     x: &[f32],
     w: &[f32],
     b: &[f32],
@@ -186,12 +218,13 @@ pub fn forward_pooled(
     relu: bool,
     pool: Option<&Pool2dGeom>,
 ) -> Vec<f32> {
-    let filters = match Algorithm::choose(g) {
-        Algorithm::Winograd => Filters::Winograd(winograd::prepare(w, g)),
+    let filters = match plan.algorithm {
+        Algorithm::Winograd => Filters::Winograd(winograd::prepare(plan.kernel, w, g)),
         // packed once for all the images
         Algorithm::Gemm => Filters::Gemm(
             PackedA::new(MatRef::rows(w, g.c_out, g.patch_len())),
-            Unfolding::choose(g),
+            plan.unfolding,
+            plan.kernel,
         ),
     };
     forward_with(&filters, x, b, g, relu, pool)
@@ -207,7 +240,7 @@ fn forward_with(
     pool: Option<&Pool2dGeom>,
 ) -> Vec<f32> {
     let flat = match filters {
-        Filters::Gemm(_, Unfolding::Flat) => Flat::forward(g),
+        Filters::Gemm(_, Unfolding::Flat, _) => Flat::forward(g),
         _ => None,
     };
     let conv_image = g.c_out * g.out_h * g.out_w;
@@ -240,17 +273,30 @@ fn forward_with(
         written_by(g.n * out_image, |y| {
             y.par_chunks_mut(group * out_image)
                 .zip(x.par_chunks(group * g.c_in * g.h * g.w))
-                .for_each_init(|| flat.map(|f| FlatImage::new(f, g)), each_group)
+                .for_each_init(
+                    || flat.map(|f| FlatImage::new(f, g, filters.kernel())),
+                    each_group,
+                )
         })
     }
 }
 
 /// A convolution's filters made ready for a batch.
 enum Filters {
-    /// `w[Co, Ci·KH·KW]` packed for the GEMM, and how `col` reaches it.
-    Gemm(PackedA, Unfolding),
+    /// `w[Co, Ci·KH·KW]` packed for the GEMM, how `col` reaches it, and the GEMM's kernel.
+    Gemm(PackedA, Unfolding, Kernel),
     /// Transformed and packed for Winograd ([`winograd::prepare`]).
-    Winograd(Vec<PackedA>),
+    Winograd(winograd::Transformed),
+}
+
+impl Filters {
+    /// The GEMM kernel that multiplies them.
+    fn kernel(&self) -> Kernel {
+        match self {
+            Filters::Gemm(_, _, kernel) => *kernel,
+            Filters::Winograd(u) => u.kernel(),
+        }
+    }
 }
 
 /// One layer's forward pass, the same for every image of the batch.
@@ -267,9 +313,9 @@ impl Conv<'_> {
     /// task's buffers when the unfolding is [`Unfolding::Flat`].
     fn images(&self, xs: &[f32], flat: Option<&mut FlatImage>, ys: &mut [MaybeUninit<f32>]) {
         let g = self.g;
-        let (wm, unfolding) = match self.filters {
+        let (wm, unfolding, kernel) = match self.filters {
             Filters::Winograd(u) => return winograd::images(xs, u, Some(self.b), self.relu, g, ys),
-            Filters::Gemm(wm, unfolding) => (wm, *unfolding),
+            Filters::Gemm(wm, unfolding, kernel) => (wm, *unfolding, *kernel),
         };
         debug_assert_eq!(
             xs.len(),
@@ -278,7 +324,6 @@ impl Conv<'_> {
         );
         let (xn, yn) = (xs, ys);
         let (k, p) = (g.patch_len(), g.out_h * g.out_w);
-        let kernel = Kernel::detect();
         let epilogue = Epilogue {
             row_bias: Some(self.b),
             relu: self.relu,
@@ -306,19 +351,20 @@ impl Conv<'_> {
 }
 
 /// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
-pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    if Algorithm::choose(g) == Algorithm::Winograd {
-        return winograd::backward_input(dy, w, g);
+pub fn backward_input(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    if plan.algorithm == Algorithm::Winograd {
+        return winograd::backward_input(plan.kernel, dy, w, g);
     }
-    backward_input_by(Unfolding::choose(g), dy, w, g)
+    backward_input_by(plan, dy, w, g)
 }
 
-/// [`backward_input`] through the GEMM, dcol folded back the way `unfolding` says: on the image
-/// laid out flat for [`Unfolding::Flat`], else by [`col2im`].
-fn backward_input_by(unfolding: Unfolding, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+/// [`backward_input`] through the GEMM, dcol folded back the way the plan's unfolding says: on
+/// the image laid out flat for [`Unfolding::Flat`], else by [`col2im`].
+fn backward_input_by(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let wt = MatRef::rows(w, g.c_out, k).t();
-    let flat = match unfolding {
+    let kernel = plan.kernel;
+    let flat = match plan.unfolding {
         Unfolding::Flat if !g.is_pointwise() => Flat::forward(g),
         _ => None,
     };
@@ -326,12 +372,12 @@ fn backward_input_by(unfolding: Unfolding, dy: &[f32], w: &[f32], g: &Conv2dGeom
                       (dxn, dyn_): (&mut [MaybeUninit<f32>], &[f32])| {
         let dym = MatRef::rows(dyn_, g.c_out, p);
         if g.is_pointwise() {
-            gemm_with_epilogue(Kernel::detect(), wt, dym, dxn, p, Epilogue::default());
+            gemm_with_epilogue(kernel, wt, dym, dxn, p, Epilogue::default());
         } else if let Some(buffers) = buffers {
             buffers.image(wt, dyn_, dxn);
         } else {
             with_col(g, |col| {
-                gemm(wt, dym, col, p, false);
+                gemm(kernel, wt, dym, col, p, false);
                 col2im(col, g, dxn);
             });
         }
@@ -342,7 +388,10 @@ fn backward_input_by(unfolding: Unfolding, dy: &[f32], w: &[f32], g: &Conv2dGeom
         written_by(g.n * g.c_in * g.h * g.w, |dx| {
             dx.par_chunks_mut(g.c_in * g.h * g.w)
                 .zip(dy.par_chunks(g.c_out * p))
-                .for_each_init(|| flat.map(|f| FlatInputGradient::new(f, g)), each_image)
+                .for_each_init(
+                    || flat.map(|f| FlatInputGradient::new(f, g, kernel)),
+                    each_image,
+                )
         })
     }
 }
@@ -372,18 +421,10 @@ const ONE_PRODUCT_MAX_PIXELS: usize = 256;
 const IMAGES_PER_PARTIAL: usize = 8;
 
 /// (`dw[Co,Ci,KH,KW]` = Σₙ dyₙ · colₙᵀ, `db[Co]` = Σ over n, y, x of dy)
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<f32>) {
-    backward_weight_by(WeightGradient::choose(g), x, dy, g)
-}
-
-/// [`backward_weight`] the way `method` says (`Flat` needs strides the same both ways, `Dots` a
+/// the way the plan's `weight_gradient` says (`Flat` needs strides the same both ways, `Dots` a
 /// pointwise layer).
-fn backward_weight_by(
-    method: WeightGradient,
-    x: &[f32],
-    dy: &[f32],
-    g: &Conv2dGeom,
-) -> (Vec<f32>, Vec<f32>) {
+pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (Vec<f32>, Vec<f32>) {
+    let method = plan.weight_gradient;
     assert!(
         method != WeightGradient::Dots || g.is_pointwise(),
         "the weight gradient as dot products needs a pointwise layer"
@@ -403,21 +444,21 @@ fn backward_weight_by(
                 &x[images.start * x_img..images.end * x_img],
                 &dy[images.start * dy_img..images.end * dy_img],
             );
-            if let Some(mut grid) = flat.map(FlatGrid::new) {
+            if let Some(mut grid) = flat.map(|f| FlatGrid::new(f, plan.kernel)) {
                 for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
                     grid.lay_out(xn, dyn_);
                     grid.add_weight_gradient(&mut dw);
                 }
             } else if method == WeightGradient::Dots {
-                add_pointwise_weight_gradients(xs, dys, g, &mut dw);
+                add_pointwise_weight_gradients(plan.kernel, xs, dys, g, &mut dw);
             } else if p < ONE_PRODUCT_MAX_PIXELS
                 && !g.is_pointwise()
-                && Unfolding::forced() != Some(Unfolding::Copy)
+                && plan.unfolding != Unfolding::Copy
             {
-                add_weight_gradient_together(xs, dys, g, &mut dw);
+                add_weight_gradient_together(plan.kernel, xs, dys, g, &mut dw);
             } else {
                 for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
-                    add_weight_gradient(xn, dyn_, g, &mut dw);
+                    add_weight_gradient(plan, xn, dyn_, g, &mut dw);
                 }
             }
             dw
@@ -523,8 +564,8 @@ mod tests {
         }
     }
 
-    /// A pointwise weight gradient as dot products against the GEMM's (on this process's
-    /// kernel; `tests/ops.rs` runs a pointwise case under each): channels off `dot_rows`' 8- and
+    /// A pointwise weight gradient as dot products against the GEMM's, on every kernel this
+    /// processor runs: channels off `dot_rows`' 8- and
     /// 4-row and 3-tap blocks, more images than one partial holds, planes of one and of several
     /// AVX-512 registers.
     #[test]
@@ -542,20 +583,31 @@ mod tests {
         }
     }
 
+    /// `g`'s plan on `kernel` with the weight gradient and unfolding given.
+    fn plan(g: &Conv2dGeom, kernel: Kernel, method: WeightGradient, unfolding: Unfolding) -> Plan {
+        Plan {
+            weight_gradient: method,
+            unfolding,
+            ..Plan::choose(g, kernel, None, None)
+        }
+    }
+
     /// `method`'s weight gradient of random x and dy at `g` (drawn from `seed`) against the
-    /// GEMM's: db equal, dw within 1e-5 of its largest value.
+    /// GEMM's, on each kernel this processor runs: db equal, dw within 1e-5 of its largest value.
     fn assert_weight_gradient_is_the_gemms(method: WeightGradient, g: &Conv2dGeom, seed: u64) {
         let x = Tensor::rand_uniform([g.n, g.c_in, g.h, g.w], -1.0, 1.0, seed).data;
         let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 50 + seed).data;
-        let (dw, db) = backward_weight_by(method, &x, &dy, g);
-        let (dw_gemm, db_gemm) = backward_weight_by(WeightGradient::Gemm, &x, &dy, g);
-        assert_eq!(db, db_gemm, "{method:?}, case {seed}");
-        let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (j, (d, m)) in dw.iter().zip(&dw_gemm).enumerate() {
-            assert!(
-                (d - m).abs() <= 1e-5 * largest,
-                "{method:?}, case {seed}, dw[{j}]: {d} against the GEMM's {m}"
-            );
+        for kernel in Kernel::available() {
+            let by = |m| backward_weight(&plan(g, kernel, m, Unfolding::Implicit), &x, &dy, g);
+            let ((dw, db), (dw_gemm, db_gemm)) = (by(method), by(WeightGradient::Gemm));
+            assert_eq!(db, db_gemm, "{method:?}, case {seed}");
+            let largest = dw_gemm.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (j, (d, m)) in dw.iter().zip(&dw_gemm).enumerate() {
+                assert!(
+                    (d - m).abs() <= 1e-5 * largest,
+                    "{method:?} on {kernel:?}, case {seed}, dw[{j}]: {d} against the GEMM's {m}"
+                );
+            }
         }
     }
 
@@ -595,7 +647,8 @@ mod tests {
             for (relu, pool) in [(false, None), (true, None), (true, Some(&pool))] {
                 let by = |unfolding| {
                     let wm = PackedA::new(MatRef::rows(&wt, c_out, g.patch_len()));
-                    forward_with(&Filters::Gemm(wm, unfolding), &x, &b, &g, relu, pool)
+                    let filters = Filters::Gemm(wm, unfolding, Kernel::fastest());
+                    forward_with(&filters, &x, &b, &g, relu, pool)
                 };
                 let copy = by(Unfolding::Copy);
                 assert_same(
@@ -617,15 +670,18 @@ mod tests {
             let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, stride, padding).unwrap();
             let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, i as u64).data;
             let wt = Tensor::rand_uniform([c_out, g.patch_len()], -1.0, 1.0, 20 + i as u64).data;
-            let copy = backward_input_by(Unfolding::Copy, &dy, &wt, &g);
-            let flat = backward_input_by(Unfolding::Flat, &dy, &wt, &g);
+            let by = |unfolding| {
+                let plan = plan(&g, Kernel::fastest(), WeightGradient::Gemm, unfolding);
+                backward_input_by(&plan, &dy, &wt, &g)
+            };
+            let (copy, flat) = (by(Unfolding::Copy), by(Unfolding::Flat));
             assert_same(&flat, &copy, &format!("case {i}"));
             // on one thread, one task's buffers serve every image: nothing of one may stay
             let one_thread = rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .build()
                 .unwrap();
-            let flat = one_thread.install(|| backward_input_by(Unfolding::Flat, &dy, &wt, &g));
+            let flat = one_thread.install(|| by(Unfolding::Flat));
             assert_same(&flat, &copy, &format!("case {i}, one thread"));
         }
     }
@@ -646,11 +702,13 @@ mod tests {
             let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, 60 + i as u64).data;
             let mut each = vec![0f32; c_out * g.patch_len()];
             let per_image = (x.chunks_exact(x.len() / n)).zip(dy.chunks_exact(dy.len() / n));
+            let kernel = Kernel::fastest();
+            let plan = plan(&g, kernel, WeightGradient::Gemm, Unfolding::Implicit);
             for (xn, dyn_) in per_image {
-                add_weight_gradient(xn, dyn_, &g, &mut each);
+                add_weight_gradient(&plan, xn, dyn_, &g, &mut each);
             }
             let mut together = vec![0f32; c_out * g.patch_len()];
-            add_weight_gradient_together(&x, &dy, &g, &mut together);
+            add_weight_gradient_together(kernel, &x, &dy, &g, &mut together);
             let largest = each.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (j, (a, b)) in together.iter().zip(&each).enumerate() {
                 assert!(

@@ -10,7 +10,7 @@ use crate::backend::Conv2dGeom;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightGradient {
     /// A GEMM of dy with colᵀ, which the packing gathers from the image (`Unfolded`; the image
-    /// itself when pointwise; a written im2col under `FRACTURE_CONV_UNFOLDING=copy`). Wins on
+    /// itself when pointwise; a written im2col under [`Unfolding::Copy`]). Wins on
     /// small planes, where each sum of the flat way is short and its reduction dominates.
     Gemm,
     /// Dot products of dy with the padded image at each tap's offset, nothing packed
@@ -29,9 +29,9 @@ pub enum WeightGradient {
 impl WeightGradient {
     /// Flat where it applies, the output plane has `FLAT_MIN_OUTPUTS` pixels or more and the
     /// layer fewer than `FLAT_MAX_CHANNELS` output channels; not for a pointwise layer (already
-    /// a plain GEMM), nor under `FRACTURE_CONV_UNFOLDING=copy`. Dots for a pointwise layer whose
-    /// plane has `DOTS_MIN_PIXELS` pixels or more, a whole number of AVX-512 registers.
-    pub fn choose(g: &Conv2dGeom) -> WeightGradient {
+    /// a plain GEMM), nor when the unfolding is [`Unfolding::Copy`]. Dots for a pointwise layer
+    /// whose plane has `DOTS_MIN_PIXELS` pixels or more, a whole number of AVX-512 registers.
+    pub fn choose(g: &Conv2dGeom, unfolding: Unfolding) -> WeightGradient {
         let pixels = g.out_h * g.out_w;
         if g.is_pointwise() && pixels >= DOTS_MIN_PIXELS && pixels.is_multiple_of(16) {
             return WeightGradient::Dots;
@@ -40,7 +40,7 @@ impl WeightGradient {
             && !g.is_pointwise()
             && g.out_h * g.out_w >= FLAT_MIN_OUTPUTS
             && g.c_out < FLAT_MAX_CHANNELS
-            && Unfolding::forced() != Some(Unfolding::Copy);
+            && unfolding != Unfolding::Copy;
         if flat {
             WeightGradient::Flat
         } else {
@@ -67,6 +67,7 @@ pub(super) const FLAT_MAX_CHANNELS: usize = 128;
 
 /// One image and its dy laid out flat (`Flat`): the operands of [`WeightGradient::Flat`].
 pub(super) struct FlatGrid<'g> {
+    kernel: Kernel,
     planes: FlatPlanes,
     g: &'g Conv2dGeom,
     /// `[Co, flat_outputs]`: dy in rows of `wq`, zero past each row's `Wo` outputs.
@@ -75,8 +76,9 @@ pub(super) struct FlatGrid<'g> {
 
 impl<'g> FlatGrid<'g> {
     /// Zeroed once: each image writes the same positions, so the padding stays zero.
-    pub(super) fn new((flat, g): (Flat, &'g Conv2dGeom)) -> FlatGrid<'g> {
+    pub(super) fn new((flat, g): (Flat, &'g Conv2dGeom), kernel: Kernel) -> FlatGrid<'g> {
         FlatGrid {
+            kernel,
             planes: FlatPlanes::new(flat, g.c_in),
             g,
             dy_rows: vec![0.0; g.c_out * flat.flat_outputs()],
@@ -97,7 +99,7 @@ impl<'g> FlatGrid<'g> {
         let dy = (&self.dy_rows[..], f.flat_outputs());
         for (ci, plane) in self.planes.each().enumerate() {
             let out = (&mut dw[ci * taps..], g.patch_len());
-            dot_rows(Kernel::detect(), dy, plane, &self.planes.offsets, out);
+            dot_rows(self.kernel, dy, plane, &self.planes.offsets, out);
         }
     }
 }
@@ -106,6 +108,7 @@ impl<'g> FlatGrid<'g> {
 /// `dys`: `dw[co][ci]` += Σ_i `dy[co][i]` · `x[ci][i]`, each channel plane of x one tap of
 /// `dot_rows` (at `ci·H·W`).
 pub(super) fn add_pointwise_weight_gradients(
+    kernel: Kernel,
     xs: &[f32],
     dys: &[f32],
     g: &Conv2dGeom,
@@ -117,33 +120,34 @@ pub(super) fn add_pointwise_weight_gradients(
         .chunks_exact(g.c_in * pixels)
         .zip(dys.chunks_exact(g.c_out * pixels))
     {
-        dot_rows(
-            Kernel::detect(),
-            (dyn_, pixels),
-            xn,
-            &planes,
-            (&mut *dw, g.c_in),
-        );
+        dot_rows(kernel, (dyn_, pixels), xn, &planes, (&mut *dw, g.c_in));
     }
 }
 
-/// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image.
-pub(super) fn add_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: &mut [f32]) {
+/// `dw[Co, Ci·KH·KW]` += dyₙ · colₙᵀ for one image, colₙᵀ unfolded the way `plan` says.
+pub(super) fn add_weight_gradient(
+    plan: &Plan,
+    xn: &[f32],
+    dyn_: &[f32],
+    g: &Conv2dGeom,
+    dw: &mut [f32],
+) {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
     let dym = MatRef::rows(dyn_, g.c_out, p);
+    let kernel = plan.kernel;
     if g.is_pointwise() {
-        gemm(dym, MatRef::rows(xn, k, p).t(), dw, k, true);
-    } else if Unfolding::forced() != Some(Unfolding::Copy) {
+        gemm(kernel, dym, MatRef::rows(xn, k, p).t(), dw, k, true);
+    } else if plan.unfolding != Unfolding::Copy {
         let colt = Unfolded {
             x: xn,
             g,
             transposed: true,
         };
-        gemm(dym, colt, dw, k, true);
+        gemm(kernel, dym, colt, dw, k, true);
     } else {
         with_col(g, |col| {
             im2col(xn, g, col);
-            gemm(dym, MatRef::rows(col, k, p).t(), dw, k, true);
+            gemm(kernel, dym, MatRef::rows(col, k, p).t(), dw, k, true);
         });
     }
 }
@@ -153,6 +157,7 @@ pub(super) fn add_weight_gradient(xn: &[f32], dyn_: &[f32], g: &Conv2dGeom, dw: 
 /// image's pixels. Per image, a small plane's product is a loop over k shorter than one of the
 /// GEMM's slices, and dw's blocks are read and written again for every image.
 pub(super) fn add_weight_gradient_together(
+    kernel: Kernel,
     xs: &[f32],
     dys: &[f32],
     g: &Conv2dGeom,
@@ -172,6 +177,7 @@ pub(super) fn add_weight_gradient_together(
         transposed: true,
     };
     gemm(
+        kernel,
         MatRef::rows(&side, g.c_out, m * p),
         colt,
         dw,

@@ -17,7 +17,7 @@
 //! the direct sum by a few ulps of its largest terms; the op tests bound it against the reference
 //! (`tests/ops.rs`, with this algorithm forced on every 3×3 stride-1 case).
 
-use crate::backend::cpu::gemm::{gemm, MatRef, PackedA, NR};
+use crate::backend::cpu::gemm::{gemm, Kernel, MatRef, PackedA, NR};
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -38,8 +38,15 @@ pub fn applies(g: &Conv2dGeom) -> bool {
 }
 
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::forward`]).
-pub fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Conv2dGeom, relu: bool) -> Vec<f32> {
-    let u = prepare(w, g);
+pub fn forward(
+    kernel: Kernel,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    g: &Conv2dGeom,
+    relu: bool,
+) -> Vec<f32> {
+    let u = prepare(kernel, w, g);
     let group = images_per_group(g);
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     // SAFETY: `images` writes every pixel of each image's output.
@@ -71,7 +78,7 @@ pub fn images_per_group(g: &Conv2dGeom) -> usize {
 /// the filters turned by 180° and their channels swapped,
 ///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][2 − ky][2 − kx]`,
 /// padded by p' = 2 − pad_top above and q' = 2 − pad_left on the left.
-pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+pub fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let turned = Conv2dGeom {
         c_in: g.c_out,
         h: g.out_h,
@@ -93,19 +100,36 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
             }
         }
     }
-    forward(dy, &wt, None, &turned, false)
+    forward(kernel, dy, &wt, None, &turned, false)
 }
 
-/// The filters `w[Co,Ci,3,3]` transformed, each `U[ξ]` packed for the GEMM: once per batch.
-pub fn prepare(w: &[f32], g: &Conv2dGeom) -> Vec<PackedA> {
+/// A layer's filters made ready for its batch's 16 products ([`prepare`]).
+pub struct Transformed {
+    /// `U[ξ]` for each ξ, packed for the GEMM.
+    u: Vec<PackedA>,
+    /// The GEMM kernel that multiplies them.
+    kernel: Kernel,
+}
+
+/// The filters `w[Co,Ci,3,3]` transformed, each `U[ξ]` packed for the GEMM `kernel`: once per
+/// batch.
+pub fn prepare(kernel: Kernel, w: &[f32], g: &Conv2dGeom) -> Transformed {
     assert!(
         applies(g),
         "Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions"
     );
-    transform_filters(w, g.c_out, g.c_in)
+    let u = transform_filters(w, g.c_out, g.c_in)
         .chunks_exact(g.c_out * g.c_in)
         .map(|ui| PackedA::new(MatRef::rows(ui, g.c_out, g.c_in)))
-        .collect()
+        .collect();
+    Transformed { u, kernel }
+}
+
+impl Transformed {
+    /// The GEMM kernel that multiplies them.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
 }
 
 /// `U[ξ][Co][Ci]` = G g Gᵀ for every filter g of `w[Co,Ci,3,3]`, with
@@ -146,7 +170,7 @@ thread_local! {
 /// one image goes through in blocks of its tile rows.
 pub fn images(
     xs: &[f32],
-    u: &[PackedA],
+    u: &Transformed,
     bias: Option<&[f32]>,
     relu: bool,
     g: &Conv2dGeom,
@@ -178,7 +202,7 @@ struct Columns {
 /// The tiles of tile rows `rows` of each image of `xs`: V, the 16 products, Y.
 fn block(
     xs: &[f32],
-    u: &[PackedA],
+    u: &Transformed,
     epilogue: (Option<&[f32]>, bool),
     g: &Conv2dGeom,
     rows: Range<usize>,
@@ -200,9 +224,10 @@ fn block(
     for (i, xn) in xs.chunks_exact(x_img).enumerate() {
         transform_input(xn, g, (rows.clone(), columns(i)), &mut s.v, &mut s.rows);
     }
-    for (xi, ui) in u.iter().enumerate() {
+    for (xi, ui) in u.u.iter().enumerate() {
         let vi = MatRef::rows(&s.v[xi * g.c_in * tiles..][..g.c_in * tiles], g.c_in, tiles);
         gemm(
+            u.kernel,
             ui,
             vi,
             &mut s.m[xi * g.c_out * tiles..][..g.c_out * tiles],
@@ -366,7 +391,7 @@ mod tests {
         let x = Tensor::rand_uniform([group, 128, 6, 6], -1.0, 1.0, 1).data;
         let w = Tensor::rand_uniform([128, 128, 3, 3], -0.1, 0.1, 2).data;
         let b = Tensor::rand_uniform([128], -0.1, 0.1, 3).data;
-        let u = prepare(&w, &g);
+        let u = prepare(Kernel::fastest(), &w, &g);
         let y_img = 128 * 36;
         let run = |xs: &[f32]| {
             let mut ys = vec![MaybeUninit::new(f32::NAN); xs.len() / (128 * 36) * y_img];
