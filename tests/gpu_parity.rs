@@ -329,44 +329,77 @@ fn training_steps_match_the_cpu_when_tensors_are_split_across_bindings() {
     steps_match(&windowed, &spec, OptimizerKind::adam(), 7, 3);
 }
 
+/// Every parameter's gradient, named, and the input's (`x`) after one forward and backward pass
+/// of `spec` from seed 9, and the kink fingerprint of the forward pass.
+fn gradients<B: Backend>(
+    be: &B,
+    spec: &ModelSpec,
+    x: &Tensor,
+    y: &Tensor,
+) -> (Vec<(String, Tensor)>, u64) {
+    let mut model = Model::new(be, spec, 9).unwrap();
+    let logits = model.forward(be, be.upload(x), Mode::Train { seed: 3 });
+    let kinks = model.kinks(be);
+    let (_, d) = loss::bce_with_logits(be, &logits, &be.upload(y), 2.0);
+    let dx = model.backward(be, d, true).unwrap();
+    let mut out = vec![("x".to_string(), be.download(&dx))];
+    for p in model.named_params() {
+        if let Some(g) = &p.param.grad {
+            out.push((p.name.clone(), be.download(g)));
+        }
+    }
+    (out, kinks)
+}
+
+/// The tolerance of the whole-model gradient comparison: f32 rounding, in another order on each
+/// backend, compounds over dozens of layers (batch norm's backward pass cancels terms at each),
+/// so 1 % of each tensor's own scale.
+const GRADIENT_TOL: f32 = 1e-2;
+
+/// The scale `name`'s gradient `g` is compared at: its own largest value, or for a
+/// convolution's bias that batch norm follows, whose true gradient is 0 (the batch mean absorbs
+/// any shift) and whose values are rounding noise of its layer's weight gradient, 1 % of that.
+fn gradient_scale(name: &str, g: &Tensor, all: &[(String, Tensor)]) -> f32 {
+    let largest = |t: &Tensor| t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let weight = name
+        .strip_suffix(".bias")
+        .map(|layer| format!("{layer}.weight"));
+    let weight = all.iter().find(|(n, _)| Some(n) == weight.as_ref());
+    largest(g).max(weight.map_or(0.0, |(_, w)| 1e-2 * largest(w)))
+}
+
+/// Each of `got`'s gradients against `want`'s (the CPU's) at [`GRADIENT_TOL`] of its scale; the
+/// first that differs, named.
+fn gradients_differ(want: &[(String, Tensor)], got: &[(String, Tensor)]) -> Result<(), String> {
+    if want.len() != got.len() {
+        return Err(format!("{} gradients against {}", got.len(), want.len()));
+    }
+    for ((name, c), (got_name, g)) in want.iter().zip(got) {
+        if name != got_name {
+            return Err(format!("{got_name} where {name} was expected"));
+        }
+        let scale = gradient_scale(name, c, want);
+        g.check_close_at_scale(c, GRADIENT_TOL, scale)
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Every parameter's gradient and the input's after one forward and backward pass of a whole
 /// model: the CPU's are proven by finite differences (tests/gradcheck_cpu.rs), so agreement
 /// proves the GPU's.
 fn gradients_match(name: &str, size: usize, batch: usize) {
     let Some(gpu) = gpu() else { return };
-    let spec = ModelSpec::load(name)
-        .unwrap()
-        .with_image_size(size)
-        .unwrap();
+    let spec = preset(name, size);
     let [c, h, w] = spec.input;
     let y = Tensor::new([batch], (0..batch).map(|i| (i % 2) as f32).collect());
-    /// The gradients, and the kink fingerprint of the forward pass.
-    fn grads<B: Backend>(
-        be: &B,
-        spec: &ModelSpec,
-        x: &Tensor,
-        y: &Tensor,
-    ) -> (Vec<(String, Tensor)>, u64) {
-        let mut model = Model::new(be, spec, 9).unwrap();
-        let logits = model.forward(be, be.upload(x), Mode::Train { seed: 3 });
-        let kinks = model.kinks(be);
-        let (_, d) = loss::bce_with_logits(be, &logits, &be.upload(y), 2.0);
-        let dx = model.backward(be, d, true).unwrap();
-        let mut out = vec![("x".to_string(), be.download(&dx))];
-        for p in model.named_params() {
-            if let Some(g) = &p.param.grad {
-                out.push((p.name.clone(), be.download(g)));
-            }
-        }
-        (out, kinks)
-    }
     // A ReLU input within rounding of 0 may fall on either side on two backends; the gradients
     // then differ through that unit by design, not by a fault: the next input is tried.
     let inputs = 700..700 + INPUTS_TRIED;
     let same_kinks = inputs.clone().find_map(|input| {
         let x = Tensor::rand_uniform([batch, c, h, w], 0.0, 1.0, input);
-        let (cpu, cpu_kinks) = grads(&Cpu::new(), &spec, &x, &y);
-        let (on_gpu, gpu_kinks) = grads(gpu, &spec, &x, &y);
+        let (cpu, cpu_kinks) = gradients(&Cpu::new(), &spec, &x, &y);
+        let (on_gpu, gpu_kinks) = gradients(gpu, &spec, &x, &y);
         if cpu_kinks != gpu_kinks {
             println!("{name}: input {input}: a ReLU or pooling choice switched: next input");
             return None;
@@ -379,25 +412,63 @@ fn gradients_match(name: &str, size: usize, batch: usize) {
              and GPU: a forward pass differs"
         )
     };
-    assert_eq!(cpu.len(), on_gpu.len());
-    let largest = |t: &Tensor| t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for ((name, c), (_, g)) in cpu.iter().zip(&on_gpu) {
-        // A convolution's bias that batch norm follows has a true gradient of 0 (the batch mean
-        // absorbs any shift): its values are rounding noise of its layer's weight gradient.
-        let weight = name
-            .strip_suffix(".bias")
-            .map(|layer| format!("{layer}.weight"));
-        let weight = cpu.iter().find(|(n, _)| Some(n) == weight.as_ref());
-        let scale = largest(c).max(weight.map_or(0.0, |(_, w)| 1e-2 * largest(w)));
-        // f32 rounding, in another order on each backend, compounds over dozens of layers
-        // (batch norm's backward pass cancels terms at each): 1 % of each tensor's own scale
-        if let Err(e) = g.check_close_at_scale(c, 1e-2, scale) {
-            panic!(
-                "{name} gradient of {}: GPU differs from CPU: {e}",
-                spec.name
+    if let Err(e) = gradients_differ(&cpu, &on_gpu) {
+        panic!("{}: GPU gradient differs from CPU: {e}", spec.name);
+    }
+}
+
+/// The negative control of [`gradients_differ`] at the tolerance the parity tests use, on a
+/// resnet's real gradients (CPU only): in every tensor, its largest entry 2 % of the scale off,
+/// the whole tensor 2 % too large, the tensor zeroed, a NaN or an infinity in it, and its sign
+/// flipped, each refused; a tensor missing or out of order refused. Not the biases whose true
+/// gradient is 0 (their values are rounding noise: [`gradient_scale`]).
+#[test]
+fn the_gradient_comparison_refuses_wrong_gradients() {
+    let spec = preset("resnet-4-1", 32);
+    let [c, h, w] = spec.input;
+    let x = Tensor::rand_uniform([3, c, h, w], 0.0, 1.0, 700);
+    let y = Tensor::new([3], vec![0.0, 1.0, 0.0]);
+    let (want, _) = gradients(&Cpu::new(), &spec, &x, &y);
+    assert_eq!(gradients_differ(&want, &want), Ok(()));
+    type Wrong = fn(&mut Vec<f32>, f32);
+    let wrongs: [(&str, Wrong); 6] = [
+        ("largest entry off by 2 %", |t, scale| {
+            let i = (0..t.len()).max_by(|&a, &b| t[a].abs().total_cmp(&t[b].abs()));
+            t[i.unwrap()] += 0.02 * scale;
+        }),
+        ("2 % too large", |t, _| {
+            t.iter_mut().for_each(|v| *v *= 1.02)
+        }),
+        ("zeroed", |t, _| t.iter_mut().for_each(|v| *v = 0.0)),
+        ("a NaN", |t, _| {
+            let middle = t.len() / 2;
+            t[middle] = f32::NAN;
+        }),
+        ("an infinity", |t, _| t[0] = f32::INFINITY),
+        ("sign flipped", |t, _| t.iter_mut().for_each(|v| *v = -*v)),
+    ];
+    let mut checked = 0;
+    for (i, (name, g)) in want.iter().enumerate() {
+        let largest = g.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = gradient_scale(name, g, &want);
+        if largest < scale {
+            continue; // rounding noise, compared at its weight's scale
+        }
+        for (what, wrong) in &wrongs {
+            let mut got = want.clone();
+            wrong(&mut got[i].1.data, scale);
+            assert!(
+                gradients_differ(&want, &got).is_err(),
+                "{name} {what} passed the comparison"
             );
         }
+        checked += 1;
     }
+    assert!(checked > want.len() / 2, "only {checked} tensors checked");
+    assert!(gradients_differ(&want, &want[1..]).is_err());
+    let mut swapped = want.clone();
+    swapped.swap(1, 2);
+    assert!(gradients_differ(&want, &swapped).is_err());
 }
 
 /// MobileNet's layers in training: a small depthwise-separable model. (The preset has so many
