@@ -19,6 +19,10 @@
 //!   predictions.csv  every image's out-of-fold probability
 //!   roc.png          the folds' ROC curves; reliability.png of the pooled predictions
 //! ```
+//!
+//! Why one file of about 700 lines: the folds, their training, the pooling of out-of-fold
+//! predictions and the files it writes are one procedure, read top to bottom; the properties that
+//! make it honest (a fold's threshold from the other folds only) are easier to check in one place.
 
 pub mod compare;
 

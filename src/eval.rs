@@ -2,6 +2,9 @@
 //! probability of a fracture for any images (`fracture-cnn predict`). Both repeat the training's
 //! preprocessing (gray, resized to the checkpoint's input) and use the decision threshold saved
 //! with the model.
+//!
+//! Why one file of about 700 lines: `eval` and `predict` share the preprocessing, the batching
+//! and the heat maps, and keeping them together keeps the two from drifting apart.
 
 use crate::backend::Backend;
 use crate::checkpoint;

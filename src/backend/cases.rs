@@ -8,6 +8,9 @@
 //!   layer).
 //!
 //! A new op, or a new shape that a kernel treats differently, is one entry here.
+//!
+//! Why one file of over 700 lines: it is one list, and the point of it is that every op's case is
+//! in it; its per-op entries are short and independent.
 
 use super::{
     AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Padding, Pool2dGeom, SgdStep,

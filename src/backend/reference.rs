@@ -7,6 +7,9 @@
 //! differences of its forward passes.
 //!
 //! Shapes are written next to the arguments; `[N,C,H,W]` tensors are indexed by `at4`.
+//!
+//! Why one file of 600 lines: it is the definition of every op, read side by side with the
+//! others; split, a reader would hunt for the formula a kernel is checked against.
 
 use super::{hash, AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};

@@ -53,6 +53,9 @@
 //! type = "add"                 # y = body + shortcut; when the shapes differ, the shortcut goes
 //! inputs = ["body", "block1"]  # through a learned 1x1 convolution (stride 2 here) first
 //! ```
+//!
+//! Why one file of nearly 800 lines: the spec's types, their serde forms and the shape inference
+//! of each layer kind are one vocabulary (the presets live in `resnet.rs` and `mobilenet.rs`).
 
 use crate::backend::{Conv2dGeom, Padding, Pool2dGeom};
 use crate::data::image::{Framing, Square};

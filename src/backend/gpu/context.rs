@@ -1,5 +1,9 @@
 //! The wgpu side of the GPU backend: the device, the compiled kernels, a pool of buffers, and one
 //! command encoder into which every kernel launch is recorded until the host needs a result.
+//!
+//! Why one file of over 600 lines: the device, the kernel cache, the buffer pools, the bind
+//! groups and the recording encoder are the fields of one `Context`, and each method touches
+//! several of them; split, each piece would reach into the others' fields.
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::{BTreeSet, HashMap};
