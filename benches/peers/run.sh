@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # fracture-cnn's `bench` and the peers (PyTorch NCHW and channels_last, Keras/TF without and with
-# XLA) on fracturenet and mobilenet at 128 and 256 pixels, one after the other in one window, then
-# the table (markdown) with our ratio to the fastest peer.
+# XLA) on fracturenet and mobilenet at 128 and 256 pixels and on the shipped model's networks
+# (resnet, resnet-loc) at 192, one after the other in one window, then the table (markdown) with
+# our ratio to the fastest peer.
 #
-#   benches/peers/run.sh                 # everything: about 25 minutes on 2 cores
-#   MODELS=fracturenet SIZES=128 REPEATS=5 benches/peers/run.sh
+#   benches/peers/run.sh                 # everything: about 40 minutes on 2 cores
+#   MODELS=resnet RESNET_SIZES=192 REPEATS=5 benches/peers/run.sh
 #
 # The first run makes a Python environment with the pinned frameworks in $PEERS_VENV (default
 # ~/.cache/fracture-cnn/peers-venv; about 3 GB to download). Results go to $PEERS_OUT (default
@@ -14,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${PEERS_VENV:-$HOME/.cache/fracture-cnn/peers-venv}
 OUT=${PEERS_OUT:-${TMPDIR:-/tmp}/fracture-cnn-peers}
-MODELS=${MODELS:-fracturenet mobilenet}
+MODELS=${MODELS:-fracturenet mobilenet resnet resnet-loc}
 SIZES=${SIZES:-128 256}
+RESNET_SIZES=${RESNET_SIZES:-192}
 CONFIGS=${CONFIGS:-torch torch-cl keras keras-xla}
 REPEATS=${REPEATS:-10}
 THREADS=${THREADS:-2}
@@ -40,7 +42,9 @@ if [ "$busy" -gt 10 ]; then
         "and the timings will show it" >&2
 fi
 for model in $MODELS; do
-    for size in $SIZES; do
+    sizes=$SIZES
+    case $model in resnet*) sizes=$RESNET_SIZES ;; esac
+    for size in $sizes; do
         echo "$model at $size: fracture-cnn" >&2
         ./target/release/fracture-cnn bench --backend cpu --model "$model" --image-size "$size" \
             --repeats "$REPEATS" --threads "$THREADS" --json --quiet \

@@ -322,7 +322,9 @@ fn adam_op<'a, B: Backend>(be: &'a B, spec: &ModelSpec) -> Result<Op<'a>> {
 }
 
 /// A whole training step of the model on a fixed random batch: upload, forward, loss, backward,
-/// Adam (the loss is read back, as a training loop does for its log).
+/// Adam (the loss is read back, as a training loop does for its log). A model with a fracture
+/// map trains it too, on a per-pixel BCE against a fixed random target map, so that the map's
+/// layers run backward as in training (and as the peers' twin does).
 pub fn train_step<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> Result<Op<'a>> {
     let mut model = Model::new(be, spec, 1)?;
     let mut opt = Optimizer::new(OptimizerKind::adam(), 0.0);
@@ -331,14 +333,26 @@ pub fn train_step<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> 
         [batch],
         (0..batch).map(|i| (i % 2) as f32).collect(),
     ));
+    let map_target = match spec.map_layer()? {
+        Some(m) => {
+            let shape = batched(batch, &spec.layers()?[m].output);
+            let coin = Tensor::rand_uniform(shape.as_slice(), 0.0, 1.0, 4321);
+            let target = coin.data.iter().map(|v| v.round()).collect();
+            Some(be.upload(&Tensor::new(shape, target)))
+        }
+        None => None,
+    };
     let flops = 3 * spec.layers()?.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
     Ok(Op::new(
         format!("training step, batch {batch}"),
         Some(flops),
         move || {
-            let logits = model.forward(be, be.upload(&x), Mode::Train { seed: 7 });
+            let (logits, map) = model.forward_with_map(be, be.upload(&x), Mode::Train { seed: 7 });
             let (loss, dlogits) = loss::bce_with_logits(be, &logits, &y, 1.0);
-            model.backward(be, dlogits, false);
+            let dmap = map
+                .zip(map_target.as_ref())
+                .map(|(m, t)| loss::bce_with_logits(be, &m, t, 1.0).1);
+            model.backward_with_map(be, (dlogits, dmap), false);
             opt.step(be, &mut model, 1e-3);
             std::hint::black_box(loss);
         },
