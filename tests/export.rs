@@ -180,13 +180,7 @@ fn an_export_off_by_a_tenth_of_a_percent_fails_the_comparison() {
         let dir = tempfile::tempdir().unwrap();
         let ckpt = trained_looking_checkpoint(&spec, 10 + i as u64, dir.path());
         let (mut model, info) = checkpoint::load(&Cpu::new(), &ckpt).unwrap();
-        let first = model
-            .named_params()
-            .iter()
-            .position(|p| p.name.ends_with("weight"))
-            .unwrap();
-        let w = &mut model.params_mut()[first].value;
-        w.data.iter_mut().for_each(|v| *v *= 1.001);
+        common::models::first_weight_off_by_a_tenth_of_a_percent(&mut model);
         let off = dir.path().join("off.safetensors");
         checkpoint::save(&Cpu::new(), &model, &info, Vec::new(), &off).unwrap();
         let (worst, _) = export_gap(&off, &ckpt, &spec, dir.path());

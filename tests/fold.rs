@@ -329,13 +329,7 @@ fn a_fold_off_by_a_tenth_of_a_percent_fails_the_comparison() {
         let spec = ModelSpec::load(name).unwrap().with_image_size(64).unwrap();
         let (mut plain, x) = model_with_statistics(&Cpu::new(), &spec, 7);
         let mut folded = inference_model(&Cpu::new(), &plain).unwrap();
-        let first = folded
-            .named_params()
-            .iter()
-            .position(|p| p.name.ends_with("weight"))
-            .unwrap();
-        let w = &mut folded.params_mut()[first].value;
-        w.data.iter_mut().for_each(|v| *v *= 1.001);
+        common::models::first_weight_off_by_a_tenth_of_a_percent(&mut folded);
         let want = plain.forward(&Cpu::new(), x.clone(), Mode::Eval);
         let got = folded.forward(&Cpu::new(), x, Mode::Eval);
         assert!(got.check_close(&want, TOL).is_err(), "{name}");

@@ -333,16 +333,17 @@ pub fn train_step<'a, B: Backend>(be: &'a B, spec: &ModelSpec, batch: usize) -> 
         [batch],
         (0..batch).map(|i| (i % 2) as f32).collect(),
     ));
+    let layers = spec.layers()?;
     let map_target = match spec.map_layer()? {
         Some(m) => {
-            let shape = batched(batch, &spec.layers()?[m].output);
+            let shape = batched(batch, &layers[m].output);
             let coin = Tensor::rand_uniform(shape.as_slice(), 0.0, 1.0, 4321);
             let target = coin.data.iter().map(|v| v.round()).collect();
             Some(be.upload(&Tensor::new(shape, target)))
         }
         None => None,
     };
-    let flops = 3 * spec.layers()?.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
+    let flops = 3 * layers.iter().map(|l| l.flops).sum::<u64>() * batch as u64;
     Ok(Op::new(
         format!("training step, batch {batch}"),
         Some(flops),

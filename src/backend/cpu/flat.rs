@@ -274,17 +274,6 @@ fn dot_taps<const TAPS: usize>(
     lanes.copy_from_slice(&acc);
 }
 
-/// `simd`, once checked to run on this processor: the functions below are compiled for its
-/// instructions and `unsafe` to run without them, whoever passed the kernel.
-fn runs_here(simd: Kernel) -> Kernel {
-    assert!(
-        simd.runs_here(),
-        "the {} kernel needs instructions this processor does not have",
-        simd.name()
-    );
-    simd
-}
-
 /// [`correlate_lanes`] compiled for `simd`.
 pub(super) fn correlate(
     simd: Kernel,
@@ -304,8 +293,8 @@ pub(super) fn correlate(
         unsafe fn avx2(p: &[f32], offsets: &[usize], w: &[f32], bias: f32, out: &mut [f32]) {
             correlate_lanes(p, offsets, w, bias, out)
         }
-        match runs_here(simd) {
-            // SAFETY: `runs_here` refused a kernel whose instructions this processor lacks.
+        match simd.checked() {
+            // SAFETY: `checked` refused a kernel whose instructions this processor lacks.
             Kernel::Avx512 => return unsafe { avx512(p, offsets, w, bias, out) },
             // SAFETY: as above.
             Kernel::Avx2Fma => return unsafe { avx2(p, offsets, w, bias, out) },
@@ -333,8 +322,8 @@ pub(super) fn dot_offsets(
         unsafe fn avx2(a: &[f32], p: &[f32], offsets: &[usize], sums: &mut [[f32; LANES]]) {
             dot_offsets_lanes(a, p, offsets, sums)
         }
-        match runs_here(simd) {
-            // SAFETY: `runs_here` refused a kernel whose instructions this processor lacks.
+        match simd.checked() {
+            // SAFETY: `checked` refused a kernel whose instructions this processor lacks.
             Kernel::Avx512 => return unsafe { avx512(a, p, offsets, sums) },
             // SAFETY: as above.
             Kernel::Avx2Fma => return unsafe { avx2(a, p, offsets, sums) },
@@ -348,7 +337,7 @@ pub(super) fn dot_offsets(
 ///
 /// # Safety
 /// Every function needs the processor to have the implementation's instructions (callers run in
-/// code compiled for them, reached only through `runs_here`).
+/// code compiled for them, reached only through `Kernel::checked`).
 trait Lanes {
     type V: Copy;
     /// Lanes of a register (every row's length is a whole number of them).
@@ -542,8 +531,8 @@ pub(super) fn dot_rows(
         unsafe fn avx2(a: (&[f32], usize), p: &[f32], offsets: &[usize], out: (&mut [f32], usize)) {
             dot_rows_blocked::<Avx2, 2, 3>(a, p, offsets, out)
         }
-        match runs_here(simd) {
-            // SAFETY: `runs_here` refused a kernel whose instructions this processor lacks.
+        match simd.checked() {
+            // SAFETY: `checked` refused a kernel whose instructions this processor lacks.
             Kernel::Avx512 => return unsafe { avx512(a, p, offsets, out) },
             // SAFETY: as above.
             Kernel::Avx2Fma => return unsafe { avx2(a, p, offsets, out) },

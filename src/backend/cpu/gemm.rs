@@ -159,21 +159,37 @@ impl Kernel {
 
     /// The kernel called `name` (portable, avx2 or avx512), if this processor runs it.
     pub fn named(name: &str) -> Result<Kernel, String> {
-        let runs = || {
-            let names: Vec<_> = Kernel::available().iter().map(|k| k.name()).collect();
-            names.join(", ")
-        };
         match Kernel::all().into_iter().find(|k| k.name() == name) {
-            Some(k) if k.runs_here() => Ok(k),
-            Some(_) => Err(format!(
-                "the {name} GEMM kernel needs instructions this processor does not have (it runs: {})",
-                runs()
-            )),
+            Some(k) => k.usable(),
             None => Err(format!(
                 "no GEMM kernel is called {name:?} (this processor runs: {})",
-                runs()
+                Kernel::names_here()
             )),
         }
+    }
+
+    /// This kernel, if this processor has its instructions; else why not.
+    pub fn usable(self) -> Result<Kernel, String> {
+        if self.runs_here() {
+            return Ok(self);
+        }
+        Err(format!(
+            "the {} kernel needs instructions this processor does not have (it runs: {})",
+            self.name(),
+            Kernel::names_here()
+        ))
+    }
+
+    /// This kernel, or a panic saying why it cannot run: its SIMD code is `unsafe` to run without
+    /// its instructions, whoever asked for it.
+    pub fn checked(self) -> Kernel {
+        self.usable().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The names of the kernels this processor runs, for messages.
+    fn names_here() -> String {
+        let names: Vec<_> = Kernel::available().iter().map(|k| k.name()).collect();
+        names.join(", ")
     }
 
     /// Its name, as [`Kernel::named`] and `FRACTURE_CPU_KERNEL` take it.
@@ -378,12 +394,7 @@ fn run_gemm(
     accumulate: bool,
     epilogue: Epilogue,
 ) {
-    // The SIMD kernels are `unsafe` to run without their instructions: refuse, whoever asked.
-    assert!(
-        kernel.runs_here(),
-        "gemm: the {} kernel needs instructions this processor does not have",
-        kernel.name()
-    );
+    let kernel = kernel.checked();
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     assert_eq!(
         b.rows(),

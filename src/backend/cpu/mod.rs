@@ -122,10 +122,10 @@ impl Cpu {
     /// This backend on the GEMM kernel `kernel`: refused when this processor lacks its
     /// instructions (the SIMD kernels are `unsafe` to run without them).
     pub fn with_kernel(self, kernel: Kernel) -> Result<Cpu, String> {
-        match Kernel::named(kernel.name()) {
-            Ok(kernel) => Ok(Cpu { kernel, ..self }),
-            Err(e) => Err(e),
-        }
+        Ok(Cpu {
+            kernel: kernel.usable()?,
+            ..self
+        })
     }
 
     /// Every convolution `algorithm` runs wherever it applies (the GEMM everywhere; Winograd on
