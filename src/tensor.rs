@@ -65,11 +65,33 @@ impl<const R: usize> From<[usize; R]> for Shape {
     }
 }
 
-/// A dense f32 tensor in host memory.
+/// A dense tensor in host memory: f32, as every backend stores it; f64 only in the reference
+/// backend's wide form (`Reference<f64>`), on which finite-difference checks of whole models run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
+pub struct Tensor<T = f32> {
     pub shape: Shape,
-    pub data: Vec<f32>,
+    pub data: Vec<T>,
+}
+
+impl<T> Tensor<T> {
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    /// Same data, another shape with the same number of elements.
+    pub fn reshape(mut self, shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
+        assert_eq!(
+            shape.numel(),
+            self.numel(),
+            "cannot reshape {} to {shape}",
+            self.shape
+        );
+        self.shape = shape;
+        self
+    }
 }
 
 impl Tensor {
@@ -99,24 +121,6 @@ impl Tensor {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let data = (0..shape.numel()).map(|_| rng.gen_range(lo..hi)).collect();
         Tensor { shape, data }
-    }
-    pub fn numel(&self) -> usize {
-        self.data.len()
-    }
-    pub fn dims(&self) -> &[usize] {
-        self.shape.dims()
-    }
-    /// Same data, another shape with the same number of elements.
-    pub fn reshape(mut self, shape: impl Into<Shape>) -> Self {
-        let shape = shape.into();
-        assert_eq!(
-            shape.numel(),
-            self.numel(),
-            "cannot reshape {} to {shape}",
-            self.shape
-        );
-        self.shape = shape;
-        self
     }
     /// Largest absolute difference between two tensors of the same shape; infinite when either
     /// holds a NaN or an infinity, so that no tolerance accepts one. (`f32::max` alone would drop

@@ -53,7 +53,7 @@ fn mismatches(op: &Op, want: &[(String, Tensor)], got: &[(String, Tensor)]) -> V
 fn assert_matches_reference<B: Backend>(be: &B) {
     let mut failed = Vec::new();
     for op in suite() {
-        let want = op.outputs(&Reference, SEED);
+        let want = op.outputs(&Reference::f32(), SEED);
         failed.extend(mismatches(&op, &want, &op.outputs(be, SEED)));
     }
     assert!(
@@ -139,7 +139,7 @@ fn every_case_refuses_wrong_answers() {
         ("an infinity", |t| t.data[0] = f32::INFINITY),
     ];
     for op in suite() {
-        let want = op.outputs(&Reference, SEED);
+        let want = op.outputs(&Reference::f32(), SEED);
         for k in 0..want.len() {
             for (what, wrong) in wrongs {
                 let mut got = want.clone();

@@ -13,10 +13,53 @@
 
 use super::{hash, AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
+use std::marker::PhantomData;
 
-/// The reference backend. Its tensors are host tensors.
+/// The reference backend. Its tensors are host tensors of precision `P`: `Reference` (f32) stores
+/// what every backend stores, so its rounding is theirs at each op's output; `Reference<f64>`
+/// keeps every value in f64, so that a finite difference of a whole model's loss resolves
+/// slopes that f32 rounding would bury (`gradcheck::model_wide`).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Reference;
+pub struct Reference<P = f32>(PhantomData<P>);
+
+impl Reference<f32> {
+    /// Tensors in f32, as every backend's: what the others are compared with op by op.
+    pub const fn f32() -> Self {
+        Reference(PhantomData)
+    }
+}
+
+impl Reference<f64> {
+    /// Tensors in f64: what finite differences of whole models are taken on.
+    pub const fn f64() -> Self {
+        Reference(PhantomData)
+    }
+}
+
+/// The precision of the reference backend's tensors. Every op reads its inputs as f64 (`wide`),
+/// computes in f64 and stores its outputs in `P` (`narrow`).
+pub trait Precision: Copy + Default + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
+    fn wide(self) -> f64;
+    fn narrow(v: f64) -> Self;
+}
+
+impl Precision for f32 {
+    fn wide(self) -> f64 {
+        self as f64
+    }
+    fn narrow(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Precision for f64 {
+    fn wide(self) -> f64 {
+        self
+    }
+    fn narrow(v: f64) -> Self {
+        v
+    }
+}
 
 /// Offset of `[n, c, y, x]` in a dense NCHW tensor of `c_len` channels of `h × w`.
 #[inline]
@@ -31,12 +74,20 @@ fn tap(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option<usiz
     (o * stride + k).checked_sub(pad).filter(|&i| i < len)
 }
 
-fn tensor(shape: impl Into<Shape>, data: Vec<f64>) -> Tensor {
-    Tensor::new(shape, data.into_iter().map(|v| v as f32).collect())
+fn tensor<P: Precision>(shape: impl Into<Shape>, data: Vec<f64>) -> Tensor<P> {
+    let shape = shape.into();
+    assert_eq!(shape.numel(), data.len(), "{shape} holds another count");
+    let data = data.into_iter().map(P::narrow).collect();
+    Tensor { shape, data }
+}
+
+fn zeros<P: Precision>(shape: impl Into<Shape>) -> Tensor<P> {
+    let shape = shape.into();
+    tensor(shape.clone(), vec![0.0; shape.numel()])
 }
 
 /// `(N, C, H·W)` of a batch-norm input `[N,C,H,W]` or `[N,F]`.
-fn channels(x: &Tensor) -> (usize, usize, usize) {
+fn channels<P: Precision>(x: &Tensor<P>) -> (usize, usize, usize) {
     let (n, c, h, w) = x.shape.nchw();
     (n, c, h * w)
 }
@@ -44,7 +95,13 @@ fn channels(x: &Tensor) -> (usize, usize, usize) {
 /// `y[N,Co,Ho,Wo]`, with `groups_of_one` = true for a depthwise convolution (`w[C,1,KH,KW]`,
 /// output channel c reads input channel c only) and false for a full one (`w[Co,Ci,KH,KW]`).
 ///   y[n,o,i,j] = b[o] + Σ_{c,ky,kx} x[n,c,i·sh+ky−pt, j·sw+kx−pl] · w[o,c,ky,kx]
-fn convolve(x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom, depthwise: bool) -> Tensor {
+fn convolve<P: Precision>(
+    x: &Tensor<P>,
+    w: &Tensor<P>,
+    b: &Tensor<P>,
+    g: &Conv2dGeom,
+    depthwise: bool,
+) -> Tensor<P> {
     let ci_per_out = if depthwise { 1 } else { g.c_in };
     let x_dims = (g.c_in, g.h, g.w);
     let mut y = vec![0f64; g.n * g.c_out * g.out_h * g.out_w];
@@ -52,7 +109,7 @@ fn convolve(x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom, depthwise: bool)
         for o in 0..g.c_out {
             for i in 0..g.out_h {
                 for j in 0..g.out_w {
-                    let mut sum = b.data[o] as f64;
+                    let mut sum = b.data[o].wide();
                     for c in 0..ci_per_out {
                         let xc = if depthwise { o } else { c };
                         for ky in 0..g.kh {
@@ -64,7 +121,7 @@ fn convolve(x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom, depthwise: bool)
                                     continue;
                                 };
                                 let wv = w.data[at4(o, c, ky, kx, (ci_per_out, g.kh, g.kw))];
-                                sum += x.data[at4(n, xc, yy, xx, x_dims)] as f64 * wv as f64;
+                                sum += x.data[at4(n, xc, yy, xx, x_dims)].wide() * wv.wide();
                             }
                         }
                     }
@@ -79,13 +136,13 @@ fn convolve(x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom, depthwise: bool)
 /// The gradients of [`convolve`]: each product x·w of the forward sum sends dy·w to x and dy·x
 /// to w; db[o] = Σ dy[·,o,·,·]. Returns (`dx[N,Ci,H,W]`, `dw`, `db[Co]`).
 #[allow(clippy::needless_range_loop)] // index loops are the point: they spell out the formula
-fn convolve_backward(
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
+fn convolve_backward<P: Precision>(
+    x: &Tensor<P>,
+    w: &Tensor<P>,
+    dy: &Tensor<P>,
     g: &Conv2dGeom,
     depthwise: bool,
-) -> (Tensor, Tensor, Tensor) {
+) -> (Tensor<P>, Tensor<P>, Tensor<P>) {
     let ci_per_out = if depthwise { 1 } else { g.c_in };
     let x_dims = (g.c_in, g.h, g.w);
     let w_dims = (ci_per_out, g.kh, g.kw);
@@ -96,7 +153,7 @@ fn convolve_backward(
         for o in 0..g.c_out {
             for i in 0..g.out_h {
                 for j in 0..g.out_w {
-                    let d = dy.data[at4(n, o, i, j, (g.c_out, g.out_h, g.out_w))] as f64;
+                    let d = dy.data[at4(n, o, i, j, (g.c_out, g.out_h, g.out_w))].wide();
                     db[o] += d;
                     for c in 0..ci_per_out {
                         let xc = if depthwise { o } else { c };
@@ -110,8 +167,8 @@ fn convolve_backward(
                                 };
                                 let (xi, wi) =
                                     (at4(n, xc, yy, xx, x_dims), at4(o, c, ky, kx, w_dims));
-                                dx[xi] += d * w.data[wi] as f64;
-                                dw[wi] += d * x.data[xi] as f64;
+                                dx[xi] += d * w.data[wi].wide();
+                                dw[wi] += d * x.data[xi].wide();
                             }
                         }
                     }
@@ -127,15 +184,15 @@ fn convolve_backward(
 }
 
 /// Per channel of `x[N,C,H,W]` (or `[N,F]`): (mean, biased variance) over N, H and W.
-fn channel_moments(x: &Tensor) -> Vec<(f64, f64)> {
+fn channel_moments<P: Precision>(x: &Tensor<P>) -> Vec<(f64, f64)> {
     let (n, c, hw) = channels(x);
     let count = (n * hw) as f64;
     (0..c)
         .map(|ch| {
             let values = || (0..n).flat_map(move |i| (0..hw).map(move |p| (i * c + ch) * hw + p));
-            let mean = values().map(|k| x.data[k] as f64).sum::<f64>() / count;
+            let mean = values().map(|k| x.data[k].wide()).sum::<f64>() / count;
             let var = values()
-                .map(|k| (x.data[k] as f64 - mean).powi(2))
+                .map(|k| (x.data[k].wide() - mean).powi(2))
                 .sum::<f64>()
                 / count;
             (mean, var)
@@ -150,83 +207,98 @@ fn channel_moments(x: &Tensor) -> Vec<(f64, f64)> {
 /// (the unbiased variance: the batch's own σ² normalises the batch, the unbiased one estimates the
 /// population's; M / (M − 1) is 1 when M = 1). `nn/batchnorm.rs` does this with the backend's
 /// `ema_update`; `tests/ops.rs` holds it to this definition.
-pub fn batchnorm_running_stats(
-    x: &Tensor,
-    (mean, var): (&Tensor, &Tensor),
+pub fn batchnorm_running_stats<P: Precision>(
+    x: &Tensor<P>,
+    (mean, var): (&Tensor<P>, &Tensor<P>),
     momentum: f32,
-) -> (Tensor, Tensor) {
+) -> (Tensor<P>, Tensor<P>) {
     let (n, _, hw) = channels(x);
     let m = (n * hw) as f64;
     let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
     let k = momentum as f64;
     let moments = channel_moments(x);
-    let step = |old: &Tensor, batch: &dyn Fn(&(f64, f64)) -> f64| {
+    let step = |old: &Tensor<P>, batch: &dyn Fn(&(f64, f64)) -> f64| {
         let c = moments.len();
-        let new = (0..c).map(|ch| (1.0 - k) * old.data[ch] as f64 + k * batch(&moments[ch]));
+        let new = (0..c).map(|ch| (1.0 - k) * old.data[ch].wide() + k * batch(&moments[ch]));
         tensor([c], new.collect())
     };
     (step(mean, &|m| m.0), step(var, &|m| m.1 * unbiased))
 }
 
 /// y = gamma[c] (x − mean[c]) / sqrt(var[c] + eps) + beta[c] for every element of channel c.
-fn normalise(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
+fn normalise<P: Precision>(
+    x: &Tensor<P>,
+    gamma: &Tensor<P>,
+    beta: &Tensor<P>,
     moments: &[(f64, f64)],
     eps: f32,
-) -> Tensor {
+) -> Tensor<P> {
     let (_, c, hw) = channels(x);
     let y = (0..x.numel())
         .map(|k| {
             let ch = (k / hw) % c;
             let (mean, var) = moments[ch];
-            gamma.data[ch] as f64 * (x.data[k] as f64 - mean) / (var + eps as f64).sqrt()
-                + beta.data[ch] as f64
+            gamma.data[ch].wide() * (x.data[k].wide() - mean) / (var + eps as f64).sqrt()
+                + beta.data[ch].wide()
         })
         .collect();
     tensor(x.shape.clone(), y)
 }
 
-impl Backend for Reference {
-    type Tensor = Tensor;
+impl<P: Precision> Backend for Reference<P> {
+    type Tensor = Tensor<P>;
     type Indices = Vec<u32>;
 
     fn name(&self) -> String {
-        "reference (plain loops, one thread)".into()
+        format!(
+            "reference ({} tensors, plain loops, one thread)",
+            std::any::type_name::<P>()
+        )
     }
-    fn upload(&self, t: &Tensor) -> Tensor {
-        t.clone()
+    fn upload(&self, t: &Tensor) -> Tensor<P> {
+        tensor(t.shape.clone(), t.data.iter().map(|&v| v as f64).collect())
     }
-    fn download(&self, t: &Tensor) -> Tensor {
-        t.clone()
+    fn download(&self, t: &Tensor<P>) -> Tensor {
+        let data = t.data.iter().map(|v| v.wide() as f32).collect();
+        Tensor::new(t.shape.clone(), data)
     }
-    fn shape<'a>(&self, t: &'a Tensor) -> &'a Shape {
+    fn shape<'a>(&self, t: &'a Tensor<P>) -> &'a Shape {
         &t.shape
     }
     fn download_indices(&self, idx: &Vec<u32>) -> Vec<u32> {
         idx.clone()
     }
-    fn zeros(&self, shape: &Shape) -> Tensor {
-        Tensor::zeros(shape.clone())
+    fn zeros(&self, shape: &Shape) -> Tensor<P> {
+        zeros(shape.clone())
     }
-    fn reshape(&self, t: Tensor, shape: Shape) -> Tensor {
+    fn reshape(&self, t: Tensor<P>, shape: Shape) -> Tensor<P> {
         t.reshape(shape)
     }
 
     // ---- conv: nn/conv.rs, cpu/conv.rs, gpu/conv.rs, shaders/conv.wgsl ----
     /// `x[N,Ci,H,W]`, `w[Co,Ci,KH,KW]`, `b[Co]` → `y[N,Co,Ho,Wo]`
-    fn conv2d_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor, g: &Conv2dGeom) -> Tensor {
+    fn conv2d_forward(
+        &self,
+        x: &Tensor<P>,
+        w: &Tensor<P>,
+        b: &Tensor<P>,
+        g: &Conv2dGeom,
+    ) -> Tensor<P> {
         convolve(x, w, b, g, false)
     }
     /// `dy[N,Co,Ho,Wo]`, `w[Co,Ci,KH,KW]` → `dx[N,Ci,H,W]`
-    fn conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
-        let x = Tensor::zeros(g.input_shape());
+    fn conv2d_backward_input(&self, dy: &Tensor<P>, w: &Tensor<P>, g: &Conv2dGeom) -> Tensor<P> {
+        let x = zeros(g.input_shape());
         convolve_backward(&x, w, dy, g, false).0
     }
     /// `x[N,Ci,H,W]`, `dy[N,Co,Ho,Wo]` → (`dw[Co,Ci,KH,KW]`, `db[Co]`)
-    fn conv2d_backward_weight(&self, x: &Tensor, dy: &Tensor, g: &Conv2dGeom) -> (Tensor, Tensor) {
-        let w = Tensor::zeros(g.weight_shape());
+    fn conv2d_backward_weight(
+        &self,
+        x: &Tensor<P>,
+        dy: &Tensor<P>,
+        g: &Conv2dGeom,
+    ) -> (Tensor<P>, Tensor<P>) {
+        let w = zeros(g.weight_shape());
         let (_, dw, db) = convolve_backward(x, &w, dy, g, false);
         (dw, db)
     }
@@ -235,26 +307,31 @@ impl Backend for Reference {
     /// `x[N,C,H,W]`, `w[C,1,KH,KW]`, `b[C]` → `y[N,C,Ho,Wo]`
     fn depthwise_conv2d_forward(
         &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
+        x: &Tensor<P>,
+        w: &Tensor<P>,
+        b: &Tensor<P>,
         g: &Conv2dGeom,
-    ) -> Tensor {
+    ) -> Tensor<P> {
         convolve(x, w, b, g, true)
     }
     /// `dy[N,C,Ho,Wo]`, `w[C,1,KH,KW]` → `dx[N,C,H,W]`
-    fn depthwise_conv2d_backward_input(&self, dy: &Tensor, w: &Tensor, g: &Conv2dGeom) -> Tensor {
-        let x = Tensor::zeros(g.input_shape());
+    fn depthwise_conv2d_backward_input(
+        &self,
+        dy: &Tensor<P>,
+        w: &Tensor<P>,
+        g: &Conv2dGeom,
+    ) -> Tensor<P> {
+        let x = zeros(g.input_shape());
         convolve_backward(&x, w, dy, g, true).0
     }
     /// `x[N,C,H,W]`, `dy[N,C,Ho,Wo]` → (`dw[C,1,KH,KW]`, `db[C]`)
     fn depthwise_conv2d_backward_weight(
         &self,
-        x: &Tensor,
-        dy: &Tensor,
+        x: &Tensor<P>,
+        dy: &Tensor<P>,
         g: &Conv2dGeom,
-    ) -> (Tensor, Tensor) {
-        let w = Tensor::zeros(g.depthwise_weight_shape());
+    ) -> (Tensor<P>, Tensor<P>) {
+        let w = zeros(g.depthwise_weight_shape());
         let (_, dw, db) = convolve_backward(x, &w, dy, g, true);
         (dw, db)
     }
@@ -264,11 +341,11 @@ impl Backend for Reference {
     /// through `then`'s ReLU and max pooling
     fn batchnorm_forward_train(
         &self,
-        x: &Tensor,
-        (gamma, beta): (&Tensor, &Tensor),
+        x: &Tensor<P>,
+        (gamma, beta): (&Tensor<P>, &Tensor<P>),
         eps: f32,
         then: &Epilogue,
-    ) -> (Tensor, BatchNormStats<Tensor>, Option<Vec<u32>>) {
+    ) -> (Tensor<P>, BatchNormStats<Tensor<P>>, Option<Vec<u32>>) {
         let moments = channel_moments(x);
         let c = moments.len();
         let stats = BatchNormStats {
@@ -297,18 +374,18 @@ impl Backend for Reference {
     /// As training, with the running statistics `running_mean[C]`, `running_var[C]`.
     fn batchnorm_forward_infer(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
+        x: &Tensor<P>,
+        gamma: &Tensor<P>,
+        beta: &Tensor<P>,
+        running_mean: &Tensor<P>,
+        running_var: &Tensor<P>,
         eps: f32,
-    ) -> Tensor {
+    ) -> Tensor<P> {
         let moments: Vec<(f64, f64)> = running_mean
             .data
             .iter()
             .zip(&running_var.data)
-            .map(|(&m, &v)| (m as f64, v as f64))
+            .map(|(&m, &v)| (m.wide(), v.wide()))
             .collect();
         normalise(x, gamma, beta, &moments, eps)
     }
@@ -318,12 +395,12 @@ impl Backend for Reference {
     /// y (recomputed from x) is positive.
     fn batchnorm_backward(
         &self,
-        x: &Tensor,
-        (dy, argmax): (&Tensor, Option<&Vec<u32>>),
-        (gamma, beta): (&Tensor, &Tensor),
-        stats: &BatchNormStats<Tensor>,
+        x: &Tensor<P>,
+        (dy, argmax): (&Tensor<P>, Option<&Vec<u32>>),
+        (gamma, beta): (&Tensor<P>, &Tensor<P>),
+        stats: &BatchNormStats<Tensor<P>>,
         then: &Epilogue,
-    ) -> (Tensor, Tensor, Tensor) {
+    ) -> (Tensor<P>, Tensor<P>, Tensor<P>) {
         let mut dy = match (&then.pool, argmax) {
             (Some(g), Some(argmax)) => self.maxpool_backward(dy, argmax, g),
             (None, None) => dy.clone(),
@@ -335,8 +412,8 @@ impl Backend for Reference {
             let y = (0..x.numel()).map(|k| {
                 let ch = (k / hw) % c;
                 let x_hat =
-                    (x.data[k] as f64 - stats.mean.data[ch] as f64) * stats.inv_std.data[ch] as f64;
-                gamma.data[ch] as f64 * x_hat + beta.data[ch] as f64
+                    (x.data[k].wide() - stats.mean.data[ch].wide()) * stats.inv_std.data[ch].wide();
+                gamma.data[ch].wide() * x_hat + beta.data[ch].wide()
             });
             dy = self.relu_backward(&tensor(x.shape.clone(), y.collect()), &dy);
         }
@@ -345,19 +422,19 @@ impl Backend for Reference {
         let m = (n * hw) as f64;
         let x_hat = |k: usize| {
             let ch = (k / hw) % c;
-            (x.data[k] as f64 - stats.mean.data[ch] as f64) * stats.inv_std.data[ch] as f64
+            (x.data[k].wide() - stats.mean.data[ch].wide()) * stats.inv_std.data[ch].wide()
         };
         let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
         for k in 0..x.numel() {
             let ch = (k / hw) % c;
-            dbeta[ch] += dy.data[k] as f64;
-            dgamma[ch] += dy.data[k] as f64 * x_hat(k);
+            dbeta[ch] += dy.data[k].wide();
+            dgamma[ch] += dy.data[k].wide() * x_hat(k);
         }
         let dx = (0..x.numel())
             .map(|k| {
                 let ch = (k / hw) % c;
-                let scale = gamma.data[ch] as f64 * stats.inv_std.data[ch] as f64 / m;
-                scale * (m * dy.data[k] as f64 - dbeta[ch] - x_hat(k) * dgamma[ch])
+                let scale = gamma.data[ch].wide() * stats.inv_std.data[ch].wide() / m;
+                scale * (m * dy.data[k].wide() - dbeta[ch] - x_hat(k) * dgamma[ch])
             })
             .collect();
         (
@@ -367,16 +444,17 @@ impl Backend for Reference {
         )
     }
     /// running = (1 − momentum)·running + momentum·scale·batch
-    fn ema_update(&self, running: &mut Tensor, batch: &Tensor, momentum: f32, scale: f32) {
-        for (r, &b) in running.data.iter_mut().zip(&batch.data) {
-            *r = (1.0 - momentum) * *r + momentum * scale * b;
+    fn ema_update(&self, running: &mut Tensor<P>, batch: &Tensor<P>, momentum: f32, scale: f32) {
+        let (keep, take) = (1.0 - momentum as f64, momentum as f64 * scale as f64);
+        for (r, b) in running.data.iter_mut().zip(&batch.data) {
+            *r = P::narrow(keep * r.wide() + take * b.wide());
         }
     }
 
     // ---- pool: nn/maxpool.rs and nn/avgpool.rs, cpu/pool.rs, gpu/pool.rs, shaders/pool.wgsl ----
     /// `x[N,C,H,W]` → (`y[N,C,Ho,Wo]`, the index `iy·W + ix` in its plane of each maximum, the
     /// first in row order on ties)
-    fn maxpool_forward(&self, x: &Tensor, g: &Pool2dGeom) -> (Tensor, Vec<u32>) {
+    fn maxpool_forward(&self, x: &Tensor<P>, g: &Pool2dGeom) -> (Tensor<P>, Vec<u32>) {
         let planes = g.n * g.c;
         let (mut y, mut argmax) = (Vec::new(), Vec::new());
         for p in 0..planes {
@@ -389,7 +467,7 @@ impl Backend for Reference {
                     let best = window
                         .reduce(|best, k| if plane[k] > plane[best] { k } else { best })
                         .expect("a window holds at least one value");
-                    y.push(plane[best] as f64);
+                    y.push(plane[best].wide());
                     argmax.push(best as u32);
                 }
             }
@@ -397,30 +475,30 @@ impl Backend for Reference {
         (tensor(g.output_shape(), y), argmax)
     }
     /// `dy[N,C,Ho,Wo]` → `dx[N,C,H,W]`: each dy goes to where its maximum was.
-    fn maxpool_backward(&self, dy: &Tensor, argmax: &Vec<u32>, g: &Pool2dGeom) -> Tensor {
+    fn maxpool_backward(&self, dy: &Tensor<P>, argmax: &Vec<u32>, g: &Pool2dGeom) -> Tensor<P> {
         let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
         let mut dx = vec![0f64; g.n * g.c * in_plane];
         for (k, (&d, &at)) in dy.data.iter().zip(argmax).enumerate() {
-            dx[(k / out_plane) * in_plane + at as usize] += d as f64;
+            dx[(k / out_plane) * in_plane + at as usize] += d.wide();
         }
         tensor(g.input_shape(), dx)
     }
 
     /// `x[N,C,H,W]` → `y[N,C,s·H,s·W]`: `y[n,c,i,j] = x[n,c,⌊i/s⌋,⌊j/s⌋]`
-    fn upsample_forward(&self, x: &Tensor, s: usize) -> Tensor {
+    fn upsample_forward(&self, x: &Tensor<P>, s: usize) -> Tensor<P> {
         let (n, c, h, w) = x.shape.nchw();
         let mut y = Vec::with_capacity(x.numel() * s * s);
         for plane in 0..n * c {
             for i in 0..h * s {
                 for j in 0..w * s {
-                    y.push(x.data[plane * h * w + (i / s) * w + j / s] as f64);
+                    y.push(x.data[plane * h * w + (i / s) * w + j / s].wide());
                 }
             }
         }
         tensor([n, c, h * s, w * s], y)
     }
     /// `dy[N,C,s·H,s·W]` → `dx[N,C,H,W]`: `dx[n,c,i,j] = Σ_{a,b < s} dy[n,c,s·i+a,s·j+b]`
-    fn upsample_backward(&self, dy: &Tensor, s: usize) -> Tensor {
+    fn upsample_backward(&self, dy: &Tensor<P>, s: usize) -> Tensor<P> {
         let (n, c, oh, ow) = dy.shape.nchw();
         let (h, w) = (oh / s, ow / s);
         let mut dx = vec![0f64; n * c * h * w];
@@ -428,7 +506,7 @@ impl Backend for Reference {
             for i in 0..oh {
                 for j in 0..ow {
                     dx[plane * h * w + (i / s) * w + j / s] +=
-                        dy.data[plane * oh * ow + i * ow + j] as f64;
+                        dy.data[plane * oh * ow + i * ow + j].wide();
                 }
             }
         }
@@ -436,99 +514,95 @@ impl Backend for Reference {
     }
 
     /// `x[N,C,H,W]` → `y[N,C]`, the mean of each plane
-    fn global_avgpool_forward(&self, x: &Tensor) -> Tensor {
+    fn global_avgpool_forward(&self, x: &Tensor<P>) -> Tensor<P> {
         let (n, c, h, w) = x.shape.nchw();
         let y = x
             .data
             .chunks(h * w)
-            .map(|plane| plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64)
+            .map(|plane| plane.iter().map(|v| v.wide()).sum::<f64>() / (h * w) as f64)
             .collect();
         tensor([n, c], y)
     }
     /// `dy[N,C]` → `dx[N,C,H,W]` = dy / (H·W) everywhere in the plane
-    fn global_avgpool_backward(&self, dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
+    fn global_avgpool_backward(&self, dy: &Tensor<P>, (h, w): (usize, usize)) -> Tensor<P> {
         let (n, c) = (dy.dims()[0], dy.dims()[1]);
         let dx = dy
             .data
             .iter()
-            .flat_map(|&d| std::iter::repeat_n(d as f64 / (h * w) as f64, h * w))
+            .flat_map(|&d| std::iter::repeat_n(d.wide() / (h * w) as f64, h * w))
             .collect();
         tensor([n, c, h, w], dx)
     }
 
     // ---- dense: nn/dense.rs, cpu/dense.rs, gpu/dense.rs (on the GEMM: shaders/gemm.wgsl) ----
     /// `x[N,I]`, `w[O,I]`, `b[O]` → `y[N,O]`: `y[n,o] = b[o] + Σ_i x[n,i]·w[o,i]`
-    fn dense_forward(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    fn dense_forward(&self, x: &Tensor<P>, w: &Tensor<P>, b: &Tensor<P>) -> Tensor<P> {
         let (n, i, o) = (x.dims()[0], x.dims()[1], w.dims()[0]);
         let y = (0..n * o)
             .map(|k| {
                 let (r, j) = (k / o, k % o);
                 let dot: f64 = (0..i)
-                    .map(|p| x.data[r * i + p] as f64 * w.data[j * i + p] as f64)
+                    .map(|p| x.data[r * i + p].wide() * w.data[j * i + p].wide())
                     .sum();
-                b.data[j] as f64 + dot
+                b.data[j].wide() + dot
             })
             .collect();
         tensor([n, o], y)
     }
     /// `dy[N,O]`, `w[O,I]` → `dx[N,I]`: `dx[n,i] = Σ_o dy[n,o]·w[o,i]`
-    fn dense_backward_input(&self, dy: &Tensor, w: &Tensor) -> Tensor {
+    fn dense_backward_input(&self, dy: &Tensor<P>, w: &Tensor<P>) -> Tensor<P> {
         let (n, o, i) = (dy.dims()[0], w.dims()[0], w.dims()[1]);
         let dx = (0..n * i)
             .map(|k| {
                 let (r, p) = (k / i, k % i);
                 (0..o)
-                    .map(|j| dy.data[r * o + j] as f64 * w.data[j * i + p] as f64)
+                    .map(|j| dy.data[r * o + j].wide() * w.data[j * i + p].wide())
                     .sum()
             })
             .collect();
         tensor([n, i], dx)
     }
     /// `x[N,I]`, `dy[N,O]` → (`dw[O,I]`: `dw[o,i] = Σ_n dy[n,o]·x[n,i]`, `db[O]`: `db[o] = Σ_n dy[n,o]`)
-    fn dense_backward_weight(&self, x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
+    fn dense_backward_weight(&self, x: &Tensor<P>, dy: &Tensor<P>) -> (Tensor<P>, Tensor<P>) {
         let (n, i, o) = (x.dims()[0], x.dims()[1], dy.dims()[1]);
         let dw = (0..o * i)
             .map(|k| {
                 let (j, p) = (k / i, k % i);
                 (0..n)
-                    .map(|r| dy.data[r * o + j] as f64 * x.data[r * i + p] as f64)
+                    .map(|r| dy.data[r * o + j].wide() * x.data[r * i + p].wide())
                     .sum()
             })
             .collect();
         let db = (0..o)
-            .map(|j| (0..n).map(|r| dy.data[r * o + j] as f64).sum())
+            .map(|j| (0..n).map(|r| dy.data[r * o + j].wide()).sum())
             .collect();
         (tensor([o, i], dw), tensor([o], db))
     }
 
     // ---- elementwise: nn/add.rs, nn/relu.rs, nn/dropout.rs, cpu/elementwise.rs, gpu/elementwise.rs, shaders/elementwise.wgsl ----
-    fn add(&self, a: &Tensor, b: &Tensor) -> Tensor {
+    fn add(&self, a: &Tensor<P>, b: &Tensor<P>) -> Tensor<P> {
         assert_eq!(a.shape, b.shape, "add of two shapes");
-        let y = a.data.iter().zip(&b.data).map(|(&u, &v)| u + v).collect();
-        Tensor::new(a.shape.clone(), y)
+        let y = a.data.iter().zip(&b.data).map(|(u, v)| u.wide() + v.wide());
+        tensor(a.shape.clone(), y.collect())
     }
-    fn copy(&self, t: &Tensor) -> Tensor {
+    fn copy(&self, t: &Tensor<P>) -> Tensor<P> {
         t.clone()
     }
-    fn relu_forward(&self, x: &Tensor) -> Tensor {
-        let y = x
-            .data
-            .iter()
-            .map(|&v| if v > 0.0 { v } else { 0.0 })
-            .collect();
-        Tensor::new(x.shape.clone(), y)
+    fn relu_forward(&self, x: &Tensor<P>) -> Tensor<P> {
+        let y = x.data.iter().map(|v| v.wide().max(0.0)).collect();
+        tensor(x.shape.clone(), y)
     }
-    fn relu_backward(&self, x: &Tensor, dy: &Tensor) -> Tensor {
+    fn relu_backward(&self, x: &Tensor<P>, dy: &Tensor<P>) -> Tensor<P> {
         let dx = x
             .data
             .iter()
             .zip(&dy.data)
-            .map(|(&v, &d)| if v > 0.0 { d } else { 0.0 })
+            .map(|(v, d)| if v.wide() > 0.0 { d.wide() } else { 0.0 })
             .collect();
-        Tensor::new(x.shape.clone(), dx)
+        tensor(x.shape.clone(), dx)
     }
     /// `y[k] = x[k] / (1 − p)` where `hash::uniform(key(seed), k) ≥ p`, else 0
-    fn dropout_forward(&self, x: &Tensor, p: f32, seed: u64) -> Tensor {
+    fn dropout_forward(&self, x: &Tensor<P>, p: f32, seed: u64) -> Tensor<P> {
         let key = hash::key(seed);
         let y = x
             .data
@@ -537,7 +611,7 @@ impl Backend for Reference {
             .map(|(k, &v)| {
                 let kept = hash::uniform(key, k as u32) >= p;
                 if kept {
-                    v as f64 / (1.0 - p as f64)
+                    v.wide() / (1.0 - p as f64)
                 } else {
                     0.0
                 }
@@ -545,7 +619,7 @@ impl Backend for Reference {
             .collect();
         tensor(x.shape.clone(), y)
     }
-    fn dropout_backward(&self, dy: &Tensor, p: f32, seed: u64) -> Tensor {
+    fn dropout_backward(&self, dy: &Tensor<P>, p: f32, seed: u64) -> Tensor<P> {
         self.dropout_forward(dy, p, seed)
     }
 
@@ -555,10 +629,10 @@ impl Backend for Reference {
     /// (ln σ(z) = −ln(1 + e^−z), written so that no |z| overflows).
     fn bce_with_logits(
         &self,
-        logits: &Tensor,
-        targets: &Tensor,
+        logits: &Tensor<P>,
+        targets: &Tensor<P>,
         pos_weight: f32,
-    ) -> (Tensor, Tensor) {
+    ) -> (Tensor<P>, Tensor<P>) {
         let n = logits.numel() as f64;
         let w = pos_weight as f64;
         let log1p_exp = |u: f64| u.max(0.0) + (-u.abs()).exp().ln_1p();
@@ -566,7 +640,7 @@ impl Backend for Reference {
         let mut loss = 0.0;
         let mut grad = Vec::with_capacity(logits.numel());
         for (&z, &y) in logits.data.iter().zip(&targets.data) {
-            let (z, y) = (z as f64, y as f64);
+            let (z, y) = (z.wide(), y.wide());
             loss += w * y * log1p_exp(-z) + (1.0 - y) * log1p_exp(z);
             grad.push((w * y * (sigmoid(z) - 1.0) + (1.0 - y) * sigmoid(z)) / n);
         }
@@ -579,36 +653,46 @@ impl Backend for Reference {
     // ---- optim: src/optim.rs, cpu/optim.rs, gpu/optim.rs, shaders/optim.wgsl ----
     /// m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;
     /// p −= lr·((m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε) + wd·p)
-    fn adam_step(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, h: &AdamStep) {
+    fn adam_step(
+        &self,
+        p: &mut Tensor<P>,
+        g: &Tensor<P>,
+        m: &mut Tensor<P>,
+        v: &mut Tensor<P>,
+        h: &AdamStep,
+    ) {
         let (b1, b2) = (h.beta1 as f64, h.beta2 as f64);
         let bc1 = 1.0 - b1.powi(h.t as i32);
         let bc2 = 1.0 - b2.powi(h.t as i32);
         for k in 0..p.numel() {
-            let gk = g.data[k] as f64;
-            let mk = b1 * m.data[k] as f64 + (1.0 - b1) * gk;
-            let vk = b2 * v.data[k] as f64 + (1.0 - b2) * gk * gk;
+            let gk = g.data[k].wide();
+            let mk = b1 * m.data[k].wide() + (1.0 - b1) * gk;
+            let vk = b2 * v.data[k].wide() + (1.0 - b2) * gk * gk;
             let step = (mk / bc1) / ((vk / bc2).sqrt() + h.eps as f64);
-            let pk = p.data[k] as f64;
-            p.data[k] = (pk - h.lr as f64 * (step + h.weight_decay as f64 * pk)) as f32;
-            (m.data[k], v.data[k]) = (mk as f32, vk as f32);
+            let pk = p.data[k].wide();
+            p.data[k] = P::narrow(pk - h.lr as f64 * (step + h.weight_decay as f64 * pk));
+            (m.data[k], v.data[k]) = (P::narrow(mk), P::narrow(vk));
         }
     }
     /// v = μv + g + wd·p;  p −= lr·v
-    fn sgd_step(&self, p: &mut Tensor, g: &Tensor, velocity: &mut Tensor, h: &SgdStep) {
+    fn sgd_step(&self, p: &mut Tensor<P>, g: &Tensor<P>, velocity: &mut Tensor<P>, h: &SgdStep) {
+        let (mu, wd, lr) = (h.momentum as f64, h.weight_decay as f64, h.lr as f64);
         for k in 0..p.numel() {
-            let v = h.momentum * velocity.data[k] + g.data[k] + h.weight_decay * p.data[k];
-            velocity.data[k] = v;
-            p.data[k] -= h.lr * v;
+            let v = mu * velocity.data[k].wide() + g.data[k].wide() + wd * p.data[k].wide();
+            velocity.data[k] = P::narrow(v);
+            p.data[k] = P::narrow(p.data[k].wide() - lr * v);
         }
     }
 
     // ---- gradient health: cpu/mod.rs, gpu/reduce.rs, shaders/reduce.wgsl ----
-    fn squared_norms(&self, ts: &[&Tensor]) -> Vec<f32> {
+    fn squared_norms(&self, ts: &[&Tensor<P>]) -> Vec<f32> {
         ts.iter()
-            .map(|t| t.data.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() as f32)
+            .map(|t| t.data.iter().map(|&v| v.wide().powi(2)).sum::<f64>() as f32)
             .collect()
     }
-    fn scale(&self, t: &mut Tensor, s: f32) {
-        t.data.iter_mut().for_each(|v| *v *= s);
+    fn scale(&self, t: &mut Tensor<P>, s: f32) {
+        t.data
+            .iter_mut()
+            .for_each(|v| *v = P::narrow(v.wide() * s as f64));
     }
 }

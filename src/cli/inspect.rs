@@ -55,7 +55,7 @@ pub(super) fn gradcheck_on<B: Backend>(
     spec: &ModelSpec,
     a: &GradcheckArgs,
 ) -> Result<bool> {
-    use fracture_cnn::gradcheck::{self, Probe, LAYER_TOL, MODEL_TOL};
+    use fracture_cnn::gradcheck::{self, Probe, F32_TOL, LAYER_TOL, WIDE_TOL};
     println!(
         "gradient checks of {} at {}x{} on {}:\neach gradient entry against the central \
          difference (L(x+h) - L(x-h)) / 2h, L = sum of r * layer(x) for a random r; \
@@ -95,21 +95,49 @@ pub(super) fn gradcheck_on<B: Backend>(
     }
     let mut total = reports.len();
     if a.whole_model {
-        println!("\nthe whole model: the loss against the input and every layer's parameters");
-        let whole = gradcheck::model(be, spec, 3, Probe::model(a.samples));
-        for r in &whole {
-            let pass = r.passed(MODEL_TOL.1);
-            failed += usize::from(!pass);
-            println!("{r}  {}", if pass { "pass" } else { "FAIL" });
-        }
         println!(
-            "(through a whole model f32 rounding adds up and kinks are near: the tolerance is {:e})",
-            MODEL_TOL.1
+            "\nthe whole model in f64 (the reference backend): the loss against the input and \
+             every layer's parameters, by finite differences"
         );
-        total += whole.len();
+        let mut wide = gradcheck::WideModel::new(spec, 3);
+        let mut whole = report_rows(&wide.check_all(a.samples), WIDE_TOL);
+        println!(
+            "\nthe same gradients on {}, entry by entry against the f64 ones",
+            be.name()
+        );
+        whole += report_rows(&gradcheck::against_wide(be, spec, 3), F32_TOL);
+        failed += whole.failed;
+        total += whole.total;
     }
     println!("\n{} of {total} gradient checks passed", total - failed);
     Ok(failed == 0)
+}
+
+/// How many of some gradient checks failed, of how many.
+struct Tally {
+    failed: usize,
+    total: usize,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.failed += other.failed;
+        self.total += other.total;
+    }
+}
+
+/// Prints each report with its verdict at `tol`.
+fn report_rows(reports: &[fracture_cnn::gradcheck::Report], tol: f64) -> Tally {
+    let mut failed = 0;
+    for r in reports {
+        let pass = r.passed(tol) && r.checked > 0;
+        failed += usize::from(!pass);
+        println!("{r}  {}", if pass { "pass" } else { "FAIL" });
+    }
+    Tally {
+        failed,
+        total: reports.len(),
+    }
 }
 
 pub(super) fn inspect(a: InspectArgs) -> Result<()> {
