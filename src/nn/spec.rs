@@ -387,6 +387,23 @@ impl LayerSpec {
             })
     }
 
+    /// Whether the layer's output is linear in each of its inputs and parameters (with its
+    /// activation, if any, left out): then a central difference is exact at any step, and the
+    /// gradient checks probe it with a large one, which keeps f32 rounding small next to it.
+    pub fn is_linear(&self) -> bool {
+        match self {
+            LayerSpec::Conv2d { activation, .. }
+            | LayerSpec::DepthwiseConv2d { activation, .. } => activation.is_none(),
+            LayerSpec::GlobalAvgPool
+            | LayerSpec::Dense { .. }
+            | LayerSpec::Flatten
+            | LayerSpec::Dropout { .. }
+            | LayerSpec::Add
+            | LayerSpec::Upsample { .. } => true,
+            LayerSpec::BatchNorm { .. } | LayerSpec::MaxPool { .. } | LayerSpec::Relu => false,
+        }
+    }
+
     /// The activation a layer applies to its own output, if any.
     pub fn activation(&self) -> Option<Activation> {
         match self {
@@ -583,7 +600,15 @@ impl LayerSpec {
                 kernel.hw().1,
             ]),
             LayerSpec::Dense { units } => values(&[input.iter().product(), *units]),
-            _ => 0,
+            // (an add's projection holds C_in × C_out weights of two shapes already checked)
+            LayerSpec::BatchNorm { .. }
+            | LayerSpec::MaxPool { .. }
+            | LayerSpec::Relu
+            | LayerSpec::Dropout { .. }
+            | LayerSpec::Flatten
+            | LayerSpec::GlobalAvgPool
+            | LayerSpec::Add
+            | LayerSpec::Upsample { .. } => 0,
         };
         if values(&output) > MAX_VALUES || weights > MAX_VALUES {
             return Err(err(format!(
