@@ -65,6 +65,9 @@ pub struct FoldFigures {
     pub specificity: f64,
     pub brier: f64,
     pub epochs: usize,
+    /// The median wall-clock seconds of the fold's training epochs (from its `metrics.csv`;
+    /// None for a judgement, which trains nothing).
+    pub seconds_per_epoch: Option<f64>,
 }
 
 /// A figure over the folds.
@@ -375,6 +378,7 @@ fn average(each: Vec<FoldPredictions>) -> Result<FoldPredictions> {
             *s += q;
         }
         sum.epochs = sum.epochs.max(p.epochs);
+        sum.seconds_per_epoch = None;
         sum.located = None; // an ensemble's locations are not one model's
     }
     for s in &mut sum.probs {
@@ -390,6 +394,8 @@ struct FoldPredictions {
     probs: Vec<f32>,
     /// Epochs trained (the longest member's, for a judgement of several).
     epochs: usize,
+    /// The median seconds of its training epochs (None for an average of several members).
+    seconds_per_epoch: Option<f64>,
     /// Where the fold's model said each fracture is, judged against the outlines (and the file
     /// they came from), when there are outlines beside the data (a cross-validation of one
     /// recipe, or a judgement of one).
@@ -403,7 +409,8 @@ fn predict_fold<B: Backend>(
     fold: usize,
     (tta, locate): (bool, bool),
 ) -> Result<FoldPredictions> {
-    let (mut model, info) = train::load_final(be, &cv_dir.join(format!("fold-{fold}")))?;
+    let fold_dir = cv_dir.join(format!("fold-{fold}"));
+    let (mut model, info) = train::load_final(be, &fold_dir)?;
     let cfg = TrainConfig {
         quiet: true,
         ..fold_config(cv_dir, cv, fold)
@@ -415,6 +422,7 @@ fn predict_fold<B: Backend>(
         labels: val.labels,
         probs,
         epochs: info.epoch,
+        seconds_per_epoch: median_epoch_seconds(&fold_dir),
         located: None,
     };
     let annotations = match locate {
@@ -434,6 +442,15 @@ fn predict_fold<B: Backend>(
         fold.located = Some((annotations.file.clone(), located));
     }
     Ok(fold)
+}
+
+/// The median of the `seconds` column of a fold's `metrics.csv`: its time per epoch, which
+/// the epochs spent validating or saving a checkpoint do not sway. None without one.
+fn median_epoch_seconds(fold_dir: &Path) -> Option<f64> {
+    let csv = std::fs::read_to_string(fold_dir.join("metrics.csv")).ok()?;
+    let mut seconds = crate::plots::column(&csv, "seconds");
+    seconds.sort_by(f64::total_cmp);
+    seconds.get(seconds.len() / 2).copied()
 }
 
 /// Where the folds' models said the fractures are, pooled over the folds and judged against the
@@ -497,6 +514,7 @@ fn summarise(
                 specificity: m.specificity,
                 brier: brier(&p.probs, &p.labels),
                 epochs: p.epochs,
+                seconds_per_epoch: p.seconds_per_epoch,
             }
         })
         .collect();
@@ -611,11 +629,12 @@ fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
     let join = |v: [f64; 6]| v.map(|x| format!("{x:.6}")).join(",");
     let mut csv = String::from(
         "fold,images,fractured,threshold,roc_auc,average_precision,balanced_accuracy,\
-         sensitivity,specificity,brier,epochs\n",
+         sensitivity,specificity,brier,epochs,seconds_per_epoch\n",
     );
     for f in &s.folds {
+        let seconds = f.seconds_per_epoch.map_or(String::new(), |t| format!("{t:.2}"));
         csv.push_str(&format!(
-            "{},{},{},{:.4},{},{}\n",
+            "{},{},{},{:.4},{},{},{seconds}\n",
             f.fold,
             f.images,
             f.fractured,
@@ -625,7 +644,7 @@ fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
         ));
     }
     for (name, v) in mean_and_sd_rows(s) {
-        csv.push_str(&format!("{name},,,,{},\n", join(v)));
+        csv.push_str(&format!("{name},,,,{},,\n", join(v)));
     }
     write_atomic(&cv_dir.join("summary.csv"), csv.as_bytes())?;
     write_atomic(
@@ -645,18 +664,20 @@ pub fn render(s: &CvSummary) -> String {
         ["ROC-AUC", "avg prec", "bal-acc", "sens", "spec", "Brier"].map(|h| format!("{h:>10}"));
     let mut out = format!(
         "\ncross-validation of {} ({} folds, final weights of each fold, thresholds chosen on \
-         the other folds)\n{:<6}{:>7}{:>10}{}{:>8}\n",
+         the other folds)\n{:<6}{:>7}{:>10}{}{:>8}{:>9}\n",
         s.model,
         s.folds.len(),
         "fold",
         "images",
         "fractured",
         heads.concat(),
-        "thresh"
+        "thresh",
+        "s/epoch"
     );
     for f in &s.folds {
+        let seconds = f.seconds_per_epoch.map_or("-".into(), |t| format!("{t:.1}"));
         out.push_str(&format!(
-            "{:<6}{:>7}{:>10}{}{:>8.3}\n",
+            "{:<6}{:>7}{:>10}{}{:>8.3}{seconds:>9}\n",
             f.fold,
             f.images,
             f.fractured,

@@ -79,8 +79,8 @@ fn drawn<T, E: std::fmt::Debug>(r: Result<T, E>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("plotting failed: {e:?}"))
 }
 
-/// Columns of `metrics.csv` by header name.
-fn column(csv: &str, name: &str) -> Vec<f64> {
+/// A column of `metrics.csv` by its header name (empty when there is none).
+pub fn column(csv: &str, name: &str) -> Vec<f64> {
     let mut lines = csv.lines();
     let Some(at) = lines
         .next()

@@ -688,7 +688,11 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
         assert!((4..=5).contains(&fractured), "{f}");
         assert_eq!(f["images"].as_u64().unwrap() - fractured, 4, "{f}");
         assert_eq!(f["epochs"], 4, "judged by the final weights");
+        let seconds = f["seconds_per_epoch"].as_f64().expect("each fold's time per epoch");
+        assert!(seconds > 0.0, "{f}");
     }
+    let header = stdout.lines().find(|l| l.starts_with("fold ")).unwrap();
+    assert!(header.ends_with("s/epoch"), "{header}");
     let auc = summary["roc_auc"]["mean"].as_f64().unwrap();
     assert!(auc > 0.9, "brightness separates the classes: {summary}");
     let pooled = &summary["pooled"]["intervals"]["roc_auc"];
@@ -719,7 +723,15 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
     let resumed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cv_dir.join("summary.json")).unwrap())
             .unwrap();
-    assert_eq!(resumed["folds"], summary["folds"]);
+    // the same figures, in another time
+    let figures = |s: &serde_json::Value| {
+        let mut folds = s["folds"].clone();
+        for f in folds.as_array_mut().unwrap() {
+            f.as_object_mut().unwrap().remove("seconds_per_epoch");
+        }
+        folds
+    };
+    assert_eq!(figures(&resumed), figures(&summary));
 
     // selecting by the fold that judges the model is refused
     let o = run(&cv_args(&data, &out, &["--early-stopping", "2"]));
