@@ -632,7 +632,9 @@ fn write_summary(s: &CvSummary, cv_dir: &Path) -> Result<()> {
          sensitivity,specificity,brier,epochs,seconds_per_epoch\n",
     );
     for f in &s.folds {
-        let seconds = f.seconds_per_epoch.map_or(String::new(), |t| format!("{t:.2}"));
+        let seconds = f
+            .seconds_per_epoch
+            .map_or(String::new(), |t| format!("{t:.2}"));
         csv.push_str(&format!(
             "{},{},{},{:.4},{},{},{seconds}\n",
             f.fold,
@@ -675,7 +677,9 @@ pub fn render(s: &CvSummary) -> String {
         "s/epoch"
     );
     for f in &s.folds {
-        let seconds = f.seconds_per_epoch.map_or("-".into(), |t| format!("{t:.1}"));
+        let seconds = f
+            .seconds_per_epoch
+            .map_or("-".into(), |t| format!("{t:.1}"));
         out.push_str(&format!(
             "{:<6}{:>7}{:>10}{}{:>8.3}{seconds:>9}\n",
             f.fold,

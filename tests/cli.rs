@@ -688,7 +688,9 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
         assert!((4..=5).contains(&fractured), "{f}");
         assert_eq!(f["images"].as_u64().unwrap() - fractured, 4, "{f}");
         assert_eq!(f["epochs"], 4, "judged by the final weights");
-        let seconds = f["seconds_per_epoch"].as_f64().expect("each fold's time per epoch");
+        let seconds = f["seconds_per_epoch"]
+            .as_f64()
+            .expect("each fold's time per epoch");
         assert!(seconds > 0.0, "{f}");
     }
     let header = stdout.lines().find(|l| l.starts_with("fold ")).unwrap();
