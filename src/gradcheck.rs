@@ -43,6 +43,34 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing compared yet, against "numeric" or "f64" (`versus`).
+    fn new(case: &str, wrt: &str, versus: &'static str) -> Self {
+        Report {
+            case: case.into(),
+            wrt: wrt.into(),
+            checked: 0,
+            skipped: 0,
+            max_rel_err: 0.0,
+            rel_errs: Vec::new(),
+            worst: (0.0, 0.0),
+            versus,
+        }
+    }
+
+    /// One more entry compared: `analytic` against `other`, with the error
+    /// |analytic − other| / max(|analytic|, |other|, floor). A NaN on either side is the worst
+    /// error there is, not one that compares false.
+    fn record(&mut self, analytic: f64, other: f64, floor: f64) {
+        let err = (analytic - other).abs() / analytic.abs().max(other.abs()).max(floor);
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        self.checked += 1;
+        self.rel_errs.push(err);
+        if err >= self.max_rel_err {
+            self.max_rel_err = err;
+            self.worst = (analytic, other);
+        }
+    }
+
     pub fn passed(&self, tol: f64) -> bool {
         self.max_rel_err <= tol
     }
@@ -138,16 +166,7 @@ pub fn compare<T: Precision>(
     let mut idx: Vec<usize> = (0..x.numel()).collect();
     idx.shuffle(&mut StdRng::seed_from_u64(seed));
     let largest = grad.data.iter().fold(0f64, |m, g| m.max(g.wide().abs()));
-    let mut report = Report {
-        case: case.into(),
-        wrt: wrt.into(),
-        checked: 0,
-        skipped: 0,
-        max_rel_err: 0.0,
-        rel_errs: Vec::new(),
-        worst: (0.0, 0.0),
-        versus: "numeric",
-    };
+    let mut report = Report::new(case, wrt, "numeric");
     let mut xp = x.clone();
     // At most 4 tries per wanted sample, so that a tensor where most steps cross a kink ends.
     for i in idx.into_iter().take(4 * probe.samples) {
@@ -175,16 +194,7 @@ pub fn compare<T: Precision>(
             report.skipped += 1;
             continue;
         };
-        report.checked += 1;
-        let analytic = grad.data[i].wide();
-        let err = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(floor);
-        // a NaN on either side is the worst error there is, not one that compares false
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        report.rel_errs.push(err);
-        if err >= report.max_rel_err {
-            report.max_rel_err = err;
-            report.worst = (analytic, numeric);
-        }
+        report.record(grad.data[i].wide(), numeric, floor);
     }
     report
 }
@@ -709,25 +719,9 @@ fn entry_by_entry(case: &str, wrt: &str, g: &Tensor, want: &Tensor<f64>, floor: 
         g.shape, want.shape,
         "{case}: gradient wrt {wrt} has the wrong shape"
     );
-    let mut report = Report {
-        case: case.into(),
-        wrt: wrt.into(),
-        checked: g.numel(),
-        skipped: 0,
-        max_rel_err: 0.0,
-        rel_errs: Vec::with_capacity(g.numel()),
-        worst: (0.0, 0.0),
-        versus: "f64",
-    };
+    let mut report = Report::new(case, wrt, "f64");
     for (&g, &w) in g.data.iter().zip(&want.data) {
-        let g = g as f64;
-        let err = (g - w).abs() / g.abs().max(w.abs()).max(floor);
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        report.rel_errs.push(err);
-        if err >= report.max_rel_err {
-            report.max_rel_err = err;
-            report.worst = (g, w);
-        }
+        report.record(g as f64, w, floor);
     }
     report
 }
