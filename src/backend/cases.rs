@@ -634,6 +634,8 @@ pub fn suite() -> Vec<Op> {
         conv(3, 17, 6, 5, 16, (3, 3), (1, 1), valid),
         conv(1, 16, 1, 12, 16, (3, 3), (1, 1), same),
         conv_relu(2, 16, 8, 9, 16, (3, 3), (1, 1), same),
+        // wide enough for the weight gradient through Winograd's transforms too (CPU), odd sides
+        conv(3, 64, 5, 7, 65, (3, 3), (1, 1), same),
         // pooled in the convolution (inference): the GEMM path with a 3x3/2 window, Winograd
         // with 2x2/2 on odd sides, a strided convolution without ReLU
         conv_pool(3, 1, 9, 8, 5, (3, 3), (1, 1), true, (3, 3), (2, 2)),

@@ -16,7 +16,8 @@
 //! sums its products over groups of `IMAGES_PER_PARTIAL` images, one partial `dw` per group (on
 //! small planes the group's images are one product); on planes of 100 pixels or more and fewer
 //! than 128 output channels it is not a GEMM at all but dot products over the padded image laid
-//! out flat ([`WeightGradient`]).
+//! out flat, and on the other 3×3 stride-1 layers that run Winograd it goes through Winograd's
+//! transforms too ([`WeightGradient`]).
 
 mod flat_unfolding;
 mod unfold;
@@ -139,6 +140,11 @@ pub enum Algorithm {
 /// Fewest input and output channels for which [`Algorithm::Winograd`] is chosen.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// Fewest input and output channels for which a Winograd layer's weight gradient goes through
+/// Winograd's transforms too ([`WeightGradient::Winograd`]; forcing [`Algorithm::Winograd`]
+/// forces it everywhere).
+pub const WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS: usize = 64;
+
 impl Algorithm {
     /// Winograd where it applies and pays, else the GEMM; `forced` (benchmarks, tests) wins
     /// where it applies: the GEMM everywhere, or Winograd on thin layers too.
@@ -184,11 +190,18 @@ impl Plan {
         unfolding: Option<Unfolding>,
     ) -> Plan {
         let unfolding = Unfolding::choose(g, unfolding);
+        let forced_winograd = algorithm == Some(Algorithm::Winograd);
+        let algorithm = Algorithm::choose(g, algorithm);
+        let wide = g.c_in.min(g.c_out) >= WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS;
+        let weight_gradient = match algorithm {
+            Algorithm::Winograd if wide || forced_winograd => WeightGradient::Winograd,
+            _ => WeightGradient::choose(g, unfolding),
+        };
         Plan {
             kernel,
-            algorithm: Algorithm::choose(g, algorithm),
+            algorithm,
             unfolding,
-            weight_gradient: WeightGradient::choose(g, unfolding),
+            weight_gradient,
         }
     }
 }
@@ -435,6 +448,12 @@ pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (V
         let f = Flat::forward(g).expect("the flat weight gradient needs one stride both ways");
         (f, g)
     });
+    if method == WeightGradient::Winograd {
+        return (
+            winograd_weight_gradient(plan.kernel, x, dy, g),
+            bias_gradient(dy, g),
+        );
+    }
     let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(IMAGES_PER_PARTIAL))
         .into_par_iter()
         .map(|chunk| {
@@ -464,19 +483,47 @@ pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (V
             dw
         })
         .collect();
-    let mut dw = vec![0f32; g.c_out * k];
-    for part in &partials {
-        dw.iter_mut().zip(part).for_each(|(d, s)| *d += s);
+    (sum_partials(&partials, g.c_out * k), bias_gradient(dy, g))
+}
+
+/// The sum of `partials` (each `len` floats), in their order: the same bits for any thread count.
+fn sum_partials(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for part in partials {
+        total.iter_mut().zip(part).for_each(|(d, s)| *d += s);
     }
-    let db = (0..g.c_out)
+    total
+}
+
+/// `db[co]` = Σ over the batch and the plane of `dy[N,Co,Ho,Wo]`.
+fn bias_gradient(dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    let p = g.out_h * g.out_w;
+    let dy_img = g.c_out * p;
+    (0..g.c_out)
         .into_par_iter()
         .map(|co| {
             (0..g.n)
                 .map(|n| sum(&dy[n * dy_img + co * p..n * dy_img + (co + 1) * p]))
                 .sum()
         })
+        .collect()
+}
+
+/// [`WeightGradient::Winograd`]: `dU` summed over groups of `IMAGES_PER_PARTIAL` images, one
+/// partial per group as for the other methods, then `dw` = Gᵀ dU G.
+fn winograd_weight_gradient(kernel: Kernel, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
+    let len = winograd::XI * g.c_out * g.c_in;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(IMAGES_PER_PARTIAL * x_img)
+        .zip(dy.par_chunks(IMAGES_PER_PARTIAL * dy_img))
+        .map(|(xs, dys)| {
+            let mut du = vec![0f32; len];
+            winograd::add_transformed_weight_gradient(kernel, xs, dys, g, &mut du);
+            du
+        })
         .collect();
-    (dw, db)
+    winograd::weight_gradient(&sum_partials(&partials, len), g.c_out, g.c_in)
 }
 
 #[cfg(test)]

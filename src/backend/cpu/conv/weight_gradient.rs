@@ -24,6 +24,15 @@ pub enum WeightGradient {
     /// large planes of few channels: the GEMM pads 16 input channels to its 32 columns and
     /// packs both operands across their contiguous direction.
     Dots,
+    /// Through Winograd's transforms ([`winograd::add_transformed_weight_gradient`]): 16
+    /// products of the transformed input with the transformed dy, 2.25× fewer multiply-adds on
+    /// operands written out whole, then Gᵀ dU G. For Winograd layers of 64 channels or more
+    /// (`WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS`); batch 32, each method timed in one process,
+    /// alternated, best of 25: 64 channels at 12×12 4.2 flat → 3.3 ms, at 16×16 4.5 → 4.2;
+    /// 128 at 16×16 15.7 with the GEMM → 11.0, at 8×8 4.7 → 4.0, at 6×6 3.9 → 3.3; 256 at 8×8
+    /// 14.3 → 13.1. With fewer channels its products are too thin: 32 at 16×16 1.0 flat against
+    /// 1.7, 16 at 48×48 2.2 against 5.3.
+    Winograd,
 }
 
 impl WeightGradient {
