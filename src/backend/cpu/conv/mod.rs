@@ -117,14 +117,18 @@ impl Unfolding {
 /// Whether [`Unfolding::Flat`] beats the implicit gather (and `col2im`) for `g`: at a stride,
 /// where those go element by element (`bench`, batch 32: resnet at 192's 7×7/2 stem 11.1 → 3.7
 /// ms forward, its 3×3/2 layers 2.8 → 1.2, 1.8 → 1.0 and 1.7 → 1.4 forward and 2.7 → 1.6,
-/// 1.6 → 1.1 and 1.6 → 1.6 for the input gradient; MobileNet's 3×3/2 stem at 128 faster too).
-/// At stride 1 the gather copies runs already, and the flat product's extra pass over the
-/// output (dropping each row's last columns) costs more than it saves: fracturenet's first
-/// layer (3×3, one input channel, 32 output channels at 128×128) took 3.6–4.2 ms implicit
-/// against 7.1–8.0 flat.
+/// 1.6 → 1.1 and 1.6 → 1.6 for the input gradient; MobileNet's 3×3/2 stem at 128 faster too),
+/// and at stride 1 from `FLAT_MIN_CHANNELS` input channels (resnet's 16-channel 48×48 layers:
+/// 4.2 → 2.8 ms forward, 9.0 → 4.2 for the input gradient; best of 20, one process). On fewer
+/// channels the flat product's extra pass over the output (dropping each row's last columns)
+/// costs more than it saves: fracturenet's first layer (3×3, one input channel, 32 output
+/// channels at 128×128) took 3.6–4.2 ms implicit against 7.1–8.0 flat.
 fn flat_unfolding_pays(g: &Conv2dGeom) -> bool {
-    g.stride_h > 1
+    g.stride_h > 1 || g.c_in >= FLAT_MIN_CHANNELS
 }
+
+/// Input channels from which [`Unfolding::Flat`] pays at stride 1 (`flat_unfolding_pays`).
+const FLAT_MIN_CHANNELS: usize = 16;
 
 /// How a convolution's output and input gradient are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +143,14 @@ pub enum Algorithm {
 
 /// Fewest input and output channels for which [`Algorithm::Winograd`] is chosen.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// Fewest input and output channels for which the forward pass of a layer whose input gradient
+/// is Winograd is Winograd too; below, it is the GEMM on the image laid out flat
+/// ([`Unfolding::Flat`]). Each way timed in one process, alternated, best of 20 (batch 32, an
+/// Intel Xeon with AVX-512): a 16-channel 48×48 layer 3.7 → 2.8 and 4.8 → 3.6 ms in two runs, a
+/// 32-channel 24×24 one 1.95 → 1.84 and 2.34 → 2.31 (level, so Winograd stays). Its input
+/// gradient stays Winograd: 3.4 against 4.2 flat.
+pub const WINOGRAD_FORWARD_MIN_CHANNELS: usize = 32;
 
 /// Fewest input and output channels for which a Winograd layer's weight gradient goes through
 /// Winograd's transforms too ([`WeightGradient::Winograd`]; forcing [`Algorithm::Winograd`]
@@ -176,7 +188,11 @@ impl Algorithm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub kernel: Kernel,
+    /// The forward pass's algorithm.
     pub algorithm: Algorithm,
+    /// The input gradient's: Winograd on some layers whose forward pass is the GEMM
+    /// ([`WINOGRAD_FORWARD_MIN_CHANNELS`]).
+    pub input_gradient: Algorithm,
     pub unfolding: Unfolding,
     pub weight_gradient: WeightGradient,
 }
@@ -190,16 +206,24 @@ impl Plan {
         unfolding: Option<Unfolding>,
     ) -> Plan {
         let unfolding = Unfolding::choose(g, unfolding);
-        let forced_winograd = algorithm == Some(Algorithm::Winograd);
-        let algorithm = Algorithm::choose(g, algorithm);
-        let wide = g.c_in.min(g.c_out) >= WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS;
-        let weight_gradient = match algorithm {
-            Algorithm::Winograd if wide || forced_winograd => WeightGradient::Winograd,
+        let forced = algorithm.is_some();
+        let input_gradient = Algorithm::choose(g, algorithm);
+        let channels = g.c_in.min(g.c_out);
+        let algorithm = match input_gradient {
+            Algorithm::Winograd if !forced && channels < WINOGRAD_FORWARD_MIN_CHANNELS => {
+                Algorithm::Gemm
+            }
+            chosen => chosen,
+        };
+        let wide = channels >= WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS;
+        let weight_gradient = match input_gradient {
+            Algorithm::Winograd if wide || forced => WeightGradient::Winograd,
             _ => WeightGradient::choose(g, unfolding),
         };
         Plan {
             kernel,
             algorithm,
+            input_gradient,
             unfolding,
             weight_gradient,
         }
@@ -365,7 +389,7 @@ impl Conv<'_> {
 
 /// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
 pub fn backward_input(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    if plan.algorithm == Algorithm::Winograd {
+    if plan.input_gradient == Algorithm::Winograd {
         return winograd::backward_input(plan.kernel, dy, w, g);
     }
     backward_input_by(plan, dy, w, g)
