@@ -162,7 +162,8 @@ struct Scratch {
     v: Vec<f32>,
     /// M of a block of tiles, `[ξ][Co][tiles]`.
     m: Vec<f32>,
-    /// Short rows: an input row padded, Bᵀ along the block's input rows, Aᵀ down one tile row.
+    /// Short rows: an input (or dy) row padded, Bᵀ (or A) along the block's rows, Aᵀ down one
+    /// tile row.
     rows: Vec<f32>,
 }
 
@@ -181,20 +182,26 @@ pub fn images(
     g: &Conv2dGeom,
     ys: &mut [MaybeUninit<f32>],
 ) {
+    // taken out while in use: the GEMM may run another image's task on this thread meanwhile
+    let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    for rows in tile_row_blocks(g, xs.len() / (g.c_in * g.h * g.w)) {
+        block(xs, u, (bias, relu), g, rows, ys, &mut s);
+    }
+    SCRATCH.with(|c| *c.borrow_mut() = s);
+}
+
+/// The tile rows of each block that `images` images of `g` go through together: one image in
+/// blocks of whole tile rows, sized so that V and M stay in L2; a group, all its rows at once.
+fn tile_row_blocks(g: &Conv2dGeom, images: usize) -> impl Iterator<Item = Range<usize>> {
     let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
-    let one_image = xs.len() == g.c_in * g.h * g.w;
-    let rows_per_block = if one_image {
+    let rows_per_block = if images == 1 {
         (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1)
     } else {
         th
     };
-    // taken out while in use: the GEMM may run another image's task on this thread meanwhile
-    let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    for ty0 in (0..th).step_by(rows_per_block) {
-        let rows = ty0..(ty0 + rows_per_block).min(th);
-        block(xs, u, (bias, relu), g, rows, ys, &mut s);
-    }
-    SCRATCH.with(|c| *c.borrow_mut() = s);
+    (0..th)
+        .step_by(rows_per_block)
+        .map(move |ty0| ty0..(ty0 + rows_per_block).min(th))
 }
 
 /// Where one image's tiles lie among the columns of a block's V and M: from `first`, of `total`.
@@ -202,6 +209,42 @@ pub fn images(
 struct Columns {
     first: usize,
     total: usize,
+}
+
+/// The tiles of a block: tile rows `rows` of each of its images, side by side.
+#[derive(Clone, Copy)]
+struct BlockTiles {
+    per_image: usize,
+    total: usize,
+}
+
+impl BlockTiles {
+    fn new(g: &Conv2dGeom, rows: &Range<usize>, images: usize) -> BlockTiles {
+        let per_image = rows.len() * g.out_w.div_ceil(2);
+        BlockTiles {
+            per_image,
+            total: per_image * images,
+        }
+    }
+
+    /// Image `i`'s columns.
+    fn columns(self, i: usize) -> Columns {
+        Columns {
+            first: i * self.per_image,
+            total: self.total,
+        }
+    }
+}
+
+impl Scratch {
+    /// Sized for a block of `tiles` in tile rows `rows`.
+    fn fit(&mut self, g: &Conv2dGeom, rows: &Range<usize>, tiles: BlockTiles) {
+        let tw = g.out_w.div_ceil(2);
+        self.v.resize(XI * g.c_in * tiles.total, 0.0);
+        self.m.resize(XI * g.c_out * tiles.total, 0.0);
+        self.rows
+            .resize((2 * tw + 2) + (2 * rows.len() + 2) * 4 * tw, 0.0);
+    }
 }
 
 /// The tiles of tile rows `rows` of each image of `xs`: V, the 16 products, Y.
@@ -215,17 +258,9 @@ fn block(
     s: &mut Scratch,
 ) {
     let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    let tw = g.out_w.div_ceil(2);
-    let per_image = rows.len() * tw;
-    let tiles = per_image * xs.len() / x_img;
-    let columns = |i: usize| Columns {
-        first: i * per_image,
-        total: tiles,
-    };
-    s.v.resize(XI * g.c_in * tiles, 0.0);
-    s.m.resize(XI * g.c_out * tiles, 0.0);
-    s.rows
-        .resize((2 * tw + 2) + (2 * rows.len() + 2) * 4 * tw, 0.0);
+    let block_tiles = BlockTiles::new(g, &rows, xs.len() / x_img);
+    let (tiles, columns) = (block_tiles.total, |i| block_tiles.columns(i));
+    s.fit(g, &rows, block_tiles);
     for (i, xn) in xs.chunks_exact(x_img).enumerate() {
         transform_input(xn, g, (rows.clone(), columns(i)), &mut s.v, &mut s.rows);
     }
@@ -395,30 +430,17 @@ pub fn add_transformed_weight_gradient(
     g: &Conv2dGeom,
     du: &mut [f32],
 ) {
-    let (th, tw) = (g.out_h.div_ceil(2), g.out_w.div_ceil(2));
     let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     let group = images_per_group(g);
-    let rows_per_block = if group == 1 {
-        (BLOCK_FLOATS / (XI * (g.c_in + g.c_out) * tw)).max(1)
-    } else {
-        th
-    };
     let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
     for (xs, dys) in xs.chunks(group * x_img).zip(dys.chunks(group * dy_img)) {
-        for ty0 in (0..th).step_by(rows_per_block) {
-            let rows = ty0..(ty0 + rows_per_block).min(th);
-            let tiles = rows.len() * tw * (xs.len() / x_img);
-            let columns = |i: usize| Columns {
-                first: i * rows.len() * tw,
-                total: tiles,
-            };
-            s.v.resize(XI * g.c_in * tiles, 0.0);
-            s.m.resize(XI * g.c_out * tiles, 0.0);
-            s.rows
-                .resize((2 * tw + 2) + (2 * rows.len() + 2) * 4 * tw, 0.0);
+        for rows in tile_row_blocks(g, xs.len() / x_img) {
+            let block_tiles = BlockTiles::new(g, &rows, xs.len() / x_img);
+            let tiles = block_tiles.total;
+            s.fit(g, &rows, block_tiles);
             let images = xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img));
             for (i, (xn, dyn_)) in images.enumerate() {
-                let at = (rows.clone(), columns(i));
+                let at = (rows.clone(), block_tiles.columns(i));
                 transform_input(xn, g, at.clone(), &mut s.v, &mut s.rows);
                 transform_output_gradient(dyn_, g, at, &mut s.m, &mut s.rows);
             }
