@@ -6,7 +6,11 @@
 #
 #   benches/peers/run.sh                 # everything: about 40 minutes on 2 cores
 #   MODELS=resnet RESNET_SIZES=192 REPEATS=5 benches/peers/run.sh
+#   ROUNDS=3 MODELS=resnet benches/peers/run.sh    # noisy machine: best of 3 rounds each
 #
+# ROUNDS (default 1) repeats the whole sequence; rounds alternate the order (ours first, then
+# ours last), so a slow spell of the host does not fall on one framework only, and the table
+# keeps each framework's best round. On a shared or throttling machine use ROUNDS=3 or more.
 # The first run makes a Python environment with the pinned frameworks in $PEERS_VENV (default
 # ~/.cache/fracture-cnn/peers-venv; about 3 GB to download). Results go to $PEERS_OUT (default
 # $TMPDIR/fracture-cnn-peers): results.jsonl, one line per measurement, and table.md.
@@ -20,6 +24,7 @@ SIZES=${SIZES:-128 256}
 RESNET_SIZES=${RESNET_SIZES:-192}
 CONFIGS=${CONFIGS:-torch torch-cl keras keras-xla}
 REPEATS=${REPEATS:-10}
+ROUNDS=${ROUNDS:-1}
 THREADS=${THREADS:-2}
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -41,18 +46,27 @@ if [ "$busy" -gt 10 ]; then
     echo "warning: the processors were $busy % busy before the run: something else is running," \
         "and the timings will show it" >&2
 fi
-for model in $MODELS; do
-    sizes=$SIZES
-    case $model in resnet*) sizes=$RESNET_SIZES ;; esac
-    for size in $sizes; do
-        echo "$model at $size: fracture-cnn" >&2
-        ./target/release/fracture-cnn bench --backend cpu --model "$model" --image-size "$size" \
+# One measurement: ours (`bench`) or one peer configuration, appended to results.jsonl.
+measure() { # measure MODEL SIZE CONFIG ROUND
+    echo "round $4: $1 at $2: $3" >&2
+    if [ "$3" = fracture-cnn ]; then
+        ./target/release/fracture-cnn bench --backend cpu --model "$1" --image-size "$2" \
             --repeats "$REPEATS" --threads "$THREADS" --json --quiet \
-            | python3 benches/peers/table.py --from-bench >> "$results"
-        for config in $CONFIGS; do
-            echo "$model at $size: $config" >&2
-            "$VENV/bin/python" benches/peers/peers.py --framework "$config" --model "$model" \
-                --image-size "$size" --repeats "$REPEATS" --threads "$THREADS" >> "$results"
+            | python3 benches/peers/table.py --from-bench --round "$4" >> "$results"
+    else
+        "$VENV/bin/python" benches/peers/peers.py --framework "$3" --model "$1" \
+            --image-size "$2" --repeats "$REPEATS" --threads "$THREADS" \
+            | python3 benches/peers/table.py --tag-round "$4" >> "$results"
+    fi
+}
+for round in $(seq 1 "$ROUNDS"); do
+    order="fracture-cnn $CONFIGS"
+    if [ $((round % 2)) -eq 0 ]; then order="$CONFIGS fracture-cnn"; fi
+    for model in $MODELS; do
+        sizes=$SIZES
+        case $model in resnet*) sizes=$RESNET_SIZES ;; esac
+        for size in $sizes; do
+            for config in $order; do measure "$model" "$size" "$config" "$round"; done
         done
     done
 done

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The peers table of benches/peers/run.sh (markdown), from its results.jsonl.
 
-  table.py RESULTS.jsonl     every measurement, then fracture-cnn against the fastest peer
-  table.py --from-bench      reads `fracture-cnn bench --json` on stdin and prints it as one
+  table.py RESULTS.jsonl     every framework's best round, then fracture-cnn against the
+                             fastest peer
+  table.py --from-bench [--round N]
+                             reads `fracture-cnn bench --json` on stdin and prints it as one
                              results line (the format peers.py prints)
+  table.py --tag-round N     copies results lines from stdin to stdout, marked as round N
 Standard library only.
 """
 import json
@@ -37,7 +40,27 @@ def from_bench(report):
     }
 
 
+METRICS = ("train_images_per_s", "infer_images_per_s")
+
+
+def best_rounds(rows):
+    """One row per (model, size, framework): each metric its best over the rounds, since a
+    noisy host only ever slows a run down. Also the number of rounds seen."""
+    merged = {}
+    for r in rows:
+        key = (r["model"], r["image_size"], r["framework"])
+        if key not in merged:
+            merged[key] = dict(r, rounds=1)
+            continue
+        m = merged[key]
+        m["rounds"] += 1
+        for metric in METRICS:
+            m[metric] = max(m[metric], r[metric])
+    return list(merged.values())
+
+
 def table(rows):
+    rows = best_rounds(rows)
     groups = {}
     for r in rows:
         groups.setdefault((r["model"], r["image_size"]), []).append(r)
@@ -56,7 +79,7 @@ def table(rows):
         if not ours or not peers:
             continue
         cells = []
-        for key in ("train_images_per_s", "infer_images_per_s"):
+        for key in METRICS:
             best = max(peers, key=lambda r: r[key])
             cells.append(f"{ours[0][key] / best[key]:.2f}× ({CONFIG_NAMES[best['framework']]}, "
                          f"{best[key]:.1f})")
@@ -64,6 +87,9 @@ def table(rows):
     ours = [r for r in rows if r["framework"] == "fracture-cnn"]
     if ours:
         o = ours[0]
+        rounds = max(r["rounds"] for r in rows)
+        if rounds > 1:
+            out += ["", f"Each figure is the best of {rounds} rounds (order alternating)."]
         out += ["", f"Machine: {o['cpu']}, {o['threads']} threads; fracture-cnn: {o['versions']}."]
         if o.get("gemm_gflops") and o.get("peak_gflops"):
             out.append(f"fracture-cnn's GEMM (1024³): {o['gemm_gflops']:.1f} GFLOP/s, "
@@ -76,8 +102,17 @@ def table(rows):
 
 
 def main():
-    if sys.argv[1:] == ["--from-bench"]:
-        print(json.dumps(from_bench(json.load(sys.stdin))))
+    args = sys.argv[1:]
+    if args[:1] == ["--from-bench"] and len(args) in (1, 3) and args[1:2] in ([], ["--round"]):
+        row = from_bench(json.load(sys.stdin))
+        if len(args) == 3:
+            row["round"] = int(args[2])
+        print(json.dumps(row))
+        return
+    if len(args) == 2 and args[0] == "--tag-round":
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(dict(json.loads(line), round=int(args[1]))))
         return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
