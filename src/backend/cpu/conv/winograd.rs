@@ -162,8 +162,8 @@ struct Scratch {
     v: Vec<f32>,
     /// M of a block of tiles, `[ξ][Co][tiles]`.
     m: Vec<f32>,
-    /// Short rows: an input (or dy) row padded, Bᵀ (or A) along the block's rows, Aᵀ down one
-    /// tile row.
+    /// Rows: an input (or dy) row padded, then Bᵀ (or A) along the block's rows, or Aᵀ down
+    /// the columns of its tile rows.
     rows: Vec<f32>,
 }
 
@@ -312,18 +312,17 @@ fn transform_input(
                 .checked_sub(g.pad_top)
                 .filter(|&i| i < g.h);
             pad_row(iy.map(|iy| &plane[iy * g.w..][..g.w]), g.pad_left, padded);
-            let at = |q: usize| (2 * q + r % 2) * half + r / 2 * tw;
-            let (h0, rest) = h[at(0)..].split_at_mut(tw);
-            let h1 = &mut rest[at(1) - at(0) - tw..][..tw];
+            let row = |q: usize| {
+                let at = (2 * q + r % 2) * half + r / 2 * tw;
+                at..at + tw
+            };
+            let [h0, h1, h2, h3] = h
+                .get_disjoint_mut([row(0), row(1), row(2), row(3)])
+                .expect("the rows of h[0..4] are disjoint");
             let pairs = padded.chunks_exact(2).zip(padded[2..].chunks_exact(2));
-            for ((d, e), (h0, h1)) in pairs.zip(h0.iter_mut().zip(h1)) {
-                (*h0, *h1) = (d[0] - e[0], d[1] + e[0]);
-            }
-            let (h2, rest) = h[at(2)..].split_at_mut(tw);
-            let h3 = &mut rest[at(3) - at(2) - tw..][..tw];
-            let pairs = padded.chunks_exact(2).zip(padded[2..].chunks_exact(2));
-            for ((d, e), (h2, h3)) in pairs.zip(h2.iter_mut().zip(h3)) {
-                (*h2, *h3) = (e[0] - d[1], d[1] - e[1]);
+            let hs = h0.iter_mut().zip(h1).zip(h2.iter_mut().zip(h3));
+            for ((d, e), ((h0, h1), (h2, h3))) in pairs.zip(hs) {
+                (*h0, *h1, *h2, *h3) = (d[0] - e[0], d[1] + e[0], e[0] - d[1], d[1] - e[1]);
             }
         }
         // Bᵀ down the columns: V[p][q] from rows 2b .. 2b + 4 of h[q], for every b at once
@@ -363,6 +362,9 @@ fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
 /// `y[co]` for the tiles of tile rows `rows` (in the image's `columns` of M): Aᵀ M A, plus the
 /// bias, then max(0, ·) when `relu`, with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]; the last tile of
 /// an odd side writes one pixel.
+///
+/// Aᵀ runs down the columns of all the block's tile rows at once (their tiles are one run of
+/// M), then along each output row.
 fn transform_output(
     m: &[f32],
     g: &Conv2dGeom,
@@ -372,37 +374,39 @@ fn transform_output(
     buf: &mut [f32],
 ) {
     let tw = g.out_w.div_ceil(2);
+    let n = rows.len() * tw;
     let act = |v: f32| if relu { v.max(0.0) } else { v };
-    // s[a][q]: Aᵀ down the columns of the tiles of one tile row (8 rows of tw)
-    let s = &mut buf[..8 * tw];
+    // s[a][q]: Aᵀ down the columns, the block's tiles (8 runs of n)
+    let s = &mut buf[..8 * n];
     for co in 0..g.c_out {
         let bias = bias.map_or(0.0, |b| b[co]);
-        for (b, ty) in rows.clone().enumerate() {
-            let mi = |p: usize, q: usize| {
-                let row = ((p * 4 + q) * g.c_out + co) * columns.total;
-                &m[row + columns.first + b * tw..][..tw]
-            };
-            let (s0, s1) = s.split_at_mut(4 * tw);
-            for q in 0..4 {
-                let (m0, m1, m2, m3) = (mi(0, q), mi(1, q), mi(2, q), mi(3, q));
-                let (s0, s1) = (&mut s0[q * tw..][..tw], &mut s1[q * tw..][..tw]);
-                for j in 0..tw {
-                    s0[j] = m0[j] + m1[j] + m2[j];
-                    s1[j] = m1[j] - m2[j] - m3[j];
-                }
+        let mi = |p: usize, q: usize| {
+            let row = ((p * 4 + q) * g.c_out + co) * columns.total;
+            &m[row + columns.first..][..n]
+        };
+        let (s0, s1) = s.split_at_mut(4 * n);
+        for (q, (s0, s1)) in s0
+            .chunks_exact_mut(n)
+            .zip(s1.chunks_exact_mut(n))
+            .enumerate()
+        {
+            let ms = mi(0, q)
+                .iter()
+                .zip(mi(1, q))
+                .zip(mi(2, q).iter().zip(mi(3, q)));
+            for ((s0, s1), ((m0, m1), (m2, m3))) in s0.iter_mut().zip(s1).zip(ms) {
+                (*s0, *s1) = (m0 + m1 + m2, m1 - m2 - m3);
             }
-            // Aᵀ along the rows, written as output pixels (2j, 2j + 1) of row 2·ty + a
-            for (a, sa) in s.chunks_exact(4 * tw).enumerate() {
+        }
+        // Aᵀ along the rows, written as output pixels (2j, 2j + 1) of row 2·ty + a
+        for (b, ty) in rows.clone().enumerate() {
+            for (a, sa) in s.chunks_exact(4 * n).enumerate() {
                 let oy = 2 * ty + a;
                 if oy >= g.out_h {
                     break;
                 }
-                let (s0, s1, s2, s3) = (
-                    &sa[..tw],
-                    &sa[tw..2 * tw],
-                    &sa[2 * tw..3 * tw],
-                    &sa[3 * tw..],
-                );
+                let part = |q: usize| &sa[q * n + b * tw..][..tw];
+                let (s0, s1, s2, s3) = (part(0), part(1), part(2), part(3));
                 let out = &mut yn[(co * g.out_h + oy) * g.out_w..][..g.out_w];
                 let (pairs, last) = out.split_at_mut(g.out_w & !1);
                 let sums = s0.iter().zip(s1).zip(s2.iter().zip(s3));
@@ -467,7 +471,8 @@ pub fn add_transformed_weight_gradient(
 /// dy the 2×2 block of output gradients at (2·ty, 2·tx), zero past the plane's edge; with
 /// A = [[1, 0], [1, 1], [1, −1], [0, −1]] (Aᵀ of the forward pass, transposed).
 ///
-/// A runs along each of the tile row's two rows of dy, then down the columns.
+/// A runs along each of the two rows of dy under each tile row, then down the columns of all
+/// the block's tile rows at once.
 fn transform_output_gradient(
     dyn_: &[f32],
     g: &Conv2dGeom,
@@ -476,35 +481,33 @@ fn transform_output_gradient(
     buf: &mut [f32],
 ) {
     let tw = g.out_w.div_ceil(2);
-    // a row of dy padded to 2·tw, then h[a][q]: A along row a of the tile row, position q
+    let n = rows.len() * tw;
+    // a row of dy padded to 2·tw, then h[a][q]: A along row a of each tile row (8 runs of n)
     let (padded, h) = buf.split_at_mut(2 * tw);
-    let h = &mut h[..2 * 4 * tw];
+    let h = &mut h[..8 * n];
     let along = |p0: f32, p1: f32| [p0, p0 + p1, p0 - p1, -p1];
     for co in 0..g.c_out {
         let plane = &dyn_[co * g.out_h * g.out_w..][..g.out_h * g.out_w];
         for (b, ty) in rows.clone().enumerate() {
-            for (a, ha) in h.chunks_exact_mut(4 * tw).enumerate() {
+            for (a, ha) in h.chunks_exact_mut(4 * n).enumerate() {
                 let oy = Some(2 * ty + a).filter(|&oy| oy < g.out_h);
                 pad_row(oy.map(|oy| &plane[oy * g.out_w..][..g.out_w]), 0, padded);
                 for (j, pair) in padded.chunks_exact(2).enumerate() {
                     for (q, v) in along(pair[0], pair[1]).into_iter().enumerate() {
-                        ha[q * tw + j] = v;
+                        ha[q * n + b * tw + j] = v;
                     }
                 }
             }
-            // A down the columns: D[p][q] from h[0][q] and h[1][q]
-            let (h0, h1) = h.split_at(4 * tw);
-            for q in 0..4 {
-                let (r0, r1) = (&h0[q * tw..][..tw], &h1[q * tw..][..tw]);
-                let at = |p: usize| {
-                    ((p * 4 + q) * g.c_out + co) * columns.total + columns.first + b * tw
-                };
-                d[at(0)..][..tw].copy_from_slice(r0);
-                combine(&mut d[at(1)..][..tw], r0, r1, |a, c| a + c);
-                combine(&mut d[at(2)..][..tw], r0, r1, |a, c| a - c);
-                for (o, &c) in d[at(3)..][..tw].iter_mut().zip(r1) {
-                    *o = -c;
-                }
+        }
+        // A down the columns: D[p][q] from h[0][q] and h[1][q]
+        let (h0, h1) = h.split_at(4 * n);
+        for (q, (r0, r1)) in h0.chunks_exact(n).zip(h1.chunks_exact(n)).enumerate() {
+            let at = |p: usize| ((p * 4 + q) * g.c_out + co) * columns.total + columns.first;
+            d[at(0)..][..n].copy_from_slice(r0);
+            combine(&mut d[at(1)..][..n], r0, r1, |a, c| a + c);
+            combine(&mut d[at(2)..][..n], r0, r1, |a, c| a - c);
+            for (o, &c) in d[at(3)..][..n].iter_mut().zip(r1) {
+                *o = -c;
             }
         }
     }
