@@ -102,6 +102,7 @@ impl PackB for MatRef<'_> {
     }
     /// Reads B along its contiguous direction: row by row for a row-major B, column by column
     /// for a transposed one (reading across it would touch a new cache line, or page, per value).
+    #[inline(always)]
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
         let strips = nc.div_ceil(NR);
         if self.cs == 1 {
@@ -493,7 +494,7 @@ unsafe fn gemm_tile(
             let kc = KC.min(k - p0);
             let pa = a.strips(t.i0, t.mc, p0, kc, pa);
             let pb = strips_buffer(pb, t.nc, NR, kc);
-            b.pack(p0, kc, t.j0, t.nc, pb);
+            pack_b(kernel, b, p0, kc, t.j0, t.nc, pb);
             let first = p0 == 0 && !accumulate;
             let last = p0 + kc == k && !epilogue.is_nothing();
             let strips = (t.mc.div_ceil(MR), t.nc.div_ceil(NR));
@@ -605,6 +606,52 @@ unsafe fn store_row(src: &[f32], dst: *mut f32, overwrite: bool) {
         let row = std::slice::from_raw_parts_mut(dst, src.len());
         row.iter_mut().zip(src).for_each(|(c, s)| *c += s);
     }
+}
+
+/// `b.pack(p0, kc, j0, nc, out)` compiled for `kernel`'s instructions. The packers are plain
+/// Rust, inlined here: built for the baseline target, their copies went 16 bytes at a time.
+fn pack_b<B: PackB>(
+    kernel: Kernel,
+    b: &B,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<B: PackB>(
+            b: &B,
+            p0: usize,
+            kc: usize,
+            j0: usize,
+            nc: usize,
+            out: &mut [f32],
+        ) {
+            b.pack(p0, kc, j0, nc, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<B: PackB>(
+            b: &B,
+            p0: usize,
+            kc: usize,
+            j0: usize,
+            nc: usize,
+            out: &mut [f32],
+        ) {
+            b.pack(p0, kc, j0, nc, out)
+        }
+        match kernel {
+            // SAFETY: run_gemm's `checked` refused a kernel this processor lacks.
+            Kernel::Avx512 => return unsafe { avx512(b, p0, kc, j0, nc, out) },
+            // SAFETY: as above.
+            Kernel::Avx2Fma => return unsafe { avx2(b, p0, kc, j0, nc, out) },
+            Kernel::Portable => {}
+        }
+    }
+    b.pack(p0, kc, j0, nc, out)
 }
 
 /// Bytes of a cache line.

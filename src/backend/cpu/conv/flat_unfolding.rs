@@ -52,6 +52,7 @@ impl PackB for FlatCol<'_> {
     fn cols(&self) -> usize {
         self.0.flat.out_h * self.0.flat.wq()
     }
+    #[inline(always)]
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
         let (taps, len) = (self.0.offsets.len(), self.0.flat.padded_len());
         // strip by strip, so that `out` is written in order; each row's run is contiguous

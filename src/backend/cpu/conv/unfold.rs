@@ -174,6 +174,7 @@ impl PackB for Unfolded<'_> {
             p
         }
     }
+    #[inline(always)]
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
         let strips = nc.div_ceil(NR);
         if !self.transposed {
