@@ -335,3 +335,59 @@ fn a_fold_off_by_a_tenth_of_a_percent_fails_the_comparison() {
         assert!(got.check_close(&want, TOL).is_err(), "{name}");
     }
 }
+
+/// In inference a convolution reads an output that a later layer reads too (a residual block's
+/// input, read by its first convolution and by its `add`) in place, not from a copy
+/// (`Layer::forward_borrowed`), with its ReLU and pooling inside its pass. Its logits must be
+/// those of an explaining pass, which copies every such input and fuses nothing; on the
+/// presets with blocks and on a spec where the convolution reading in place pools.
+#[test]
+fn an_output_read_twice_is_read_in_place_with_the_same_logits() {
+    let pooled_in_place = ModelSpec::parse(
+        r#"
+        name = "read-in-place"
+        input = [1, 12, 12]
+        [[layers]]
+        type = "conv2d"
+        filters = 8
+        kernel = 3
+        name = "stem"
+        [[layers]]
+        type = "conv2d"
+        filters = 8
+        kernel = 3
+        [[layers]]
+        type = "relu"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "pooled"
+        [[layers]]
+        type = "maxpool"
+        size = 2
+        name = "stem-pooled"
+        inputs = ["stem"]
+        [[layers]]
+        type = "add"
+        inputs = ["pooled", "stem-pooled"]
+        [[layers]]
+        type = "global_avgpool"
+        [[layers]]
+        type = "dense"
+        units = 1
+        "#,
+    )
+    .unwrap();
+    let preset = |name: &str| ModelSpec::load(name).unwrap().with_image_size(32).unwrap();
+    let be = Cpu::new();
+    for spec in [preset("resnet"), preset("resnet-loc"), pooled_in_place] {
+        let (plain, x) = model_with_statistics(&be, &spec, 5);
+        for mut model in [inference_model(&be, &plain).unwrap(), plain] {
+            let explained = be.download(&model.forward(&be, be.upload(&x), Mode::Explain));
+            let in_place = be.download(&model.forward(&be, be.upload(&x), Mode::Eval));
+            if let Err(e) = in_place.check_close(&explained, 1e-5) {
+                panic!("{}: read in place, the logits differ: {e}", spec.name);
+            }
+        }
+    }
+}

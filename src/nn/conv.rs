@@ -45,6 +45,17 @@ impl<B: Backend> Conv2d<B> {
     fn geom_for(&self, be: &B, x: &B::Tensor) -> Conv2dGeom {
         self.geom.with_batch(be.shape(x).dims()[0])
     }
+    /// y in a pass that keeps nothing, with `then`'s ReLU and pooling inside the pass.
+    fn infer(&self, be: &B, x: &B::Tensor, then: Option<&Epilogue>) -> B::Tensor {
+        let g = self.geom_for(be, x);
+        let (w, b) = (&self.weight.value, &self.bias.value);
+        let relu = self.relu || then.is_some_and(|t| t.relu);
+        match then.and_then(|t| t.pool.as_ref()) {
+            Some(pool) => be.conv2d_maxpool_forward(x, (w, b), &g, relu, &pool.with_batch(g.n)),
+            None if relu => be.conv2d_relu_forward(x, w, b, &g),
+            None => be.conv2d_forward(x, w, b, &g),
+        }
+    }
 }
 
 impl<B: Backend> Layer<B> for Conv2d<B> {
@@ -77,14 +88,17 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         if mode.keeps_for_backward() {
             return Err(x);
         }
-        let g = self.geom_for(be, &x);
-        let (w, b) = (&self.weight.value, &self.bias.value);
-        let relu = self.relu || then.relu;
-        Ok(match &then.pool {
-            Some(pool) => be.conv2d_maxpool_forward(&x, (w, b), &g, relu, &pool.with_batch(g.n)),
-            None if relu => be.conv2d_relu_forward(&x, w, b, &g),
-            None => be.conv2d_forward(&x, w, b, &g),
-        })
+        Ok(self.infer(be, &x, Some(then)))
+    }
+    /// A block's first convolution reads the block's input, which the block's `add` reads after
+    /// it: read in place, not copied (6 % of resnet-192's inference went to those copies).
+    fn forward_borrowed(
+        &mut self,
+        be: &B,
+        x: &B::Tensor,
+        then: Option<&Epilogue>,
+    ) -> Option<B::Tensor> {
+        Some(self.infer(be, x, then))
     }
     /// With the ReLU, dy first passes where the output is positive (y > 0 exactly where the
     /// convolution's value was).

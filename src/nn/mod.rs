@@ -117,6 +117,17 @@ pub trait Layer<B: Backend>: Send {
     ) -> Result<B::Tensor, B::Tensor> {
         Err(x)
     }
+    /// In a pass that keeps nothing (`Mode::Eval`): y = layer(x), then `then` inside the pass
+    /// when given (as [`Layer::forward_then`]), from an x that another layer reads later, so
+    /// that it need not be copied; `None` for a layer that cannot (the model copies x then).
+    fn forward_borrowed(
+        &mut self,
+        _be: &B,
+        _x: &B::Tensor,
+        _then: Option<&Epilogue>,
+    ) -> Option<B::Tensor> {
+        None
+    }
     /// A fingerprint of the linear piece the last training forward pass landed on (which inputs
     /// of a ReLU were positive, which element won each pooling window); 0 for smooth layers.
     /// Gradient checks use it to skip finite differences that straddle a kink.

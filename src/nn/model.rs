@@ -126,7 +126,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs every layer in order on the outputs it reads (a copy for each reader but the last,
-    /// as layers keep their inputs), showing each layer's output to `each`; returns the last.
+    /// as layers keep their inputs; in a pass that keeps nothing, a layer that can reads such
+    /// an output in place), showing each layer's output to `each`; returns the last.
     /// With `fuse` (a pass that shows nothing), a layer that can runs the ReLU and max pooling
     /// after it inside its own pass ([`epilogues`]), and those layers are skipped, in backward
     /// too. Returns the logits and, for a model with one, the map.
@@ -149,6 +150,33 @@ impl<B: Backend> Model<B> {
                 left[slot(Some(i - 1))] -= 1;
                 continue;
             }
+            let then = self.epilogues[i].as_ref().filter(|_| fuse);
+            // one input that another layer reads later, in a pass that keeps nothing: read in
+            // place if the layer can ([`Layer::forward_borrowed`]), not copied
+            let shared = match self.sources[i].as_slice() {
+                [s] if !mode.keeps_for_backward() && left[slot(*s)] > 1 => Some(slot(*s)),
+                _ => None,
+            };
+            let in_place = shared.and_then(|k| {
+                let x = values[k]
+                    .as_ref()
+                    .expect("sources come before their readers");
+                layer.forward_borrowed(be, x, then.map(|(t, _)| t))
+            });
+            if let (Some(y), Some(k)) = (in_place, shared) {
+                left[k] -= 1;
+                match then {
+                    Some((_, covered)) => {
+                        values[i + 1 + covered] = Some(y);
+                        (skip, self.absorbed[i]) = (*covered, *covered);
+                    }
+                    None => {
+                        each(i, &y);
+                        values[i + 1] = Some(y);
+                    }
+                }
+                continue;
+            }
             let mut inputs = Vec::with_capacity(self.sources[i].len());
             for &s in &self.sources[i] {
                 let k = slot(s);
@@ -160,7 +188,7 @@ impl<B: Backend> Model<B> {
                 };
                 inputs.push(value.expect("sources come before their readers"));
             }
-            if let Some((then, covered)) = self.epilogues[i].as_ref().filter(|_| fuse) {
+            if let Some((then, covered)) = then {
                 let x = inputs.pop().expect("one source");
                 match layer.forward_then(be, x, mode, then) {
                     Ok(y) => {
