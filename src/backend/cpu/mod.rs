@@ -211,10 +211,10 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, x: &Tensor) -> Tensor {
-        x.clone()
+        t(x.shape.clone(), elementwise::copy(&x.data))
     }
     fn download(&self, x: &Tensor) -> Tensor {
-        x.clone()
+        t(x.shape.clone(), elementwise::copy(&x.data))
     }
     fn download_indices(&self, idx: &Vec<u32>) -> Vec<u32> {
         idx.clone()
@@ -414,7 +414,7 @@ impl Backend for Cpu {
         t(a.shape.clone(), elementwise::add(&a.data, &b.data))
     }
     fn copy(&self, x: &Tensor) -> Tensor {
-        x.clone()
+        t(x.shape.clone(), elementwise::copy(&x.data))
     }
     fn relu_forward(&self, x: &Tensor) -> Tensor {
         t(x.shape.clone(), elementwise::relu_forward(&x.data))
