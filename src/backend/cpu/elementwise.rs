@@ -1,4 +1,4 @@
-//! Element-wise kernels on the CPU: the sum of a residual merge, ReLU and dropout.
+//! Element-wise kernels on the CPU: the sum of a residual merge, ReLU, dropout, and copies.
 
 use crate::backend::hash;
 use rayon::prelude::*;
