@@ -6,7 +6,9 @@
 //! - for each `KC`-deep slice of the inner dimension, a task copies ("packs") its slice of A into
 //!   `MR`-row strips and its slice of B into `NR`-column strips, contiguous in the order the
 //!   micro-kernel reads them, so the hot loop streams through L1/L2 with unit stride; one strip
-//!   of A stays in L1 while the kernel runs it against every strip of B's slice, from L2;
+//!   of A stays in L1 while the kernel runs it against every strip of B's slice, from L2; a B
+//!   whose rows lie close together, each a contiguous run (a convolution's flat unfolding), is
+//!   read where it lies instead ([`PackB::rows_in_place`]): no copy, and fewer lines in cache;
 //! - the micro-kernel keeps an `MR × NR` block of C in registers (8 × 32 floats: 16 AVX-512
 //!   registers, or three passes over AVX registers) and performs `MR·NR` fused multiply-adds per
 //!   step of k. Eight rows divide every channel count of our models (16 to 512), so no row of a
@@ -91,6 +93,15 @@ pub trait PackB: Sync {
     /// (element (p, j) of strip s at `(s·kc + p)·NR + j`). `out` holds `nc.div_ceil(NR) · NR · kc`
     /// floats; only the last strip's are zero on entry, so its missing columns stay zero.
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]);
+    /// B's data, if the micro-kernel may read rows `p0..p0+kc` where they lie instead of from a
+    /// packed copy, each row's start written into `starts` (element (p, j) is
+    /// `data[starts[p - p0] + j]` for every column j). `None`, the default: B is packed.
+    ///
+    /// Only for a B whose rows are close together in memory: rows a power of two apart share
+    /// L1's sets, and a strip read in place by each strip of A would then come from L2 each time.
+    fn rows_in_place(&self, _p0: usize, _kc: usize, _starts: &mut [usize]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl PackB for MatRef<'_> {
@@ -490,36 +501,95 @@ unsafe fn gemm_tile(
     }
     PACK.with(|bufs| {
         let (ref mut pa, ref mut pb) = *bufs.borrow_mut();
+        let mut starts = [0usize; KC];
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let pa = a.strips(t.i0, t.mc, p0, kc, pa);
-            let pb = strips_buffer(pb, t.nc, NR, kc);
-            pack_b(kernel, b, p0, kc, t.j0, t.nc, pb);
+            let in_place = rows_in_place(b, p0, kc, &mut starts[..kc]);
+            // whole strips are read in place, a partial last one packed (the kernel reads NR)
+            let unpacked = if in_place.is_some() { t.nc / NR } else { 0 };
+            let pb = strips_buffer(pb, t.nc - unpacked * NR, NR, kc);
+            if t.nc > unpacked * NR {
+                let j_packed = t.j0 + unpacked * NR;
+                pack_b(kernel, b, p0, kc, j_packed, t.nc - unpacked * NR, pb);
+            }
             let first = p0 == 0 && !accumulate;
             let last = p0 + kc == k && !epilogue.is_nothing();
             let strips = (t.mc.div_ceil(MR), t.nc.div_ceil(NR));
             BlockOrder::for_tile(t).run(strips, |is, js| {
                 let pa_strip = &pa[is * MR * kc..(is + 1) * MR * kc];
-                let pb_strip = &pb[js * NR * kc..(js + 1) * NR * kc];
-                let rows = MR.min(t.mc - is * MR);
-                let cols = NR.min(t.nc - js * NR);
-                let c0 = c.0.add((t.i0 + is * MR) * ldc + t.j0 + js * NR);
-                // SAFETY (both calls): c0's block lies in this task's tile of C (the caller's
-                // contract); the strips hold kc·MR and kc·NR floats.
-                if (rows, cols) == (MR, NR) {
-                    // a whole block: the kernel updates C itself
-                    run_kernel(kernel, kc, pa_strip, pb_strip, c0, ldc, first);
-                } else {
-                    let mut acc = [0f32; MR * NR];
-                    run_kernel(kernel, kc, pa_strip, pb_strip, acc.as_mut_ptr(), NR, true);
-                    store_block(&acc, c0, ldc, rows, cols, first);
+                let block = Block {
+                    rows: MR.min(t.mc - is * MR),
+                    cols: NR.min(t.nc - js * NR),
+                    c0: c.0.add((t.i0 + is * MR) * ldc + t.j0 + js * NR),
+                    ldc,
+                    first,
+                };
+                // SAFETY (both calls): the block lies in this task's tile of C (the caller's
+                // contract); the strip of A holds kc·MR floats, and B's strip kc rows of NR:
+                // packed, or whole columns of B checked against its data by `rows_in_place`.
+                match in_place {
+                    Some(data) if js < unpacked => {
+                        let first = data.as_ptr().add(t.j0 + js * NR);
+                        let b_strip = InPlace {
+                            first,
+                            starts: starts.as_ptr(),
+                        };
+                        block.run(kernel, kc, pa_strip, b_strip)
+                    }
+                    _ => {
+                        let at = (js - unpacked) * NR * kc;
+                        block.run(kernel, kc, pa_strip, Packed(pb[at..at + NR * kc].as_ptr()))
+                    }
                 }
                 if last {
-                    epilogue.apply(c0, ldc, t.i0 + is * MR, rows, cols);
+                    epilogue.apply(block.c0, ldc, t.i0 + is * MR, block.rows, block.cols);
                 }
             });
         }
     })
+}
+
+/// `b.rows_in_place(…)`, checked: every row's `b.cols()` columns inside its data, so that the
+/// micro-kernel's reads of whole strips are in bounds.
+fn rows_in_place<'b>(
+    b: &'b impl PackB,
+    p0: usize,
+    kc: usize,
+    starts: &mut [usize],
+) -> Option<&'b [f32]> {
+    let data = b.rows_in_place(p0, kc, starts)?;
+    let inside = starts.iter().all(|&s| s + b.cols() <= data.len());
+    assert!(inside, "gemm: a row of B read in place ends past its data");
+    Some(data)
+}
+
+/// One register block of a tile of C: `rows × cols` (at most `MR × NR`) at `c0`, row stride
+/// `ldc`; `first` when the block's first slice of K overwrites it.
+struct Block {
+    rows: usize,
+    cols: usize,
+    c0: *mut f32,
+    ldc: usize,
+    first: bool,
+}
+
+impl Block {
+    /// Adds (or on the first slice writes) `A strip · B strip` into the block: a whole block by
+    /// the kernel itself, a partial one through a block in registers' worth of scratch.
+    ///
+    /// # Safety
+    /// As [`run_kernel`] for the block's `rows × cols` part of C.
+    #[inline(always)]
+    unsafe fn run(&self, kernel: Kernel, kc: usize, a: &[f32], b: impl StripRows) {
+        if (self.rows, self.cols) == (MR, NR) {
+            run_kernel(kernel, kc, a, b, self.c0, self.ldc, self.first);
+        } else {
+            let mut acc = [0f32; MR * NR];
+            run_kernel(kernel, kc, a, b, acc.as_mut_ptr(), NR, true);
+            store_block(&acc, self.c0, self.ldc, self.rows, self.cols, self.first);
+        }
+    }
 }
 
 /// The order in which a tile's register blocks run, for one slice of K. Either way each element
@@ -716,22 +786,58 @@ fn pack_a<'b>(
     out
 }
 
+/// Where the micro-kernel finds each step of k of its strip of B: `NR` floats from `row(p)`.
+trait StripRows: Copy {
+    /// The first of step `p`'s `NR` floats.
+    ///
+    /// # Safety
+    /// `p` must be below the strip's depth.
+    unsafe fn row(self, p: usize) -> *const f32;
+}
+
+/// A packed strip (`strips_buffer`): step p at `p · NR`.
+#[derive(Clone, Copy)]
+struct Packed(*const f32);
+
+impl StripRows for Packed {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        self.0.add(p * NR)
+    }
+}
+
+/// A strip read where B lies ([`PackB::rows_in_place`]): step p at `starts[p]` from `first`,
+/// the strip's first column.
+#[derive(Clone, Copy)]
+struct InPlace {
+    first: *const f32,
+    starts: *const usize,
+}
+
+impl StripRows for InPlace {
+    #[inline(always)]
+    unsafe fn row(self, p: usize) -> *const f32 {
+        self.first.add(*self.starts.add(p))
+    }
+}
+
 /// Runs the micro-kernel on one `MR × NR` block: `C[i][j]` (+)= Σ_p `a[p][i]` · `b[p][j]`,
 /// overwriting C when `overwrite`, else adding to it.
 ///
 /// # Safety
 /// `c` must point to `MR` rows of `NR` floats with row stride `ldc` that no other thread
-/// touches; `a` and `b` must hold `kc * MR` and `kc * NR` floats; `kernel` must run here.
+/// touches; `a` must hold `kc * MR` floats and each of `b`'s first `kc` rows `NR`; `kernel`
+/// must run here.
 unsafe fn run_kernel(
     kernel: Kernel,
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl StripRows,
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
 ) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    debug_assert!(a.len() >= kc * MR);
     match kernel {
         Kernel::Portable => kernel_portable(kc, a, b, c, ldc, overwrite),
         // SAFETY: `gemm` refuses a kernel whose instructions this processor lacks
@@ -751,13 +857,14 @@ unsafe fn run_kernel(
 unsafe fn kernel_portable(
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl StripRows,
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
 ) {
     let mut acc = [[0f32; NR]; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    for (p, ap) in a.chunks_exact(MR).take(kc).enumerate() {
+        let bp = std::slice::from_raw_parts(b.row(p), NR);
         for i in 0..MR {
             for j in 0..NR {
                 acc[i][j] += ap[i] * bp[j];
@@ -781,7 +888,7 @@ unsafe fn kernel_portable(
 unsafe fn kernel_avx2_fma(
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl StripRows,
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
@@ -802,7 +909,7 @@ unsafe fn kernel_avx2_fma(
 unsafe fn avx2_pass<const ROWS: usize, const VECS: usize>(
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: impl StripRows,
     c: *mut f32,
     ldc: usize,
     overwrite: bool,
@@ -810,10 +917,11 @@ unsafe fn avx2_pass<const ROWS: usize, const VECS: usize>(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(top + ROWS <= MR && left + 8 * VECS <= NR);
-    let (pa, pb) = (a.as_ptr().add(top), b.as_ptr().add(left));
+    let pa = a.as_ptr().add(top);
     let mut acc = [[_mm256_setzero_ps(); VECS]; ROWS];
     steps_by_four(kc, pa, |p| {
-        let bv: [__m256; VECS] = std::array::from_fn(|v| _mm256_loadu_ps(pb.add(p * NR + 8 * v)));
+        let pb = b.row(p).add(left);
+        let bv: [__m256; VECS] = std::array::from_fn(|v| _mm256_loadu_ps(pb.add(8 * v)));
         for (i, ai) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*pa.add(p * MR + i));
             for (acc, bv) in ai.iter_mut().zip(&bv) {
@@ -879,14 +987,22 @@ unsafe fn steps_by_four(kc: usize, a: *const f32, mut step: impl FnMut(usize)) {
 /// As [`run_kernel`], and the processor must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel_avx512(
+    kc: usize,
+    a: &[f32],
+    b: impl StripRows,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
     use std::arch::x86_64::*;
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let pa = a.as_ptr();
     prefetch_c_block(c, ldc);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     steps_by_four(kc, pa, |p| {
-        let b0 = _mm512_loadu_ps(pb.add(p * NR));
-        let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
+        let pb = b.row(p);
+        let b0 = _mm512_loadu_ps(pb);
+        let b1 = _mm512_loadu_ps(pb.add(16));
         for (i, ai) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*pa.add(p * MR + i));
             ai[0] = _mm512_fmadd_ps(av, b0, ai[0]);
@@ -929,7 +1045,17 @@ pub fn micro_kernel_rate(kernel: Kernel, time: std::time::Duration) -> f64 {
         for strip in b.chunks_exact(NR * KC) {
             // SAFETY: C is one MR × NR block of row stride NR owned here; the strips hold KC·MR
             // and KC·NR floats; the kernel runs here (asserted above).
-            unsafe { run_kernel(kernel, KC, &a, strip, c.as_mut_ptr(), NR, false) };
+            unsafe {
+                run_kernel(
+                    kernel,
+                    KC,
+                    &a,
+                    Packed(strip.as_ptr()),
+                    c.as_mut_ptr(),
+                    NR,
+                    false,
+                )
+            };
             blocks += 1;
         }
     }
@@ -940,6 +1066,7 @@ pub fn micro_kernel_rate(kernel: Kernel, time: std::time::Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::as_uninit;
     use crate::tensor::Tensor;
 
     fn naive(a: &MatRef, b: &MatRef) -> Vec<f32> {
@@ -1015,6 +1142,126 @@ mod tests {
                 assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}");
             }
         }
+    }
+
+    /// B with its rows scattered in a buffer (row p at `start(p)`, out of order, gaps between
+    /// them), offered to the kernel in place; `short` makes the first row's start run past it.
+    #[derive(Clone, Copy)]
+    struct Scattered<'a> {
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        short: bool,
+    }
+
+    /// Row p of a `rows × cols` B in the buffer of [`Scattered`]: in reverse order, `cols + 3`
+    /// apart, from 5 floats in.
+    fn scattered_start(rows: usize, cols: usize, p: usize) -> usize {
+        (rows - 1 - p) * (cols + 3) + 5
+    }
+
+    /// `b`'s rows scattered, NaN between them.
+    fn scatter(b: &MatRef) -> Vec<f32> {
+        let mut data = vec![f32::NAN; b.rows * (b.cols + 3) + 5];
+        for p in 0..b.rows {
+            let at = scattered_start(b.rows, b.cols, p);
+            for j in 0..b.cols {
+                data[at + j] = b.at(p, j);
+            }
+        }
+        data
+    }
+
+    impl PackB for Scattered<'_> {
+        fn rows(&self) -> usize {
+            self.rows
+        }
+        fn cols(&self) -> usize {
+            self.cols
+        }
+        fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+            for (s, strip) in out.chunks_exact_mut(NR * kc).enumerate() {
+                let (j, width) = (j0 + s * NR, NR.min(nc - s * NR));
+                for (p, dst) in strip.chunks_exact_mut(NR).enumerate() {
+                    let at = scattered_start(self.rows, self.cols, p0 + p) + j;
+                    dst[..width].copy_from_slice(&self.data[at..at + width]);
+                }
+            }
+        }
+        fn rows_in_place(&self, p0: usize, kc: usize, starts: &mut [usize]) -> Option<&[f32]> {
+            for (p, start) in (p0..p0 + kc).zip(starts.iter_mut()) {
+                *start = scattered_start(self.rows, self.cols, p);
+            }
+            if self.short {
+                starts[0] = self.data.len() - self.cols + 1;
+            }
+            Some(self.data)
+        }
+    }
+
+    #[test]
+    fn b_read_in_place_gives_the_products_of_b_packed_bit_for_bit_on_every_kernel() {
+        // partial strips both ways; two slices of K; two tiles of columns (n > NC); a tall tile
+        // (BlockOrder::StripOfA); fewer columns than a strip (nothing read in place)
+        for &(m, k, n) in &[(13, 300, 75), (8, 40, 1100), (260, 257, 70), (9, 5, 20)] {
+            let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 11).data;
+            let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 12).data;
+            let bias = Tensor::rand_uniform([m], -1.0, 1.0, 13).data;
+            let (am, bm) = (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n));
+            let data = scatter(&bm);
+            let scattered = Scattered {
+                data: &data,
+                rows: k,
+                cols: n,
+                short: false,
+            };
+            let epilogue = Epilogue {
+                row_bias: Some(&bias),
+                relu: true,
+            };
+            for kernel in Kernel::available() {
+                let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+                gemm(kernel, am, bm, &mut want, n, false);
+                gemm(kernel, am, scattered, &mut got, n, false);
+                assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}");
+                gemm(kernel, am, bm, &mut want, n, true);
+                gemm(kernel, am, scattered, &mut got, n, true);
+                assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}, accumulated");
+                // SAFETY (both): f32s written as f32s.
+                gemm_with_epilogue(kernel, am, bm, unsafe { as_uninit(&mut want) }, n, epilogue);
+                gemm_with_epilogue(
+                    kernel,
+                    am,
+                    scattered,
+                    unsafe { as_uninit(&mut got) },
+                    n,
+                    epilogue,
+                );
+                assert_eq!(got, want, "{kernel:?} {m}x{k}x{n}, with the epilogue");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: a row of B read in place ends past its data")]
+    fn a_row_read_in_place_past_its_data_is_refused() {
+        let b = Tensor::rand_uniform([4, 40], -1.0, 1.0, 14).data;
+        let data = scatter(&MatRef::rows(&b, 4, 40));
+        let scattered = Scattered {
+            data: &data,
+            rows: 4,
+            cols: 40,
+            short: true,
+        };
+        let (a, mut c) = (vec![1.0f32; 8 * 4], vec![0f32; 8 * 40]);
+        gemm(
+            Kernel::Portable,
+            MatRef::rows(&a, 8, 4),
+            scattered,
+            &mut c,
+            40,
+            false,
+        );
     }
 
     #[test]

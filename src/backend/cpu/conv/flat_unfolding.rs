@@ -54,16 +54,32 @@ impl PackB for FlatCol<'_> {
     }
     #[inline(always)]
     fn pack(&self, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
-        let (taps, len) = (self.0.offsets.len(), self.0.flat.padded_len());
         // strip by strip, so that `out` is written in order; each row's run is contiguous
         for (s, strip) in out.chunks_exact_mut(NR * kc).enumerate() {
             let (j, width) = (j0 + s * NR, NR.min(nc - s * NR));
             for (p, dst) in strip.chunks_exact_mut(NR).enumerate() {
-                let r = p0 + p;
-                let at = (r / taps) * len + self.0.offsets[r % taps] + j;
+                let at = self.row_start(p0 + p) + j;
                 copy_run(&mut dst[..width], &self.0.planes[at..at + width]);
             }
         }
+    }
+    /// Every row is a run of a plane, and a plane's rows overlap (at stride 1 tap (ky, kx) is
+    /// `ky·wq + kx` from tap (0, 0)): read in place, a strip's rows of one plane share most of
+    /// their cache lines, where the packed copy has two lines of its own per row.
+    fn rows_in_place(&self, p0: usize, kc: usize, starts: &mut [usize]) -> Option<&[f32]> {
+        for (r, start) in (p0..p0 + kc).zip(starts) {
+            *start = self.row_start(r);
+        }
+        Some(&self.0.planes)
+    }
+}
+
+impl FlatCol<'_> {
+    /// Where row r = (ci, tap) starts in the planes: plane ci from the tap's offset.
+    #[inline(always)]
+    fn row_start(&self, r: usize) -> usize {
+        let (taps, len) = (self.0.offsets.len(), self.0.flat.padded_len());
+        (r / taps) * len + self.0.offsets[r % taps]
     }
 }
 
