@@ -362,3 +362,57 @@ pub fn backward(
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect();
     (dx, to_f32(dgamma), to_f32(dbeta))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean and biased variance of each channel by the textbook two passes, in f64.
+    fn two_passes(d: Dims, x: &[f32]) -> Vec<(f64, f64)> {
+        (0..d.c)
+            .map(|c| {
+                let values = || {
+                    (0..d.n)
+                        .flat_map(move |n| d.run(x, n, c))
+                        .map(|&v| v as f64)
+                };
+                let mean = values().sum::<f64>() / d.count();
+                let var = values().map(|v| (v - mean).powi(2)).sum::<f64>() / d.count();
+                (mean, var)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn channel_moments_are_exact_far_from_zero_and_with_an_outlier_first() {
+        // channel 0 at 10⁶ ± 0.5 (a one-pass E[x²] − E[x]² loses every digit there), channel 1
+        // around 0 with a far outlier first (the worst shift for a one-pass sum shifted by the
+        // first value), channel 2 constant; 3 images of 37 values
+        let d = Dims { n: 3, c: 3, hw: 37 };
+        let x: Vec<f32> = (0..d.n * d.c * d.hw)
+            .map(|i| {
+                let (c, j) = ((i / d.hw) % d.c, i % d.hw + i / (d.c * d.hw));
+                match c {
+                    0 => 1e6 + [-0.5, 0.0, 0.5, 0.25][j % 4],
+                    1 if i == d.hw => 1e3,
+                    1 => (j as f32 * 0.37).sin(),
+                    _ => 7.0,
+                }
+            })
+            .collect();
+        for (c, (got, want)) in channel_moments(d, &x)
+            .iter()
+            .zip(two_passes(d, &x))
+            .enumerate()
+        {
+            assert!(
+                (got.0 - want.0).abs() <= 1e-12 * want.0.abs(),
+                "channel {c} mean: {got:?} against {want:?}"
+            );
+            assert!(
+                (got.1 - want.1).abs() <= 1e-9 * want.1,
+                "channel {c} variance: {got:?} against {want:?}"
+            );
+        }
+    }
+}
