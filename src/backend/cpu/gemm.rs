@@ -97,8 +97,8 @@ pub trait PackB: Sync {
     /// packed copy, each row's start written into `starts` (element (p, j) is
     /// `data[starts[p - p0] + j]` for every column j). `None`, the default: B is packed.
     ///
-    /// Only for a B whose rows are close together in memory: rows a power of two apart share
-    /// L1's sets, and a strip read in place by each strip of A would then come from L2 each time.
+    /// Only for a B whose rows are close together in memory: rows far apart, at strides whose
+    /// lines share L1's sets, would be fetched again from L2 for each strip of A.
     fn rows_in_place(&self, _p0: usize, _kc: usize, _starts: &mut [usize]) -> Option<&[f32]> {
         None
     }
@@ -530,9 +530,8 @@ unsafe fn gemm_tile(
                 // packed, or whole columns of B checked against its data by `rows_in_place`.
                 match in_place {
                     Some(data) if js < unpacked => {
-                        let first = data.as_ptr().add(t.j0 + js * NR);
                         let b_strip = InPlace {
-                            first,
+                            first: data.as_ptr().add(t.j0 + js * NR),
                             starts: starts.as_ptr(),
                         };
                         block.run(kernel, kc, pa_strip, b_strip)
