@@ -107,12 +107,14 @@ impl Augment {
         let src = img.to_vec();
         let half = (size as f32 - 1.0) / 2.0;
         let n = size as f32;
-        for y in 0..size {
-            for x in 0..size {
-                let (px, py) = ((x as f32 - half) / n, (y as f32 - half) / n);
-                let sx = (a[0][0] * px + a[0][1] * py + dx) * n + half;
-                let sy = (a[1][0] * px + a[1][1] * py + dy) * n + half;
-                img[y * size + x] = bilinear(&src, size, sx, sy);
+        // centred coordinates, the same for rows and columns
+        let centred: Vec<f32> = (0..size).map(|i| (i as f32 - half) / n).collect();
+        for (row, &py) in img.chunks_exact_mut(size).zip(&centred) {
+            let (ry, ryy) = (a[0][1] * py, a[1][1] * py);
+            for (out, &px) in row.iter_mut().zip(&centred) {
+                let sx = (a[0][0] * px + ry + dx) * n + half;
+                let sy = (a[1][0] * px + ryy + dy) * n + half;
+                *out = bilinear(&src, size, sx, sy);
             }
         }
     }
@@ -130,13 +132,14 @@ pub fn window_corner(framed: usize, size: usize, key: u32) -> (usize, usize) {
 fn bilinear(img: &[f32], size: usize, x: f32, y: f32) -> f32 {
     let last = (size - 1) as f32;
     let (x, y) = (x.clamp(0.0, last), y.clamp(0.0, last));
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    // x, y ≥ 0 (or NaN, which both make 0): truncation is the floor, without a call to floorf
+    let (x0, y0) = (x as usize, y as usize);
     let (x1, y1) = ((x0 + 1).min(size - 1), (y0 + 1).min(size - 1));
     let (wx, wy) = (x - x0 as f32, y - y0 as f32);
-    let at = |x: usize, y: usize| img[y * size + x];
-    let top = at(x0, y0) * (1.0 - wx) + at(x1, y0) * wx;
-    let bottom = at(x0, y1) * (1.0 - wx) + at(x1, y1) * wx;
-    top * (1.0 - wy) + bottom * wy
+    let (top, bottom) = (&img[y0 * size..][..size], &img[y1 * size..][..size]);
+    let upper = top[x0] * (1.0 - wx) + top[x1] * wx;
+    let lower = bottom[x0] * (1.0 - wx) + bottom[x1] * wx;
+    upper * (1.0 - wy) + lower * wy
 }
 
 /// The key of image `index`'s draws at `epoch` of a run seeded with `seed`.
