@@ -5,7 +5,9 @@
 //! - forward:          `y[Co, Ho·Wo]`       = `w[Co, Ci·KH·KW]` · col
 //! - weight gradient:  `dw[Co, Ci·KH·KW]`  += `dy[Co, Ho·Wo]` · colᵀ      (summed over the batch)
 //! - input gradient:   dcol               = wᵀ · dy,  then folded back ("col2im") into dx,
-//!   each patch element adding into the input pixel it was copied from.
+//!   each patch element adding into the input pixel it was copied from; or, at stride 1, the
+//!   forward pass of the [`turned`] convolution, whichever way the layer's forward pass runs
+//!   ([`InputGradient`]).
 //!
 //! How col reaches the GEMM is an [`Unfolding`]: written out whole first, gathered straight
 //! from the image into the GEMM's packed blocks, or (at a stride) copied in runs from the image
@@ -144,12 +146,12 @@ pub enum Algorithm {
 /// Fewest input and output channels for which [`Algorithm::Winograd`] is chosen.
 pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
-/// Fewest input and output channels for which the forward pass of a layer whose input gradient
-/// is Winograd is Winograd too; below, it is the GEMM on the image laid out flat
-/// ([`Unfolding::Flat`]). Each way timed in one process, alternated, best of 20 (batch 32, an
-/// Intel Xeon with AVX-512): a 16-channel 48×48 layer 3.7 → 2.8 and 4.8 → 3.6 ms in two runs, a
-/// 32-channel 24×24 one 1.95 → 1.84 and 2.34 → 2.31 (level, so Winograd stays). Its input
-/// gradient stays Winograd: 3.4 against 4.2 flat.
+/// Fewest input and output channels for which a layer where Winograd applies and pays runs it
+/// forward (and turned, for its input gradient: [`InputGradient::Turned`]); below, it is the
+/// GEMM on the image laid out flat ([`Unfolding::Flat`]). Each way timed in one process,
+/// alternated, best of 20 (batch 32, an Intel Xeon with AVX-512): a 16-channel 48×48 layer 3.7
+/// → 2.8 and 4.8 → 3.6 ms in two runs, a 32-channel 24×24 one 1.95 → 1.84 and 2.34 → 2.31
+/// (level, so Winograd stays).
 pub const WINOGRAD_FORWARD_MIN_CHANNELS: usize = 32;
 
 /// Fewest input and output channels for which a Winograd layer's weight gradient goes through
@@ -190,9 +192,7 @@ pub struct Plan {
     pub kernel: Kernel,
     /// The forward pass's algorithm.
     pub algorithm: Algorithm,
-    /// The input gradient's: Winograd on some layers whose forward pass is the GEMM
-    /// ([`WINOGRAD_FORWARD_MIN_CHANNELS`]).
-    pub input_gradient: Algorithm,
+    pub input_gradient: InputGradient,
     pub unfolding: Unfolding,
     pub weight_gradient: WeightGradient,
 }
@@ -207,17 +207,19 @@ impl Plan {
     ) -> Plan {
         let unfolding = Unfolding::choose(g, unfolding);
         let forced = algorithm.is_some();
-        let input_gradient = Algorithm::choose(g, algorithm);
+        let winograd = Algorithm::choose(g, algorithm) == Algorithm::Winograd;
         let channels = g.c_in.min(g.c_out);
-        let algorithm = match input_gradient {
-            Algorithm::Winograd if !forced && channels < WINOGRAD_FORWARD_MIN_CHANNELS => {
-                Algorithm::Gemm
-            }
-            chosen => chosen,
+        let algorithm = match winograd {
+            true if forced || channels >= WINOGRAD_FORWARD_MIN_CHANNELS => Algorithm::Winograd,
+            _ => Algorithm::Gemm,
+        };
+        let input_gradient = match winograd {
+            true => InputGradient::Turned(algorithm),
+            false => InputGradient::FoldBack,
         };
         let wide = channels >= WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS;
-        let weight_gradient = match input_gradient {
-            Algorithm::Winograd if wide || forced => WeightGradient::Winograd,
+        let weight_gradient = match winograd {
+            true if wide || forced => WeightGradient::Winograd,
             _ => WeightGradient::choose(g, unfolding),
         };
         Plan {
@@ -228,6 +230,57 @@ impl Plan {
             weight_gradient,
         }
     }
+}
+
+/// How the input gradient `dx` of a convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputGradient {
+    /// `dcol = wᵀ · dy` through the GEMM, folded back into `dx` ([`col2im`], or in runs on the
+    /// image laid out flat for [`Unfolding::Flat`]): any stride, the reference of the other.
+    FoldBack,
+    /// At stride 1, the forward pass of the [`turned`] convolution by the algorithm given: the
+    /// layer's own forward algorithm, on the layers where Winograd applies and pays (3×3,
+    /// [`WINOGRAD_MIN_CHANNELS`]). On resnet's 16-channel 48×48 layers, whose forward pass is
+    /// the GEMM on the image laid out flat, that GEMM turned beats Winograd turned (`bench`,
+    /// batch 32, an AMD EPYC with AVX2, best of 7 in five alternated runs: the four layers
+    /// 16.0–24.7 → 11.8–16.2 ms); folding back was slower still than Winograd there (4.2
+    /// against 3.4 ms a layer on an Intel Xeon with AVX-512).
+    Turned(Algorithm),
+}
+
+/// The stride-1 convolution whose forward pass is `g`'s input gradient: `dy[N,Co,Ho,Wo]`
+/// convolved with the filters turned by 180° and their channels swapped,
+///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][KH−1−ky][KW−1−kx]`,
+/// padded by p' = KH − 1 − pad_top above and q' = KW − 1 − pad_left on the left (and below and
+/// on the right by what the input's size leaves): its geometry and filters `[Ci,Co,KH,KW]`.
+pub fn turned(w: &[f32], g: &Conv2dGeom) -> (Conv2dGeom, Vec<f32>) {
+    assert!(
+        g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.kh && g.pad_left < g.kw,
+        "a convolution turns only at stride 1 with less padding than its window"
+    );
+    let turned = Conv2dGeom {
+        c_in: g.c_out,
+        h: g.out_h,
+        w: g.out_w,
+        c_out: g.c_in,
+        pad_top: g.kh - 1 - g.pad_top,
+        pad_left: g.kw - 1 - g.pad_left,
+        out_h: g.h,
+        out_w: g.w,
+        ..*g
+    };
+    let taps = g.kh * g.kw;
+    let mut wt = vec![0f32; w.len()];
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            let src = &w[(co * g.c_in + ci) * taps..][..taps];
+            let dst = &mut wt[(ci * g.c_out + co) * taps..][..taps];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    (turned, wt)
 }
 
 /// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu`: both in the GEMM's epilogue (or
@@ -387,12 +440,16 @@ impl Conv<'_> {
     }
 }
 
-/// `dx[N,Ci,H,W]` = col2im(wᵀ · dy) per image.
+/// `dx[N,Ci,H,W]`, the way the plan's [`InputGradient`] says.
 pub fn backward_input(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    if plan.input_gradient == Algorithm::Winograd {
-        return winograd::backward_input(plan.kernel, dy, w, g);
+    match plan.input_gradient {
+        InputGradient::FoldBack => backward_input_by(plan, dy, w, g),
+        InputGradient::Turned(algorithm) => {
+            let (turned, wt) = turned(w, g);
+            let plan = Plan { algorithm, ..*plan };
+            forward(&plan, dy, &wt, &vec![0.0; g.c_in], &turned, false)
+        }
     }
-    backward_input_by(plan, dy, w, g)
 }
 
 /// [`backward_input`] through the GEMM, dcol folded back the way the plan's unfolding says: on
@@ -756,6 +813,51 @@ mod tests {
             assert_same(&flat, &copy, &format!("case {i}, one thread"));
         }
     }
+    /// The input gradient as the turned convolution's forward pass, by the GEMM with each
+    /// unfolding and by Winograd, against the GEMM's folded back, on each kernel: stride-1
+    /// layers 3×3 same (Winograd's 16 channels, a plane that is not whole tiles), 5×3 valid (the
+    /// turned one padded by 4 and 2), 2×4 same (padded more below and on the right than above and
+    /// on the left: turned, the other way round), 1×1. Within 1e-5 of dx's largest value.
+    #[test]
+    fn the_turned_input_gradient_is_the_folded_back_one() {
+        let cases = [
+            (2, 16, 9, 7, 17, (3, 3), Padding::Same),
+            (3, 4, 9, 8, 5, (5, 3), Padding::Valid),
+            (2, 3, 7, 10, 6, (2, 4), Padding::Same),
+            (2, 6, 5, 4, 3, (1, 1), Padding::Valid),
+        ];
+        for (i, &(n, c_in, h, w, c_out, kernel, padding)) in cases.iter().enumerate() {
+            let g = Conv2dGeom::new(n, c_in, h, w, c_out, kernel, (1, 1), padding).unwrap();
+            let dy = Tensor::rand_uniform(g.output_shape(), -1.0, 1.0, i as u64).data;
+            let wt = Tensor::rand_uniform([c_out, g.patch_len()], -1.0, 1.0, 20 + i as u64).data;
+            for k in Kernel::available() {
+                let folded_back = backward_input_by(&Plan::choose(&g, k, None, None), &dy, &wt, &g);
+                let largest = folded_back.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let mut ways = vec![(Algorithm::Gemm, Unfolding::Copy)];
+                ways.extend([Unfolding::Implicit, Unfolding::Flat].map(|u| (Algorithm::Gemm, u)));
+                ways.extend(
+                    winograd::applies(&g).then_some((Algorithm::Winograd, Unfolding::Flat)),
+                );
+                for (algorithm, unfolding) in ways {
+                    let plan = Plan {
+                        input_gradient: InputGradient::Turned(algorithm),
+                        unfolding,
+                        ..Plan::choose(&g, k, None, None)
+                    };
+                    let turned = backward_input(&plan, &dy, &wt, &g);
+                    assert_eq!(turned.len(), folded_back.len());
+                    for (j, (t, f)) in turned.iter().zip(&folded_back).enumerate() {
+                        assert!(
+                            (t - f).abs() <= 1e-5 * largest,
+                            "case {i}, {algorithm:?} {unfolding:?} on {k:?}: dx[{j}] is {t} \
+                             turned against {f} folded back"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The weight gradient of several images as one product against the sum of one product per
     /// image: 3×3 same and strided, 5×3 valid, a 1×1 layer, planes whose pixels are not a whole
     /// strip, images across the pack's blocks.

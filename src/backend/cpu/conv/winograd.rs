@@ -24,7 +24,6 @@
 
 use crate::backend::cpu::gemm::{gemm, Kernel, MatRef, PackedA, NR};
 use crate::backend::Conv2dGeom;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -42,28 +41,6 @@ pub fn applies(g: &Conv2dGeom) -> bool {
     (g.kh, g.kw, g.stride_h, g.stride_w) == (3, 3, 1, 1)
 }
 
-/// `y[N,Co,Ho,Wo]` = conv(x, w) + b, then max(0, ·) when `relu` (as [`super::forward`]).
-pub fn forward(
-    kernel: Kernel,
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    g: &Conv2dGeom,
-    relu: bool,
-) -> Vec<f32> {
-    let u = prepare(kernel, w, g);
-    let group = images_per_group(g);
-    let (x_img, y_img) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    // SAFETY: `images` writes every pixel of each image's output.
-    unsafe {
-        super::written_by(g.n * y_img, |y| {
-            y.par_chunks_mut(group * y_img)
-                .zip(x.par_chunks(group * x_img))
-                .for_each(|(ys, xs)| images(xs, &u, b, relu, g, ys))
-        })
-    }
-}
-
 /// How many images of `g`'s batch go through the 16 products together. One image of a small
 /// plane has few tiles: a 6×6 output has 9, which fill 9 of the 32 columns of the GEMM's one
 /// strip, so the products ran at a quarter of their rate. Below `GROUP_BELOW_TILES` an image's
@@ -77,35 +54,6 @@ pub fn images_per_group(g: &Conv2dGeom) -> usize {
         return 1;
     }
     fit.min(g.n.div_ceil(rayon::current_num_threads())).max(1)
-}
-
-/// `dx[N,Ci,H,W]` of a 3×3 stride-1 convolution: itself a 3×3 stride-1 convolution, of `dy` with
-/// the filters turned by 180° and their channels swapped,
-///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][2 − ky][2 − kx]`,
-/// padded by p' = 2 − pad_top above and q' = 2 − pad_left on the left.
-pub fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    let turned = Conv2dGeom {
-        c_in: g.c_out,
-        h: g.out_h,
-        w: g.out_w,
-        c_out: g.c_in,
-        pad_top: 2 - g.pad_top,
-        pad_left: 2 - g.pad_left,
-        out_h: g.h,
-        out_w: g.w,
-        ..*g
-    };
-    let mut wt = vec![0f32; w.len()];
-    for co in 0..g.c_out {
-        for ci in 0..g.c_in {
-            let src = &w[(co * g.c_in + ci) * 9..][..9];
-            let dst = &mut wt[(ci * g.c_out + co) * 9..][..9];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
-            }
-        }
-    }
-    forward(kernel, dy, &wt, None, &turned, false)
 }
 
 /// A layer's filters made ready for its batch's 16 products ([`prepare`]).
