@@ -293,13 +293,24 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// `a` packed, its slices of K and groups of strips in parallel: a convolution packs its
+    /// filters once a call, before the images' products can start, so one thread packing left
+    /// the others waiting (a Winograd layer packs 16 matrices of Co × Ci).
     pub fn new(a: MatRef) -> PackedA {
         let padded = a.rows.div_ceil(MR) * MR;
-        let mut data = Vec::with_capacity(padded * a.cols);
-        let mut buf = Vec::new();
-        for p0 in (0..a.cols).step_by(KC) {
-            data.extend_from_slice(pack_a(&a, 0, a.rows, p0, KC.min(a.cols - p0), &mut buf));
-        }
+        let mut data = vec![0f32; padded * a.cols];
+        data.par_chunks_mut(padded * KC)
+            .enumerate()
+            .for_each(|(slice, out)| {
+                let (p0, kc) = (slice * KC, out.len() / padded);
+                out.par_chunks_mut(STRIPS_PER_TASK * MR * kc)
+                    .enumerate()
+                    .for_each(|(task, strips)| {
+                        let i0 = task * STRIPS_PER_TASK * MR;
+                        let mc = (strips.len() / kc).min(a.rows - i0);
+                        pack_a_into(&a, i0, mc, p0, kc, strips);
+                    });
+            });
         PackedA {
             rows: a.rows,
             cols: a.cols,
@@ -307,6 +318,9 @@ impl PackedA {
         }
     }
 }
+
+/// Strips of A one task of [`PackedA::new`] packs.
+const STRIPS_PER_TASK: usize = 16;
 
 impl PackA for &PackedA {
     fn rows(&self) -> usize {
@@ -757,10 +771,15 @@ fn pack_a<'b>(
     kc: usize,
     buf: &'b mut Vec<f32>,
 ) -> &'b [f32] {
-    let strips = mc.div_ceil(MR);
     let out = strips_buffer(buf, mc, MR, kc);
-    for s in 0..strips {
-        let strip = &mut out[s * MR * kc..(s + 1) * MR * kc];
+    pack_a_into(a, i0, mc, p0, kc, out);
+    out
+}
+
+/// [`pack_a`] into `out` (`mc` rounded up to whole strips, × `kc`), whose padding rows of a
+/// partial last strip are 0 already.
+fn pack_a_into(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    for (s, strip) in out.chunks_exact_mut(MR * kc).enumerate() {
         let (first, rows) = (i0 + s * MR, MR.min(mc - s * MR));
         if a.cs == 1 {
             // row-major: the strip's rows are read side by side, so that it is written in
@@ -782,7 +801,6 @@ fn pack_a<'b>(
             }
         }
     }
-    out
 }
 
 /// Where the micro-kernel finds each step of k of its strip of B: `NR` floats from `row(p)`.
@@ -1121,10 +1139,15 @@ mod tests {
 
     #[test]
     fn a_packed_once_gives_the_products_of_a_packed_per_call_bit_for_bit() {
-        // two slices of K, two tiles of rows (MC = 288) with a partial strip; a transposed A
-        for &(m, k, n, transposed) in
-            &[(13, 300, 37, false), (301, 270, 40, true), (5, 3, 4, false)]
-        {
+        // two slices of K, two tiles of rows (MC = 288) with a partial strip; a transposed A;
+        // more strips than one task of `PackedA::new` packs, row-major and transposed
+        let cases = [
+            (13, 300, 37, false),
+            (301, 270, 40, true),
+            (5, 3, 4, false),
+            (203, 300, 9, false),
+        ];
+        for &(m, k, n, transposed) in &cases {
             let a = Tensor::rand_uniform([m, k], -1.0, 1.0, 9).data;
             let b = Tensor::rand_uniform([k, n], -1.0, 1.0, 10).data;
             let am = if transposed {

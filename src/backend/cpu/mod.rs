@@ -18,6 +18,7 @@ use self::batchnorm::Dims;
 use self::gemm::Kernel;
 use super::{AdamStep, Backend, BatchNormStats, Conv2dGeom, Epilogue, Pool2dGeom, SgdStep};
 use crate::tensor::{Shape, Tensor};
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Makes freed tensors' memory stay with the process for the next ones (glibc; elsewhere a no-op).
@@ -364,9 +365,7 @@ impl Backend for Cpu {
         (t(x.shape.clone(), dx), t([d.c], dgamma), t([d.c], dbeta))
     }
     fn ema_update(&self, running: &mut Tensor, batch: &Tensor, momentum: f32, scale: f32) {
-        for (r, b) in running.data.iter_mut().zip(&batch.data) {
-            *r = (1.0 - momentum) * *r + momentum * scale * b;
-        }
+        optim::ema(&mut running.data, &batch.data, momentum, scale);
     }
 
     fn maxpool_forward(&self, x: &Tensor, g: &Pool2dGeom) -> (Tensor, Vec<u32>) {
@@ -449,8 +448,8 @@ impl Backend for Cpu {
         optim::sgd(&mut p.data, &g.data, &mut velocity.data, h);
     }
     fn squared_norms(&self, ts: &[&Tensor]) -> Vec<f32> {
-        ts.iter()
-            .map(|t| t.data.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
+        ts.par_iter()
+            .map(|t| optim::squared_norm(&t.data))
             .collect()
     }
     fn scale(&self, t: &mut Tensor, s: f32) {

@@ -24,6 +24,7 @@
 
 use crate::backend::cpu::gemm::{gemm, Kernel, MatRef, PackedA, NR};
 use crate::backend::Conv2dGeom;
+use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -71,9 +72,13 @@ pub fn prepare(kernel: Kernel, w: &[f32], g: &Conv2dGeom) -> Transformed {
         applies(g),
         "Winograd F(2x2, 3x3) takes 3x3 stride-1 convolutions"
     );
-    let u = transform_filters(w, g.c_out, g.c_in)
-        .chunks_exact(g.c_out * g.c_in)
-        .map(|ui| PackedA::new(MatRef::rows(ui, g.c_out, g.c_in)))
+    let per_filter = transform_filters(w);
+    let u = (0..XI)
+        .into_par_iter()
+        .map(|xi| {
+            let ui: Vec<f32> = per_filter.iter().map(|u| u[xi]).collect();
+            PackedA::new(MatRef::rows(&ui, g.c_out, g.c_in))
+        })
         .collect();
     Transformed { u, kernel }
 }
@@ -85,23 +90,26 @@ impl Transformed {
     }
 }
 
-/// `U[ξ][Co][Ci]` = G g Gᵀ for every filter g of `w[Co,Ci,3,3]`, with
-/// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
-fn transform_filters(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+/// `U[ξ]` = G g Gᵀ for every filter g of `w[Co,Ci,3,3]`, filter by filter (`[Co·Ci][ξ]`, the
+/// filters in parallel), with G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
+fn transform_filters(w: &[f32]) -> Vec<[f32; XI]> {
     let g_times = |a: f32, b: f32, c: f32| [a, (a + b + c) * 0.5, (a - b + c) * 0.5, c];
-    let mut u = vec![0f32; XI * c_out * c_in];
-    for (f, g) in w.chunks_exact(9).enumerate() {
-        // G down each column of g (cols[x][p]), then G along each row of the result
-        let cols: [[f32; 4]; 3] = std::array::from_fn(|x| g_times(g[x], g[3 + x], g[6 + x]));
-        for p in 0..4 {
-            let row = g_times(cols[0][p], cols[1][p], cols[2][p]);
-            for (q, v) in row.into_iter().enumerate() {
-                u[(p * 4 + q) * c_out * c_in + f] = v;
+    w.par_chunks_exact(9)
+        .with_min_len(FILTERS_PER_TASK)
+        .map(|g| {
+            // G down each column of g (cols[x][p]), then G along each row of the result
+            let cols: [[f32; 4]; 3] = std::array::from_fn(|x| g_times(g[x], g[3 + x], g[6 + x]));
+            let mut u = [0f32; XI];
+            for (p, out) in u.chunks_exact_mut(4).enumerate() {
+                out.copy_from_slice(&g_times(cols[0][p], cols[1][p], cols[2][p]));
             }
-        }
-    }
-    u
+            u
+        })
+        .collect()
 }
+
+/// Filters one task of [`transform_filters`] or [`weight_gradient`] takes at least.
+const FILTERS_PER_TASK: usize = 1024;
 
 /// One thread's buffers, reused from image to image.
 #[derive(Default)]
@@ -473,16 +481,19 @@ pub fn weight_gradient(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     };
     let filters = c_out * c_in;
     let mut dw = vec![0f32; filters * 9];
-    for (f, out) in dw.chunks_exact_mut(9).enumerate() {
-        let at = |p: usize, q: usize| du[(p * 4 + q) * filters + f];
-        // Gᵀ down each column q of dU, then along each row of the result
-        let cols: [[f32; 3]; 4] =
-            std::array::from_fn(|q| gt_times([at(0, q), at(1, q), at(2, q), at(3, q)]));
-        for y in 0..3 {
-            let row = gt_times([cols[0][y], cols[1][y], cols[2][y], cols[3][y]]);
-            out[y * 3..][..3].copy_from_slice(&row);
-        }
-    }
+    dw.par_chunks_mut(9)
+        .with_min_len(FILTERS_PER_TASK)
+        .enumerate()
+        .for_each(|(f, out)| {
+            let at = |p: usize, q: usize| du[(p * 4 + q) * filters + f];
+            // Gᵀ down each column q of dU, then along each row of the result
+            let cols: [[f32; 3]; 4] =
+                std::array::from_fn(|q| gt_times([at(0, q), at(1, q), at(2, q), at(3, q)]));
+            for y in 0..3 {
+                let row = gt_times([cols[0][y], cols[1][y], cols[2][y], cols[3][y]]);
+                out[y * 3..][..3].copy_from_slice(&row);
+            }
+        });
     dw
 }
 
