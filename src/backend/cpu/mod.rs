@@ -57,26 +57,27 @@ pub(crate) fn planes_per_task(plane: usize) -> usize {
 ///
 /// # Safety
 /// `fill` must write every element of the slice it is given (`MaybeUninit::write`).
-pub(crate) unsafe fn written_by(
+pub(crate) unsafe fn written_by<T: Copy>(
     len: usize,
-    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
-) -> Vec<f32> {
-    let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let mut out: Vec<MaybeUninit<T>> = Vec::with_capacity(len);
     out.resize_with(len, MaybeUninit::uninit);
     fill(&mut out);
     let mut out = std::mem::ManuallyDrop::new(out);
     // SAFETY: `fill` wrote every element (the caller's contract), so the buffer holds `len`
-    // initialised f32s, and `MaybeUninit<f32>` has the layout of `f32`; the allocation is
+    // initialised values, and `MaybeUninit<T>` has the layout of `T`; the allocation is
     // handed over whole (pointer, length, capacity) and `out` is not dropped.
-    Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+    Vec::from_raw_parts(out.as_mut_ptr().cast::<T>(), out.len(), out.capacity())
 }
 
-/// `s` filled with `value`, and so initialised: for an output that is summed into (a plane at a
-/// time, while it is in cache, rather than the whole output zeroed first).
-pub(crate) fn filled(s: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+/// `s` filled with `value`, and so initialised: for an output that is summed into or written
+/// by a function that takes initialised slices (a plane at a time, while it is in cache,
+/// rather than the whole output zeroed first, on one thread, by `vec!`).
+pub(crate) fn filled<T: Copy>(s: &mut [MaybeUninit<T>], value: T) -> &mut [T] {
     s.fill(MaybeUninit::new(value));
-    // SAFETY: every element was just written; `MaybeUninit<f32>` has the layout of `f32`.
-    unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) }
+    // SAFETY: every element was just written; `MaybeUninit<T>` has the layout of `T`.
+    unsafe { &mut *(s as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// `s` seen as room to be overwritten, for a function that writes outputs it need not read

@@ -9,12 +9,21 @@ use std::mem::MaybeUninit;
 /// maximum within the input plane (the first one on ties, scanning rows then columns).
 pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
-    let mut y = vec![0f32; g.n * g.c * out_plane];
-    let mut idx = vec![0u32; y.len()];
-    y.par_chunks_mut(out_plane)
-        .zip(idx.par_chunks_mut(out_plane))
-        .zip(x.par_chunks(in_plane))
-        .for_each(|((yp, ip), xp)| forward_plane(xp, g, yp, ip));
+    let len = g.n * g.c * out_plane;
+    let mut idx = Vec::new();
+    // SAFETY: every plane of y and of idx is filled before it is pooled into.
+    let y = unsafe {
+        super::written_by(len, |y| {
+            idx = super::written_by(len, |idx| {
+                y.par_chunks_mut(out_plane)
+                    .zip(idx.par_chunks_mut(out_plane))
+                    .zip(x.par_chunks(in_plane))
+                    .for_each(|((yp, ip), xp)| {
+                        forward_plane(xp, g, super::filled(yp, 0.0), super::filled(ip, 0))
+                    })
+            })
+        })
+    };
     (y, idx)
 }
 
@@ -117,15 +126,19 @@ fn infer_plane(xp: &[f32], g: &Pool2dGeom, yp: &mut [MaybeUninit<f32>]) {
 /// (windows that overlap, when stride < size, may send several into one position).
 pub fn backward(dy: &[f32], argmax: &[u32], g: &Pool2dGeom) -> Vec<f32> {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
-    let mut dx = vec![0f32; g.n * g.c * in_plane];
-    dx.par_chunks_mut(in_plane)
-        .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
-        .for_each(|(dxp, (dyp, ip))| {
-            for (&d, &i) in dyp.iter().zip(ip) {
-                dxp[i as usize] += d;
-            }
-        });
-    dx
+    // SAFETY: every plane of dx is filled before it is added into.
+    unsafe {
+        super::written_by(g.n * g.c * in_plane, |dx| {
+            dx.par_chunks_mut(in_plane)
+                .zip(dy.par_chunks(out_plane).zip(argmax.par_chunks(out_plane)))
+                .for_each(|(dxp, (dyp, ip))| {
+                    let dxp = super::filled(dxp, 0.0);
+                    for (&d, &i) in dyp.iter().zip(ip) {
+                        dxp[i as usize] += d;
+                    }
+                })
+        })
+    }
 }
 
 /// `y[N,C]` = mean over its `plane` values of each plane of `x[N,C,H,W]`.
@@ -138,10 +151,13 @@ pub fn global_avg_forward(x: &[f32], plane: usize) -> Vec<f32> {
 
 /// `dx[N,C,H,W]`: every value of a plane took 1/(H·W) of the mean, so each gets `dy[n,c]`/(H·W).
 pub fn global_avg_backward(dy: &[f32], plane: usize) -> Vec<f32> {
-    let mut dx = vec![0f32; dy.len() * plane];
-    dx.par_chunks_mut(plane)
-        .zip(dy.par_iter())
-        .with_min_len(super::planes_per_task(plane))
-        .for_each(|(p, d)| p.fill(d / plane as f32));
-    dx
+    // SAFETY: every plane of dx is filled.
+    unsafe {
+        super::written_by(dy.len() * plane, |dx| {
+            dx.par_chunks_mut(plane)
+                .zip(dy.par_iter())
+                .with_min_len(super::planes_per_task(plane))
+                .for_each(|(p, d)| _ = super::filled(p, d / plane as f32))
+        })
+    }
 }

@@ -271,15 +271,17 @@ pub fn turned(w: &[f32], g: &Conv2dGeom) -> (Conv2dGeom, Vec<f32>) {
     };
     let taps = g.kh * g.kw;
     let mut wt = vec![0f32; w.len()];
-    for co in 0..g.c_out {
-        for ci in 0..g.c_in {
-            let src = &w[(co * g.c_in + ci) * taps..][..taps];
-            let dst = &mut wt[(ci * g.c_out + co) * taps..][..taps];
-            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                *d = *s;
+    // each input channel's turned filters in parallel: every step turns them
+    wt.par_chunks_mut(g.c_out * taps)
+        .enumerate()
+        .for_each(|(ci, filters)| {
+            for (co, dst) in filters.chunks_exact_mut(taps).enumerate() {
+                let src = &w[(co * g.c_in + ci) * taps..][..taps];
+                dst.iter_mut()
+                    .zip(src.iter().rev())
+                    .for_each(|(d, s)| *d = *s);
             }
-        }
-    }
+        });
     (turned, wt)
 }
 
