@@ -154,7 +154,7 @@ impl FlatInputGradient {
     }
 
     /// `dxn[Ci,H,W]` = col2im(wt · dyn), every element written.
-    pub(super) fn image(&mut self, wt: MatRef, dyn_: &[f32], dxn: &mut [MaybeUninit<f32>]) {
+    pub(super) fn image(&mut self, wt: &PackedA, dyn_: &[f32], dxn: &mut [MaybeUninit<f32>]) {
         let f = self.planes.flat;
         let cols = f.out_h * f.wq();
         dy_in_rows(&f, dyn_, &mut self.dy_rows, cols);

@@ -458,7 +458,9 @@ pub fn backward_input(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec
 /// the image laid out flat for [`Unfolding::Flat`], else by [`col2im`].
 fn backward_input_by(plan: &Plan, dy: &[f32], w: &[f32], g: &Conv2dGeom) -> Vec<f32> {
     let (k, p) = (g.patch_len(), g.out_h * g.out_w);
-    let wt = MatRef::rows(w, g.c_out, k).t();
+    // packed once for all the images: on small planes packing wᵀ per image cost about as
+    // much as its product
+    let wt = &PackedA::new(MatRef::rows(w, g.c_out, k).t());
     let kernel = plan.kernel;
     let flat = match plan.unfolding {
         Unfolding::Flat if !g.is_pointwise() => Flat::forward(g),
