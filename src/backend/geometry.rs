@@ -109,6 +109,27 @@ impl Conv2dGeom {
         2 * (self.n * self.c_out * self.out_h * self.out_w * self.patch_len()) as u64
     }
 
+    /// At stride 1, the convolution whose forward pass is this one's input gradient: of dy, with
+    /// the filters turned by 180° and their channels swapped, padded by KH − 1 − pad_top above
+    /// and KW − 1 − pad_left on the left (and below and on the right by what the sizes leave).
+    /// `None` at another stride, or with as much padding as the window (no such layer is built).
+    pub fn turned(&self) -> Option<Conv2dGeom> {
+        let turns = (self.stride_h, self.stride_w) == (1, 1)
+            && self.pad_top < self.kh
+            && self.pad_left < self.kw;
+        turns.then_some(Conv2dGeom {
+            c_in: self.c_out,
+            h: self.out_h,
+            w: self.out_w,
+            c_out: self.c_in,
+            pad_top: self.kh - 1 - self.pad_top,
+            pad_left: self.kw - 1 - self.pad_left,
+            out_h: self.h,
+            out_w: self.w,
+            ..*self
+        })
+    }
+
     /// True when unfolding the input would copy it unchanged (1×1 kernel, stride 1, no padding):
     /// each image `[Ci, H·W]` is then already the matrix the product needs.
     pub fn is_pointwise(&self) -> bool {

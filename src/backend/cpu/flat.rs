@@ -50,20 +50,10 @@ impl Flat {
             out_w: g.out_w,
         })
     }
-    /// The input gradient of `g` at stride 1: dy padded so that the turned filter's taps reach
-    /// every input pixel, `dx[iy, ix] = Σ_k w[KH-1-ky, KW-1-kx] · dy_padded[iy + ky, ix + kx]`.
+    /// The input gradient of `g` at stride 1: the forward pass of its [turned](Conv2dGeom::turned)
+    /// convolution, `dx[iy, ix] = Σ_k w[KH-1-ky, KW-1-kx] · dy_padded[iy + ky, ix + kx]`.
     pub(super) fn backward_input(g: &Conv2dGeom) -> Option<Flat> {
-        ((g.stride_h, g.stride_w) == (1, 1)).then_some(Flat {
-            in_h: g.out_h,
-            in_w: g.out_w,
-            pad_top: g.kh - 1 - g.pad_top,
-            pad_left: g.kw - 1 - g.pad_left,
-            kh: g.kh,
-            kw: g.kw,
-            stride: 1,
-            out_h: g.h,
-            out_w: g.w,
-        })
+        Flat::forward(&g.turned()?)
     }
     /// Width of a phase's rows; outputs are counted in rows of this width too.
     pub(super) fn wq(&self) -> usize {

@@ -248,27 +248,13 @@ pub enum InputGradient {
     Turned(Algorithm),
 }
 
-/// The stride-1 convolution whose forward pass is `g`'s input gradient: `dy[N,Co,Ho,Wo]`
-/// convolved with the filters turned by 180° and their channels swapped,
-///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][KH−1−ky][KW−1−kx]`,
-/// padded by p' = KH − 1 − pad_top above and q' = KW − 1 − pad_left on the left (and below and
-/// on the right by what the input's size leaves): its geometry and filters `[Ci,Co,KH,KW]`.
+/// The [turned](Conv2dGeom::turned) convolution of `g` and its filters `[Ci,Co,KH,KW]`: those
+/// of `w[Co,Ci,KH,KW]` turned by 180° with their channels swapped, so that
+///   `dx[ci][i][j] = Σ_co Σ_ky,kx dy[co][i + ky − p'][j + kx − q'] · w[co][ci][KH−1−ky][KW−1−kx]`.
 pub fn turned(w: &[f32], g: &Conv2dGeom) -> (Conv2dGeom, Vec<f32>) {
-    assert!(
-        g.stride_h == 1 && g.stride_w == 1 && g.pad_top < g.kh && g.pad_left < g.kw,
-        "a convolution turns only at stride 1 with less padding than its window"
-    );
-    let turned = Conv2dGeom {
-        c_in: g.c_out,
-        h: g.out_h,
-        w: g.out_w,
-        c_out: g.c_in,
-        pad_top: g.kh - 1 - g.pad_top,
-        pad_left: g.kw - 1 - g.pad_left,
-        out_h: g.h,
-        out_w: g.w,
-        ..*g
-    };
+    let turned = g
+        .turned()
+        .expect("a convolution turns only at stride 1 with less padding than its window");
     let taps = g.kh * g.kw;
     let mut wt = vec![0f32; w.len()];
     // each input channel's turned filters in parallel: every step turns them
