@@ -138,29 +138,25 @@ fn normalise(
     };
     assert_eq!((g.n * g.c, g.h * g.w), (d.n * d.c, d.hw), "pooling {g:?}");
     let out_plane = g.out_h * g.out_w;
-    let len = d.n * d.c * out_plane;
-    let mut argmax = Vec::new();
     // SAFETY: every plane of y and of argmax is filled before it is pooled into.
-    let y = unsafe {
-        super::written_by(len, |y| {
-            argmax = super::written_by(len, |argmax| {
-                y.par_chunks_mut(out_plane)
-                    .zip(argmax.par_chunks_mut(out_plane))
-                    .zip(x.par_chunks(d.hw))
-                    .enumerate()
-                    .with_min_len(super::planes_per_task(d.hw))
-                    .for_each_init(
-                        || vec![0f32; d.hw],
-                        |plane, (run, ((yp, ip), xs))| {
-                            plane
-                                .iter_mut()
-                                .zip(normalised(run, xs))
-                                .for_each(|(o, v)| *o = v);
-                            let (yp, ip) = (super::filled(yp, 0.0), super::filled(ip, 0));
-                            pool::forward_plane(plane, g, yp, ip);
-                        },
-                    )
-            })
+    let (y, argmax) = unsafe {
+        super::both_written_by(d.n * d.c * out_plane, |y, argmax| {
+            y.par_chunks_mut(out_plane)
+                .zip(argmax.par_chunks_mut(out_plane))
+                .zip(x.par_chunks(d.hw))
+                .enumerate()
+                .with_min_len(super::planes_per_task(d.hw))
+                .for_each_init(
+                    || vec![0f32; d.hw],
+                    |plane, (run, ((yp, ip), xs))| {
+                        plane
+                            .iter_mut()
+                            .zip(normalised(run, xs))
+                            .for_each(|(o, v)| *o = v);
+                        let (yp, ip) = (super::filled(yp, 0.0), super::filled(ip, 0));
+                        pool::forward_plane(plane, g, yp, ip);
+                    },
+                )
         })
     };
     (y, Some(argmax))

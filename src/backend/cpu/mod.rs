@@ -71,6 +71,20 @@ pub(crate) unsafe fn written_by<T: Copy>(
     Vec::from_raw_parts(out.as_mut_ptr().cast::<T>(), out.len(), out.capacity())
 }
 
+/// Two new vectors of `len` values each (an output and its pooling's positions), every element
+/// of both written by `fill`, neither zeroed first.
+///
+/// # Safety
+/// As [`written_by`], for both slices.
+pub(crate) unsafe fn both_written_by<T: Copy, U: Copy>(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>], &mut [MaybeUninit<U>]),
+) -> (Vec<T>, Vec<U>) {
+    let mut second = Vec::new();
+    let first = written_by(len, |a| second = written_by(len, |b| fill(a, b)));
+    (first, second)
+}
+
 /// `s` filled with `value`, and so initialised: for an output that is summed into or written
 /// by a function that takes initialised slices (a plane at a time, while it is in cache,
 /// rather than the whole output zeroed first, on one thread, by `vec!`).

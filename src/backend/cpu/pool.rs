@@ -9,22 +9,17 @@ use std::mem::MaybeUninit;
 /// maximum within the input plane (the first one on ties, scanning rows then columns).
 pub fn forward(x: &[f32], g: &Pool2dGeom) -> (Vec<f32>, Vec<u32>) {
     let (in_plane, out_plane) = (g.h * g.w, g.out_h * g.out_w);
-    let len = g.n * g.c * out_plane;
-    let mut idx = Vec::new();
     // SAFETY: every plane of y and of idx is filled before it is pooled into.
-    let y = unsafe {
-        super::written_by(len, |y| {
-            idx = super::written_by(len, |idx| {
-                y.par_chunks_mut(out_plane)
-                    .zip(idx.par_chunks_mut(out_plane))
-                    .zip(x.par_chunks(in_plane))
-                    .for_each(|((yp, ip), xp)| {
-                        forward_plane(xp, g, super::filled(yp, 0.0), super::filled(ip, 0))
-                    })
-            })
+    unsafe {
+        super::both_written_by(g.n * g.c * out_plane, |y, idx| {
+            y.par_chunks_mut(out_plane)
+                .zip(idx.par_chunks_mut(out_plane))
+                .zip(x.par_chunks(in_plane))
+                .for_each(|((yp, ip), xp)| {
+                    forward_plane(xp, g, super::filled(yp, 0.0), super::filled(ip, 0))
+                })
         })
-    };
-    (y, idx)
+    }
 }
 
 /// [`forward`] of one plane `xp[H,W]` into `yp[Ho,Wo]` and its positions `ip[Ho,Wo]`.
