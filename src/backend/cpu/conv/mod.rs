@@ -209,18 +209,21 @@ impl Plan {
         let forced = algorithm.is_some();
         let winograd = Algorithm::choose(g, algorithm) == Algorithm::Winograd;
         let channels = g.c_in.min(g.c_out);
-        let algorithm = match winograd {
-            true if forced || channels >= WINOGRAD_FORWARD_MIN_CHANNELS => Algorithm::Winograd,
-            _ => Algorithm::Gemm,
+        let algorithm = if winograd && (forced || channels >= WINOGRAD_FORWARD_MIN_CHANNELS) {
+            Algorithm::Winograd
+        } else {
+            Algorithm::Gemm
         };
-        let input_gradient = match winograd {
-            true => InputGradient::Turned(algorithm),
-            false => InputGradient::FoldBack,
+        let input_gradient = if winograd {
+            InputGradient::Turned(algorithm)
+        } else {
+            InputGradient::FoldBack
         };
         let wide = channels >= WINOGRAD_WEIGHT_GRADIENT_MIN_CHANNELS;
-        let weight_gradient = match winograd {
-            true if wide || forced => WeightGradient::Winograd,
-            _ => WeightGradient::choose(g, unfolding),
+        let weight_gradient = if winograd && (wide || forced) {
+            WeightGradient::Winograd
+        } else {
+            WeightGradient::choose(g, unfolding)
         };
         Plan {
             kernel,
