@@ -627,6 +627,8 @@ pub fn suite() -> Vec<Op> {
         // pointwise on a 32x32 plane (the CPU's weight gradient as dot products): channels off
         // its 8-row and 3-tap blocks, more images than one partial sum holds
         conv(9, 5, 32, 32, 7, (1, 1), (1, 1), same),
+        // a one-channel map head on a small plane (dot products too, for its one channel)
+        conv(3, 6, 4, 8, 1, (1, 1), (1, 1), same),
         conv(9, 2, 13, 13, 3, (5, 5), (3, 3), valid),
         conv(2, 3, 10, 9, 67, (3, 3), (2, 2), same),
         // wide enough for Winograd F(2x2, 3x3) (CPU): odd sides, both paddings, a thin image

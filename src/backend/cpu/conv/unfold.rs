@@ -20,9 +20,15 @@ pub(super) fn source_index(
 
 /// Unfolds one image `x[Ci,H,W]` into `col[Ci·KH·KW, Ho·Wo]`.
 pub fn im2col(x: &[f32], g: &Conv2dGeom, col: &mut [f32]) {
+    im2col_rows(x, g, col, g.out_h * g.out_w);
+}
+
+/// [`im2col`] into rows `stride` apart: row r of `col` is `col[r·stride..][..Ho·Wo]` (the rest
+/// of each row is left alone), so that several images' `col`s sit side by side.
+pub fn im2col_rows(x: &[f32], g: &Conv2dGeom, col: &mut [f32], stride: usize) {
     let (ho, wo) = (g.out_h, g.out_w);
-    let rows = col.chunks_exact_mut(ho * wo);
-    for (r, row) in rows.enumerate() {
+    let rows = col.chunks_mut(stride).map(|row| &mut row[..ho * wo]);
+    for (r, row) in rows.enumerate().take(g.patch_len()) {
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for (oy, out) in row.chunks_exact_mut(wo).enumerate() {

@@ -39,10 +39,12 @@ impl WeightGradient {
     /// Flat where it applies, the output plane has `FLAT_MIN_OUTPUTS` pixels or more and the
     /// layer fewer than `FLAT_MAX_CHANNELS` output channels; not for a pointwise layer (already
     /// a plain GEMM), nor when the unfolding is [`Unfolding::Copy`]. Dots for a pointwise layer
-    /// whose plane has `DOTS_MIN_PIXELS` pixels or more, a whole number of AVX-512 registers.
+    /// whose plane is a whole number of AVX-512 registers and has `DOTS_MIN_PIXELS` pixels or
+    /// more, or whose output channels are fewer than `DOTS_BELOW_CHANNELS`.
     pub fn choose(g: &Conv2dGeom, unfolding: Unfolding) -> WeightGradient {
         let pixels = g.out_h * g.out_w;
-        if g.is_pointwise() && pixels >= DOTS_MIN_PIXELS && pixels.is_multiple_of(16) {
+        let dots_pay = pixels >= DOTS_MIN_PIXELS || g.c_out < DOTS_BELOW_CHANNELS;
+        if g.is_pointwise() && pixels.is_multiple_of(16) && dots_pay {
             return WeightGradient::Dots;
         }
         let flat = g.stride_h == g.stride_w
@@ -66,6 +68,12 @@ pub(super) const FLAT_MIN_OUTPUTS: usize = 100;
 /// Pixels from which [`WeightGradient::Dots`] is chosen for a pointwise layer: below, each dot
 /// product is short and its sum across the register's lanes costs more than the GEMM's packing.
 pub(super) const DOTS_MIN_PIXELS: usize = 1024;
+
+/// Output channels below which [`WeightGradient::Dots`] is chosen for a pointwise layer of any
+/// plane: the GEMM's strips of 8 rows of dy are mostly padding there (resnet-loc's 1-channel map
+/// layer at 24×24, batch 32: 0.39–0.47 ms with the GEMM against 0.06–0.07 as dot products,
+/// `bench --plans`).
+pub(super) const DOTS_BELOW_CHANNELS: usize = 8;
 
 /// Output channels from which the GEMM is chosen: its packing is shared by more rows of the
 /// product. With the 8 × 3 blocks of `dot_rows` (batch 32, alternated three times):
@@ -180,17 +188,22 @@ pub(super) fn add_weight_gradient_together(
             side[(co * m + n) * p..][..p].copy_from_slice(row);
         }
     }
-    let colt = Unfolded {
-        x: xs,
-        g,
-        transposed: true,
-    };
-    gemm(
-        kernel,
-        MatRef::rows(&side, g.c_out, m * p),
-        colt,
-        dw,
-        g.patch_len(),
-        true,
-    );
+    // the images' col side by side, [Ci·KH·KW, m·Ho·Wo], written out: its transpose packed
+    // faster than the one the packing gathered from the images (resnet-loc's 128-channel 3×3/2
+    // layer at 6×6, batch 32: 15 % slower than a product per image before, level after)
+    let k = g.patch_len();
+    with_buffer(&COL, k * m * p, |col| {
+        for (n, xn) in xs.chunks_exact(g.c_in * g.h * g.w).enumerate() {
+            im2col_rows(xn, g, &mut col[n * p..], m * p);
+        }
+        let colt = MatRef::rows(col, k, m * p).t();
+        gemm(
+            kernel,
+            MatRef::rows(&side, g.c_out, m * p),
+            colt,
+            dw,
+            k,
+            true,
+        );
+    });
 }
