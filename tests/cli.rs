@@ -599,6 +599,40 @@ fn bench_times_every_op_on_each_backend_and_reports_json() {
     }
 }
 
+/// `bench --plans`: each pass of each convolution of a resnet (3×3 at both strides, the 7×7
+/// stem) with every way it can run, the chosen one marked, and the JSON of the same.
+#[test]
+fn bench_plans_times_every_way_of_each_convolution_side_by_side() {
+    let mut args = SMALL_BENCH.to_vec();
+    args.extend(["--model", "resnet", "--plans"]);
+    let o = run(&args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    for want in [
+        "Convolutions of resnet at 32 pixels on the CPU",
+        "00 conv2d 7x7/2x2 same, 16",
+        "weight gradient",
+        "*gemm, flat",
+        "turned winograd",
+        "fold back, flat",
+        "* the way the backend chooses; another way is over 10 % faster on",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
+    }
+    args.push("--json");
+    let o = run(&args);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let ways: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("a JSON array");
+    let chosen = ways.iter().filter(|w| w["chosen"] == true).count();
+    let passes: std::collections::HashSet<String> = ways
+        .iter()
+        .map(|w| format!("{} {}", w["layer"], w["pass"]))
+        .collect();
+    assert_eq!(chosen, passes.len(), "one chosen way a pass");
+    assert!(ways.iter().all(|w| w["ms"].as_f64().unwrap() > 0.0));
+}
+
 #[test]
 fn bench_without_a_gpu_adapter_measures_the_cpu_and_says_so() {
     let api = if cfg!(windows) { "metal" } else { "dx12" };

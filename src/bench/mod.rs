@@ -6,6 +6,7 @@
 //! the same work.
 
 pub mod peak;
+pub mod plans;
 pub mod report;
 
 pub use report::{Backends, ChildResult, Report};

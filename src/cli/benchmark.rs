@@ -38,6 +38,11 @@ pub(super) struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Instead of the backends: every way each convolution of the model can run on the CPU
+    /// (algorithm, unfolding, weight-gradient method), each checked against the way the backend
+    /// chooses, timed side by side in this process: --repeats rounds, each way once a round.
+    #[arg(long)]
+    plans: bool,
     /// Run one backend in this process and print its result for the parent process.
     #[arg(long, value_enum, hide = true)]
     only: Option<BenchBackend>,
@@ -72,6 +77,9 @@ pub(super) fn bench_config(a: &BenchArgs) -> Result<bench::BenchConfig> {
 /// Runs each backend in a child process and prints their results side by side.
 pub(super) fn bench(a: BenchArgs) -> Result<()> {
     let cfg = bench_config(&a)?;
+    if a.plans {
+        return bench_plans(&a, &cfg);
+    }
     if let Some(only) = a.only {
         return bench_child(&a, only, &cfg);
     }
@@ -120,6 +128,41 @@ pub(super) fn bench(a: BenchArgs) -> Result<()> {
     } else {
         print!("{}", report.render());
     }
+    Ok(())
+}
+
+/// `--plans`: the ways of each convolution on the CPU, side by side ([`bench::plans`]).
+fn bench_plans(a: &BenchArgs, cfg: &bench::BenchConfig) -> Result<()> {
+    set_threads(a.threads)?;
+    let kernel = cpu()?.kernel();
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_prefix("bench --plans");
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {spinner} {msg}").expect("a valid template"),
+    );
+    let mut tick = |layer: &str| bar.set_message(layer.to_string());
+    let times = bench::plans::conv_plans(&cfg.spec, cfg.batch, kernel, cfg.repeats, &mut tick)?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&times)?);
+        return Ok(());
+    }
+    println!(
+        "Convolutions of {} at {} pixels on the CPU ({}, {} threads, {}), batch {}: the best of {} \
+         rounds, each way once a round",
+        cfg.spec.name,
+        cfg.spec.input[1],
+        kernel.name(),
+        rayon::current_num_threads(),
+        cpu_model_name(),
+        cfg.batch,
+        cfg.repeats
+    );
+    print!("{}", bench::plans::render(&times));
     Ok(())
 }
 

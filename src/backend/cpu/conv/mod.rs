@@ -235,6 +235,127 @@ impl Plan {
     }
 }
 
+/// A pass of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    InputGradient,
+    WeightGradient,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 3] = [Pass::Forward, Pass::InputGradient, Pass::WeightGradient];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::InputGradient => "input gradient",
+            Pass::WeightGradient => "weight gradient",
+        }
+    }
+}
+
+impl Plan {
+    /// How this plan runs `pass` of `g`, in words: the fields that pass reads ("winograd",
+    /// "gemm, flat", "turned gemm, implicit", "fold back", "dots", ...). Two plans that run a
+    /// pass the same way describe it the same.
+    pub fn describe(&self, pass: Pass, g: &Conv2dGeom) -> String {
+        let unfolding = |u: Unfolding| match u {
+            _ if g.is_pointwise() => String::new(),
+            Unfolding::Flat if g.stride_h != g.stride_w => ", implicit".to_string(),
+            u => format!(", {}", format!("{u:?}").to_lowercase()),
+        };
+        let algorithm = |a: Algorithm, u: Unfolding| match a {
+            Algorithm::Winograd => "winograd".to_string(),
+            Algorithm::Gemm => format!("gemm{}", unfolding(u)),
+        };
+        match pass {
+            Pass::Forward => algorithm(self.algorithm, self.unfolding),
+            Pass::InputGradient => match self.input_gradient {
+                InputGradient::Turned(a) => format!("turned {}", algorithm(a, self.unfolding)),
+                // col2im folds back the same way after either unfolding
+                InputGradient::FoldBack => match self.unfolding {
+                    Unfolding::Flat if !g.is_pointwise() && g.stride_h == g.stride_w => {
+                        "fold back, flat".to_string()
+                    }
+                    _ => "fold back".to_string(),
+                },
+            },
+            Pass::WeightGradient => match self.weight_gradient {
+                WeightGradient::Gemm => match self.unfolding {
+                    Unfolding::Copy if !g.is_pointwise() => "gemm, copy".to_string(),
+                    _ => "gemm".to_string(),
+                },
+                w => format!("{w:?}").to_lowercase(),
+            },
+        }
+    }
+
+    /// Every way `pass` of `g` can run on `kernel`, each once (by [`Plan::describe`]), the way
+    /// [`Plan::choose`] picks first: for benchmarks that time them side by side and check each
+    /// against the others.
+    pub fn variants(g: &Conv2dGeom, kernel: Kernel, pass: Pass) -> Vec<Plan> {
+        let chosen = Plan::choose(g, kernel, None, None);
+        let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
+        let unfoldings = [Unfolding::Copy, Unfolding::Implicit, Unfolding::Flat];
+        let unfoldings = unfoldings
+            .into_iter()
+            .filter(|&u| u != Unfolding::Flat || flat_applies);
+        let winograd = winograd::applies(g);
+        let mut plans = vec![chosen];
+        for unfolding in unfoldings {
+            let with = |change: &dyn Fn(&mut Plan)| {
+                let mut plan = Plan {
+                    unfolding,
+                    ..chosen
+                };
+                change(&mut plan);
+                plan
+            };
+            match pass {
+                Pass::Forward => {
+                    plans.push(with(&|p| p.algorithm = Algorithm::Gemm));
+                    if winograd {
+                        plans.push(with(&|p| p.algorithm = Algorithm::Winograd));
+                    }
+                }
+                Pass::InputGradient => {
+                    plans.push(with(&|p| p.input_gradient = InputGradient::FoldBack));
+                    if g.turned().is_some() {
+                        let turned =
+                            |a| move |p: &mut Plan| p.input_gradient = InputGradient::Turned(a);
+                        plans.push(with(&turned(Algorithm::Gemm)));
+                        if winograd {
+                            plans.push(with(&turned(Algorithm::Winograd)));
+                        }
+                    }
+                }
+                Pass::WeightGradient => {
+                    plans.push(with(&|p| p.weight_gradient = WeightGradient::Gemm));
+                    if flat_applies && unfolding != Unfolding::Copy {
+                        plans.push(with(&|p| p.weight_gradient = WeightGradient::Flat));
+                    }
+                    let pixels = g.out_h * g.out_w;
+                    if g.is_pointwise() && pixels.is_multiple_of(16) {
+                        plans.push(with(&|p| p.weight_gradient = WeightGradient::Dots));
+                    }
+                    if winograd {
+                        plans.push(with(&|p| p.weight_gradient = WeightGradient::Winograd));
+                    }
+                }
+            }
+        }
+        let mut seen = Vec::new();
+        plans.retain(|p| {
+            let way = p.describe(pass, g);
+            let new = !seen.contains(&way);
+            seen.push(way);
+            new
+        });
+        plans
+    }
+}
+
 /// How the input gradient `dx` of a convolution runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputGradient {
@@ -613,6 +734,65 @@ mod tests {
     use crate::backend::cpu::gemm::{PackB, NR};
     use crate::backend::Padding;
     use crate::tensor::Tensor;
+
+    /// Each pass's ways: the chosen plan first, each way once, and the ways that apply to the
+    /// shape: the three unfoldings and Winograd for a 3×3 stride-1 layer, no Winograd nor
+    /// turning at a stride, the dot products for a pointwise layer of one channel out.
+    #[test]
+    fn every_way_of_each_pass_is_listed_once_the_chosen_first() {
+        let geom = |c_in, c_out, hw, k, s| {
+            Conv2dGeom::new(2, c_in, hw, hw, c_out, (k, k), (s, s), Padding::Same).unwrap()
+        };
+        let ways = |g: &Conv2dGeom, pass| {
+            let plans = Plan::variants(g, Kernel::Portable, pass);
+            let chosen = Plan::choose(g, Kernel::Portable, None, None);
+            assert_eq!(plans[0], chosen, "{g:?} {pass:?}: the chosen plan first");
+            let mut names: Vec<String> = plans.iter().map(|p| p.describe(pass, g)).collect();
+            let listed = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), listed, "{g:?} {pass:?}: a way twice");
+            names
+        };
+        let stride_one = geom(16, 16, 12, 3, 1);
+        assert_eq!(
+            ways(&stride_one, Pass::Forward),
+            ["gemm, copy", "gemm, flat", "gemm, implicit", "winograd"]
+        );
+        assert_eq!(
+            ways(&stride_one, Pass::InputGradient),
+            [
+                "fold back",
+                "fold back, flat",
+                "turned gemm, copy",
+                "turned gemm, flat",
+                "turned gemm, implicit",
+                "turned winograd"
+            ]
+        );
+        assert_eq!(
+            ways(&stride_one, Pass::WeightGradient),
+            ["flat", "gemm", "gemm, copy", "winograd"]
+        );
+        let strided = geom(3, 16, 12, 7, 2);
+        assert_eq!(
+            ways(&strided, Pass::InputGradient),
+            ["fold back", "fold back, flat"]
+        );
+        assert_eq!(
+            ways(&strided, Pass::WeightGradient),
+            ["flat", "gemm", "gemm, copy"]
+        );
+        let map = geom(32, 1, 24, 1, 1);
+        assert_eq!(ways(&map, Pass::Forward), ["gemm"]);
+        assert_eq!(ways(&map, Pass::WeightGradient), ["dots", "gemm"]);
+        let chosen = Plan::choose(&map, Kernel::Portable, None, None);
+        assert_eq!(
+            chosen.weight_gradient,
+            WeightGradient::Dots,
+            "one channel out"
+        );
+    }
 
     /// Packs `b[p0.., j0..]` as the GEMM does (a zeroed buffer, then `pack`).
     fn packed(b: &impl PackB, p0: usize, kc: usize, j0: usize, nc: usize) -> Vec<f32> {
