@@ -61,9 +61,11 @@ impl WeightGradient {
 }
 
 /// Output pixels from which [`WeightGradient::Flat`] is chosen: resnet's 3×3 layers (batch 32,
-/// per layer) were faster flat at 12×12 (2.55 against 2.85 ms) and with the GEMM at 8×8 (1.62
-/// against 1.41 ms) and 6×6 (5.1 against 2.8 ms).
-pub(super) const FLAT_MIN_OUTPUTS: usize = 100;
+/// per layer) were faster flat at 12×12 (2.55 against 2.85 ms) and with the GEMM at 6×6 (5.1
+/// against 2.8 ms); at 8×8 the GEMM won once (1.41 against 1.62), and flat since the dot
+/// products' 4 × 3 blocks (`bench --plans`, an AMD EPYC with AVX2, resnet at 128's 64-channel
+/// 3×3/2 layer: 1.96–2.11 flat against 2.51–2.53).
+pub(super) const FLAT_MIN_OUTPUTS: usize = 64;
 
 /// Pixels from which [`WeightGradient::Dots`] is chosen for a pointwise layer: below, each dot
 /// product is short and its sum across the register's lanes costs more than the GEMM's packing.
