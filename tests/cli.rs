@@ -616,6 +616,7 @@ fn bench_plans_times_every_way_of_each_convolution_side_by_side() {
         "turned winograd",
         "fold back, flat",
         "* the way the backend chooses; another way is over 10 % faster on",
+        "every pass of every convolution layer:",
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
     }
@@ -631,6 +632,15 @@ fn bench_plans_times_every_way_of_each_convolution_side_by_side() {
         .collect();
     assert_eq!(chosen, passes.len(), "one chosen way a pass");
     assert!(ways.iter().all(|w| w["ms"].as_f64().unwrap() > 0.0));
+    let layers: u64 = ways
+        .iter()
+        .filter(|w| w["chosen"] == true && w["pass"] == "forward")
+        .map(|w| w["layers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        layers, 17,
+        "the stem and the 16 of resnet's eight blocks (projections aside)"
+    );
 }
 
 #[test]

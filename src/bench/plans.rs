@@ -19,8 +19,10 @@ use std::time::Instant;
 /// One way of one pass of one convolution, and its best time.
 #[derive(Clone, Debug, Serialize)]
 pub struct WayTime {
-    /// The first layer of this shape, "(×k)" when k layers share it.
+    /// The first layer of this shape, "(xk)" when k layers share it.
     pub layer: String,
+    /// How many layers of the model have this shape.
+    pub layers: usize,
     pub pass: &'static str,
     /// [`Plan::describe`]'s words for it.
     pub way: String,
@@ -68,6 +70,7 @@ pub fn conv_plans(
                     .enumerate()
                     .map(|(i, (plan, ms))| WayTime {
                         layer: label.clone(),
+                        layers,
                         pass: pass.name(),
                         way: plan.describe(pass, &g),
                         chosen: i == 0,
@@ -172,7 +175,7 @@ pub fn render(times: &[WayTime]) -> String {
         "layer", "pass", "way", "best ms"
     );
     let mut slower = Vec::new();
-    let mut passes = 0;
+    let (mut passes, mut chosen_ms, mut fastest_ms) = (0, 0.0, 0.0);
     let mut last = (String::new(), "");
     for t in times {
         let first = (t.layer.clone(), t.pass) != last;
@@ -184,6 +187,10 @@ pub fn render(times: &[WayTime]) -> String {
                 .filter(|o| o.layer == t.layer && o.pass == t.pass)
                 .min_by(|a, b| a.ms.total_cmp(&b.ms))
                 .expect("this way at least");
+            (chosen_ms, fastest_ms) = (
+                chosen_ms + t.ms * t.layers as f64,
+                fastest_ms + fastest.ms * t.layers as f64,
+            );
             if fastest.ms * 1.1 < t.ms {
                 slower.push(format!(
                     "{}, {}: {} {:.2} ms, {} {:.2}",
@@ -206,6 +213,10 @@ pub fn render(times: &[WayTime]) -> String {
     for line in slower {
         s += &format!("  {line}\n");
     }
+    s += &format!(
+        "every pass of every convolution layer: {chosen_ms:.1} ms the chosen ways, {fastest_ms:.1} \
+         the fastest of each\n"
+    );
     s
 }
 
