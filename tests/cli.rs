@@ -641,6 +641,16 @@ fn bench_plans_times_every_way_of_each_convolution_side_by_side() {
         layers, 17,
         "the stem and the 16 of resnet's eight blocks (projections aside)"
     );
+    // the way the backend runs, as configured: with the GEMM forced, no Winograd is chosen
+    let forced = std::process::Command::new(common::cli::BIN)
+        .args(&args[..args.len() - 1])
+        .env("FRACTURE_CONV_ALGORITHM", "gemm")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&forced);
+    assert!(forced.status.success(), "{stderr}");
+    let chosen_winograd = stdout.contains("*winograd") || stdout.contains("*turned winograd");
+    assert!(stdout.contains("winograd") && !chosen_winograd, "{stdout}");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use super::layer_cases;
 use crate::backend::cases;
 use crate::backend::cpu::conv::{self, Pass, Plan};
-use crate::backend::cpu::gemm::Kernel;
+use crate::backend::cpu::Cpu;
 use crate::backend::Conv2dGeom;
 use crate::nn::ModelSpec;
 use crate::tensor::Tensor;
@@ -37,11 +37,12 @@ pub struct WayTime {
 const AGREE: f32 = 1e-4;
 
 /// The convolutions of `spec` at a batch of `batch` (one of each shape), each pass of each way
-/// on `kernel` run `rounds` times in turn; `tick` after each layer.
+/// on `cpu`'s kernel run `rounds` times in turn, the way `cpu` runs it first (its settings,
+/// `FRACTURE_CONV_ALGORITHM` and the like, included); `tick` after each layer.
 pub fn conv_plans(
     spec: &ModelSpec,
     batch: usize,
-    kernel: Kernel,
+    cpu: &Cpu,
     rounds: usize,
     tick: &mut dyn FnMut(&str),
 ) -> Result<Vec<WayTime>> {
@@ -54,7 +55,7 @@ pub fn conv_plans(
         tick(&label);
         let inputs = Inputs::new(&g);
         for pass in Pass::ALL {
-            let ways = Plan::variants(&g, kernel, pass);
+            let ways = Plan::variants(&g, cpu.conv_plan(&g), pass);
             check(&ways, pass, &g, &inputs, &label)?;
             let mut best = vec![f64::MAX; ways.len()];
             for _ in 0..rounds {

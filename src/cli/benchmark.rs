@@ -134,7 +134,8 @@ pub(super) fn bench(a: BenchArgs) -> Result<()> {
 /// `--plans`: the ways of each convolution on the CPU, side by side ([`bench::plans`]).
 fn bench_plans(a: &BenchArgs, cfg: &bench::BenchConfig) -> Result<()> {
     set_threads(a.threads)?;
-    let kernel = cpu()?.kernel();
+    let cpu = cpu()?;
+    let kernel = cpu.kernel();
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
@@ -145,7 +146,7 @@ fn bench_plans(a: &BenchArgs, cfg: &bench::BenchConfig) -> Result<()> {
         ProgressStyle::with_template("{prefix} {spinner} {msg}").expect("a valid template"),
     );
     let mut tick = |layer: &str| bar.set_message(layer.to_string());
-    let times = bench::plans::conv_plans(&cfg.spec, cfg.batch, kernel, cfg.repeats, &mut tick)?;
+    let times = bench::plans::conv_plans(&cfg.spec, cfg.batch, &cpu, cfg.repeats, &mut tick)?;
     bar.finish_and_clear();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&times)?);

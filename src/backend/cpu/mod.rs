@@ -196,7 +196,7 @@ impl Cpu {
     }
 
     /// How `g`'s convolution is computed on this backend.
-    fn conv_plan(&self, g: &Conv2dGeom) -> conv::Plan {
+    pub fn conv_plan(&self, g: &Conv2dGeom) -> conv::Plan {
         conv::Plan::choose(g, self.kernel, self.algorithm, self.unfolding)
     }
 }

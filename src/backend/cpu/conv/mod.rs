@@ -291,11 +291,10 @@ impl Plan {
         }
     }
 
-    /// Every way `pass` of `g` can run on `kernel`, each once (by [`Plan::describe`]), the way
-    /// [`Plan::choose`] picks first: for benchmarks that time them side by side and check each
-    /// against the others.
-    pub fn variants(g: &Conv2dGeom, kernel: Kernel, pass: Pass) -> Vec<Plan> {
-        let chosen = Plan::choose(g, kernel, None, None);
+    /// Every way `pass` of `g` can run on `chosen`'s kernel, each once (by [`Plan::describe`]),
+    /// `chosen` (the backend's plan for `g`) first: for benchmarks that time them side by side
+    /// and check each against the others.
+    pub fn variants(g: &Conv2dGeom, chosen: Plan, pass: Pass) -> Vec<Plan> {
         let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
         let unfoldings = [Unfolding::Copy, Unfolding::Implicit, Unfolding::Flat];
         let unfoldings = unfoldings
@@ -744,8 +743,8 @@ mod tests {
             Conv2dGeom::new(2, c_in, hw, hw, c_out, (k, k), (s, s), Padding::Same).unwrap()
         };
         let ways = |g: &Conv2dGeom, pass| {
-            let plans = Plan::variants(g, Kernel::Portable, pass);
             let chosen = Plan::choose(g, Kernel::Portable, None, None);
+            let plans = Plan::variants(g, chosen, pass);
             assert_eq!(plans[0], chosen, "{g:?} {pass:?}: the chosen plan first");
             let mut names: Vec<String> = plans.iter().map(|p| p.describe(pass, g)).collect();
             let listed = names.len();
