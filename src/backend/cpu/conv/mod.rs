@@ -93,7 +93,7 @@ impl Unfolding {
     /// applies and pays (`flat_unfolding_pays`), else implicit (the input gradient's
     /// implicit way is `col2im`); `forced` (benchmarks, tests) wins where it applies.
     pub fn choose(g: &Conv2dGeom, forced: Option<Unfolding>) -> Unfolding {
-        let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
+        let flat_applies = flat_applies(g);
         match forced {
             Some(Unfolding::Flat) if flat_applies => Unfolding::Flat,
             Some(Unfolding::Copy) => Unfolding::Copy,
@@ -127,6 +127,12 @@ impl Unfolding {
 /// channels at 128×128) took 3.6–4.2 ms implicit against 7.1–8.0 flat.
 fn flat_unfolding_pays(g: &Conv2dGeom) -> bool {
     g.stride_h > 1 || g.c_in >= FLAT_MIN_CHANNELS
+}
+
+/// Whether `g` can be laid out flat ([`Unfolding::Flat`], [`WeightGradient::Flat`]): one stride
+/// both ways, and not pointwise (already a plain GEMM).
+fn flat_applies(g: &Conv2dGeom) -> bool {
+    !g.is_pointwise() && g.stride_h == g.stride_w
 }
 
 /// Input channels from which [`Unfolding::Flat`] pays at stride 1 (`flat_unfolding_pays`).
@@ -262,7 +268,7 @@ impl Plan {
     pub fn describe(&self, pass: Pass, g: &Conv2dGeom) -> String {
         let unfolding = |u: Unfolding| match u {
             _ if g.is_pointwise() => String::new(),
-            Unfolding::Flat if g.stride_h != g.stride_w => ", implicit".to_string(),
+            Unfolding::Flat if !flat_applies(g) => ", implicit".to_string(),
             u => format!(", {}", format!("{u:?}").to_lowercase()),
         };
         let algorithm = |a: Algorithm, u: Unfolding| match a {
@@ -275,9 +281,7 @@ impl Plan {
                 InputGradient::Turned(a) => format!("turned {}", algorithm(a, self.unfolding)),
                 // col2im folds back the same way after either unfolding
                 InputGradient::FoldBack => match self.unfolding {
-                    Unfolding::Flat if !g.is_pointwise() && g.stride_h == g.stride_w => {
-                        "fold back, flat".to_string()
-                    }
+                    Unfolding::Flat if flat_applies(g) => "fold back, flat".to_string(),
                     _ => "fold back".to_string(),
                 },
             },
@@ -295,7 +299,7 @@ impl Plan {
     /// `chosen` (the backend's plan for `g`) first: for benchmarks that time them side by side
     /// and check each against the others.
     pub fn variants(g: &Conv2dGeom, chosen: Plan, pass: Pass) -> Vec<Plan> {
-        let flat_applies = !g.is_pointwise() && g.stride_h == g.stride_w;
+        let flat_applies = flat_applies(g);
         let unfoldings = [Unfolding::Copy, Unfolding::Implicit, Unfolding::Flat];
         let unfoldings = unfoldings
             .into_iter()
@@ -334,8 +338,7 @@ impl Plan {
                     if flat_applies && unfolding != Unfolding::Copy {
                         plans.push(with(&|p| p.weight_gradient = WeightGradient::Flat));
                     }
-                    let pixels = g.out_h * g.out_w;
-                    if g.is_pointwise() && pixels.is_multiple_of(16) {
+                    if WeightGradient::dots_apply(g) {
                         plans.push(with(&|p| p.weight_gradient = WeightGradient::Dots));
                     }
                     if winograd {

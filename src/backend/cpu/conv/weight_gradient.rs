@@ -36,6 +36,12 @@ pub enum WeightGradient {
 }
 
 impl WeightGradient {
+    /// Whether [`WeightGradient::Dots`] can run `g`: a pointwise layer whose plane is a whole
+    /// number of AVX-512 registers (`dot_rows` takes whole registers).
+    pub fn dots_apply(g: &Conv2dGeom) -> bool {
+        g.is_pointwise() && (g.out_h * g.out_w).is_multiple_of(16)
+    }
+
     /// Flat where it applies, the output plane has `FLAT_MIN_OUTPUTS` pixels or more and the
     /// layer fewer than `FLAT_MAX_CHANNELS` output channels; not for a pointwise layer (already
     /// a plain GEMM), nor when the unfolding is [`Unfolding::Copy`]. Dots for a pointwise layer
@@ -44,12 +50,11 @@ impl WeightGradient {
     pub fn choose(g: &Conv2dGeom, unfolding: Unfolding) -> WeightGradient {
         let pixels = g.out_h * g.out_w;
         let dots_pay = pixels >= DOTS_MIN_PIXELS || g.c_out < DOTS_BELOW_CHANNELS;
-        if g.is_pointwise() && pixels.is_multiple_of(16) && dots_pay {
+        if WeightGradient::dots_apply(g) && dots_pay {
             return WeightGradient::Dots;
         }
-        let flat = g.stride_h == g.stride_w
-            && !g.is_pointwise()
-            && g.out_h * g.out_w >= FLAT_MIN_OUTPUTS
+        let flat = flat_applies(g)
+            && pixels >= FLAT_MIN_OUTPUTS
             && g.c_out < FLAT_MAX_CHANNELS
             && unfolding != Unfolding::Copy;
         if flat {
