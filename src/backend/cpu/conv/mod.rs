@@ -646,12 +646,17 @@ pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (V
         (f, g)
     });
     if method == WeightGradient::Winograd {
+        let sums: Vec<f32> = dy
+            .par_chunks(dy_img)
+            .flat_map_iter(|d| plane_sums(d, p))
+            .collect();
         return (
             winograd_weight_gradient(plan.kernel, x, dy, g),
-            bias_gradient(dy, g),
+            bias_gradient(&sums, g),
         );
     }
-    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(IMAGES_PER_PARTIAL))
+    // with each partial, its images' Σ dy of each channel, while their dy is in cache
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..g.n.div_ceil(IMAGES_PER_PARTIAL))
         .into_par_iter()
         .map(|chunk| {
             let mut dw = vec![0f32; g.c_out * k];
@@ -660,12 +665,16 @@ pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (V
                 &x[images.start * x_img..images.end * x_img],
                 &dy[images.start * dy_img..images.end * dy_img],
             );
+            let mut sums = Vec::with_capacity(images.len() * g.c_out);
             if let Some(mut grid) = flat.map(|f| FlatGrid::new(f, plan.kernel)) {
                 for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
                     grid.lay_out(xn, dyn_);
+                    sums.extend(plane_sums(dyn_, p));
                     grid.add_weight_gradient(&mut dw);
                 }
-            } else if method == WeightGradient::Dots {
+                return (dw, sums);
+            }
+            if method == WeightGradient::Dots {
                 add_pointwise_weight_gradients(plan.kernel, xs, dys, g, &mut dw);
             } else if p < ONE_PRODUCT_MAX_PIXELS
                 && !g.is_pointwise()
@@ -675,12 +684,21 @@ pub fn backward_weight(plan: &Plan, x: &[f32], dy: &[f32], g: &Conv2dGeom) -> (V
             } else {
                 for (xn, dyn_) in xs.chunks_exact(x_img).zip(dys.chunks_exact(dy_img)) {
                     add_weight_gradient(plan, xn, dyn_, g, &mut dw);
+                    sums.extend(plane_sums(dyn_, p));
                 }
+                return (dw, sums);
             }
-            dw
+            // small planes: the chunk's dy is still in cache
+            sums.extend(dys.chunks_exact(dy_img).flat_map(|d| plane_sums(d, p)));
+            (dw, sums)
         })
         .collect();
-    (sum_partials(&partials, g.c_out * k), bias_gradient(dy, g))
+    let (partials, sums): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    let sums: Vec<f32> = sums.concat();
+    (
+        sum_partials(&partials, g.c_out * k),
+        bias_gradient(&sums, g),
+    )
 }
 
 /// The sum of `partials` (each `len` floats), in their order: the same bits for any thread count.
@@ -699,17 +717,19 @@ fn sum_partials(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
     total
 }
 
-/// `db[co]` = Σ over the batch and the plane of `dy[N,Co,Ho,Wo]`.
-fn bias_gradient(dy: &[f32], g: &Conv2dGeom) -> Vec<f32> {
-    let p = g.out_h * g.out_w;
-    let dy_img = g.c_out * p;
+/// Σ over each channel's plane of one image's `dy[Co, Ho, Wo]` (`p` pixels a plane).
+fn plane_sums(dy: &[f32], p: usize) -> impl Iterator<Item = f32> + '_ {
+    dy.chunks_exact(p).map(sum)
+}
+
+/// `db[co]` = Σ over the batch and the plane of `dy[N,Co,Ho,Wo]`, from each image's plane sums
+/// `sums[n·Co + co]` ([`plane_sums`]), added in the order of the images. The sums are taken
+/// where the weight gradient has just read that image's dy (a pass of its own read all of dy
+/// once more, from memory: resnet-192's stem alone has 19 MB of it).
+fn bias_gradient(sums: &[f32], g: &Conv2dGeom) -> Vec<f32> {
+    assert_eq!(sums.len(), g.n * g.c_out, "one sum per image and channel");
     (0..g.c_out)
-        .into_par_iter()
-        .map(|co| {
-            (0..g.n)
-                .map(|n| sum(&dy[n * dy_img + co * p..n * dy_img + (co + 1) * p]))
-                .sum()
-        })
+        .map(|co| (0..g.n).map(|n| sums[n * g.c_out + co]).sum())
         .collect()
 }
 
