@@ -143,14 +143,14 @@ impl Report {
             }
             let _ = writeln!(out, "{}", line.trim_end());
         }
-        if let Some((gemm, peak)) = cpu.and_then(|c| Some((c.gemm_gflops?, c.peak_gflops?))) {
+        if let Some((c, gemm, peak)) = cpu.and_then(|c| Some((c, c.gemm_gflops?, c.peak_gflops?))) {
             let _ = writeln!(
                 out,
                 "\nCPU GEMM, 1024×1024×1024: {gemm:.1} GFLOP/s = {:.0}% of the measured peak of {peak:.1} GFLOP/s\n\
                  (peak: every thread running independent fused multiply-adds of the GEMM kernel's width)",
                 100.0 * gemm / peak
             );
-            if let Some(kernel) = cpu.and_then(|c| c.micro_kernel_gflops) {
+            if let Some(kernel) = c.micro_kernel_gflops {
                 let _ = writeln!(
                     out,
                     "its micro-kernel alone, operands in cache: {kernel:.1} GFLOP/s = {:.0}% of the peak \
@@ -158,6 +158,7 @@ impl Report {
                     100.0 * kernel / peak
                 );
             }
+            let _ = writeln!(out, "{}", step_against_peak(c, peak));
         }
         if let Some(kernels) = gpu.and_then(|g| g.kernels.as_ref()) {
             let _ = writeln!(
@@ -168,6 +169,20 @@ impl Report {
         }
         out
     }
+}
+
+/// How much of the machine the training step uses: its FLOP rate as a share of the measured
+/// peak, and the floor its arithmetic puts under it (the step's time were every cycle of every
+/// thread a fused multiply-add). Convolutions are counted as direct ones, so a step with Winograd
+/// layers, which multiply less, could in principle go below that floor; none here does.
+fn step_against_peak(b: &BackendReport, peak: f64) -> String {
+    let floor_ms = b.train_step_ms * b.train_gflops / peak;
+    format!(
+        "training step: {:.1} GFLOP/s = {:.0}% of the peak; at the peak it would take {floor_ms:.1} ms \
+         (its arithmetic counted as direct convolutions)",
+        b.train_gflops,
+        100.0 * b.train_gflops / peak
+    )
 }
 
 /// One line per kernel: launches, GPU time and share of the total, slowest first.
@@ -186,4 +201,34 @@ pub fn render_kernel_times(kernels: &[KernelTime]) -> String {
     }
     let _ = writeln!(out, "  {:<30} {:>16} {:>10.2} ms", "total", "", total);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_is_set_against_the_peak_with_its_arithmetic_floor() {
+        let b = BackendReport {
+            device: "cpu".into(),
+            first_step_ms: 0.0,
+            timer: "wall clock".into(),
+            train_step_ms: 160.0,
+            train_images_per_s: 200.0,
+            train_gflops: 50.0,
+            infer_batch_ms: 0.0,
+            infer_images_per_s: 0.0,
+            infer_gflops: 0.0,
+            peak_rss_mib: 0.0,
+            ops: vec![],
+            gemm_gflops: Some(150.0),
+            micro_kernel_gflops: None,
+            peak_gflops: Some(200.0),
+            kernels: None,
+        };
+        let line = step_against_peak(&b, 200.0);
+        // 50 of 200 GFLOP/s is a quarter; a quarter of 160 ms is the floor
+        assert!(line.contains("50.0 GFLOP/s = 25% of the peak"), "{line}");
+        assert!(line.contains("it would take 40.0 ms"), "{line}");
+    }
 }
