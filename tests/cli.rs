@@ -50,6 +50,13 @@ fn train_prints_a_line_per_epoch_and_writes_a_run_folder() {
     );
     let epochs: Vec<&str> = out.lines().filter(|l| l.starts_with("epoch")).collect();
     assert_eq!(epochs.len(), 2, "{out}");
+    // after the first epoch, once: how long the rest should take
+    let pace: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("should end in about"))
+        .collect();
+    assert_eq!(pace.len(), 1, "{out}");
+    assert!(pace[0].starts_with("the run should end in about"), "{out}");
     for field in ["train loss", "acc", "val loss", "prec", "rec", "auc"] {
         assert!(epochs[1].contains(field), "{field} missing: {}", epochs[1]);
     }

@@ -195,6 +195,7 @@ fn run<B: Backend>(
         interrupted,
     };
     let cb = cfg.callbacks;
+    let mut paced = false;
     while state.progress.epochs_done < cfg.epochs && !state.progress.standing.stopped_early {
         let epoch = state.progress.epochs_done + 1;
         let lr = cb.lr(cfg.lr, epoch, cfg.epochs, &state.progress.standing);
@@ -222,6 +223,14 @@ fn run<B: Backend>(
         let p = &mut state.progress;
         let threshold = report.threshold;
         println!("{}", columns::log_line(&report, cfg.epochs));
+        // the first whole epoch this process ran sets the pace (a resumed one may be a part)
+        if !paced && seen_before == 0 {
+            paced = true;
+            let early = cb.early_stopping.is_some();
+            if let Some(line) = time_left(report.seconds, cfg.epochs - epoch, early) {
+                println!("{line}");
+            }
+        }
         *p = Progress {
             epochs_done: epoch,
             steps: p.steps,
@@ -264,6 +273,28 @@ fn run<B: Backend>(
         run_dir.join("best.safetensors").display()
     );
     Ok(summary(reports, best, false))
+}
+
+/// When the run should end at the pace of an epoch of `epoch_seconds`, with `epochs_left`: "the
+/// run should end in about 25 minutes at this pace"; nothing when no epoch is left.
+fn time_left(epoch_seconds: f64, epochs_left: usize, may_stop_early: bool) -> Option<String> {
+    if epochs_left == 0 {
+        return None;
+    }
+    let s = epoch_seconds * epochs_left as f64;
+    let about = match s {
+        s if s < 90.0 => format!("{s:.0} seconds"),
+        s if s < 90.0 * 60.0 => format!("{:.0} minutes", s / 60.0),
+        s => format!("{:.1} hours", s / 3600.0),
+    };
+    let early = if may_stop_early {
+        " (sooner if early stopping ends it)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "the run should end in about {about} at this pace{early}"
+    ))
 }
 
 /// Whether training stopped inside an epoch (Ctrl-C, SIGTERM), the run saved.
@@ -502,4 +533,26 @@ fn train_step<B: Backend>(
     p.epoch_loss_sum += l as f64 * idx.len() as f64;
     p.epoch_seen += idx.len();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_left;
+
+    #[test]
+    fn the_time_left_is_the_epochs_left_at_the_first_epochs_pace_in_words() {
+        assert_eq!(
+            time_left(17.1, 89, false).unwrap(),
+            "the run should end in about 25 minutes at this pace"
+        );
+        assert_eq!(
+            time_left(2.5, 1, true).unwrap(),
+            "the run should end in about 2 seconds at this pace (sooner if early stopping ends it)"
+        );
+        assert_eq!(
+            time_left(25.0, 449, false).unwrap(),
+            "the run should end in about 3.1 hours at this pace"
+        );
+        assert_eq!(time_left(17.1, 0, false), None);
+    }
 }
