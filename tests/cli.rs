@@ -717,6 +717,14 @@ fn cv_pools_the_splits_into_stratified_folds_and_resumes_a_missing_fold() {
         stdout.contains("pooled out-of-fold predictions of 25 images"),
         "{stdout}"
     );
+    // after each fold but the last, when the folds' training should end; in each fold, the run's
+    let eta = "the cross-validation's training should end in about";
+    assert_eq!(stdout.matches(eta).count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("the run should end in").count(),
+        3,
+        "{stdout}"
+    );
     let cv_dir = out.join("cv-fracturenet-001");
     for f in [
         "folds.csv",

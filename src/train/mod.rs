@@ -275,18 +275,22 @@ fn run<B: Backend>(
     Ok(summary(reports, best, false))
 }
 
+/// A duration as a person says it: "40 seconds", "25 minutes", "3.1 hours".
+pub fn duration_in_words(seconds: f64) -> String {
+    match seconds {
+        s if s < 90.0 => format!("{s:.0} seconds"),
+        s if s < 90.0 * 60.0 => format!("{:.0} minutes", s / 60.0),
+        s => format!("{:.1} hours", s / 3600.0),
+    }
+}
+
 /// When the run should end at the pace of an epoch of `epoch_seconds`, with `epochs_left`: "the
 /// run should end in about 25 minutes at this pace"; nothing when no epoch is left.
 fn time_left(epoch_seconds: f64, epochs_left: usize, may_stop_early: bool) -> Option<String> {
     if epochs_left == 0 {
         return None;
     }
-    let s = epoch_seconds * epochs_left as f64;
-    let about = match s {
-        s if s < 90.0 => format!("{s:.0} seconds"),
-        s if s < 90.0 * 60.0 => format!("{:.0} minutes", s / 60.0),
-        s => format!("{:.1} hours", s / 3600.0),
-    };
+    let about = duration_in_words(epoch_seconds * epochs_left as f64);
     let early = if may_stop_early {
         " (sooner if early stopping ends it)"
     } else {
