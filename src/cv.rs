@@ -253,8 +253,8 @@ fn run_folds<B: Backend>(be: &B, cv_dir: &Path, cv: &CvConfig, tta: bool) -> Res
                 println!("\n== fold {fold} of {} ==", cv.folds);
                 let fold_start = Instant::now();
                 let summary = train::train_in(be, &cfg, &fold_dir)?;
-                let left = (cv.folds - fold) as f64 * fold_start.elapsed().as_secs_f64();
                 if fold < cv.folds && !summary.interrupted {
+                    let left = (cv.folds - fold) as f64 * fold_start.elapsed().as_secs_f64();
                     println!(
                         "the cross-validation's training should end in about {} at this fold's pace",
                         train::duration_in_words(left)

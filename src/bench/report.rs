@@ -174,7 +174,7 @@ impl Report {
 /// How much of the machine the training step uses: its FLOP rate as a share of the measured
 /// peak, and the floor its arithmetic puts under it (the step's time were every cycle of every
 /// thread a fused multiply-add). Convolutions are counted as direct ones, so a step with Winograd
-/// layers, which multiply less, could in principle go below that floor; none here does.
+/// layers, which multiply less, could in principle go below that floor.
 fn step_against_peak(b: &BackendReport, peak: f64) -> String {
     let floor_ms = b.train_step_ms * b.train_gflops / peak;
     format!(
